@@ -1,0 +1,146 @@
+//! Framing: a 4-byte little-endian length, then a bincode payload.
+//!
+//! Every decode runs with an explicit byte limit, so a hostile peer cannot
+//! make the other side allocate more than [`MAX_FRAME_BYTES`].
+
+use std::io::{self, Read, Write};
+
+use bincode::Options;
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Largest payload either side sends or accepts (4 MiB). A launch request
+/// carries the task's argv, env and result template, all bounded by the
+/// runtime's 1 MiB request body limit.
+pub const MAX_FRAME_BYTES: u32 = 4 * 1024 * 1024;
+
+/// A frame could not be read, written or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("peer closed the connection")]
+    Closed,
+    #[error("frame of {len} bytes exceeds the limit of {MAX_FRAME_BYTES} bytes")]
+    TooLarge { len: u64 },
+    #[error("frame i/o failed")]
+    Io(#[source] io::Error),
+    #[error("frame payload is malformed")]
+    Decode(#[source] bincode::Error),
+    #[error("message could not be encoded")]
+    Encode(#[source] bincode::Error),
+}
+
+fn options() -> impl Options {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_little_endian()
+        .with_limit(u64::from(MAX_FRAME_BYTES))
+        .reject_trailing_bytes()
+}
+
+/// Encodes `msg` as one complete frame (length prefix included).
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let payload = options().serialize(msg).map_err(FrameError::Encode)?;
+    let len = payload.len() as u64;
+    if len > u64::from(MAX_FRAME_BYTES) {
+        return Err(FrameError::TooLarge { len });
+    }
+    let mut out = Vec::with_capacity(payload.len() + 4);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// Decodes one payload (without its length prefix).
+pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
+    if payload.len() as u64 > u64::from(MAX_FRAME_BYTES) {
+        return Err(FrameError::TooLarge {
+            len: payload.len() as u64,
+        });
+    }
+    options().deserialize(payload).map_err(FrameError::Decode)
+}
+
+/// Checks a length prefix before anything is allocated for it.
+pub fn payload_len(prefix: [u8; 4]) -> Result<usize, FrameError> {
+    let len = u32::from_le_bytes(prefix);
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge {
+            len: u64::from(len),
+        });
+    }
+    Ok(len as usize)
+}
+
+/// Reads one frame and decodes it. A clean end of stream before the first
+/// byte is [`FrameError::Closed`].
+pub fn read_frame<T: DeserializeOwned, R: Read>(reader: &mut R) -> Result<T, FrameError> {
+    let mut prefix = [0u8; 4];
+    let mut got = 0;
+    while got < prefix.len() {
+        match reader.read(&mut prefix[got..]) {
+            Ok(0) if got == 0 => return Err(FrameError::Closed),
+            Ok(0) => return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
+    let len = payload_len(prefix)?;
+    let mut payload = vec![0u8; len];
+    reader.read_exact(&mut payload).map_err(FrameError::Io)?;
+    decode(&payload)
+}
+
+/// Encodes and writes one frame.
+pub fn write_frame<T: Serialize, W: Write>(writer: &mut W, msg: &T) -> Result<(), FrameError> {
+    let bytes = encode(msg)?;
+    writer.write_all(&bytes).map_err(FrameError::Io)?;
+    writer.flush().map_err(FrameError::Io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Hello, Request};
+
+    #[test]
+    fn round_trip() {
+        let hello = Hello::current();
+        let bytes = encode(&hello).unwrap();
+        let back: Hello = read_frame(&mut &bytes[..]).unwrap();
+        assert_eq!(back, hello);
+    }
+
+    #[test]
+    fn oversized_prefix_is_refused_before_allocation() {
+        let mut bytes = (MAX_FRAME_BYTES + 1).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&[0; 16]);
+        let err = read_frame::<Request, _>(&mut &bytes[..]).unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error() {
+        let mut bytes = 6u32.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&[0xff; 6]);
+        let err = read_frame::<Request, _>(&mut &bytes[..]).unwrap_err();
+        assert!(matches!(err, FrameError::Decode(_)), "{err}");
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut payload = bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .serialize(&Request::Ping)
+            .unwrap();
+        payload.push(7);
+        assert!(decode::<Request>(&payload).is_err());
+    }
+
+    #[test]
+    fn eof_before_a_frame_is_closed() {
+        let err = read_frame::<Request, _>(&mut &[][..]).unwrap_err();
+        assert!(matches!(err, FrameError::Closed));
+        let err = read_frame::<Request, _>(&mut &[1u8, 0][..]).unwrap_err();
+        assert!(matches!(err, FrameError::Io(_)));
+    }
+}

@@ -1,0 +1,207 @@
+//! The handshake and the closed set of requests the helper serves.
+//!
+//! The helper treats every request as hostile: it re-validates each field
+//! (task id charset, relative paths, sizes) before any syscall. The runtime
+//! never sends paths of its own choosing: the helper derives the task
+//! directory from its own `--data-dir` and the task id.
+//!
+//! Compatibility rule: enum variants are only appended, never reordered or
+//! removed; any change of a type's shape bumps [`crate::PROTOCOL_VERSION`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::{HELLO_MAGIC, PROTOCOL_VERSION};
+
+/// First frame on every connection, client → helper.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub magic: [u8; 8],
+    pub version: u32,
+}
+
+impl Hello {
+    pub fn current() -> Self {
+        Hello {
+            magic: HELLO_MAGIC,
+            version: PROTOCOL_VERSION,
+        }
+    }
+}
+
+/// Helper's answer to [`Hello`]. After `Rejected` the helper closes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelloReply {
+    Accepted {
+        version: u32,
+        helper_version: String,
+        helper_pid: u32,
+    },
+    Rejected {
+        reason: String,
+    },
+}
+
+/// A request, runtime → helper. One reply follows each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Liveness check; safe: touches nothing.
+    Ping,
+    /// Returns the capabilities probed at helper start; safe: read-only.
+    Probe,
+    /// Launches the detached shim of one task. Safe because the helper
+    /// derives every path from its own data dir and the validated task id,
+    /// refuses a task directory that is a symlink, and the shim claims the
+    /// task with `O_CREAT|O_EXCL`, so a repeated launch never runs twice.
+    Launch(LaunchSpec),
+}
+
+/// A reply, helper → runtime.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Pong,
+    Probe(HelperCapabilities),
+    Launched(Launched),
+    Error(HelperError),
+}
+
+/// What the helper found usable when it probed the host at start.
+/// Issue-by-issue this grows; fields are appended with a version bump.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelperCapabilities {
+    /// Running as uid 0 (informational only; capabilities below are probed).
+    pub privileged: bool,
+    pub process_group: bool,
+    pub rlimit_cpu: bool,
+    pub rlimit_memory: bool,
+    pub data_dir_writable: bool,
+}
+
+/// Sandbox profile the shim applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LaunchProfile {
+    /// Plain process: own process group, rlimits, minimal env.
+    Process,
+}
+
+/// Everything the shim needs to run one task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchSpec {
+    /// Validated again by the helper: 1..=128 bytes of `[A-Za-z0-9._-]`,
+    /// not `.` or `..`.
+    pub task_id: String,
+    /// argv; `argv[0]` is the program, looked up in the task env's `PATH`
+    /// when it has no `/`.
+    pub argv: Vec<String>,
+    /// Complete child environment (the runtime already reduced it to the
+    /// minimal set plus the task's own `env`).
+    pub env: Vec<(String, String)>,
+    /// Relative directory under `tasks/<id>/workspace`, created by the shim.
+    pub workspace_subdir: Option<String>,
+    pub profile: LaunchProfile,
+    pub limits: LaunchLimits,
+    /// SIGTERM → SIGKILL grace for timeouts and kills.
+    pub termination_grace_ms: u64,
+    /// A JSON object: the static part of the task's status body. The shim
+    /// adds its outcome fields (see [`crate::Outcome`]) and writes the result
+    /// as `tasks/<id>/result.json`.
+    pub result_template: String,
+}
+
+/// Limits the shim enforces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchLimits {
+    pub wall_time_ms: u64,
+    pub cpu_time_sec: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub pids_max: Option<u64>,
+    pub stdout_max_bytes: u64,
+    pub stderr_max_bytes: u64,
+}
+
+/// The shim is up and the task's process has been exec'd (or failed to
+/// launch, in which case `result.json` already says so).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Launched {
+    pub shim_pid: i32,
+    /// Start time of the shim, in clock ticks since boot (field 22 of
+    /// `/proc/<pid>/stat`), so a reused pid is never mistaken for it.
+    pub shim_start_ticks: u64,
+    /// `None` when the launch failed before exec; `result.json` holds why.
+    pub pid: Option<i32>,
+    pub pgid: Option<i32>,
+    /// RFC 3339 UTC time of the exec, when it happened.
+    pub started_at: Option<String>,
+    /// The task was already claimed by an earlier launch: nothing new ran,
+    /// and `shim_pid` refers to the claim's shim.
+    pub already_claimed: bool,
+}
+
+/// Why the helper refused or failed a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelperError {
+    pub kind: HelperErrorKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelperErrorKind {
+    /// The request failed validation; nothing was done.
+    InvalidRequest,
+    /// The host could not set up the task (fork, claim, files).
+    LaunchFailed,
+    /// A sandbox mechanism failed during setup.
+    SandboxSetupFailed,
+    /// The helper itself failed.
+    Internal,
+}
+
+impl std::fmt::Display for HelperError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
+}
+
+/// Task id rule shared by the runtime's validation and the helper's.
+pub fn valid_task_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// Relative-path rule for `workspace_subdir`: non-empty, relative, no `..`,
+/// no empty or `.`-only components, no NUL.
+pub fn valid_relative_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('/')
+        && !path.contains('\0')
+        && path
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_id_rule() {
+        assert!(valid_task_id("abc-1_2.3"));
+        assert!(valid_task_id(&"a".repeat(128)));
+        assert!(!valid_task_id(&"a".repeat(129)));
+        for bad in ["", ".", "..", "a/b", "a b", "é", "a\0"] {
+            assert!(!valid_task_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn relative_path_rule() {
+        assert!(valid_relative_path("a/b-c"));
+        for bad in ["", "/a", "a/../b", "..", "a//b", "./a", "a/", "a\0b"] {
+            assert!(!valid_relative_path(bad), "{bad:?}");
+        }
+    }
+}
