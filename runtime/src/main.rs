@@ -1,1 +1,65 @@
-fn main() {}
+//! `execgo-runtime`: the HTTP service (`serve`) and its CLI client
+//! (`submit`, `status`, `wait`, `kill`, `run`).
+
+mod api;
+mod cli;
+mod config;
+mod engine;
+mod helper_link;
+mod plan;
+mod serve;
+mod store;
+mod sys;
+
+use clap::{Parser, Subcommand};
+
+/// Durable, isolated, cancellable execution of commands and scripts for AI
+/// agents and the ExecGo control plane.
+#[derive(Debug, Parser)]
+#[command(name = "execgo-runtime", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP service (starts the embedded helper unless --helper-socket).
+    Serve(Box<config::ServeArgs>),
+    /// Submit a task; prints the server's answer.
+    Submit(cli::SubmitArgs),
+    /// Print a task's status.
+    Status(cli::StatusArgs),
+    /// Poll until a task is terminal; prints its final status.
+    Wait(cli::WaitArgs),
+    /// Kill a task (cancel it if it has not started).
+    Kill(cli::KillArgs),
+    /// Submit, then wait: prints the final status.
+    Run(cli::SubmitArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => {
+            serve::init_logging("info");
+            match serve::serve(*args) {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "serve failed");
+                    eprintln!("execgo-runtime: {e:#}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Command::Submit(a) => cli::submit(&a).map(|_| ()),
+        Command::Status(a) => cli::status(&a),
+        Command::Wait(a) => cli::wait(&a),
+        Command::Kill(a) => cli::kill(&a),
+        Command::Run(a) => cli::run(&a),
+    };
+    if let Err(e) = result {
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
+}

@@ -1,1 +1,394 @@
-//! e2e harness
+//! Harness for the end-to-end suites: starts the real `execgo-runtime`
+//! (which starts its real helper), talks HTTP to it, and cleans up.
+//!
+//! Binaries are taken from the cargo target directory the test runs from
+//! (`target/<profile>/`), or from `EXECGO_RUNTIME_BIN_DIR`.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use serde_json::{json, Value};
+
+/// Directory holding `execgo-runtime` and `execgo-runtime-helper`.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("EXECGO_RUNTIME_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("deps dir");
+    deps.parent().expect("profile dir").to_path_buf()
+}
+
+pub fn runtime_bin() -> PathBuf {
+    let p = bin_dir().join("execgo-runtime");
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first",
+        p.display()
+    );
+    p
+}
+
+pub fn helper_bin() -> PathBuf {
+    let p = bin_dir().join("execgo-runtime-helper");
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first",
+        p.display()
+    );
+    p
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A free loopback port (bound and released; the small race is acceptable).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind :0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A running `execgo-runtime serve`.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub stderr_path: PathBuf,
+}
+
+pub struct ServerBuilder {
+    args: Vec<String>,
+    data_dir: Option<PathBuf>,
+    envs: Vec<(String, String)>,
+    port: Option<u16>,
+}
+
+impl ServerBuilder {
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn args<I, S>(mut self, a: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(a.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.envs.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn data_dir(mut self, d: &Path) -> Self {
+        self.data_dir = Some(d.to_path_buf());
+        self
+    }
+
+    pub fn port(mut self, p: u16) -> Self {
+        self.port = Some(p);
+        self
+    }
+
+    pub fn start(self) -> Server {
+        let (tmp, data_dir) = match self.data_dir {
+            Some(d) => (None, d),
+            None => {
+                let t = tempfile::tempdir().expect("tempdir");
+                let d = t.path().join("data");
+                (Some(t), d)
+            }
+        };
+        std::fs::create_dir_all(&data_dir).expect("data dir");
+        let port = self.port.unwrap_or_else(free_port);
+        let stderr_path = data_dir.with_extension(format!("stderr-{port}.log"));
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr log");
+        let mut cmd = Command::new(runtime_bin());
+        cmd.arg("serve")
+            .arg("--listen-addr")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn execgo-runtime");
+        let mut s = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            data_dir,
+            _tmp: tmp,
+            stderr_path,
+        };
+        s.wait_healthy();
+        s
+    }
+}
+
+/// An HTTP answer.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub text: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not json ({e}): {:?}", self.text))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The error code of an error envelope.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error code in {}", self.text))
+            .to_string()
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build()
+}
+
+/// Sends one request; never panics on a non-2xx status.
+pub fn request(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> Resp {
+    let mut req = agent().request(method, url);
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let result = match body {
+        Some(b) => req.send_bytes(b),
+        None => req.call(),
+    };
+    let resp = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = resp.status();
+    let headers = resp
+        .headers_names()
+        .into_iter()
+        .filter_map(|n| resp.header(&n).map(|v| (n.clone(), v.to_string())))
+        .collect();
+    let mut text = String::new();
+    resp.into_reader()
+        .take(64 << 20)
+        .read_to_string(&mut text)
+        .expect("read body");
+    Resp {
+        status,
+        headers,
+        text,
+    }
+}
+
+pub const TERMINAL: [&str; 3] = ["success", "failed", "cancelled"];
+
+impl Server {
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder {
+            args: Vec::new(),
+            data_dir: None,
+            envs: Vec::new(),
+            port: None,
+        }
+    }
+
+    pub fn start() -> Server {
+        Self::builder().start()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        request("GET", &self.url(path), None, &[])
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Resp {
+        let bytes = serde_json::to_vec(body).expect("encode");
+        request(
+            "POST",
+            &self.url(path),
+            Some(&bytes),
+            &[("content-type", "application/json")],
+        )
+    }
+
+    /// Submits and asserts 200; returns the task id.
+    pub fn submit(&self, body: &Value) -> String {
+        let r = self.post("/api/v1/tasks", body);
+        assert_eq!(r.status, 200, "submit failed: {}", r.text);
+        r.json()["task_id"].as_str().expect("task_id").to_string()
+    }
+
+    pub fn status(&self, id: &str) -> Value {
+        let r = self.get(&format!("/api/v1/tasks/{id}"));
+        assert_eq!(r.status, 200, "status failed: {}", r.text);
+        r.json()
+    }
+
+    pub fn events(&self, id: &str) -> Vec<Value> {
+        let r = self.get(&format!("/api/v1/tasks/{id}/events"));
+        assert_eq!(r.status, 200, "events failed: {}", r.text);
+        r.json().as_array().expect("array").clone()
+    }
+
+    pub fn event_types(&self, id: &str) -> Vec<String> {
+        self.events(id)
+            .iter()
+            .map(|e| e["event_type"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    pub fn kill(&self, id: &str, owner: Option<&str>) -> Resp {
+        let mut headers = vec![];
+        if let Some(o) = owner {
+            headers.push(("x-execgo-owner", o));
+        }
+        request(
+            "POST",
+            &self.url(&format!("/api/v1/tasks/{id}/kill")),
+            Some(b""),
+            &headers,
+        )
+    }
+
+    /// Polls until `id` is terminal (10 ms steps) and returns its status.
+    pub fn wait_terminal(&self, id: &str, timeout: Duration) -> Value {
+        self.wait_for(id, timeout, |v| {
+            TERMINAL.contains(&v["status"].as_str().unwrap_or(""))
+        })
+    }
+
+    pub fn wait_status(&self, id: &str, status: &str, timeout: Duration) -> Value {
+        self.wait_for(id, timeout, |v| v["status"] == status)
+    }
+
+    pub fn wait_for(&self, id: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let v = self.status(id);
+            if done(&v) {
+                return v;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "task {id} not done after {timeout:?}: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn wait_healthy(&mut self) {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("execgo-runtime exited early ({st}): {}", self.stderr());
+            }
+            if let Ok(r) = agent().get(&self.url("/healthz")).call() {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "execgo-runtime did not become healthy: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// `kill -9` of the runtime process only.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn task_dir(&self, id: &str) -> PathBuf {
+        self.data_dir.join("tasks").join(id)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(3) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parent pid of `pid`, from `/proc/<pid>/stat`.
+pub fn ppid_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether `pid` is alive (and not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .map(|state| state != "Z" && state != "X")
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// A command task body.
+pub fn command(program: &str, args: &[&str]) -> Value {
+    json!({"execution": {"kind": "command", "program": program, "args": args}})
+}
+
+/// `/bin/sh -c script` as a command task.
+pub fn sh(script: &str) -> Value {
+    command("/bin/sh", &["-c", script])
+}

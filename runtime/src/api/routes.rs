@@ -1,0 +1,156 @@
+//! The router: one warp filter that reads method, path, owner header and
+//! (for submit) a size-capped body, then dispatches by hand, so unknown
+//! routes, wrong methods and oversized bodies all answer in the error
+//! envelope with the right status (404, 405 with `Allow`, 413).
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use serde::Serialize;
+use warp::http::{header, HeaderMap, Method, Response, StatusCode};
+use warp::{Buf, Filter};
+
+use super::error::{ApiError, ApiErrorCode};
+use crate::engine::Engine;
+
+/// Largest accepted request body (1 MiB).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+type Reply = Response<String>;
+
+pub fn routes(
+    engine: Arc<Engine>,
+) -> impl Filter<Extract = (Reply,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    warp::method()
+        .and(warp::path::full())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(
+            move |method: Method, path: warp::path::FullPath, headers: HeaderMap, body| {
+                let engine = Arc::clone(&engine);
+                async move {
+                    let reply = handle(engine, &method, path.as_str(), &headers, body).await;
+                    match reply {
+                        Ok(r) => r,
+                        Err(e) => error_reply(&e),
+                    }
+                }
+            },
+        )
+}
+
+fn json_reply<T: Serialize>(status: u16, body: &T) -> Reply {
+    let text = serde_json::to_string(body).unwrap_or_else(|_| "{}".to_string());
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(text)
+        .unwrap_or_default()
+}
+
+pub fn error_reply(e: &ApiError) -> Reply {
+    let mut r = json_reply(e.status(), &e.body());
+    if let Some(allow) = e.allow {
+        if let Ok(v) = header::HeaderValue::from_str(allow) {
+            r.headers_mut().insert(header::ALLOW, v);
+        }
+    }
+    r
+}
+
+async fn read_body<S, B>(mut body: S) -> Result<Vec<u8>, ApiError>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk =
+            chunk.map_err(|e| ApiError::invalid(format!("reading the request body: {e}")))?;
+        if out.len() + chunk.remaining() > MAX_BODY_BYTES {
+            return Err(ApiError::payload_too_large(MAX_BODY_BYTES));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            out.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(out)
+}
+
+fn method_check(
+    method: &Method,
+    want: &Method,
+    path: &str,
+    allow: &'static str,
+) -> Result<(), ApiError> {
+    if method == want {
+        Ok(())
+    } else {
+        Err(ApiError::method_not_allowed(method.as_str(), path, allow))
+    }
+}
+
+async fn handle<S, B>(
+    engine: Arc<Engine>,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: S,
+) -> Result<Reply, ApiError>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let get = &Method::GET;
+    let post = &Method::POST;
+    match segments.as_slice() {
+        ["healthz"] => {
+            method_check(method, get, path, "GET")?;
+            Ok(json_reply(
+                200,
+                &serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}),
+            ))
+        }
+        ["readyz"] => {
+            method_check(method, get, path, "GET")?;
+            engine.ready().await?;
+            Ok(json_reply(
+                200,
+                &serde_json::json!({"status": "ready", "version": env!("CARGO_PKG_VERSION")}),
+            ))
+        }
+        ["api", "v1", "tasks"] => {
+            method_check(method, post, path, "POST")?;
+            let bytes = read_body(body).await?;
+            let resp = engine.submit(&bytes).await?;
+            Ok(json_reply(200, &resp))
+        }
+        ["api", "v1", "tasks", id] if !id.is_empty() => {
+            method_check(method, get, path, "GET")?;
+            Ok(json_reply(200, &engine.status(id).await?))
+        }
+        ["api", "v1", "tasks", id, "kill"] if !id.is_empty() => {
+            method_check(method, post, path, "POST")?;
+            let owner = headers
+                .get("x-execgo-owner")
+                .map(|v| {
+                    v.to_str()
+                        .map_err(|_| ApiError::invalid("x-execgo-owner must be visible ASCII"))
+                })
+                .transpose()?;
+            Ok(json_reply(200, &engine.kill(id, owner).await?))
+        }
+        ["api", "v1", "tasks", id, "events"] if !id.is_empty() => {
+            method_check(method, get, path, "GET")?;
+            Ok(json_reply(200, &engine.events(id).await?))
+        }
+        _ => Err(ApiError::verbatim(
+            ApiErrorCode::NotFound,
+            format!("not found: no route for {path}"),
+        )),
+    }
+}

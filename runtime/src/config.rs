@@ -1,0 +1,247 @@
+//! `serve` flags, their env vars and defaults, and the validated [`Config`]
+//! built from them before anything starts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args};
+
+use crate::api::model::CapabilityMode;
+
+/// Flags of `execgo-runtime serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address the HTTP API listens on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen_addr: SocketAddr,
+    /// Root of all state: runtime.db and tasks/<task_id>/.
+    #[arg(long, default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Tasks running at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_running_tasks: u64,
+    /// `accepted` tasks waiting at most; beyond it submit answers 429.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_queued_tasks: u64,
+    /// Wait between SIGTERM and SIGKILL for kills and timeouts.
+    #[arg(long, default_value_t = 5000)]
+    pub termination_grace_ms: u64,
+    /// Terminal tasks older than this are deleted (row and directory).
+    #[arg(long, default_value_t = 604_800)]
+    pub result_retention_secs: u64,
+    /// How often expired tasks are collected.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub gc_interval_ms: u64,
+    /// Safety-net rescan of the queue; submits and exits wake the dispatcher at once.
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
+    pub dispatch_poll_interval_ms: u64,
+    /// Parent cgroup of per-task cgroups (linux_sandbox).
+    #[arg(long, default_value = "/sys/fs/cgroup/execgo-runtime")]
+    pub cgroup_root: PathBuf,
+    /// Runtime node id [default: ${HOSTNAME:-execgo-runtime}-<listen_addr>, sanitized].
+    #[arg(long, env = "EXECGO_RUNTIME_ID")]
+    pub runtime_id: Option<String>,
+    /// Capability mode of tasks that do not choose one.
+    #[arg(
+        long,
+        env = "EXECGO_RUNTIME_DEFAULT_CAPABILITY_MODE",
+        value_enum,
+        default_value = "adaptive"
+    )]
+    pub default_capability_mode: ModeArg,
+    /// Never offer linux_sandbox, even where the host supports it.
+    #[arg(long, env = "EXECGO_RUNTIME_DISABLE_LINUX_SANDBOX", action = ArgAction::SetTrue,
+          value_parser = clap::builder::BoolValueParser::new())]
+    pub disable_linux_sandbox: bool,
+    /// Never use cgroups, even where the host supports them.
+    #[arg(long, env = "EXECGO_RUNTIME_DISABLE_CGROUP", action = ArgAction::SetTrue,
+          value_parser = clap::builder::BoolValueParser::new())]
+    pub disable_cgroup: bool,
+    /// Memory capacity of the resource ledger [default: physical memory].
+    #[arg(long, env = "EXECGO_RUNTIME_CAPACITY_MEMORY_BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub capacity_memory_bytes: Option<u64>,
+    /// Pids capacity of the resource ledger [default: /proc/sys/kernel/pid_max].
+    #[arg(long, env = "EXECGO_RUNTIME_CAPACITY_PIDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub capacity_pids: Option<u64>,
+    /// Tenant quota NAME=slots:N[,memory:BYTES][,pids:N]; repeatable.
+    #[arg(long = "tenant-quota", value_name = "SPEC", value_parser = parse_tenant_quota)]
+    pub tenant_quota: Vec<TenantQuota>,
+    /// Connect to a separately running helper at this socket instead of
+    /// starting the embedded one.
+    #[arg(long)]
+    pub helper_socket: Option<PathBuf>,
+    /// Helper binary for the embedded mode [default: execgo-runtime-helper
+    /// next to this executable].
+    #[arg(long)]
+    pub helper_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    Adaptive,
+    Strict,
+}
+
+impl From<ModeArg> for CapabilityMode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Adaptive => CapabilityMode::Adaptive,
+            ModeArg::Strict => CapabilityMode::Strict,
+        }
+    }
+}
+
+/// One `--tenant-quota`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantQuota {
+    pub tenant: String,
+    pub slots: u64,
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u64>,
+}
+
+/// Parses `NAME=slots:N[,memory:BYTES][,pids:N]`.
+pub fn parse_tenant_quota(spec: &str) -> Result<TenantQuota, String> {
+    let (name, rest) = spec.split_once('=').ok_or_else(|| {
+        format!("tenant quota '{spec}' must look like NAME=slots:N[,memory:BYTES][,pids:N]")
+    })?;
+    if name.trim().is_empty() {
+        return Err(format!("tenant quota '{spec}' has an empty tenant name"));
+    }
+    let mut seen = BTreeMap::new();
+    for part in rest.split(',') {
+        let (key, value) = part
+            .split_once(':')
+            .ok_or_else(|| format!("tenant quota '{spec}': '{part}' must be KEY:NUMBER"))?;
+        if !matches!(key, "slots" | "memory" | "pids") {
+            return Err(format!(
+                "tenant quota '{spec}': unknown key '{key}' (expected slots, memory or pids)"
+            ));
+        }
+        let n: u64 = value
+            .parse()
+            .map_err(|_| format!("tenant quota '{spec}': '{value}' is not a whole number"))?;
+        if seen.insert(key, n).is_some() {
+            return Err(format!("tenant quota '{spec}': '{key}' given twice"));
+        }
+    }
+    let slots = *seen
+        .get("slots")
+        .ok_or_else(|| format!("tenant quota '{spec}': slots:N is required"))?;
+    Ok(TenantQuota {
+        tenant: name.to_string(),
+        slots,
+        memory_bytes: seen.get("memory").copied(),
+        pids: seen.get("pids").copied(),
+    })
+}
+
+/// Default runtime id: `${HOSTNAME:-execgo-runtime}-<listen_addr>` with every
+/// character outside `[A-Za-z0-9._-]` replaced by `-`.
+pub fn default_runtime_id(hostname: Option<&str>, listen: &SocketAddr) -> String {
+    let host = hostname
+        .filter(|h| !h.is_empty())
+        .unwrap_or("execgo-runtime");
+    format!("{host}-{listen}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// Validated configuration of a running `serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub args: ServeArgs,
+    pub runtime_id: String,
+    /// Absolute data dir.
+    pub data_dir: PathBuf,
+}
+
+impl Config {
+    pub fn from_args(args: ServeArgs) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let runtime_id = match &args.runtime_id {
+            Some(id) if !id.trim().is_empty() => id.clone(),
+            Some(_) => anyhow::bail!("--runtime-id must not be blank"),
+            None => {
+                default_runtime_id(std::env::var("HOSTNAME").ok().as_deref(), &args.listen_addr)
+            }
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for q in &args.tenant_quota {
+            if !seen.insert(q.tenant.clone()) {
+                anyhow::bail!("--tenant-quota given twice for tenant '{}'", q.tenant);
+            }
+        }
+        std::fs::create_dir_all(args.data_dir.join("tasks"))
+            .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+        let data_dir = std::fs::canonicalize(&args.data_dir)
+            .with_context(|| format!("resolving data dir {}", args.data_dir.display()))?;
+        Ok(Config {
+            args,
+            runtime_id,
+            data_dir,
+        })
+    }
+
+    pub fn tasks_dir(&self) -> PathBuf {
+        self.data_dir.join("tasks")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("runtime.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_quota_grammar() {
+        assert_eq!(
+            parse_tenant_quota("alice=slots:2,memory:2147483648,pids:256").unwrap(),
+            TenantQuota {
+                tenant: "alice".into(),
+                slots: 2,
+                memory_bytes: Some(2147483648),
+                pids: Some(256)
+            }
+        );
+        assert!(parse_tenant_quota("b=slots:1").is_ok());
+        for bad in [
+            "noequals",
+            "=slots:1",
+            "a=memory:5",
+            "a=slots:x",
+            "a=slots:1,cpu:2",
+            "a=slots:1,slots:2",
+            "a=slots",
+            "a=slots:-1",
+        ] {
+            assert!(parse_tenant_quota(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn runtime_id_default() {
+        let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!(
+            default_runtime_id(None, &addr),
+            "execgo-runtime-127.0.0.1-8080"
+        );
+        assert_eq!(
+            default_runtime_id(Some("host a"), &addr),
+            "host-a-127.0.0.1-8080"
+        );
+        let v6: SocketAddr = "[::1]:80".parse().unwrap();
+        assert_eq!(default_runtime_id(Some("h"), &v6), "h----1--80");
+    }
+}

@@ -1,0 +1,479 @@
+//! The dispatcher hands `accepted` tasks to the helper, FIFO, up to
+//! `--max-running-tasks` at once; a submit or an exit wakes it, the poll
+//! interval is only a safety net. Each launched task gets an exit watcher: a
+//! pidfd on its shim, so the end of a task is an event, not a poll.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use execgo_runtime_protocol::{
+    LaunchLimits, LaunchProfile, LaunchSpec, Launched, Outcome, Request, Response, TaskError,
+    TaskErrorCode, TaskStatus,
+};
+
+use super::files::{self, TaskDir};
+use super::{error_chain, now, unix_ms, view, Engine};
+use crate::api::error::ApiError;
+use crate::api::model::{ExecutionKind, Reservation};
+use crate::store::{self, NewEvent, TaskRow};
+use crate::sys;
+
+impl Engine {
+    /// Runs forever: launch what fits, then sleep until woken.
+    pub async fn dispatch_loop(self: Arc<Self>) {
+        let poll = Duration::from_millis(self.cfg.args.dispatch_poll_interval_ms);
+        loop {
+            if let Err(e) = self.dispatch_once().await {
+                tracing::error!(error = %e, "dispatch pass failed");
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    async fn dispatch_once(self: &Arc<Self>) -> Result<(), ApiError> {
+        let max = self.cfg.args.max_running_tasks;
+        loop {
+            let free = max.saturating_sub(self.inflight());
+            if free == 0 {
+                return Ok(());
+            }
+            let claimed = self
+                .store
+                .call(move |conn| -> Result<Vec<TaskRow>, ApiError> {
+                    let tx = store::begin(conn)?;
+                    let mut rows = Vec::new();
+                    for id in store::next_to_launch(&tx, free)? {
+                        if let Some(mut row) = store::get(&tx, &id)? {
+                            // The durable launch record: from here on a
+                            // restart looks for the shim's claim first.
+                            row.launch_attempted = true;
+                            store::update(&tx, &row, None)?;
+                            rows.push(row);
+                        }
+                    }
+                    store::commit(tx)?;
+                    Ok(rows)
+                })
+                .await?;
+            if claimed.is_empty() {
+                return Ok(());
+            }
+            for row in claimed {
+                self.inflight.fetch_add(1, Ordering::SeqCst);
+                let me = Arc::clone(self);
+                tokio::spawn(async move { me.launch(row).await });
+            }
+        }
+    }
+
+    fn launch_spec(&self, row: &TaskRow) -> Result<LaunchSpec, ApiError> {
+        let req = &row.request;
+        let td = self.task_dir(&row.task_id);
+        let e = &req.execution;
+        let argv = match e.kind {
+            ExecutionKind::Command => {
+                let mut v = vec![e.program.clone().unwrap_or_default()];
+                v.extend(e.args.iter().cloned());
+                v
+            }
+            ExecutionKind::Script => match &e.interpreter {
+                Some(interp) => {
+                    let mut v = interp.clone();
+                    v.push(td.path(files::SCRIPT).to_string_lossy().into_owned());
+                    v
+                }
+                None => vec![
+                    "/bin/sh".to_string(),
+                    "-c".to_string(),
+                    e.script.clone().unwrap_or_default(),
+                ],
+            },
+        };
+        let mut env: std::collections::BTreeMap<String, String> =
+            self.base_env.iter().cloned().collect();
+        env.extend(e.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let mut template_row = row.clone();
+        template_row.reservation = Some(reservation_of(row));
+        let template = view::status_body(&td, &template_row)?;
+        let result_template = serde_json::to_string(&template)
+            .map_err(|e| ApiError::internal(format!("encoding the result template: {e}")))?;
+        let l = &req.limits;
+        Ok(LaunchSpec {
+            task_id: row.task_id.clone(),
+            argv,
+            env: env.into_iter().collect(),
+            workspace_subdir: row.plan.effective_sandbox.workspace_subdir.clone(),
+            profile: LaunchProfile::Process,
+            limits: LaunchLimits {
+                wall_time_ms: l.wall_time_ms,
+                cpu_time_sec: l
+                    .cpu_time_sec
+                    .filter(|_| row.plan.resource_enforcement.cpu_time_enforced),
+                memory_bytes: l
+                    .memory_bytes
+                    .filter(|_| row.plan.resource_enforcement.memory_enforced),
+                pids_max: l
+                    .pids_max
+                    .filter(|_| row.plan.resource_enforcement.pids_enforced),
+                stdout_max_bytes: l.stdout_max_bytes,
+                stderr_max_bytes: l.stderr_max_bytes,
+            },
+            termination_grace_ms: self.cfg.args.termination_grace_ms,
+            result_template,
+        })
+    }
+
+    /// Hands one claimed task to the helper and follows it to the end.
+    async fn launch(self: Arc<Self>, row: TaskRow) {
+        let task_id = row.task_id.clone();
+        let spec = match self.launch_spec(&row) {
+            Ok(s) => s,
+            Err(e) => {
+                self.fail_launch(&task_id, TaskErrorCode::Internal, e.message)
+                    .await;
+                return;
+            }
+        };
+        let helper = Arc::clone(&self.helper);
+        let reply = tokio::task::spawn_blocking(move || helper.call(&Request::Launch(spec))).await;
+        match reply {
+            Ok(Ok(Response::Launched(l))) => self.launched(&row, l).await,
+            Ok(Ok(Response::Error(err))) => {
+                use execgo_runtime_protocol::HelperErrorKind as K;
+                let code = match err.kind {
+                    K::SandboxSetupFailed => TaskErrorCode::SandboxSetupFailed,
+                    K::LaunchFailed | K::InvalidRequest => TaskErrorCode::LaunchFailed,
+                    K::Internal => TaskErrorCode::Internal,
+                };
+                // The helper may have claimed the task before failing.
+                if self.task_dir(&task_id).path(files::RESULT).exists() {
+                    self.finalize(&task_id, None).await;
+                } else {
+                    self.fail_launch(&task_id, code, err.message).await;
+                }
+            }
+            Ok(Ok(other)) => {
+                tracing::error!(task_id, ?other, "helper answered a launch out of protocol");
+                self.retry_later(&task_id).await;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(task_id, error = %error_chain(&e), "helper unavailable for launch");
+                self.retry_later(&task_id).await;
+            }
+            Err(e) => {
+                tracing::error!(task_id, error = %e, "launch worker failed");
+                self.retry_later(&task_id).await;
+            }
+        }
+    }
+
+    /// The helper could not be reached: unless the shim already claimed the
+    /// task, put it back in the queue for the next pass.
+    async fn retry_later(self: &Arc<Self>, task_id: &str) {
+        let td = self.task_dir(task_id);
+        if td.path(files::CLAIM).exists() {
+            // A shim owns it; follow that shim (recovery reads its claim).
+            self.recover_one(task_id).await;
+            return;
+        }
+        let id = task_id.to_string();
+        let res = self
+            .store
+            .call(move |conn| -> Result<(), ApiError> {
+                let tx = store::begin(conn)?;
+                if let Some(mut row) = store::get(&tx, &id)? {
+                    if row.status == TaskStatus::Accepted {
+                        row.launch_attempted = false;
+                        store::update(&tx, &row, None)?;
+                    }
+                }
+                store::commit(tx)?;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = res {
+            tracing::error!(task_id, error = %e, "requeueing a task failed");
+        }
+        self.inflight.fetch_sub(1, Ordering::SeqCst);
+        // Not an immediate wake: the next poll retries after the link's backoff.
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            me.wake();
+        });
+    }
+
+    async fn launched(self: &Arc<Self>, row: &TaskRow, l: Launched) {
+        let task_id = row.task_id.clone();
+        if l.pid.is_none() && !l.already_claimed {
+            // Exec failed: the shim already wrote result.json saying why.
+            self.finalize(&task_id, None).await;
+            return;
+        }
+        let reservation = reservation_of(row);
+        let id = task_id.clone();
+        let l2 = l.clone();
+        let marked = self
+            .store
+            .call(move |conn| -> Result<bool, ApiError> {
+                let tx = store::begin(conn)?;
+                let Some(mut row) = store::get(&tx, &id)? else {
+                    return Ok(false);
+                };
+                if row.status != TaskStatus::Accepted {
+                    return Ok(row.kill_requested);
+                }
+                let ts = now();
+                row.status = TaskStatus::Running;
+                row.updated_at = ts.clone();
+                row.started_at = l2.started_at.clone().or(Some(ts.clone()));
+                row.shim_pid = Some(l2.shim_pid);
+                row.shim_start_ticks = Some(l2.shim_start_ticks);
+                row.pid = l2.pid;
+                row.pgid = l2.pgid;
+                row.reservation = Some(reservation.clone());
+                row.reserved_at = Some(ts.clone());
+                store::append_event(
+                    &tx,
+                    &id,
+                    &ts,
+                    &NewEvent::new("resource_reserved")
+                        .message("resources reserved")
+                        .data(serde_json::to_value(&reservation).unwrap_or_default()),
+                )?;
+                let mut started = NewEvent::new("started").message("task process started");
+                if let Some(pid) = l2.pid {
+                    started = started.data(serde_json::json!({
+                        "pid": pid, "pgid": l2.pgid, "shim_pid": l2.shim_pid
+                    }));
+                }
+                store::append_event(&tx, &id, &ts, &started)?;
+                store::update(&tx, &row, None)?;
+                store::commit(tx)?;
+                Ok(row.kill_requested)
+            })
+            .await;
+        match marked {
+            Ok(true) => {
+                let _ = self.task_dir(&task_id).send_kill();
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(task_id, error = %e.message, "recording the start failed"),
+        }
+        tracing::info!(task_id, shim_pid = l.shim_pid, pid = ?l.pid, "task started");
+        self.watch(task_id, l.shim_pid, l.shim_start_ticks).await;
+    }
+
+    /// Waits for the shim to exit, then finalizes from its result.
+    pub async fn watch(self: &Arc<Self>, task_id: String, shim_pid: i32, start_ticks: u64) {
+        match sys::pidfd_open(shim_pid) {
+            Ok(fd) => {
+                // The pidfd pins the pid: if the start time still matches
+                // now, this is our shim and the readiness below is its exit.
+                if sys::start_ticks(shim_pid) == Some(start_ticks) {
+                    match sys::pidfd_exited(fd).await {
+                        Ok(()) => {}
+                        Err(e) => {
+                            tracing::error!(task_id, error = %e, "registering the pidfd failed");
+                            self.poll_exit(shim_pid, start_ticks).await;
+                        }
+                    }
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => {
+                tracing::warn!(task_id, error = %e, "pidfd_open failed; polling the shim");
+                self.poll_exit(shim_pid, start_ticks).await;
+            }
+        }
+        self.finalize(&task_id, None).await;
+    }
+
+    /// Fallback for kernels without pidfd: poll /proc.
+    async fn poll_exit(&self, pid: i32, ticks: u64) {
+        let every = Duration::from_millis(self.cfg.args.dispatch_poll_interval_ms);
+        while sys::start_ticks(pid) == Some(ticks) {
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Launch failed before any shim claimed the task: failed, no start.
+    async fn fail_launch(self: &Arc<Self>, task_id: &str, code: TaskErrorCode, message: String) {
+        tracing::warn!(task_id, message, "launch failed");
+        let outcome = Outcome {
+            status: TaskStatus::Failed,
+            started_at: None,
+            finished_at: now(),
+            duration_ms: None,
+            shim_pid: None,
+            pid: None,
+            pgid: None,
+            exit_code: None,
+            exit_signal: None,
+            error: Some(TaskError::new(code, message)),
+            usage: None,
+            kill_requested: false,
+            timed_out: false,
+        };
+        self.finalize(task_id, Some(outcome)).await;
+    }
+
+    /// Makes a task terminal: from `outcome`, or else from the shim's
+    /// `result.json` (a missing result means the monitor was lost).
+    pub async fn finalize(self: &Arc<Self>, task_id: &str, outcome: Option<Outcome>) {
+        let td = self.task_dir(task_id);
+        let (outcome, write_result) = match outcome {
+            Some(o) => (o, true),
+            None => match read_outcome(&td) {
+                Some(o) => (o, false),
+                None => (lost_monitor(), true),
+            },
+        };
+        let id = task_id.to_string();
+        let res = self
+            .store
+            .call(move |conn| -> Result<bool, ApiError> {
+                let tx = store::begin(conn)?;
+                let Some(mut row) = store::get(&tx, &id)? else {
+                    return Ok(false);
+                };
+                if row.status.is_terminal() {
+                    return Ok(false);
+                }
+                let was_counted = row.launch_attempted;
+                let had_reservation = row.reservation.is_some();
+                apply_outcome(&mut row, &outcome);
+                if write_result {
+                    let body = view::status_body(&td, &row)?;
+                    let bytes = serde_json::to_vec_pretty(&body)
+                        .map_err(|e| ApiError::internal(format!("encoding result.json: {e}")))?;
+                    td.write_result(&bytes)
+                        .map_err(|e| ApiError::internal(format!("writing result.json: {e}")))?;
+                }
+                let ts = row.updated_at.clone();
+                if let (false, Some(r)) = (had_reservation, &row.reservation) {
+                    store::append_event(
+                        &tx,
+                        &id,
+                        &ts,
+                        &NewEvent::new("resource_reserved")
+                            .message("resources reserved")
+                            .data(serde_json::to_value(r).unwrap_or_default()),
+                    )?;
+                }
+                if outcome.timed_out {
+                    store::append_event(
+                        &tx,
+                        &id,
+                        &ts,
+                        &NewEvent::new("timeout_triggered").message(format!(
+                            "wall time limit of {} ms reached",
+                            row.request.limits.wall_time_ms
+                        )),
+                    )?;
+                }
+                if let Some(r) = &row.reservation {
+                    store::append_event(
+                        &tx,
+                        &id,
+                        &ts,
+                        &NewEvent::new("resource_released")
+                            .message("resources released")
+                            .data(serde_json::to_value(r).unwrap_or_default()),
+                    )?;
+                    row.released = true;
+                }
+                let (kind, msg) = match row.status {
+                    TaskStatus::Success => ("finished", "task finished successfully".to_string()),
+                    TaskStatus::Cancelled => ("cancelled", "task cancelled".to_string()),
+                    _ => (
+                        "failed",
+                        row.error
+                            .as_ref()
+                            .map(|e| e.message.clone())
+                            .unwrap_or_else(|| "task failed".to_string()),
+                    ),
+                };
+                let mut ev = NewEvent::new(kind).message(msg);
+                if let Some(e) = &row.error {
+                    ev = ev.data(serde_json::json!({ "code": e.code }));
+                }
+                store::append_event(&tx, &id, &ts, &ev)?;
+                store::update(&tx, &row, unix_ms(&ts))?;
+                store::commit(tx)?;
+                Ok(was_counted)
+            })
+            .await;
+        match res {
+            Ok(was_counted) => {
+                if was_counted {
+                    self.inflight.fetch_sub(1, Ordering::SeqCst);
+                }
+                tracing::info!(task_id, "task finished");
+            }
+            Err(e) => tracing::error!(task_id, error = %e.message, "finalizing failed"),
+        }
+        self.wake();
+    }
+}
+
+/// The reservation a task takes at dispatch.
+pub fn reservation_of(row: &TaskRow) -> Reservation {
+    Reservation {
+        task_slots: 1,
+        memory_bytes: row.request.limits.memory_bytes,
+        pids: row.request.limits.pids_max,
+    }
+}
+
+fn read_outcome(td: &TaskDir) -> Option<Outcome> {
+    let bytes = std::fs::read(td.path(files::RESULT)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn lost_monitor() -> Outcome {
+    Outcome {
+        status: TaskStatus::Failed,
+        started_at: None,
+        finished_at: now(),
+        duration_ms: None,
+        shim_pid: None,
+        pid: None,
+        pgid: None,
+        exit_code: None,
+        exit_signal: None,
+        error: Some(TaskError::new(
+            TaskErrorCode::Internal,
+            "task monitor (shim) was lost before it recorded a result",
+        )),
+        usage: None,
+        kill_requested: false,
+        timed_out: false,
+    }
+}
+
+fn apply_outcome(row: &mut TaskRow, o: &Outcome) {
+    row.status = o.status;
+    row.updated_at = o.finished_at.clone();
+    row.finished_at = Some(o.finished_at.clone());
+    if o.started_at.is_some() {
+        row.started_at = o.started_at.clone();
+    }
+    row.duration_ms = o.duration_ms.or(row.duration_ms);
+    row.shim_pid = o.shim_pid.or(row.shim_pid);
+    row.pid = o.pid.or(row.pid);
+    row.pgid = o.pgid.or(row.pgid);
+    row.exit_code = o.exit_code;
+    row.exit_signal = o.exit_signal;
+    row.error = o.error.clone();
+    row.usage = o.usage.clone();
+    if row.reservation.is_none() && row.launch_attempted {
+        // A launched task held a slot, even one that failed to exec.
+        row.reservation = Some(reservation_of(row));
+        row.reserved_at = Some(o.finished_at.clone());
+    }
+}

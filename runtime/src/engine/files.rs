@@ -1,0 +1,162 @@
+//! The task directory `tasks/<id>/`: its layout, atomic writes and reading
+//! the head of the output logs.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::api::model::Artifacts;
+
+pub const REQUEST: &str = "request.json";
+pub const RESULT: &str = "result.json";
+pub const STDOUT: &str = "stdout.log";
+pub const STDERR: &str = "stderr.log";
+pub const SCRIPT: &str = "script";
+pub const CLAIM: &str = "shim.claim";
+pub const CONTROL: &str = "control";
+
+/// Paths of one task.
+#[derive(Debug, Clone)]
+pub struct TaskDir {
+    pub dir: PathBuf,
+}
+
+impl TaskDir {
+    pub fn new(tasks_dir: &Path, task_id: &str) -> Self {
+        TaskDir {
+            dir: tasks_dir.join(task_id),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn artifacts(&self, has_script: bool) -> Artifacts {
+        let s = |n: &str| self.path(n).to_string_lossy().into_owned();
+        Artifacts {
+            task_dir: self.dir.to_string_lossy().into_owned(),
+            request_path: s(REQUEST),
+            result_path: s(RESULT),
+            stdout_path: s(STDOUT),
+            stderr_path: s(STDERR),
+            script_path: has_script.then(|| s(SCRIPT)),
+        }
+    }
+
+    /// Creates the directory afresh with `request.json`, empty logs and the
+    /// script, if any. A leftover directory without a database row (a
+    /// submit that crashed before its commit) is replaced.
+    pub fn create(&self, request_json: &[u8], script: Option<&str>) -> io::Result<()> {
+        match fs::symlink_metadata(&self.dir) {
+            Ok(_) => fs::remove_dir_all(&self.dir)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        fs::create_dir(&self.dir)?;
+        write_new(&self.path(REQUEST), request_json)?;
+        write_new(&self.path(STDOUT), b"")?;
+        write_new(&self.path(STDERR), b"")?;
+        if let Some(script) = script {
+            write_new(&self.path(SCRIPT), script.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    pub fn remove(&self) -> io::Result<()> {
+        match fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Writes `result.json` atomically: temp file, fsync, rename, fsync dir.
+    pub fn write_result(&self, body: &[u8]) -> io::Result<()> {
+        let tmp = self.path("result.json.runtime-tmp");
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        f.write_all(body)?;
+        f.sync_all()?;
+        fs::rename(&tmp, self.path(RESULT))?;
+        File::open(&self.dir)?.sync_all()
+    }
+
+    /// The head of a log: at most `max` bytes as lossy UTF-8, and whether the
+    /// log is longer.
+    pub fn read_log(&self, name: &str, max: u64) -> io::Result<(String, bool)> {
+        let f = match File::open(self.path(name)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((String::new(), false)),
+            Err(e) => return Err(e),
+        };
+        let len = f.metadata()?.len();
+        let mut buf = Vec::with_capacity(len.min(max) as usize);
+        f.take(max).read_to_end(&mut buf)?;
+        Ok((String::from_utf8_lossy(&buf).into_owned(), len > max))
+    }
+
+    /// Asks the shim to kill the task: one byte on its control FIFO.
+    /// `Ok(false)` when no shim is listening.
+    pub fn send_kill(&self) -> io::Result<bool> {
+        let f = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+            .open(self.path(CONTROL));
+        match f {
+            Ok(mut f) => match f.write(b"K") {
+                Ok(_) => Ok(true),
+                // A full FIFO already holds kill requests.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => Ok(false),
+                Err(e) => Err(e),
+            },
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENXIO) || e.kind() == io::ErrorKind::NotFound =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)?;
+    f.write_all(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_read_and_replace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let td = TaskDir::new(tmp.path(), "t1");
+        td.create(b"{}", Some("echo hi")).unwrap();
+        assert_eq!(fs::read_to_string(td.path(SCRIPT)).unwrap(), "echo hi");
+        fs::write(td.path(STDOUT), "hello world").unwrap();
+        assert_eq!(td.read_log(STDOUT, 5).unwrap(), ("hello".into(), true));
+        assert_eq!(
+            td.read_log(STDOUT, 11).unwrap(),
+            ("hello world".into(), false)
+        );
+        td.create(b"{}", None).unwrap();
+        assert!(!td.path(SCRIPT).exists());
+        assert_eq!(td.read_log(STDOUT, 5).unwrap(), (String::new(), false));
+        td.write_result(b"{\"a\":1}").unwrap();
+        assert_eq!(fs::read(td.path(RESULT)).unwrap(), b"{\"a\":1}");
+        assert!(!td.send_kill().unwrap(), "no fifo means no shim");
+        td.remove().unwrap();
+        assert!(!td.dir.exists());
+    }
+}

@@ -1,0 +1,425 @@
+//! The task engine: submit, status, kill and events on top of the store,
+//! the dispatcher that hands tasks to the helper, the exit watcher, restart
+//! recovery and retention GC.
+
+pub mod dispatch;
+pub mod files;
+pub mod gc;
+pub mod recovery;
+pub mod view;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use execgo_runtime_protocol::{TaskError, TaskErrorCode, TaskStatus};
+use tokio::sync::Notify;
+
+use crate::api::error::{ApiError, ApiErrorCode};
+use crate::api::model::{
+    EventRecord, ExecutionKind, SubmitTaskRequest, SubmitTaskResponse, TaskStatusResponse,
+};
+use crate::api::validate;
+use crate::config::Config;
+use crate::helper_link::HelperLink;
+use crate::plan::{self, HostCaps};
+use crate::store::{self, NewEvent, Store, StoreError, TaskRow};
+use files::TaskDir;
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        if e.is_storage_unavailable() {
+            tracing::error!(error = %error_chain(&e), "storage unavailable");
+            ApiError::new(ApiErrorCode::StorageUnavailable, error_chain(&e))
+        } else {
+            tracing::error!(error = %error_chain(&e), "store failure");
+            ApiError::internal(error_chain(&e))
+        }
+    }
+}
+
+/// `a: b: c` from an error and its sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn unix_ms(ts: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(ts)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+/// Environment variables passed from the runtime to every task.
+const INHERITED_ENV: [&str; 5] = ["PATH", "HOME", "LANG", "TMPDIR", "USER"];
+
+pub struct Engine {
+    pub cfg: Config,
+    pub store: Arc<Store>,
+    pub helper: Arc<HelperLink>,
+    pub caps: HostCaps,
+    wake: Notify,
+    /// Tasks handed to the helper and not yet terminal.
+    inflight: AtomicU64,
+    base_env: Vec<(String, String)>,
+}
+
+impl Engine {
+    pub fn new(cfg: Config, store: Arc<Store>, helper: Arc<HelperLink>, caps: HostCaps) -> Self {
+        let base_env = INHERITED_ENV
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+            .collect();
+        Engine {
+            cfg,
+            store,
+            helper,
+            caps,
+            wake: Notify::new(),
+            inflight: AtomicU64::new(0),
+            base_env,
+        }
+    }
+
+    pub fn task_dir(&self, task_id: &str) -> TaskDir {
+        TaskDir::new(&self.cfg.tasks_dir(), task_id)
+    }
+
+    /// Wakes the dispatcher now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// `POST /api/v1/tasks`.
+    pub async fn submit(self: &Arc<Self>, body: &[u8]) -> Result<SubmitTaskResponse, ApiError> {
+        let mut req: SubmitTaskRequest = serde_json::from_slice(body)
+            .map_err(|e| ApiError::invalid(format!("request body: {e}")))?;
+        validate::submit(&req)?;
+        let plan = plan::resolve(
+            &req,
+            self.cfg.args.default_capability_mode.into(),
+            &self.caps,
+        )?;
+        self.check_capacity(&req)?;
+
+        let task_id = req
+            .task_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        req.task_id = Some(task_id.clone());
+        let ts = now();
+        let cc = req.control_context.clone().unwrap_or_default();
+        let mut events = vec![
+            NewEvent::new("submitted").message("task submitted"),
+            NewEvent::new("accepted").message("task accepted and persisted"),
+            NewEvent::new("planned")
+                .message("execution plan resolved")
+                .data(serde_json::to_value(&plan).unwrap_or_default()),
+        ];
+        if plan.degraded {
+            events.push(
+                NewEvent::new("degraded")
+                    .message(plan.fallback_reasons.join("; "))
+                    .data(serde_json::json!({ "fallback_reasons": plan.fallback_reasons })),
+            );
+        }
+        let script = match req.execution.kind {
+            ExecutionKind::Script => req.execution.script.clone(),
+            ExecutionKind::Command => None,
+        };
+        let request_json = serde_json::to_vec_pretty(&req)
+            .map_err(|e| ApiError::internal(format!("encoding request.json: {e}")))?;
+        let row = TaskRow {
+            task_id: task_id.clone(),
+            status: TaskStatus::Accepted,
+            created_at: ts.clone(),
+            updated_at: ts.clone(),
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            shim_pid: None,
+            shim_start_ticks: None,
+            pid: None,
+            pgid: None,
+            exit_code: None,
+            exit_signal: None,
+            error: None,
+            usage: None,
+            request: req,
+            plan,
+            reservation: None,
+            reserved_at: None,
+            released: false,
+            tenant: cc.tenant,
+            owner: cc.owner,
+            kill_requested: false,
+            launch_attempted: false,
+        };
+        let td = self.task_dir(&task_id);
+        let max_queued = self.cfg.args.max_queued_tasks;
+        self.store
+            .call(move |conn| -> Result<(), ApiError> {
+                let tx = store::begin(conn)?;
+                if store::count_status(&tx, TaskStatus::Accepted)? >= max_queued {
+                    return Err(ApiError::verbatim(
+                        ApiErrorCode::ResourceLimitExceeded,
+                        "queue is full",
+                    ));
+                }
+                if store::exists(&tx, &row.task_id)? {
+                    return Err(ApiError::verbatim(
+                        ApiErrorCode::Conflict,
+                        format!("task already exists: {}", row.task_id),
+                    ));
+                }
+                store::insert(&tx, &row)?;
+                for ev in &events {
+                    store::append_event(&tx, &row.task_id, &ts, ev)?;
+                }
+                if let Err(e) = td.create(&request_json, script.as_deref()) {
+                    let _ = td.remove();
+                    return Err(io_unavailable("writing the task directory", &e));
+                }
+                if let Err(e) = store::commit(tx) {
+                    let _ = td.remove();
+                    return Err(e.into());
+                }
+                Ok(())
+            })
+            .await?;
+        tracing::info!(task_id = %task_id, "task accepted");
+        self.wake();
+        Ok(SubmitTaskResponse {
+            handle_id: task_id.clone(),
+            task_id,
+            status: TaskStatus::Accepted,
+        })
+    }
+
+    /// One task's reservation can never fit this runtime.
+    fn check_capacity(&self, req: &SubmitTaskRequest) -> Result<(), ApiError> {
+        let l = &req.limits;
+        let cap_mem = self.cfg.args.capacity_memory_bytes.or_else(physical_memory);
+        let cap_pids = self.cfg.args.capacity_pids.or_else(pid_max);
+        if let (Some(want), Some(cap)) = (l.memory_bytes, cap_mem) {
+            if want > cap {
+                return Err(ApiError::new(
+                    ApiErrorCode::InsufficientResources,
+                    format!("limits.memory_bytes {want} exceeds the runtime memory capacity {cap}"),
+                ));
+            }
+        }
+        if let (Some(want), Some(cap)) = (l.pids_max, cap_pids) {
+            if want > cap {
+                return Err(ApiError::new(
+                    ApiErrorCode::InsufficientResources,
+                    format!("limits.pids_max {want} exceeds the runtime pids capacity {cap}"),
+                ));
+            }
+        }
+        let tenant = req
+            .control_context
+            .as_ref()
+            .and_then(|c| c.tenant.as_deref());
+        if let Some(q) =
+            tenant.and_then(|t| self.cfg.args.tenant_quota.iter().find(|q| q.tenant == t))
+        {
+            let over = |what: &str, want: u64, have: u64| {
+                ApiError::new(
+                    ApiErrorCode::InsufficientResources,
+                    format!(
+                        "{what} {want} exceeds the quota {have} of tenant '{}'",
+                        q.tenant
+                    ),
+                )
+            };
+            if q.slots == 0 {
+                return Err(over("task_slots", 1, 0));
+            }
+            if let (Some(want), Some(have)) = (l.memory_bytes, q.memory_bytes) {
+                if want > have {
+                    return Err(over("limits.memory_bytes", want, have));
+                }
+            }
+            if let (Some(want), Some(have)) = (l.pids_max, q.pids) {
+                if want > have {
+                    return Err(over("limits.pids_max", want, have));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn row(&self, task_id: &str) -> Result<TaskRow, ApiError> {
+        validate::task_id(task_id).map_err(|_| ApiError::not_found(task_id))?;
+        let id = task_id.to_string();
+        self.store
+            .call(move |conn| store::get(conn, &id))
+            .await?
+            .ok_or_else(|| ApiError::not_found(task_id))
+    }
+
+    /// `GET /api/v1/tasks/:id`.
+    pub async fn status(&self, task_id: &str) -> Result<TaskStatusResponse, ApiError> {
+        let row = self.row(task_id).await?;
+        view::status_body(&self.task_dir(task_id), &row)
+    }
+
+    /// `GET /api/v1/tasks/:id/events`.
+    pub async fn events(&self, task_id: &str) -> Result<Vec<EventRecord>, ApiError> {
+        let _ = self.row(task_id).await?;
+        let id = task_id.to_string();
+        let rows = self
+            .store
+            .call(move |conn| store::events(conn, &id))
+            .await?;
+        Ok(rows.into_iter().map(view::event_record).collect())
+    }
+
+    /// `POST /api/v1/tasks/:id/kill`.
+    pub async fn kill(
+        self: &Arc<Self>,
+        task_id: &str,
+        owner: Option<&str>,
+    ) -> Result<TaskStatusResponse, ApiError> {
+        let row = self.row(task_id).await?;
+        if let Some(required) = &row.owner {
+            if owner != Some(required.as_str()) {
+                return Err(ApiError::verbatim(
+                    ApiErrorCode::PermissionDenied,
+                    format!("permission denied: kill requires owner '{required}'"),
+                ));
+            }
+        }
+        if row.status.is_terminal() {
+            return view::status_body(&self.task_dir(task_id), &row);
+        }
+        let td = self.task_dir(task_id);
+        let shim_dir = td.clone();
+        let id = task_id.to_string();
+        let signal_shim = self
+            .store
+            .call(move |conn| -> Result<bool, ApiError> {
+                let tx = store::begin(conn)?;
+                let Some(mut row) = store::get(&tx, &id)? else {
+                    return Err(ApiError::not_found(&id));
+                };
+                if row.status.is_terminal() {
+                    return Ok(false);
+                }
+                let ts = now();
+                let first_request = !row.kill_requested;
+                row.kill_requested = true;
+                row.updated_at = ts.clone();
+                if first_request {
+                    store::append_event(
+                        &tx,
+                        &id,
+                        &ts,
+                        &NewEvent::new("kill_requested").message("kill requested"),
+                    )?;
+                }
+                if row.status == TaskStatus::Accepted && !row.launch_attempted {
+                    // Never launched: cancelled at once, result first.
+                    row.status = TaskStatus::Cancelled;
+                    row.finished_at = Some(ts.clone());
+                    row.error = Some(TaskError::new(
+                        TaskErrorCode::Cancelled,
+                        "task was cancelled before it started",
+                    ));
+                    let body = view::status_body(&td, &row)?;
+                    let bytes = serde_json::to_vec_pretty(&body)
+                        .map_err(|e| ApiError::internal(format!("encoding result.json: {e}")))?;
+                    td.write_result(&bytes)
+                        .map_err(|e| io_unavailable("writing result.json", &e))?;
+                    store::append_event(
+                        &tx,
+                        &id,
+                        &ts,
+                        &NewEvent::new("cancelled").message("task cancelled before launch"),
+                    )?;
+                    store::update(&tx, &row, unix_ms(&ts))?;
+                    store::commit(tx)?;
+                    return Ok(false);
+                }
+                store::update(&tx, &row, None)?;
+                store::commit(tx)?;
+                Ok(row.status == TaskStatus::Running)
+            })
+            .await?;
+        if signal_shim {
+            match shim_dir.send_kill() {
+                Ok(true) => tracing::info!(task_id, "kill sent to shim"),
+                Ok(false) => tracing::warn!(task_id, "no shim listening for the kill"),
+                Err(e) => tracing::error!(task_id, error = %e, "sending kill to shim failed"),
+            }
+        }
+        self.status(task_id).await
+    }
+
+    /// Readiness: storage answers and the helper answers.
+    pub async fn ready(&self) -> Result<(), ApiError> {
+        self.store
+            .call(|conn| store::ping(conn).map_err(ApiError::from))
+            .await
+            .map_err(|e| {
+                ApiError::new(ApiErrorCode::NotReady, format!("storage: {}", e.message))
+            })?;
+        let helper = Arc::clone(&self.helper);
+        let pong = tokio::task::spawn_blocking(move || {
+            helper.call(&execgo_runtime_protocol::Request::Ping)
+        })
+        .await;
+        match pong {
+            Ok(Ok(execgo_runtime_protocol::Response::Pong)) => Ok(()),
+            Ok(Ok(_)) => Err(ApiError::new(
+                ApiErrorCode::NotReady,
+                "helper answered a ping out of protocol",
+            )),
+            Ok(Err(e)) => Err(ApiError::new(
+                ApiErrorCode::NotReady,
+                format!("helper: {}", error_chain(&e)),
+            )),
+            Err(e) => Err(ApiError::new(
+                ApiErrorCode::NotReady,
+                format!("helper: {e}"),
+            )),
+        }
+    }
+
+    fn inflight(&self) -> u64 {
+        self.inflight.load(Ordering::SeqCst)
+    }
+}
+
+/// An environment failure on the data dir (disk full, read-only) is a 503
+/// the client can retry, never a 500.
+fn io_unavailable(what: &str, e: &std::io::Error) -> ApiError {
+    tracing::error!(error = %e, "{what} failed");
+    ApiError::new(ApiErrorCode::StorageUnavailable, format!("{what}: {e}"))
+}
+
+fn physical_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn pid_max() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}

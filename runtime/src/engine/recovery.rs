@@ -1,0 +1,171 @@
+//! Restart reconciliation: every task the database says was handed to a
+//! shim is re-attached to that shim, finalized from its `result.json`, or
+//! requeued when no shim ever claimed it. Each case appends `recovered`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use execgo_runtime_protocol::TaskStatus;
+use serde::Deserialize;
+
+use super::files::{self};
+use super::{now, Engine};
+use crate::api::error::ApiError;
+use crate::store::{self, NewEvent};
+use crate::sys;
+
+/// Content of `tasks/<id>/shim.claim`.
+#[derive(Debug, Deserialize)]
+struct Claim {
+    shim_pid: i32,
+    shim_start_ticks: u64,
+}
+
+impl Engine {
+    /// Reconciles the database with the shims on disk. Runs once at start,
+    /// before the dispatcher.
+    pub async fn recover(self: &Arc<Self>) -> Result<(), ApiError> {
+        let running = self
+            .store
+            .call(|conn| store::list_status(conn, TaskStatus::Running).map_err(ApiError::from))
+            .await?;
+        let accepted = self
+            .store
+            .call(|conn| store::list_status(conn, TaskStatus::Accepted).map_err(ApiError::from))
+            .await?;
+        for row in running {
+            self.inflight.fetch_add(1, Ordering::SeqCst);
+            let alive = match (row.shim_pid, row.shim_start_ticks) {
+                (Some(pid), Some(ticks)) if sys::start_ticks(pid) == Some(ticks) => {
+                    Some((pid, ticks))
+                }
+                _ => None,
+            };
+            let msg = if alive.is_some() {
+                "runtime restarted; re-attached to the running shim"
+            } else {
+                "runtime restarted; the shim had exited, finalizing from its result"
+            };
+            self.note_recovered(&row.task_id, msg).await;
+            let me = Arc::clone(self);
+            let id = row.task_id.clone();
+            match alive {
+                Some((pid, ticks)) => {
+                    tokio::spawn(async move { me.watch(id, pid, ticks).await });
+                }
+                None => me.finalize(&id, None).await,
+            }
+        }
+        for row in accepted.into_iter().filter(|r| r.launch_attempted) {
+            self.inflight.fetch_add(1, Ordering::SeqCst);
+            self.recover_one(&row.task_id).await;
+        }
+        Ok(())
+    }
+
+    /// A task handed to the helper whose launch reply never arrived: follow
+    /// the shim that claimed it, or requeue it when none did. The task is
+    /// counted in flight on entry.
+    pub(super) async fn recover_one(self: &Arc<Self>, task_id: &str) {
+        let td = self.task_dir(task_id);
+        let claim = std::fs::read(td.path(files::CLAIM)).ok();
+        let Some(bytes) = claim else {
+            self.note_recovered(
+                task_id,
+                "launch was interrupted before any shim claimed the task; requeued",
+            )
+            .await;
+            let id = task_id.to_string();
+            let res = self
+                .store
+                .call(move |conn| -> Result<(), ApiError> {
+                    let tx = store::begin(conn)?;
+                    if let Some(mut row) = store::get(&tx, &id)? {
+                        if row.status == TaskStatus::Accepted {
+                            row.launch_attempted = false;
+                            store::update(&tx, &row, None)?;
+                        }
+                    }
+                    store::commit(tx)?;
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = res {
+                tracing::error!(task_id, error = %e.message, "requeue failed");
+            }
+            self.inflight.fetch_sub(1, Ordering::SeqCst);
+            self.wake();
+            return;
+        };
+        let alive = serde_json::from_slice::<Claim>(&bytes)
+            .ok()
+            .filter(|c| c.shim_pid > 0 && sys::start_ticks(c.shim_pid) == Some(c.shim_start_ticks));
+        match alive {
+            Some(c) => {
+                self.note_recovered(task_id, "re-attached to the shim that claimed the task")
+                    .await;
+                self.mark_running_from_claim(task_id, &c).await;
+                let me = Arc::clone(self);
+                let id = task_id.to_string();
+                tokio::spawn(async move { me.watch(id, c.shim_pid, c.shim_start_ticks).await });
+            }
+            None => {
+                self.note_recovered(
+                    task_id,
+                    "the shim that claimed the task has exited; finalizing from its result",
+                )
+                .await;
+                self.finalize(task_id, None).await;
+            }
+        }
+    }
+
+    async fn mark_running_from_claim(&self, task_id: &str, c: &Claim) {
+        let id = task_id.to_string();
+        let (pid, ticks) = (c.shim_pid, c.shim_start_ticks);
+        let res = self
+            .store
+            .call(move |conn| -> Result<(), ApiError> {
+                let tx = store::begin(conn)?;
+                if let Some(mut row) = store::get(&tx, &id)? {
+                    if row.status == TaskStatus::Accepted {
+                        let ts = now();
+                        row.status = TaskStatus::Running;
+                        row.started_at = Some(ts.clone());
+                        row.updated_at = ts;
+                        row.shim_pid = Some(pid);
+                        row.shim_start_ticks = Some(ticks);
+                        store::update(&tx, &row, None)?;
+                    }
+                }
+                store::commit(tx)?;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = res {
+            tracing::error!(task_id, error = %e.message, "recording a recovered shim failed");
+        }
+    }
+
+    async fn note_recovered(&self, task_id: &str, message: &'static str) {
+        tracing::info!(task_id, message, "recovered");
+        let id = task_id.to_string();
+        let res = self
+            .store
+            .call(move |conn| -> Result<(), ApiError> {
+                let tx = store::begin(conn)?;
+                store::append_event(
+                    &tx,
+                    &id,
+                    &now(),
+                    &NewEvent::new("recovered").message(message),
+                )?;
+                store::commit(tx)?;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = res {
+            tracing::error!(task_id, error = %e.message, "recording recovery failed");
+        }
+    }
+}

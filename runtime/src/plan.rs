@@ -1,0 +1,188 @@
+//! Execution plans: what a task asked for, what this host will really give
+//! it, and why they differ. Resolved once at submit from the probed host
+//! capabilities; strict mode refuses any gap, adaptive mode records it.
+
+use crate::api::error::{ApiError, ApiErrorCode};
+use crate::api::model::{
+    CapabilityMode, ExecutionPlan, ResourceEnforcement, SandboxPolicy, SandboxProfile,
+    SubmitTaskRequest,
+};
+
+/// What the host can enforce, from the helper's probe and the operator's
+/// overrides.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostCaps {
+    pub linux_sandbox: bool,
+    pub rlimit_cpu: bool,
+    pub rlimit_memory: bool,
+    pub cgroup_pids: bool,
+    pub cgroup_memory: bool,
+    pub oom_detection: bool,
+}
+
+/// Resolves the plan of `req`, or refuses it with `unsupported_capability`.
+pub fn resolve(
+    req: &SubmitTaskRequest,
+    default_mode: CapabilityMode,
+    caps: &HostCaps,
+) -> Result<ExecutionPlan, ApiError> {
+    let mode = req
+        .policy
+        .as_ref()
+        .and_then(|p| p.capability_mode)
+        .unwrap_or(default_mode);
+    let strict_sandbox = req
+        .control_context
+        .as_ref()
+        .map(|c| c.requires_strict_sandbox)
+        .unwrap_or(false);
+    let strict = mode == CapabilityMode::Strict || strict_sandbox;
+
+    let requested = req.sandbox.clone();
+    let mut effective = requested.clone();
+    let mut missing = Vec::new();
+    let mut fallback_reasons = Vec::new();
+    let mut warnings = Vec::new();
+
+    if requested.profile == SandboxProfile::LinuxSandbox && !caps.linux_sandbox {
+        missing.push("linux_sandbox");
+        fallback_reasons.push(
+            "linux_sandbox is not available on this runtime; running with the process profile"
+                .to_string(),
+        );
+        effective = SandboxPolicy {
+            profile: SandboxProfile::Process,
+            workspace_subdir: requested.workspace_subdir.clone(),
+            rootfs: None,
+            chroot: false,
+            namespaces: None,
+        };
+    }
+    let sandboxed = effective.profile == SandboxProfile::LinuxSandbox;
+
+    let l = &req.limits;
+    let cpu_time_enforced = l.cpu_time_sec.is_some() && caps.rlimit_cpu;
+    let memory_enforced = l.memory_bytes.is_some()
+        && if sandboxed {
+            caps.cgroup_memory
+        } else {
+            caps.rlimit_memory
+        };
+    let pids_enforced = l.pids_max.is_some() && sandboxed && caps.cgroup_pids;
+    let cgroup_enforced = sandboxed && (caps.cgroup_memory || caps.cgroup_pids);
+
+    if l.cpu_time_sec.is_some() && !cpu_time_enforced {
+        missing.push("rlimit_cpu");
+        warnings.push("limits.cpu_time_sec cannot be enforced on this host".to_string());
+    }
+    if l.memory_bytes.is_some() && !memory_enforced {
+        missing.push("memory_limit");
+        warnings.push("limits.memory_bytes cannot be enforced on this host".to_string());
+    }
+    if l.pids_max.is_some() && !pids_enforced {
+        missing.push("pids_limit");
+        warnings.push(
+            "limits.pids_max needs a cgroup pids controller under linux_sandbox; it is not enforced"
+                .to_string(),
+        );
+    }
+
+    if strict && !missing.is_empty() {
+        return Err(ApiError::new(
+            ApiErrorCode::UnsupportedCapability,
+            format!("this runtime cannot provide: {}", missing.join(", ")),
+        )
+        .with_details(serde_json::json!({ "missing": missing })));
+    }
+
+    Ok(ExecutionPlan {
+        capability_mode: mode,
+        requested_sandbox: requested,
+        effective_sandbox: effective,
+        resource_enforcement: ResourceEnforcement {
+            wall_time_ms: l.wall_time_ms,
+            cpu_time_sec: l.cpu_time_sec,
+            cpu_time_enforced,
+            memory_bytes: l.memory_bytes,
+            memory_enforced,
+            pids_max: l.pids_max,
+            pids_enforced,
+            cgroup_enforced,
+            oom_detection: cgroup_enforced && caps.oom_detection,
+        },
+        degraded: !fallback_reasons.is_empty(),
+        fallback_reasons,
+        capability_warnings: warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROCESS_HOST: HostCaps = HostCaps {
+        linux_sandbox: false,
+        rlimit_cpu: true,
+        rlimit_memory: true,
+        cgroup_pids: false,
+        cgroup_memory: false,
+        oom_detection: false,
+    };
+
+    fn req(v: serde_json::Value) -> SubmitTaskRequest {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn process_task_is_not_degraded() {
+        let r = req(
+            serde_json::json!({"execution":{"kind":"command","program":"x"},
+            "limits":{"memory_bytes":1000,"cpu_time_sec":2}}),
+        );
+        let p = resolve(&r, CapabilityMode::Adaptive, &PROCESS_HOST).unwrap();
+        assert!(!p.degraded);
+        assert!(p.resource_enforcement.memory_enforced);
+        assert!(p.resource_enforcement.cpu_time_enforced);
+        assert!(p.fallback_reasons.is_empty());
+    }
+
+    #[test]
+    fn adaptive_linux_sandbox_degrades() {
+        let r = req(
+            serde_json::json!({"execution":{"kind":"command","program":"x"},
+            "sandbox":{"profile":"linux_sandbox","workspace_subdir":"w"}}),
+        );
+        let p = resolve(&r, CapabilityMode::Adaptive, &PROCESS_HOST).unwrap();
+        assert!(p.degraded);
+        assert_eq!(p.effective_sandbox.profile, SandboxProfile::Process);
+        assert_eq!(p.effective_sandbox.workspace_subdir.as_deref(), Some("w"));
+        assert_eq!(p.fallback_reasons.len(), 1);
+    }
+
+    #[test]
+    fn strict_refuses_what_is_missing() {
+        let r = req(
+            serde_json::json!({"execution":{"kind":"command","program":"x"},
+            "sandbox":{"profile":"linux_sandbox"},"policy":{"capability_mode":"strict"}}),
+        );
+        let e = resolve(&r, CapabilityMode::Adaptive, &PROCESS_HOST).unwrap_err();
+        assert_eq!(e.code, ApiErrorCode::UnsupportedCapability);
+        assert!(e.message.contains("linux_sandbox"));
+        let r = req(
+            serde_json::json!({"execution":{"kind":"command","program":"x"},
+            "sandbox":{"profile":"linux_sandbox"},
+            "control_context":{"requires_strict_sandbox":true}}),
+        );
+        assert!(resolve(&r, CapabilityMode::Adaptive, &PROCESS_HOST).is_err());
+        let r = req(serde_json::json!({"execution":{"kind":"command","program":"x"}}));
+        assert!(resolve(&r, CapabilityMode::Strict, &PROCESS_HOST).is_ok());
+        let r = req(
+            serde_json::json!({"execution":{"kind":"command","program":"x"},
+            "limits":{"pids_max":5}}),
+        );
+        assert!(resolve(&r, CapabilityMode::Strict, &PROCESS_HOST).is_err());
+        let p = resolve(&r, CapabilityMode::Adaptive, &PROCESS_HOST).unwrap();
+        assert!(!p.resource_enforcement.pids_enforced);
+        assert_eq!(p.capability_warnings.len(), 1);
+    }
+}

@@ -1,0 +1,116 @@
+//! `execgo-runtime serve`: opens the store, connects the helper, recovers,
+//! then runs the dispatcher, the GC and the HTTP server until SIGINT/SIGTERM.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::config::{Config, ServeArgs};
+use crate::engine::Engine;
+use crate::helper_link::{HelperLink, HelperMode};
+use crate::plan::HostCaps;
+use crate::store::Store;
+
+/// JSON lines on stderr, filtered by `RUST_LOG` (default `default`).
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_current_span(false)
+        .try_init();
+}
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let cfg = Config::from_args(args)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("execgo-runtime")
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run(cfg))
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let store = Arc::new(
+        Store::open(&cfg.db_path())
+            .with_context(|| format!("opening {}", cfg.db_path().display()))?,
+    );
+    let mode = match &cfg.args.helper_socket {
+        Some(path) => HelperMode::Socket(path.clone()),
+        None => HelperMode::Embedded {
+            binary: cfg
+                .args
+                .helper_path
+                .clone()
+                .unwrap_or_else(HelperLink::default_binary),
+            data_dir: cfg.data_dir.clone(),
+        },
+    };
+    let embedded = matches!(mode, HelperMode::Embedded { .. });
+    let helper = Arc::new(HelperLink::new(mode));
+    let probe = {
+        let h = Arc::clone(&helper);
+        tokio::task::spawn_blocking(move || h.capabilities())
+            .await
+            .context("probing the helper")?
+    };
+    let helper_caps = match probe {
+        Ok(c) => c,
+        Err(e) if embedded => {
+            return Err(anyhow::Error::new(e).context("starting the embedded helper"));
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::engine::error_chain(&e),
+                "helper not reachable yet; tasks wait until it is");
+            execgo_runtime_protocol::HelperCapabilities {
+                rlimit_cpu: true,
+                rlimit_memory: true,
+                process_group: true,
+                ..Default::default()
+            }
+        }
+    };
+    let caps = HostCaps {
+        linux_sandbox: false,
+        rlimit_cpu: helper_caps.rlimit_cpu,
+        rlimit_memory: helper_caps.rlimit_memory,
+        cgroup_pids: false,
+        cgroup_memory: false,
+        oom_detection: false,
+    };
+    let listen = cfg.args.listen_addr;
+    let engine = Arc::new(Engine::new(cfg, store, helper, caps));
+    engine
+        .recover()
+        .await
+        .map_err(|e| anyhow::anyhow!("recovering tasks: {}", e.message))?;
+    tokio::spawn(Arc::clone(&engine).dispatch_loop());
+    tokio::spawn(Arc::clone(&engine).gc_loop());
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    tracing::info!(listen = %listen, runtime_id = %engine.cfg.runtime_id, "execgo-runtime serving");
+    warp::serve(crate::api::routes::routes(Arc::clone(&engine)))
+        .incoming(listener)
+        .graceful(shutdown_signal())
+        .run()
+        .await;
+    tracing::info!("execgo-runtime stopped; running tasks continue under their shims");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,520 @@
+//! SQLite persistence: the `tasks` and `events` tables, in WAL mode with
+//! `synchronous=FULL`, so a committed submit survives `kill -9` and power
+//! loss. One connection behind a mutex; callers run it off the async
+//! executor (see [`Store::call`]).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use execgo_runtime_protocol::{ResourceUsage, TaskError, TaskStatus};
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+
+use crate::api::model::{ExecutionPlan, Reservation, SubmitTaskRequest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite failed while {0}")]
+    Sqlite(&'static str, #[source] rusqlite::Error),
+    #[error("stored json of task {0} is unreadable")]
+    Corrupt(String, #[source] serde_json::Error),
+    #[error("database worker stopped")]
+    Worker(#[source] tokio::task::JoinError),
+    #[error("database lock poisoned")]
+    Poisoned,
+}
+
+impl StoreError {
+    /// Whether the failure is the environment's (disk full, read-only,
+    /// I/O error) rather than a bug: it is then reported as 503.
+    pub fn is_storage_unavailable(&self) -> bool {
+        use rusqlite::ErrorCode as C;
+        match self {
+            StoreError::Sqlite(_, rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                C::DiskFull
+                    | C::ReadOnly
+                    | C::SystemIoFailure
+                    | C::CannotOpen
+                    | C::DatabaseBusy
+                    | C::DatabaseLocked
+            ),
+            _ => false,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+fn sql(what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |e| StoreError::Sqlite(what, e)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY NOT NULL,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    finished_unix_ms INTEGER,
+    duration_ms INTEGER,
+    shim_pid INTEGER,
+    shim_start_ticks INTEGER,
+    pid INTEGER,
+    pgid INTEGER,
+    exit_code INTEGER,
+    exit_signal INTEGER,
+    error_json TEXT,
+    usage_json TEXT,
+    request_json TEXT NOT NULL,
+    plan_json TEXT NOT NULL,
+    reservation_json TEXT,
+    reserved_at TEXT,
+    released INTEGER NOT NULL DEFAULT 0,
+    tenant TEXT,
+    owner TEXT,
+    kill_requested INTEGER NOT NULL DEFAULT 0,
+    launch_attempted INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks(status);
+CREATE INDEX IF NOT EXISTS tasks_by_finish ON tasks(finished_unix_ms) WHERE finished_unix_ms IS NOT NULL;
+CREATE TABLE IF NOT EXISTS events (
+    task_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    event_type TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    message TEXT,
+    data_json TEXT,
+    PRIMARY KEY (task_id, seq)
+) WITHOUT ROWID;
+";
+
+/// A task as stored.
+#[derive(Debug, Clone)]
+pub struct TaskRow {
+    pub task_id: String,
+    pub status: TaskStatus,
+    pub created_at: String,
+    pub updated_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub duration_ms: Option<u64>,
+    pub shim_pid: Option<i32>,
+    pub shim_start_ticks: Option<u64>,
+    pub pid: Option<i32>,
+    pub pgid: Option<i32>,
+    pub exit_code: Option<i32>,
+    pub exit_signal: Option<i32>,
+    pub error: Option<TaskError>,
+    pub usage: Option<ResourceUsage>,
+    pub request: SubmitTaskRequest,
+    pub plan: ExecutionPlan,
+    pub reservation: Option<Reservation>,
+    pub reserved_at: Option<String>,
+    pub released: bool,
+    pub tenant: Option<String>,
+    pub owner: Option<String>,
+    pub kill_requested: bool,
+    pub launch_attempted: bool,
+}
+
+/// An event to append.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_type: &'static str,
+    pub message: Option<String>,
+    pub data: Option<serde_json::Value>,
+}
+
+impl NewEvent {
+    pub fn new(event_type: &'static str) -> Self {
+        NewEvent {
+            event_type,
+            message: None,
+            data: None,
+        }
+    }
+
+    pub fn message(mut self, m: impl Into<String>) -> Self {
+        self.message = Some(m.into());
+        self
+    }
+
+    pub fn data(mut self, d: serde_json::Value) -> Self {
+        self.data = Some(d);
+        self
+    }
+}
+
+/// A stored event.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub seq: i64,
+    pub task_id: String,
+    pub event_type: String,
+    pub timestamp: String,
+    pub message: Option<String>,
+    pub data: Option<serde_json::Value>,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+const COLUMNS: &str =
+    "task_id, status, created_at, updated_at, started_at, finished_at, duration_ms,
+    shim_pid, shim_start_ticks, pid, pgid, exit_code, exit_signal, error_json, usage_json,
+    request_json, plan_json, reservation_json, reserved_at, released, tenant, owner,
+    kill_requested, launch_attempted";
+
+fn json_col<T: serde::de::DeserializeOwned>(id: &str, s: Option<String>) -> Result<Option<T>> {
+    s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(id.to_string(), e)))
+        .transpose()
+}
+
+fn read_row(r: &Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok(RawRow {
+        task_id: r.get(0)?,
+        status: r.get(1)?,
+        created_at: r.get(2)?,
+        updated_at: r.get(3)?,
+        started_at: r.get(4)?,
+        finished_at: r.get(5)?,
+        duration_ms: r.get::<_, Option<i64>>(6)?.map(|v| v.max(0) as u64),
+        shim_pid: r.get(7)?,
+        shim_start_ticks: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+        pid: r.get(9)?,
+        pgid: r.get(10)?,
+        exit_code: r.get(11)?,
+        exit_signal: r.get(12)?,
+        error_json: r.get(13)?,
+        usage_json: r.get(14)?,
+        request_json: r.get(15)?,
+        plan_json: r.get(16)?,
+        reservation_json: r.get(17)?,
+        reserved_at: r.get(18)?,
+        released: r.get::<_, i64>(19)? != 0,
+        tenant: r.get(20)?,
+        owner: r.get(21)?,
+        kill_requested: r.get::<_, i64>(22)? != 0,
+        launch_attempted: r.get::<_, i64>(23)? != 0,
+    })
+}
+
+struct RawRow {
+    task_id: String,
+    status: String,
+    created_at: String,
+    updated_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    duration_ms: Option<u64>,
+    shim_pid: Option<i32>,
+    shim_start_ticks: Option<u64>,
+    pid: Option<i32>,
+    pgid: Option<i32>,
+    exit_code: Option<i32>,
+    exit_signal: Option<i32>,
+    error_json: Option<String>,
+    usage_json: Option<String>,
+    request_json: String,
+    plan_json: String,
+    reservation_json: Option<String>,
+    reserved_at: Option<String>,
+    released: bool,
+    tenant: Option<String>,
+    owner: Option<String>,
+    kill_requested: bool,
+    launch_attempted: bool,
+}
+
+impl RawRow {
+    fn decode(self) -> Result<TaskRow> {
+        let id = self.task_id.clone();
+        let corrupt = |e| StoreError::Corrupt(id.clone(), e);
+        let status = TaskStatus::parse(&self.status).ok_or_else(|| {
+            StoreError::Corrupt(
+                id.clone(),
+                serde::de::Error::custom(format!("unknown status '{}'", self.status)),
+            )
+        })?;
+        Ok(TaskRow {
+            status,
+            error: json_col(&id, self.error_json)?,
+            usage: json_col(&id, self.usage_json)?,
+            request: serde_json::from_str(&self.request_json).map_err(corrupt)?,
+            plan: serde_json::from_str(&self.plan_json).map_err(corrupt)?,
+            reservation: json_col(&id, self.reservation_json)?,
+            task_id: self.task_id,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            duration_ms: self.duration_ms,
+            shim_pid: self.shim_pid,
+            shim_start_ticks: self.shim_start_ticks,
+            pid: self.pid,
+            pgid: self.pgid,
+            exit_code: self.exit_code,
+            exit_signal: self.exit_signal,
+            reserved_at: self.reserved_at,
+            released: self.released,
+            tenant: self.tenant,
+            owner: self.owner,
+            kill_requested: self.kill_requested,
+            launch_attempted: self.launch_attempted,
+        })
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    // Serializing our own plain data types cannot fail.
+    serde_json::to_string(v).unwrap_or_else(|_| "null".to_string())
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path).map_err(sql("opening the database"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql("enabling WAL"))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql("setting synchronous=FULL"))?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(sql("enabling foreign keys"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql("setting the busy timeout"))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(sql("creating the schema"))?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    pub async fn call<T, E, F>(self: &Arc<Self>, f: F) -> std::result::Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut Connection) -> std::result::Result<T, E> + Send + 'static,
+    {
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = me.conn.lock().map_err(|_| StoreError::Poisoned)?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| E::from(StoreError::Worker(e)))?
+    }
+}
+
+/// Begins an immediate (write-locking) transaction.
+pub fn begin(conn: &mut Connection) -> Result<Transaction<'_>> {
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(sql("beginning a transaction"))
+}
+
+pub fn commit(tx: Transaction<'_>) -> Result<()> {
+    tx.commit().map_err(sql("committing"))
+}
+
+pub fn get(conn: &Connection, task_id: &str) -> Result<Option<TaskRow>> {
+    let mut stmt = conn
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM tasks WHERE task_id = ?1"))
+        .map_err(sql("preparing a task lookup"))?;
+    let raw = stmt
+        .query_row([task_id], read_row)
+        .optional()
+        .map_err(sql("reading a task"))?;
+    raw.map(RawRow::decode).transpose()
+}
+
+pub fn exists(conn: &Connection, task_id: &str) -> Result<bool> {
+    let mut stmt = conn
+        .prepare_cached("SELECT 1 FROM tasks WHERE task_id = ?1")
+        .map_err(sql("preparing an existence check"))?;
+    stmt.exists([task_id]).map_err(sql("checking a task id"))
+}
+
+pub fn count_status(conn: &Connection, status: TaskStatus) -> Result<u64> {
+    let mut stmt = conn
+        .prepare_cached("SELECT COUNT(*) FROM tasks WHERE status = ?1")
+        .map_err(sql("preparing a count"))?;
+    stmt.query_row([status.as_str()], |r| r.get::<_, i64>(0))
+        .map(|n| n.max(0) as u64)
+        .map_err(sql("counting tasks"))
+}
+
+/// Tasks in `status`, oldest first.
+pub fn list_status(conn: &Connection, status: TaskStatus) -> Result<Vec<TaskRow>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM tasks WHERE status = ?1 ORDER BY rowid"
+        ))
+        .map_err(sql("preparing a listing"))?;
+    let raws = stmt
+        .query_map([status.as_str()], read_row)
+        .map_err(sql("listing tasks"))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(sql("listing tasks"))?;
+    raws.into_iter().map(RawRow::decode).collect()
+}
+
+/// Up to `limit` `accepted` tasks not yet handed to the helper, FIFO.
+pub fn next_to_launch(conn: &Connection, limit: u64) -> Result<Vec<String>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT task_id FROM tasks WHERE status = 'accepted' AND launch_attempted = 0
+             AND kill_requested = 0 ORDER BY rowid LIMIT ?1",
+        )
+        .map_err(sql("preparing the queue scan"))?;
+    let ids = stmt
+        .query_map([limit as i64], |r| r.get(0))
+        .map_err(sql("scanning the queue"))?
+        .collect::<rusqlite::Result<Vec<String>>>()
+        .map_err(sql("scanning the queue"))?;
+    Ok(ids)
+}
+
+pub fn insert(tx: &Transaction<'_>, row: &TaskRow) -> Result<()> {
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO tasks (task_id, status, created_at, updated_at, request_json, plan_json,
+             tenant, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .map_err(sql("preparing an insert"))?;
+    stmt.execute(params![
+        row.task_id,
+        row.status.as_str(),
+        row.created_at,
+        row.updated_at,
+        to_json(&row.request),
+        to_json(&row.plan),
+        row.tenant,
+        row.owner,
+    ])
+    .map_err(sql("inserting a task"))?;
+    Ok(())
+}
+
+/// Writes every mutable column of `row` back.
+pub fn update(tx: &Transaction<'_>, row: &TaskRow, finished_unix_ms: Option<i64>) -> Result<()> {
+    let mut stmt = tx
+        .prepare_cached(
+            "UPDATE tasks SET status = ?2, updated_at = ?3, started_at = ?4, finished_at = ?5,
+             duration_ms = ?6, shim_pid = ?7, shim_start_ticks = ?8, pid = ?9, pgid = ?10,
+             exit_code = ?11, exit_signal = ?12, error_json = ?13, usage_json = ?14,
+             reservation_json = ?15, reserved_at = ?16, released = ?17, kill_requested = ?18,
+             launch_attempted = ?19, finished_unix_ms = ?20 WHERE task_id = ?1",
+        )
+        .map_err(sql("preparing an update"))?;
+    stmt.execute(params![
+        row.task_id,
+        row.status.as_str(),
+        row.updated_at,
+        row.started_at,
+        row.finished_at,
+        row.duration_ms.map(|v| v as i64),
+        row.shim_pid,
+        row.shim_start_ticks.map(|v| v as i64),
+        row.pid,
+        row.pgid,
+        row.exit_code,
+        row.exit_signal,
+        row.error.as_ref().map(to_json),
+        row.usage.as_ref().map(to_json),
+        row.reservation.as_ref().map(to_json),
+        row.reserved_at,
+        row.released as i64,
+        row.kill_requested as i64,
+        row.launch_attempted as i64,
+        finished_unix_ms,
+    ])
+    .map_err(sql("updating a task"))?;
+    Ok(())
+}
+
+pub fn append_event(tx: &Transaction<'_>, task_id: &str, ts: &str, ev: &NewEvent) -> Result<()> {
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO events (task_id, seq, event_type, timestamp, message, data_json)
+             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE task_id = ?1),
+                     ?2, ?3, ?4, ?5)",
+        )
+        .map_err(sql("preparing an event insert"))?;
+    stmt.execute(params![
+        task_id,
+        ev.event_type,
+        ts,
+        ev.message,
+        ev.data.as_ref().map(to_json)
+    ])
+    .map_err(sql("appending an event"))?;
+    Ok(())
+}
+
+pub fn events(conn: &Connection, task_id: &str) -> Result<Vec<EventRow>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, task_id, event_type, timestamp, message, data_json FROM events
+             WHERE task_id = ?1 ORDER BY seq",
+        )
+        .map_err(sql("preparing an event listing"))?;
+    let rows = stmt
+        .query_map([task_id], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, Option<String>>(5)?,
+            ))
+        })
+        .map_err(sql("listing events"))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(sql("listing events"))?;
+    rows.into_iter()
+        .map(|(seq, task_id, event_type, timestamp, message, data)| {
+            Ok(EventRow {
+                data: json_col(&task_id, data)?,
+                seq,
+                task_id,
+                event_type,
+                timestamp,
+                message,
+            })
+        })
+        .collect()
+}
+
+/// Terminal tasks finished before `cutoff_unix_ms`, at most `limit`.
+pub fn expired(conn: &Connection, cutoff_unix_ms: i64, limit: u64) -> Result<Vec<String>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT task_id FROM tasks WHERE finished_unix_ms IS NOT NULL
+             AND finished_unix_ms < ?1 ORDER BY finished_unix_ms LIMIT ?2",
+        )
+        .map_err(sql("preparing the expiry scan"))?;
+    let ids = stmt
+        .query_map(params![cutoff_unix_ms, limit as i64], |r| r.get(0))
+        .map_err(sql("scanning expired tasks"))?
+        .collect::<rusqlite::Result<Vec<String>>>()
+        .map_err(sql("scanning expired tasks"))?;
+    Ok(ids)
+}
+
+pub fn delete(tx: &Transaction<'_>, task_id: &str) -> Result<()> {
+    tx.execute("DELETE FROM events WHERE task_id = ?1", [task_id])
+        .map_err(sql("deleting events"))?;
+    tx.execute("DELETE FROM tasks WHERE task_id = ?1", [task_id])
+        .map_err(sql("deleting a task"))?;
+    Ok(())
+}
+
+/// A cheap round trip proving the database answers.
+pub fn ping(conn: &Connection) -> Result<()> {
+    conn.query_row("SELECT 1", [], |_| Ok(()))
+        .map_err(sql("pinging the database"))
+}
