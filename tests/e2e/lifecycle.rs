@@ -1,0 +1,80 @@
+//! Process structure and lifetime: the shim is not a descendant of the
+//! runtime, a task outlives `kill -9` of the runtime, and GC removes
+//! expired tasks.
+
+use std::time::{Duration, Instant};
+
+use execgo_runtime_tests::*;
+
+const T: Duration = Duration::from_secs(20);
+
+fn ancestors(mut pid: i32) -> Vec<i32> {
+    let mut out = vec![];
+    while pid > 1 {
+        match ppid_of(pid) {
+            Some(p) => {
+                out.push(p);
+                pid = p;
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+#[test]
+fn shim_is_not_a_descendant_of_the_runtime() {
+    let s = Server::start();
+    let id = s.submit(&command("/bin/sleep", &["30"]));
+    let st = s.wait_status(&id, "running", T);
+    let shim = st["shim_pid"].as_i64().unwrap() as i32;
+    let task = st["pid"].as_i64().unwrap() as i32;
+    assert_eq!(ppid_of(task), Some(shim), "the task is the shim's child");
+    let chain = ancestors(shim);
+    assert!(!chain.contains(&s.pid()), "shim {shim} descends from the runtime: {chain:?}");
+    s.kill(&id, None);
+    s.wait_terminal(&id, T);
+}
+
+#[test]
+fn task_survives_kill_9_of_the_runtime_and_is_finished_after_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("data");
+    let mut s = Server::builder().data_dir(&dir).start();
+    let id = s.submit(&sh("sleep 1; echo survived"));
+    let st = s.wait_status(&id, "running", T);
+    let task = st["pid"].as_i64().unwrap() as i32;
+    s.kill9();
+    assert!(alive(task), "the task died with the runtime");
+    drop(s);
+    // Restart on the same data dir: the task ends with its real outcome.
+    let s2 = Server::builder().data_dir(&dir).start();
+    let st = s2.wait_terminal(&id, T);
+    assert_eq!(st["status"], "success", "{st}");
+    assert_eq!(st["stdout"], "survived\n");
+    assert!(s2.event_types(&id).contains(&"recovered".to_string()));
+}
+
+#[test]
+fn gc_deletes_expired_terminal_tasks() {
+    let s = Server::builder()
+        .args(["--result-retention-secs", "1", "--gc-interval-ms", "100"])
+        .start();
+    let id = s.submit(&command("/bin/true", &[]));
+    s.wait_terminal(&id, T);
+    let running = s.submit(&command("/bin/sleep", &["30"]));
+    s.wait_status(&running, "running", T);
+    let start = Instant::now();
+    loop {
+        if s.get(&format!("/api/v1/tasks/{id}")).status == 404 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "not collected");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!s.task_dir(&id).exists(), "directory left behind");
+    assert_eq!(s.get(&format!("/api/v1/tasks/{id}/events")).status, 404);
+    // A running task is never collected.
+    assert_eq!(s.status(&running)["status"], "running");
+    s.kill(&running, None);
+}
