@@ -7,9 +7,11 @@ mod config;
 mod engine;
 mod helper_link;
 mod plan;
+mod platform;
 mod serve;
 mod store;
 mod sys;
+mod views;
 
 use clap::{Parser, Subcommand};
 

@@ -17,7 +17,10 @@ fn health_and_readiness() {
     let r = s.get("/readyz");
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json()["status"], "ready");
-    assert!(r.header("content-type").unwrap().starts_with("application/json"));
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
 }
 
 #[test]
@@ -30,7 +33,10 @@ fn submit_status_events_happy_path() {
     );
     assert_eq!(r.status, 200, "{}", r.text);
     let body = r.json();
-    assert_eq!(body, json!({"task_id": "hello-1", "handle_id": "hello-1", "status": "accepted"}));
+    assert_eq!(
+        body,
+        json!({"task_id": "hello-1", "handle_id": "hello-1", "status": "accepted"})
+    );
     let st = s.wait_terminal("hello-1", T);
     assert_eq!(st["status"], "success", "{st}");
     assert_eq!(st["stdout"], "hi\n");
@@ -52,7 +58,10 @@ fn submit_status_events_happy_path() {
     assert_eq!(a["task_dir"], dir.to_string_lossy().as_ref());
     assert!(a.get("script_path").is_none());
     for key in ["request_path", "result_path", "stdout_path", "stderr_path"] {
-        assert!(std::path::Path::new(a[key].as_str().unwrap()).exists(), "{key}");
+        assert!(
+            std::path::Path::new(a[key].as_str().unwrap()).exists(),
+            "{key}"
+        );
     }
     // result.json holds the terminal status body.
     let result: Value =
@@ -62,16 +71,34 @@ fn submit_status_events_happy_path() {
     assert_eq!(result["stdout"], "hi\n");
     // Events: contract order, both vocabularies.
     let ev = s.events("hello-1");
-    let types: Vec<&str> = ev.iter().map(|e| e["event_type"].as_str().unwrap()).collect();
+    let types: Vec<&str> = ev
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
     assert_eq!(
         types,
-        ["submitted", "accepted", "planned", "resource_reserved", "started", "resource_released", "finished"]
+        [
+            "submitted",
+            "accepted",
+            "planned",
+            "resource_reserved",
+            "started",
+            "resource_released",
+            "finished"
+        ]
     );
     let client: Vec<&str> = ev.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(
         client,
-        ["task_submitted", "task_accepted", "task_progressed", "task_progressed", "task_started",
-         "task_progressed", "task_succeeded"]
+        [
+            "task_submitted",
+            "task_accepted",
+            "task_progressed",
+            "task_progressed",
+            "task_started",
+            "task_progressed",
+            "task_succeeded"
+        ]
     );
     for (i, e) in ev.iter().enumerate() {
         assert_eq!(e["seq"], (i + 1) as u64);
@@ -94,21 +121,66 @@ fn invalid_input_cases() {
     let s = Server::start();
     let cases: Vec<(Value, &str)> = vec![
         (json!({}), "execution"),
-        (json!({"execution": {"kind": "command"}}), "execution.program must not be blank"),
-        (json!({"execution": {"kind": "shell", "program": "x"}}), "unknown variant"),
-        (json!({"execution": {"kind": "command", "program": 5}}), "invalid type"),
-        (json!({"execution": {"kind": "script", "script": " "}}), "script must not be blank"),
-        (json!({"task_id": "a/b", "execution": {"kind": "command", "program": "x"}}), "task_id"),
-        (json!({"task_id": "..", "execution": {"kind": "command", "program": "x"}}), "task_id"),
-        (json!({"task_id": "x".repeat(129), "execution": {"kind": "command", "program": "x"}}), "task_id"),
-        (json!({"execution": {"kind": "command", "program": "x"}, "limits": {"wall_time_ms": 0}}), "wall_time_ms"),
-        (json!({"execution": {"kind": "command", "program": "x"}, "limits": {"wall_time_ms": -1}}), "invalid value"),
-        (json!({"execution": {"kind": "command", "program": "x"}, "limits": {"wall_time_ms": 1.5}}), "invalid type"),
-        (json!({"execution": {"kind": "command", "program": "x", "env": {"A=B": "1"}}}), "'='"),
-        (json!({"execution": {"kind": "command", "program": "x"}, "sandbox": {"workspace_subdir": "/abs"}}), "workspace_subdir"),
-        (json!({"execution": {"kind": "command", "program": "x"}, "sandbox": {"profile": "vm"}}), "unknown variant"),
-        (json!({"execution": {"kind": "command", "program": "x"}, "control_context": {"tenant": ""}}), "control_context.tenant"),
-        (json!({"execution": {"kind": "command", "program": "x"}, "policy": {"capability_mode": "lenient"}}), "unknown variant"),
+        (
+            json!({"execution": {"kind": "command"}}),
+            "execution.program must not be blank",
+        ),
+        (
+            json!({"execution": {"kind": "shell", "program": "x"}}),
+            "unknown variant",
+        ),
+        (
+            json!({"execution": {"kind": "command", "program": 5}}),
+            "invalid type",
+        ),
+        (
+            json!({"execution": {"kind": "script", "script": " "}}),
+            "script must not be blank",
+        ),
+        (
+            json!({"task_id": "a/b", "execution": {"kind": "command", "program": "x"}}),
+            "task_id",
+        ),
+        (
+            json!({"task_id": "..", "execution": {"kind": "command", "program": "x"}}),
+            "task_id",
+        ),
+        (
+            json!({"task_id": "x".repeat(129), "execution": {"kind": "command", "program": "x"}}),
+            "task_id",
+        ),
+        (
+            json!({"execution": {"kind": "command", "program": "x"}, "limits": {"wall_time_ms": 0}}),
+            "wall_time_ms",
+        ),
+        (
+            json!({"execution": {"kind": "command", "program": "x"}, "limits": {"wall_time_ms": -1}}),
+            "invalid value",
+        ),
+        (
+            json!({"execution": {"kind": "command", "program": "x"}, "limits": {"wall_time_ms": 1.5}}),
+            "invalid type",
+        ),
+        (
+            json!({"execution": {"kind": "command", "program": "x", "env": {"A=B": "1"}}}),
+            "'='",
+        ),
+        (
+            json!({"execution": {"kind": "command", "program": "x"}, "sandbox": {"workspace_subdir": "/abs"}}),
+            "workspace_subdir",
+        ),
+        (
+            json!({"execution": {"kind": "command", "program": "x"}, "sandbox": {"profile": "vm"}}),
+            "unknown variant",
+        ),
+        (
+            json!({"execution": {"kind": "command", "program": "x"}, "control_context": {"tenant": ""}}),
+            "control_context.tenant",
+        ),
+        (
+            json!({"execution": {"kind": "command", "program": "x"}, "policy": {"capability_mode": "lenient"}}),
+            "unknown variant",
+        ),
     ];
     for (body, needle) in cases {
         let r = s.post("/api/v1/tasks", &body);
@@ -137,7 +209,9 @@ fn unknown_fields_are_ignored_and_no_content_type_is_json() {
 
 #[test]
 fn capability_errors() {
-    let s = Server::builder().args(["--capacity-memory-bytes", "1048576"]).start();
+    let s = Server::builder()
+        .args(["--capacity-memory-bytes", "1048576"])
+        .start();
     let strict = json!({"execution": {"kind": "command", "program": "/bin/true"},
         "sandbox": {"profile": "linux_sandbox"}, "policy": {"capability_mode": "strict"}});
     let r = s.post("/api/v1/tasks", &strict);
@@ -158,8 +232,10 @@ fn capability_errors() {
     assert_eq!(r.status, 400);
     assert_eq!(r.code(), "insufficient_resources");
     // Adaptive linux_sandbox runs degraded, and says why.
-    let id = s.submit(&json!({"execution": {"kind": "command", "program": "/bin/true"},
-        "sandbox": {"profile": "linux_sandbox", "workspace_subdir": "w"}}));
+    let id = s.submit(
+        &json!({"execution": {"kind": "command", "program": "/bin/true"},
+        "sandbox": {"profile": "linux_sandbox", "workspace_subdir": "w"}}),
+    );
     let st = s.wait_terminal(&id, T);
     assert_eq!(st["status"], "success", "{st}");
     let plan = &st["execution_plan"];
@@ -217,7 +293,11 @@ fn not_found_conflict_and_method_errors() {
     assert_eq!(r.code(), "conflict");
     // The duplicate did not run twice.
     s.wait_terminal("dup", T);
-    let starts = s.event_types("dup").iter().filter(|t| *t == "started").count();
+    let starts = s
+        .event_types("dup")
+        .iter()
+        .filter(|t| *t == "started")
+        .count();
     assert_eq!(starts, 1);
 }
 
@@ -243,8 +323,10 @@ fn queue_full_is_429_even_for_a_duplicate_id() {
     let s = Server::builder()
         .args(["--max-running-tasks", "1", "--max-queued-tasks", "2"])
         .start();
-    let runner = s.submit(&json!({"task_id": "runner", "execution": {"kind": "command",
-        "program": "/bin/sleep", "args": ["30"]}}));
+    let runner = s.submit(
+        &json!({"task_id": "runner", "execution": {"kind": "command",
+        "program": "/bin/sleep", "args": ["30"]}}),
+    );
     s.wait_status(&runner, "running", T);
     s.submit(&json!({"task_id": "q1", "execution": {"kind": "command", "program": "/bin/true"}}));
     s.submit(&json!({"task_id": "q2", "execution": {"kind": "command", "program": "/bin/true"}}));
@@ -256,7 +338,11 @@ fn queue_full_is_429_even_for_a_duplicate_id() {
         "/api/v1/tasks",
         &json!({"task_id": "q1", "execution": {"kind": "command", "program": "/bin/true"}}),
     );
-    assert_eq!(r.status, 429, "duplicate on a full queue must be 429: {}", r.text);
+    assert_eq!(
+        r.status, 429,
+        "duplicate on a full queue must be 429: {}",
+        r.text
+    );
     assert_eq!(s.status("q1")["status"], "accepted");
     assert_eq!(s.kill(&runner, None).status, 200);
     assert_eq!(s.wait_terminal("q2", T)["status"], "success");
@@ -265,8 +351,10 @@ fn queue_full_is_429_even_for_a_duplicate_id() {
 #[test]
 fn owner_gated_kill() {
     let s = Server::start();
-    let id = s.submit(&json!({"execution": {"kind": "command", "program": "/bin/sleep",
-        "args": ["30"]}, "control_context": {"owner": "alice", "tenant": "t"}}));
+    let id = s.submit(
+        &json!({"execution": {"kind": "command", "program": "/bin/sleep",
+        "args": ["30"]}, "control_context": {"owner": "alice", "tenant": "t"}}),
+    );
     s.wait_status(&id, "running", T);
     let r = s.kill(&id, None);
     assert_eq!(r.status, 403);
@@ -282,4 +370,41 @@ fn owner_gated_kill() {
     let st = s.wait_terminal(&id, T);
     assert_eq!(st["status"], "cancelled");
     assert_eq!(st["error"]["code"], "cancelled");
+}
+
+#[test]
+fn runtime_info_and_config() {
+    let s = Server::builder()
+        .args(["--max-running-tasks", "3", "--disable-cgroup"])
+        .env("HOSTNAME", "node-a")
+        .start();
+    let info = s.get("/api/v1/runtime/info");
+    assert_eq!(info.status, 200);
+    let info = info.json();
+    let expected_id = format!("node-a-127.0.0.1-{}", s.port);
+    assert_eq!(info["runtime_id"], expected_id.as_str());
+    assert_eq!(info["snapshot_version"], "v1");
+    assert_eq!(info["platform"]["os"], "linux");
+    assert!(info["platform"]["containerized"].is_boolean());
+    assert!(info["platform"]["kubernetes"].is_boolean());
+    assert!(info["started_at"].as_str().unwrap().ends_with('Z'));
+    let cfg = s.get("/api/v1/runtime/config").json();
+    assert_eq!(cfg["runtime_id"], expected_id.as_str());
+    assert_eq!(cfg["listen_addr"], format!("127.0.0.1:{}", s.port).as_str());
+    assert_eq!(cfg["max_running_tasks"], 3);
+    assert_eq!(cfg["max_queued_tasks"], 128);
+    assert_eq!(cfg["termination_grace_ms"], 5000);
+    assert_eq!(cfg["result_retention_secs"], 604800);
+    assert_eq!(cfg["gc_interval_ms"], 1000);
+    assert_eq!(cfg["dispatch_poll_interval_ms"], 250);
+    assert_eq!(cfg["cgroup_root"], "/sys/fs/cgroup/execgo-runtime");
+    assert_eq!(cfg["default_capability_mode"], "adaptive");
+    assert_eq!(cfg["cgroup_enabled"], false);
+    let id = Server::builder()
+        .env("EXECGO_RUNTIME_ID", "custom-id")
+        .start();
+    assert_eq!(
+        id.get("/api/v1/runtime/info").json()["runtime_id"],
+        "custom-id"
+    );
 }

@@ -31,7 +31,10 @@ fn shim_is_not_a_descendant_of_the_runtime() {
     let task = st["pid"].as_i64().unwrap() as i32;
     assert_eq!(ppid_of(task), Some(shim), "the task is the shim's child");
     let chain = ancestors(shim);
-    assert!(!chain.contains(&s.pid()), "shim {shim} descends from the runtime: {chain:?}");
+    assert!(
+        !chain.contains(&s.pid()),
+        "shim {shim} descends from the runtime: {chain:?}"
+    );
     s.kill(&id, None);
     s.wait_terminal(&id, T);
 }

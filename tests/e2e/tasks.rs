@@ -38,8 +38,10 @@ fn script_with_interpreter_gets_the_file_as_last_argument() {
 #[test]
 fn environment_is_minimal_plus_env() {
     let s = Server::builder().env("SECRET_OF_RUNTIME", "leak").start();
-    let id = s.submit(&json!({"execution": {"kind": "command", "program": "/usr/bin/env",
-        "env": {"FOO": "bar", "PATH": "/usr/bin:/bin"}}}));
+    let id = s.submit(
+        &json!({"execution": {"kind": "command", "program": "/usr/bin/env",
+        "env": {"FOO": "bar", "PATH": "/usr/bin:/bin"}}}),
+    );
     let st = s.wait_terminal(&id, T);
     let out = st["stdout"].as_str().unwrap();
     let keys: Vec<&str> = out.lines().map(|l| l.split('=').next().unwrap()).collect();
@@ -57,8 +59,10 @@ fn environment_is_minimal_plus_env() {
 #[test]
 fn workspace_subdir_is_the_working_directory_and_stdin_is_null() {
     let s = Server::start();
-    let id = s.submit(&json!({"execution": {"kind": "command", "program": "/bin/sh",
-        "args": ["-c", "pwd; cat; echo done"]}, "sandbox": {"workspace_subdir": "a/b"}}));
+    let id = s.submit(
+        &json!({"execution": {"kind": "command", "program": "/bin/sh",
+        "args": ["-c", "pwd; cat; echo done"]}, "sandbox": {"workspace_subdir": "a/b"}}),
+    );
     let st = s.wait_terminal(&id, T);
     let ws = s.task_dir(&id).join("workspace/a/b");
     assert_eq!(st["stdout"], format!("{}\ndone\n", ws.display()));
@@ -67,9 +71,11 @@ fn workspace_subdir_is_the_working_directory_and_stdin_is_null() {
 #[test]
 fn output_truncation_flags_and_full_logs() {
     let s = Server::start();
-    let id = s.submit(&json!({"execution": {"kind": "command", "program": "/bin/sh",
+    let id = s.submit(
+        &json!({"execution": {"kind": "command", "program": "/bin/sh",
         "args": ["-c", "printf 0123456789; printf abcdef >&2"]},
-        "limits": {"stdout_max_bytes": 4, "stderr_max_bytes": 6}}));
+        "limits": {"stdout_max_bytes": 4, "stderr_max_bytes": 6}}),
+    );
     let st = s.wait_terminal(&id, T);
     assert_eq!(st["stdout"], "0123");
     assert_eq!(st["stdout_truncated"], true);
@@ -129,14 +135,23 @@ fn missing_program_is_launch_failed_without_start() {
 fn timeout_fails_with_timeout_quickly() {
     let s = Server::start();
     let start = Instant::now();
-    let id = s.submit(&json!({"execution": {"kind": "command", "program": "/bin/sleep",
-        "args": ["10"]}, "limits": {"wall_time_ms": 300}}));
+    let id = s.submit(
+        &json!({"execution": {"kind": "command", "program": "/bin/sleep",
+        "args": ["10"]}, "limits": {"wall_time_ms": 300}}),
+    );
     let st = s.wait_terminal(&id, T);
-    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
     assert_eq!(st["status"], "failed");
     assert_eq!(st["error"]["code"], "timeout");
     let types = s.event_types(&id);
-    let i = types.iter().position(|t| t == "timeout_triggered").expect("timeout event");
+    let i = types
+        .iter()
+        .position(|t| t == "timeout_triggered")
+        .expect("timeout event");
     assert!(i < types.len() - 1);
     assert_eq!(types.last().unwrap(), "failed");
 }
@@ -153,7 +168,10 @@ fn kill_of_accepted_cancels_at_once() {
     assert_eq!(r.json()["error"]["code"], "cancelled");
     assert!(r.json().get("started_at").is_none());
     let types = s.event_types(&id);
-    assert!(types.ends_with(&["kill_requested".to_string(), "cancelled".to_string()]), "{types:?}");
+    assert!(
+        types.ends_with(&["kill_requested".to_string(), "cancelled".to_string()]),
+        "{types:?}"
+    );
     assert!(s.task_dir(&id).join("result.json").exists());
     // A terminal task's kill answers its status, unchanged.
     let again = s.kill(&id, None);
@@ -184,14 +202,19 @@ fn kill_of_running_is_cancelled() {
 
 #[test]
 fn sigterm_ignoring_task_is_killed_after_the_grace() {
-    let s = Server::builder().args(["--termination-grace-ms", "700"]).start();
+    let s = Server::builder()
+        .args(["--termination-grace-ms", "700"])
+        .start();
     let id = s.submit(&sh("trap '' TERM; echo ready; sleep 30"));
     s.wait_for(&id, T, |v| v["stdout"] == "ready\n");
     let start = Instant::now();
     s.kill(&id, None);
     let st = s.wait_terminal(&id, T);
     let took = start.elapsed();
-    assert!(took >= Duration::from_millis(650), "killed before the grace: {took:?}");
+    assert!(
+        took >= Duration::from_millis(650),
+        "killed before the grace: {took:?}"
+    );
     assert!(took < Duration::from_secs(5), "{took:?}");
     assert_eq!(st["status"], "cancelled");
 }
@@ -202,7 +225,10 @@ fn running_status_has_live_duration() {
     let id = s.submit(&command("/bin/sleep", &["30"]));
     let st = s.wait_status(&id, "running", T);
     assert!(st["started_at"].is_string());
-    assert!(st["shim_pid"].is_i64() && st["pid"].is_i64() && st["pgid"].is_i64(), "{st}");
+    assert!(
+        st["shim_pid"].is_i64() && st["pid"].is_i64() && st["pgid"].is_i64(),
+        "{st}"
+    );
     assert_eq!(st["pid"], st["pgid"]);
     std::thread::sleep(Duration::from_millis(200));
     let st = s.status(&id);

@@ -148,6 +148,14 @@ where
             method_check(method, get, path, "GET")?;
             Ok(json_reply(200, &engine.events(id).await?))
         }
+        ["api", "v1", "runtime", "info"] => {
+            method_check(method, get, path, "GET")?;
+            Ok(json_reply(200, &crate::views::info(&engine)))
+        }
+        ["api", "v1", "runtime", "config"] => {
+            method_check(method, get, path, "GET")?;
+            Ok(json_reply(200, &crate::views::config(&engine)))
+        }
         _ => Err(ApiError::verbatim(
             ApiErrorCode::NotFound,
             format!("not found: no route for {path}"),

@@ -68,6 +68,8 @@ pub struct Engine {
     pub store: Arc<Store>,
     pub helper: Arc<HelperLink>,
     pub caps: HostCaps,
+    pub started_at: String,
+    pub platform: crate::platform::Platform,
     wake: Notify,
     /// Tasks handed to the helper and not yet terminal.
     inflight: AtomicU64,
@@ -85,6 +87,8 @@ impl Engine {
             store,
             helper,
             caps,
+            started_at: now(),
+            platform: crate::platform::Platform::detect(),
             wake: Notify::new(),
             inflight: AtomicU64::new(0),
             base_env,

@@ -1,0 +1,36 @@
+//! Read-only runtime views: `/api/v1/runtime/info` and
+//! `/api/v1/runtime/config`.
+
+use serde_json::{json, Value};
+
+use crate::engine::Engine;
+
+pub const SNAPSHOT_VERSION: &str = "v1";
+
+pub fn info(e: &Engine) -> Value {
+    json!({
+        "runtime_id": e.cfg.runtime_id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_at": e.started_at,
+        "snapshot_version": SNAPSHOT_VERSION,
+        "platform": e.platform,
+    })
+}
+
+pub fn config(e: &Engine) -> Value {
+    let a = &e.cfg.args;
+    json!({
+        "runtime_id": e.cfg.runtime_id,
+        "listen_addr": a.listen_addr.to_string(),
+        "data_dir": e.cfg.data_dir.to_string_lossy(),
+        "max_running_tasks": a.max_running_tasks,
+        "max_queued_tasks": a.max_queued_tasks,
+        "termination_grace_ms": a.termination_grace_ms,
+        "result_retention_secs": a.result_retention_secs,
+        "gc_interval_ms": a.gc_interval_ms,
+        "dispatch_poll_interval_ms": a.dispatch_poll_interval_ms,
+        "cgroup_root": a.cgroup_root.to_string_lossy(),
+        "default_capability_mode": crate::api::model::CapabilityMode::from(a.default_capability_mode),
+        "cgroup_enabled": !a.disable_cgroup,
+    })
+}
