@@ -177,6 +177,16 @@ fn agent() -> ureq::Agent {
 
 /// Sends one request; never panics on a non-2xx status.
 pub fn request(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> Resp {
+    try_request(method, url, body, headers).unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// Like [`request`], but a transport failure (refused, reset) is an `Err`.
+pub fn try_request(
+    method: &str,
+    url: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> Result<Resp, String> {
     let mut req = agent().request(method, url);
     for (k, v) in headers {
         req = req.set(k, v);
@@ -188,7 +198,7 @@ pub fn request(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&str, &
     let resp = match result {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {url}: {e}"),
+        Err(e) => return Err(e.to_string()),
     };
     let status = resp.status();
     let headers = resp
@@ -200,12 +210,12 @@ pub fn request(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&str, &
     resp.into_reader()
         .take(64 << 20)
         .read_to_string(&mut text)
-        .expect("read body");
-    Resp {
+        .map_err(|e| e.to_string())?;
+    Ok(Resp {
         status,
         headers,
         text,
-    }
+    })
 }
 
 pub const TERMINAL: [&str; 3] = ["success", "failed", "cancelled"];
@@ -335,6 +345,15 @@ impl Server {
         self.child.id() as i32
     }
 
+    /// Pid of the embedded helper (the runtime's child named after it).
+    pub fn helper_pid(&self) -> Option<i32> {
+        children_of(self.pid()).into_iter().find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .map(|c| c.trim().starts_with("execgo-runtime-"))
+                .unwrap_or(false)
+        })
+    }
+
     /// `kill -9` of the runtime process only.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -391,4 +410,38 @@ pub fn command(program: &str, args: &[&str]) -> Value {
 /// `/bin/sh -c script` as a command task.
 pub fn sh(script: &str) -> Value {
     command("/bin/sh", &["-c", script])
+}
+
+/// Direct children of `pid`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = vec![];
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let f = t.path().join("children");
+            if let Ok(s) = std::fs::read_to_string(f) {
+                out.extend(s.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+    }
+    out
+}
+
+/// Pids whose command line mentions `needle` (e.g. a test's data dir).
+pub fn pids_mentioning(needle: &str) -> Vec<i32> {
+    let mut out = vec![];
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(p.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) && alive(pid) {
+                out.push(pid);
+            }
+        }
+    }
+    out
 }
