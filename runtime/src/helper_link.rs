@@ -60,6 +60,8 @@ pub struct HelperLink {
     mode: HelperMode,
     conn: Mutex<Option<Conn>>,
     last_attempt: Mutex<Option<Instant>>,
+    connects: std::sync::atomic::AtomicU64,
+    up: std::sync::atomic::AtomicBool,
 }
 
 const IO_TIMEOUT: Duration = Duration::from_secs(15);
@@ -71,6 +73,8 @@ impl HelperLink {
             mode,
             conn: Mutex::new(None),
             last_attempt: Mutex::new(None),
+            connects: std::sync::atomic::AtomicU64::new(0),
+            up: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -82,8 +86,25 @@ impl HelperLink {
             .unwrap_or_else(|| PathBuf::from("execgo-runtime-helper"))
     }
 
+    /// Successful connections so far (the first one included).
+    pub fn connects(&self) -> u64 {
+        self.connects.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the last exchange with the helper succeeded.
+    pub fn is_up(&self) -> bool {
+        self.up.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Sends one request and waits for its reply, connecting first if needed.
     pub fn call(&self, req: &Request) -> Result<Response, LinkError> {
+        let r = self.exchange(req);
+        self.up
+            .store(r.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+
+    fn exchange(&self, req: &Request) -> Result<Response, LinkError> {
         let mut guard = self.conn.lock().map_err(|_| LinkError::Poisoned)?;
         if guard.is_none() {
             *guard = Some(self.connect()?);
@@ -147,6 +168,9 @@ impl HelperLink {
             reap(&mut conn);
             return Err(e);
         }
+        self.connects
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.up.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(conn)
     }
 }

@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod engine;
 mod helper_link;
+mod metrics;
 mod plan;
 mod platform;
 mod serve;

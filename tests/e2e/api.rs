@@ -408,3 +408,66 @@ fn runtime_info_and_config() {
         "custom-id"
     );
 }
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{series} not in\n{text}"))
+}
+
+#[test]
+fn metrics_change_as_tasks_run() {
+    let s = Server::start();
+    let r = s.get("/metrics");
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    assert_eq!(
+        metric(&r.text, "execgo_runtime_tasks_total{status=\"success\"}"),
+        0.0
+    );
+    let ok = s.submit(&command("/bin/true", &[]));
+    let bad = s.submit(&command("/bin/false", &[]));
+    s.wait_terminal(&ok, T);
+    s.wait_terminal(&bad, T);
+    let long = s.submit(&command("/bin/sleep", &["30"]));
+    s.wait_status(&long, "running", T);
+    let text = s.get("/metrics").text;
+    assert_eq!(
+        metric(&text, "execgo_runtime_tasks_total{status=\"accepted\"}"),
+        3.0
+    );
+    assert_eq!(
+        metric(&text, "execgo_runtime_tasks_total{status=\"success\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "execgo_runtime_tasks_total{status=\"failed\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "execgo_runtime_task_errors_total{code=\"exit_nonzero\"}"
+        ),
+        1.0
+    );
+    assert_eq!(metric(&text, "execgo_runtime_tasks_running"), 1.0);
+    assert_eq!(
+        metric(&text, "execgo_runtime_task_duration_seconds_count"),
+        2.0
+    );
+    assert_eq!(metric(&text, "execgo_runtime_helper_up"), 1.0);
+    s.kill(&long, None);
+    s.wait_terminal(&long, T);
+    let text = s.get("/metrics").text;
+    assert_eq!(metric(&text, "execgo_runtime_tasks_running"), 0.0);
+    assert_eq!(
+        metric(&text, "execgo_runtime_tasks_total{status=\"cancelled\"}"),
+        1.0
+    );
+}

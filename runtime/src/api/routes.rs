@@ -156,6 +156,15 @@ where
             method_check(method, get, path, "GET")?;
             Ok(json_reply(200, &crate::views::config(&engine)))
         }
+        ["metrics"] => {
+            method_check(method, get, path, "GET")?;
+            let text = engine.metrics_text().await?;
+            Ok(Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                .body(text)
+                .unwrap_or_default())
+        }
         _ => Err(ApiError::verbatim(
             ApiErrorCode::NotFound,
             format!("not found: no route for {path}"),

@@ -265,6 +265,13 @@ impl Engine {
             Err(e) => tracing::error!(task_id, error = %e.message, "recording the start failed"),
         }
         tracing::info!(task_id, shim_pid = l.shim_pid, pid = ?l.pid, "task started");
+        self.metrics.status(TaskStatus::Running);
+        if let Ok(created) = chrono::DateTime::parse_from_rfc3339(&row.created_at) {
+            let waited = chrono::Utc::now() - created.with_timezone(&chrono::Utc);
+            self.metrics
+                .dispatch_latency_seconds
+                .observe(waited.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+        }
         self.watch(task_id, l.shim_pid, l.shim_start_ticks).await;
     }
 
@@ -336,13 +343,13 @@ impl Engine {
         let id = task_id.to_string();
         let res = self
             .store
-            .call(move |conn| -> Result<bool, ApiError> {
+            .call(move |conn| -> Result<Option<(bool, TaskRow)>, ApiError> {
                 let tx = store::begin(conn)?;
                 let Some(mut row) = store::get(&tx, &id)? else {
-                    return Ok(false);
+                    return Ok(None);
                 };
                 if row.status.is_terminal() {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 let was_counted = row.launch_attempted;
                 let had_reservation = row.reservation.is_some();
@@ -405,16 +412,27 @@ impl Engine {
                 store::append_event(&tx, &id, &ts, &ev)?;
                 store::update(&tx, &row, unix_ms(&ts))?;
                 store::commit(tx)?;
-                Ok(was_counted)
+                Ok(Some((was_counted, row)))
             })
             .await;
         match res {
-            Ok(was_counted) => {
+            Ok(Some((was_counted, row))) => {
                 if was_counted {
                     self.inflight.fetch_sub(1, Ordering::SeqCst);
                 }
-                tracing::info!(task_id, "task finished");
+                let m = &self.metrics;
+                m.status(row.status);
+                if let Some(e) = &row.error {
+                    m.task_errors_total
+                        .with_label_values(&[e.code.as_str()])
+                        .inc();
+                }
+                if let Some(d) = row.duration_ms {
+                    m.task_duration_seconds.observe(d as f64 / 1000.0);
+                }
+                tracing::info!(task_id, status = row.status.as_str(), "task finished");
             }
+            Ok(None) => {}
             Err(e) => tracing::error!(task_id, error = %e.message, "finalizing failed"),
         }
         self.wake();

@@ -70,6 +70,7 @@ pub struct Engine {
     pub caps: HostCaps,
     pub started_at: String,
     pub platform: crate::platform::Platform,
+    pub metrics: crate::metrics::Metrics,
     wake: Notify,
     /// Tasks handed to the helper and not yet terminal.
     inflight: AtomicU64,
@@ -89,6 +90,7 @@ impl Engine {
             caps,
             started_at: now(),
             platform: crate::platform::Platform::detect(),
+            metrics: crate::metrics::Metrics::new(),
             wake: Notify::new(),
             inflight: AtomicU64::new(0),
             base_env,
@@ -202,6 +204,7 @@ impl Engine {
             })
             .await?;
         tracing::info!(task_id = %task_id, "task accepted");
+        self.metrics.status(TaskStatus::Accepted);
         self.wake();
         Ok(SubmitTaskResponse {
             handle_id: task_id.clone(),
@@ -311,15 +314,15 @@ impl Engine {
         let td = self.task_dir(task_id);
         let shim_dir = td.clone();
         let id = task_id.to_string();
-        let signal_shim = self
+        let outcome = self
             .store
-            .call(move |conn| -> Result<bool, ApiError> {
+            .call(move |conn| -> Result<KillOutcome, ApiError> {
                 let tx = store::begin(conn)?;
                 let Some(mut row) = store::get(&tx, &id)? else {
                     return Err(ApiError::not_found(&id));
                 };
                 if row.status.is_terminal() {
-                    return Ok(false);
+                    return Ok(KillOutcome::AlreadyOver);
                 }
                 let ts = now();
                 let first_request = !row.kill_requested;
@@ -354,14 +357,25 @@ impl Engine {
                     )?;
                     store::update(&tx, &row, unix_ms(&ts))?;
                     store::commit(tx)?;
-                    return Ok(false);
+                    return Ok(KillOutcome::CancelledBeforeLaunch);
                 }
                 store::update(&tx, &row, None)?;
                 store::commit(tx)?;
-                Ok(row.status == TaskStatus::Running)
+                Ok(if row.status == TaskStatus::Running {
+                    KillOutcome::SignalShim
+                } else {
+                    KillOutcome::Pending
+                })
             })
             .await?;
-        if signal_shim {
+        if outcome == KillOutcome::CancelledBeforeLaunch {
+            self.metrics.status(TaskStatus::Cancelled);
+            self.metrics
+                .task_errors_total
+                .with_label_values(&[TaskErrorCode::Cancelled.as_str()])
+                .inc();
+        }
+        if outcome == KillOutcome::SignalShim {
             match shim_dir.send_kill() {
                 Ok(true) => tracing::info!(task_id, "kill sent to shim"),
                 Ok(false) => tracing::warn!(task_id, "no shim listening for the kill"),
@@ -404,6 +418,39 @@ impl Engine {
     fn inflight(&self) -> u64 {
         self.inflight.load(Ordering::SeqCst)
     }
+
+    /// `GET /metrics`: refreshes the gauges from the store, then renders.
+    pub async fn metrics_text(&self) -> Result<String, ApiError> {
+        let (running, queued) = self
+            .store
+            .call(|conn| -> Result<(u64, u64), ApiError> {
+                Ok((
+                    store::count_status(conn, TaskStatus::Running)?,
+                    store::count_status(conn, TaskStatus::Accepted)?,
+                ))
+            })
+            .await?;
+        let m = &self.metrics;
+        m.tasks_running.set(running as i64);
+        m.tasks_queued.set(queued as i64);
+        m.helper_up.set(self.helper.is_up() as i64);
+        let reconnects = self.helper.connects().saturating_sub(1);
+        let seen = m.helper_reconnects_total.get();
+        if reconnects > seen {
+            m.helper_reconnects_total.inc_by(reconnects - seen);
+        }
+        Ok(m.render())
+    }
+}
+
+/// What a kill did, decided inside its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KillOutcome {
+    AlreadyOver,
+    CancelledBeforeLaunch,
+    SignalShim,
+    /// Handed to the helper but not yet running: the launch path sends it.
+    Pending,
 }
 
 /// An environment failure on the data dir (disk full, read-only) is a 503
