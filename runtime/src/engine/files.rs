@@ -5,6 +5,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::log_cache::LogCache;
 
 use crate::api::model::Artifacts;
 
@@ -17,16 +20,24 @@ pub const CLAIM: &str = "shim.claim";
 pub const CONTROL: &str = "control";
 
 /// Paths of one task.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TaskDir {
     pub dir: PathBuf,
+    logs: Option<Arc<LogCache>>,
 }
 
 impl TaskDir {
     pub fn new(tasks_dir: &Path, task_id: &str) -> Self {
         TaskDir {
             dir: tasks_dir.join(task_id),
+            logs: None,
         }
+    }
+
+    /// Reads log heads through `cache`.
+    pub fn with_cache(mut self, cache: Arc<LogCache>) -> Self {
+        self.logs = Some(cache);
+        self
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -65,6 +76,9 @@ impl TaskDir {
     }
 
     pub fn remove(&self) -> io::Result<()> {
+        if let Some(c) = &self.logs {
+            c.forget_dir(&self.dir);
+        }
         match fs::remove_dir_all(&self.dir) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             r => r,
@@ -89,6 +103,10 @@ impl TaskDir {
     /// The head of a log: at most `max` bytes as lossy UTF-8, and whether the
     /// log is longer.
     pub fn read_log(&self, name: &str, max: u64) -> io::Result<(String, bool)> {
+        if let Some(c) = &self.logs {
+            let (head, truncated) = c.read(&self.path(name), max)?;
+            return Ok((head.to_string(), truncated));
+        }
         let f = match File::open(self.path(name)) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((String::new(), false)),

@@ -5,6 +5,7 @@
 pub mod dispatch;
 pub mod files;
 pub mod gc;
+pub mod log_cache;
 pub mod recovery;
 pub mod view;
 
@@ -71,6 +72,7 @@ pub struct Engine {
     pub started_at: String,
     pub platform: crate::platform::Platform,
     pub metrics: crate::metrics::Metrics,
+    logs: Arc<log_cache::LogCache>,
     wake: Notify,
     /// Tasks handed to the helper and not yet terminal.
     inflight: AtomicU64,
@@ -91,6 +93,7 @@ impl Engine {
             started_at: now(),
             platform: crate::platform::Platform::detect(),
             metrics: crate::metrics::Metrics::new(),
+            logs: Arc::default(),
             wake: Notify::new(),
             inflight: AtomicU64::new(0),
             base_env,
@@ -98,7 +101,7 @@ impl Engine {
     }
 
     pub fn task_dir(&self, task_id: &str) -> TaskDir {
-        TaskDir::new(&self.cfg.tasks_dir(), task_id)
+        TaskDir::new(&self.cfg.tasks_dir(), task_id).with_cache(Arc::clone(&self.logs))
     }
 
     /// Wakes the dispatcher now.
