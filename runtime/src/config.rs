@@ -137,6 +137,15 @@ pub fn parse_tenant_quota(spec: &str) -> Result<TenantQuota, String> {
     })
 }
 
+/// The first tenant named by two `--tenant-quota` flags, if any.
+pub fn duplicate_tenant(quotas: &[TenantQuota]) -> Option<&str> {
+    let mut seen = std::collections::BTreeSet::new();
+    quotas
+        .iter()
+        .find(|q| !seen.insert(q.tenant.as_str()))
+        .map(|q| q.tenant.as_str())
+}
+
 /// Default runtime id: `${HOSTNAME:-execgo-runtime}-<listen_addr>` with every
 /// character outside `[A-Za-z0-9._-]` replaced by `-`.
 pub fn default_runtime_id(hostname: Option<&str>, listen: &SocketAddr) -> String {
@@ -174,12 +183,6 @@ impl Config {
                 default_runtime_id(std::env::var("HOSTNAME").ok().as_deref(), &args.listen_addr)
             }
         };
-        let mut seen = std::collections::BTreeSet::new();
-        for q in &args.tenant_quota {
-            if !seen.insert(q.tenant.clone()) {
-                anyhow::bail!("--tenant-quota given twice for tenant '{}'", q.tenant);
-            }
-        }
         std::fs::create_dir_all(args.data_dir.join("tasks"))
             .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
         let data_dir = std::fs::canonicalize(&args.data_dir)

@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod engine;
 mod helper_link;
+mod ledger;
 mod metrics;
 mod plan;
 mod platform;
@@ -45,6 +46,15 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => {
+            if let Some(t) = config::duplicate_tenant(&args.tenant_quota) {
+                use clap::CommandFactory;
+                Cli::command()
+                    .error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        format!("--tenant-quota given twice for tenant '{t}'"),
+                    )
+                    .exit();
+            }
             serve::init_logging("info");
             match serve::serve(*args) {
                 Ok(()) => return,

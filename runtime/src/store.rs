@@ -10,6 +10,7 @@ use execgo_runtime_protocol::{ResourceUsage, TaskError, TaskStatus};
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
 use crate::api::model::{ExecutionPlan, Reservation, SubmitTaskRequest};
+use crate::ledger::Candidate;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -75,7 +76,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     tenant TEXT,
     owner TEXT,
     kill_requested INTEGER NOT NULL DEFAULT 0,
-    launch_attempted INTEGER NOT NULL DEFAULT 0
+    launch_attempted INTEGER NOT NULL DEFAULT 0,
+    memory_request INTEGER,
+    pids_request INTEGER
 );
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks(status);
 CREATE INDEX IF NOT EXISTS tasks_by_finish ON tasks(finished_unix_ms) WHERE finished_unix_ms IS NOT NULL;
@@ -361,27 +364,92 @@ pub fn list_status(conn: &Connection, status: TaskStatus) -> Result<Vec<TaskRow>
     raws.into_iter().map(RawRow::decode).collect()
 }
 
-/// Up to `limit` `accepted` tasks not yet handed to the helper, FIFO.
-pub fn next_to_launch(conn: &Connection, limit: u64) -> Result<Vec<String>> {
+/// Up to `limit` `accepted` tasks not yet handed to the helper, FIFO, with
+/// what they would reserve.
+pub fn waiting(conn: &Connection, limit: u64) -> Result<Vec<Candidate>> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT task_id FROM tasks WHERE status = 'accepted' AND launch_attempted = 0
-             AND kill_requested = 0 ORDER BY rowid LIMIT ?1",
+            "SELECT task_id, tenant, memory_request, pids_request FROM tasks
+             WHERE status = 'accepted' AND launch_attempted = 0 AND kill_requested = 0
+             ORDER BY rowid LIMIT ?1",
         )
         .map_err(sql("preparing the queue scan"))?;
-    let ids = stmt
-        .query_map([limit as i64], |r| r.get(0))
+    let rows = stmt
+        .query_map([limit as i64], |r| {
+            Ok(Candidate {
+                task_id: r.get(0)?,
+                tenant: r.get(1)?,
+                reservation: Reservation {
+                    task_slots: 1,
+                    memory_bytes: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
+                    pids: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+                },
+            })
+        })
         .map_err(sql("scanning the queue"))?
-        .collect::<rusqlite::Result<Vec<String>>>()
+        .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(sql("scanning the queue"))?;
-    Ok(ids)
+    Ok(rows)
+}
+
+/// An unreleased reservation, for the resources view.
+#[derive(Debug, Clone)]
+pub struct ActiveReservation {
+    pub task_id: String,
+    pub status: String,
+    pub reservation: Option<Reservation>,
+    pub reserved_at: Option<String>,
+}
+
+pub fn active_reservations(conn: &Connection) -> Result<Vec<ActiveReservation>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT task_id, status, reservation_json, reserved_at FROM tasks
+             WHERE reservation_json IS NOT NULL AND released = 0 ORDER BY reserved_at, rowid",
+        )
+        .map_err(sql("preparing the reservation listing"))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })
+        .map_err(sql("listing reservations"))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(sql("listing reservations"))?;
+    rows.into_iter()
+        .map(|(task_id, status, res, reserved_at)| {
+            Ok(ActiveReservation {
+                reservation: json_col(&task_id, res)?,
+                task_id,
+                status,
+                reserved_at,
+            })
+        })
+        .collect()
+}
+
+/// `accepted` tasks holding no reservation yet.
+pub fn count_waiting(conn: &Connection) -> Result<u64> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM tasks WHERE status = 'accepted' AND launch_attempted = 0",
+        )
+        .map_err(sql("preparing a count"))?;
+    stmt.query_row([], |r| r.get::<_, i64>(0))
+        .map(|n| n.max(0) as u64)
+        .map_err(sql("counting waiting tasks"))
 }
 
 pub fn insert(tx: &Transaction<'_>, row: &TaskRow) -> Result<()> {
     let mut stmt = tx
         .prepare_cached(
             "INSERT INTO tasks (task_id, status, created_at, updated_at, request_json, plan_json,
-             tenant, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             tenant, owner, memory_request, pids_request)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )
         .map_err(sql("preparing an insert"))?;
     stmt.execute(params![
@@ -393,6 +461,8 @@ pub fn insert(tx: &Transaction<'_>, row: &TaskRow) -> Result<()> {
         to_json(&row.plan),
         row.tenant,
         row.owner,
+        row.request.limits.memory_bytes.map(|v| v as i64),
+        row.request.limits.pids_max.map(|v| v as i64),
     ])
     .map_err(sql("inserting a task"))?;
     Ok(())

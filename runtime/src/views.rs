@@ -1,9 +1,11 @@
-//! Read-only runtime views: `/api/v1/runtime/info` and
-//! `/api/v1/runtime/config`.
+//! Read-only runtime views: `/api/v1/runtime/info`, `/config` and
+//! `/resources`.
 
 use serde_json::{json, Value};
 
+use crate::api::error::ApiError;
 use crate::engine::Engine;
+use crate::store;
 
 pub const SNAPSHOT_VERSION: &str = "v1";
 
@@ -33,4 +35,41 @@ pub fn config(e: &Engine) -> Value {
         "default_capability_mode": crate::api::model::CapabilityMode::from(a.default_capability_mode),
         "cgroup_enabled": !a.disable_cgroup,
     })
+}
+
+pub async fn resources(e: &Engine) -> Result<Value, ApiError> {
+    let (active, waiting) = e
+        .store
+        .call(|conn| -> Result<_, ApiError> {
+            Ok((
+                store::active_reservations(conn)?,
+                store::count_waiting(conn)?,
+            ))
+        })
+        .await?;
+    let (capacity, reserved, available, tenants) =
+        e.with_ledger(|l| (l.capacity, l.reserved(), l.available(), l.tenants()));
+    let active: Vec<Value> = active
+        .into_iter()
+        .map(|a| {
+            let mut v = json!({
+                "task_id": a.task_id,
+                "status": a.status,
+                "reservation": a.reservation,
+            });
+            if let Some(at) = a.reserved_at {
+                v["reserved_at"] = json!(at);
+            }
+            v
+        })
+        .collect();
+    Ok(json!({
+        "runtime_id": e.cfg.runtime_id,
+        "capacity": capacity,
+        "reserved": reserved,
+        "available": available,
+        "active_reservations": active,
+        "accepted_waiting_tasks": waiting,
+        "tenants": tenants,
+    }))
 }

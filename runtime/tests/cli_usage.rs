@@ -110,6 +110,16 @@ fn serve_rejects_bad_configuration_with_exit_2() {
         (vec!["serve", "--tenant-quota", "a=slots:1,cpu:3"], None),
         (vec!["serve", "--max-running-tasks", "0"], None),
         (
+            vec![
+                "serve",
+                "--tenant-quota",
+                "a=slots:1",
+                "--tenant-quota",
+                "a=slots:2",
+            ],
+            None,
+        ),
+        (
             vec!["serve"],
             Some(("EXECGO_RUNTIME_DISABLE_CGROUP", "yes")),
         ),

@@ -156,6 +156,10 @@ where
             method_check(method, get, path, "GET")?;
             Ok(json_reply(200, &crate::views::config(&engine)))
         }
+        ["api", "v1", "runtime", "resources"] => {
+            method_check(method, get, path, "GET")?;
+            Ok(json_reply(200, &crate::views::resources(&engine).await?))
+        }
         ["metrics"] => {
             method_check(method, get, path, "GET")?;
             let text = engine.metrics_text().await?;

@@ -3,9 +3,8 @@
 //! interval is only a safety net. Each launched task gets an exit watcher: a
 //! pidfd on its shim, so the end of a task is an event, not a poll.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use execgo_runtime_protocol::{
     LaunchLimits, LaunchProfile, LaunchSpec, Launched, Outcome, Request, Response, TaskError,
@@ -35,39 +34,84 @@ impl Engine {
     }
 
     async fn dispatch_once(self: &Arc<Self>) -> Result<(), ApiError> {
-        let max = self.cfg.args.max_running_tasks;
-        loop {
-            let free = max.saturating_sub(self.inflight());
-            if free == 0 {
-                return Ok(());
-            }
-            let claimed = self
-                .store
-                .call(move |conn| -> Result<Vec<TaskRow>, ApiError> {
-                    let tx = store::begin(conn)?;
-                    let mut rows = Vec::new();
-                    for id in store::next_to_launch(&tx, free)? {
-                        if let Some(mut row) = store::get(&tx, &id)? {
-                            // The durable launch record: from here on a
-                            // restart looks for the shim's claim first.
-                            row.launch_attempted = true;
-                            store::update(&tx, &row, None)?;
-                            rows.push(row);
-                        }
-                    }
-                    store::commit(tx)?;
-                    Ok(rows)
-                })
-                .await?;
-            if claimed.is_empty() {
-                return Ok(());
-            }
-            for row in claimed {
-                self.inflight.fetch_add(1, Ordering::SeqCst);
-                let me = Arc::clone(self);
-                tokio::spawn(async move { me.launch(row).await });
-            }
+        if self.with_ledger(|l| l.slots_free()) == 0 {
+            return Ok(());
         }
+        let scan = self.cfg.args.max_queued_tasks;
+        let candidates = self
+            .store
+            .call(move |conn| store::waiting(conn, scan).map_err(ApiError::from))
+            .await?;
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let chosen = self.with_ledger(|l| l.admit(&candidates, Instant::now()));
+        if chosen.is_empty() {
+            return Ok(());
+        }
+        let picked = chosen.clone();
+        let claimed = self
+            .store
+            .call(move |conn| -> Result<Vec<TaskRow>, ApiError> {
+                let tx = store::begin(conn)?;
+                let mut rows = Vec::new();
+                let ts = now();
+                for c in &picked {
+                    let Some(mut row) = store::get(&tx, &c.task_id)? else {
+                        continue;
+                    };
+                    if row.status != TaskStatus::Accepted
+                        || row.launch_attempted
+                        || row.kill_requested
+                    {
+                        continue;
+                    }
+                    // The durable launch record and the reservation: from
+                    // here on a restart looks for the shim's claim first.
+                    row.launch_attempted = true;
+                    row.reservation = Some(c.reservation.clone());
+                    row.reserved_at = Some(ts.clone());
+                    store::append_event(
+                        &tx,
+                        &row.task_id,
+                        &ts,
+                        &NewEvent::new("resource_reserved")
+                            .message("resources reserved")
+                            .data(serde_json::to_value(&c.reservation).unwrap_or_default()),
+                    )?;
+                    store::update(&tx, &row, None)?;
+                    rows.push(row);
+                }
+                store::commit(tx)?;
+                Ok(rows)
+            })
+            .await;
+        let claimed = match claimed {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.with_ledger(|l| {
+                    chosen.iter().for_each(|c| {
+                        l.release(&c.task_id);
+                    })
+                });
+                return Err(e);
+            }
+        };
+        // Candidates that changed meanwhile (killed) give their reservation back.
+        self.with_ledger(|l| {
+            for c in &chosen {
+                if !claimed.iter().any(|r| r.task_id == c.task_id) {
+                    l.release(&c.task_id);
+                }
+            }
+        });
+        for row in claimed {
+            let me = Arc::clone(self);
+            tokio::spawn(async move { me.launch(row).await });
+        }
+        // More may fit (another pass finds out); wake ourselves once.
+        self.wake();
+        Ok(())
     }
 
     fn launch_spec(&self, row: &TaskRow) -> Result<LaunchSpec, ApiError> {
@@ -96,9 +140,7 @@ impl Engine {
         let mut env: std::collections::BTreeMap<String, String> =
             self.base_env.iter().cloned().collect();
         env.extend(e.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let mut template_row = row.clone();
-        template_row.reservation = Some(reservation_of(row));
-        let template = view::status_body(&td, &template_row)?;
+        let template = view::status_body(&td, row)?;
         let result_template = serde_json::to_string(&template)
             .map_err(|e| ApiError::internal(format!("encoding the result template: {e}")))?;
         let l = &req.limits;
@@ -127,8 +169,11 @@ impl Engine {
         })
     }
 
-    /// Hands one claimed task to the helper and follows it to the end.
-    async fn launch(self: Arc<Self>, row: TaskRow) {
+    /// Hands one claimed task to the helper and follows it to the end. While
+    /// the helper is unreachable the task keeps its reservation and the
+    /// launch is retried with backoff; the shim's claim makes a repeated
+    /// launch harmless.
+    pub(super) async fn launch(self: Arc<Self>, row: TaskRow) {
         let task_id = row.task_id.clone();
         let spec = match self.launch_spec(&row) {
             Ok(s) => s,
@@ -138,73 +183,57 @@ impl Engine {
                 return;
             }
         };
-        let helper = Arc::clone(&self.helper);
-        let reply = tokio::task::spawn_blocking(move || helper.call(&Request::Launch(spec))).await;
-        match reply {
-            Ok(Ok(Response::Launched(l))) => self.launched(&row, l).await,
-            Ok(Ok(Response::Error(err))) => {
-                use execgo_runtime_protocol::HelperErrorKind as K;
-                let code = match err.kind {
-                    K::SandboxSetupFailed => TaskErrorCode::SandboxSetupFailed,
-                    K::LaunchFailed | K::InvalidRequest => TaskErrorCode::LaunchFailed,
-                    K::Internal => TaskErrorCode::Internal,
-                };
-                // The helper may have claimed the task before failing.
-                if self.task_dir(&task_id).path(files::RESULT).exists() {
-                    self.finalize(&task_id, None).await;
-                } else {
-                    self.fail_launch(&task_id, code, err.message).await;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let helper = Arc::clone(&self.helper);
+            let req = Request::Launch(spec.clone());
+            let reply = tokio::task::spawn_blocking(move || helper.call(&req)).await;
+            let transport_error = match reply {
+                Ok(Ok(Response::Launched(l))) => return self.launched(&row, l).await,
+                Ok(Ok(Response::Error(err))) => {
+                    use execgo_runtime_protocol::HelperErrorKind as K;
+                    let code = match err.kind {
+                        K::SandboxSetupFailed => TaskErrorCode::SandboxSetupFailed,
+                        K::LaunchFailed | K::InvalidRequest => TaskErrorCode::LaunchFailed,
+                        K::Internal => TaskErrorCode::Internal,
+                    };
+                    // The shim may have claimed the task before failing.
+                    if self.task_dir(&task_id).path(files::RESULT).exists() {
+                        self.finalize(&task_id, None).await;
+                    } else {
+                        self.fail_launch(&task_id, code, err.message).await;
+                    }
+                    return;
                 }
+                Ok(Ok(other)) => format!("helper answered a launch out of protocol: {other:?}"),
+                Ok(Err(e)) => error_chain(&e),
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(task_id, error = %transport_error, "helper unavailable for launch; retrying");
+            // Whatever reached the helper may have claimed the task already.
+            if let Ok(claim) = std::fs::read(self.task_dir(&task_id).path(files::CLAIM)) {
+                self.follow_claim(&task_id, &claim).await;
+                return;
             }
-            Ok(Ok(other)) => {
-                tracing::error!(task_id, ?other, "helper answered a launch out of protocol");
-                self.retry_later(&task_id).await;
+            if self.kill_requested(&task_id).await {
+                self.finalize(&task_id, Some(cancelled_before_start()))
+                    .await;
+                return;
             }
-            Ok(Err(e)) => {
-                tracing::warn!(task_id, error = %error_chain(&e), "helper unavailable for launch");
-                self.retry_later(&task_id).await;
-            }
-            Err(e) => {
-                tracing::error!(task_id, error = %e, "launch worker failed");
-                self.retry_later(&task_id).await;
-            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
 
-    /// The helper could not be reached: unless the shim already claimed the
-    /// task, put it back in the queue for the next pass.
-    async fn retry_later(self: &Arc<Self>, task_id: &str) {
-        let td = self.task_dir(task_id);
-        if td.path(files::CLAIM).exists() {
-            // A shim owns it; follow that shim (recovery reads its claim).
-            self.recover_one(task_id).await;
-            return;
-        }
+    async fn kill_requested(&self, task_id: &str) -> bool {
         let id = task_id.to_string();
-        let res = self
-            .store
-            .call(move |conn| -> Result<(), ApiError> {
-                let tx = store::begin(conn)?;
-                if let Some(mut row) = store::get(&tx, &id)? {
-                    if row.status == TaskStatus::Accepted {
-                        row.launch_attempted = false;
-                        store::update(&tx, &row, None)?;
-                    }
-                }
-                store::commit(tx)?;
-                Ok(())
-            })
-            .await;
-        if let Err(e) = res {
-            tracing::error!(task_id, error = %e, "requeueing a task failed");
-        }
-        self.inflight.fetch_sub(1, Ordering::SeqCst);
-        // Not an immediate wake: the next poll retries after the link's backoff.
-        let me = Arc::clone(self);
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            me.wake();
-        });
+        self.store
+            .call(move |conn| store::get(conn, &id).map_err(ApiError::from))
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.kill_requested)
+            .unwrap_or(false)
     }
 
     async fn launched(self: &Arc<Self>, row: &TaskRow, l: Launched) {
@@ -214,7 +243,6 @@ impl Engine {
             self.finalize(&task_id, None).await;
             return;
         }
-        let reservation = reservation_of(row);
         let id = task_id.clone();
         let l2 = l.clone();
         let marked = self
@@ -235,16 +263,6 @@ impl Engine {
                 row.shim_start_ticks = Some(l2.shim_start_ticks);
                 row.pid = l2.pid;
                 row.pgid = l2.pgid;
-                row.reservation = Some(reservation.clone());
-                row.reserved_at = Some(ts.clone());
-                store::append_event(
-                    &tx,
-                    &id,
-                    &ts,
-                    &NewEvent::new("resource_reserved")
-                        .message("resources reserved")
-                        .data(serde_json::to_value(&reservation).unwrap_or_default()),
-                )?;
                 let mut started = NewEvent::new("started").message("task process started");
                 if let Some(pid) = l2.pid {
                     started = started.data(serde_json::json!({
@@ -343,7 +361,7 @@ impl Engine {
         let id = task_id.to_string();
         let res = self
             .store
-            .call(move |conn| -> Result<Option<(bool, TaskRow)>, ApiError> {
+            .call(move |conn| -> Result<Option<TaskRow>, ApiError> {
                 let tx = store::begin(conn)?;
                 let Some(mut row) = store::get(&tx, &id)? else {
                     return Ok(None);
@@ -351,8 +369,6 @@ impl Engine {
                 if row.status.is_terminal() {
                     return Ok(None);
                 }
-                let was_counted = row.launch_attempted;
-                let had_reservation = row.reservation.is_some();
                 apply_outcome(&mut row, &outcome);
                 if write_result {
                     let body = view::status_body(&td, &row)?;
@@ -362,16 +378,6 @@ impl Engine {
                         .map_err(|e| ApiError::internal(format!("writing result.json: {e}")))?;
                 }
                 let ts = row.updated_at.clone();
-                if let (false, Some(r)) = (had_reservation, &row.reservation) {
-                    store::append_event(
-                        &tx,
-                        &id,
-                        &ts,
-                        &NewEvent::new("resource_reserved")
-                            .message("resources reserved")
-                            .data(serde_json::to_value(r).unwrap_or_default()),
-                    )?;
-                }
                 if outcome.timed_out {
                     store::append_event(
                         &tx,
@@ -383,7 +389,7 @@ impl Engine {
                         )),
                     )?;
                 }
-                if let Some(r) = &row.reservation {
+                if let (Some(r), false) = (&row.reservation, row.released) {
                     store::append_event(
                         &tx,
                         &id,
@@ -412,14 +418,12 @@ impl Engine {
                 store::append_event(&tx, &id, &ts, &ev)?;
                 store::update(&tx, &row, unix_ms(&ts))?;
                 store::commit(tx)?;
-                Ok(Some((was_counted, row)))
+                Ok(Some(row))
             })
             .await;
         match res {
-            Ok(Some((was_counted, row))) => {
-                if was_counted {
-                    self.inflight.fetch_sub(1, Ordering::SeqCst);
-                }
+            Ok(Some(row)) => {
+                self.with_ledger(|l| l.release(task_id));
                 let m = &self.metrics;
                 m.status(row.status);
                 if let Some(e) = &row.error {
@@ -451,6 +455,17 @@ pub fn reservation_of(row: &TaskRow) -> Reservation {
 fn read_outcome(td: &TaskDir) -> Option<Outcome> {
     let bytes = std::fs::read(td.path(files::RESULT)).ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+fn cancelled_before_start() -> Outcome {
+    Outcome {
+        error: Some(TaskError::new(
+            TaskErrorCode::Cancelled,
+            "task was cancelled before it started",
+        )),
+        status: TaskStatus::Cancelled,
+        ..lost_monitor()
+    }
 }
 
 fn lost_monitor() -> Outcome {
@@ -489,9 +504,4 @@ fn apply_outcome(row: &mut TaskRow, o: &Outcome) {
     row.exit_signal = o.exit_signal;
     row.error = o.error.clone();
     row.usage = o.usage.clone();
-    if row.reservation.is_none() && row.launch_attempted {
-        // A launched task held a slot, even one that failed to exec.
-        row.reservation = Some(reservation_of(row));
-        row.reserved_at = Some(o.finished_at.clone());
-    }
 }

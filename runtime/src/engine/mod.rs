@@ -9,8 +9,7 @@ pub mod log_cache;
 pub mod recovery;
 pub mod view;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use execgo_runtime_protocol::{TaskError, TaskErrorCode, TaskStatus};
 use tokio::sync::Notify;
@@ -22,6 +21,7 @@ use crate::api::model::{
 use crate::api::validate;
 use crate::config::Config;
 use crate::helper_link::HelperLink;
+use crate::ledger::{Amounts, Ledger};
 use crate::plan::{self, HostCaps};
 use crate::store::{self, NewEvent, Store, StoreError, TaskRow};
 use files::TaskDir;
@@ -74,13 +74,19 @@ pub struct Engine {
     pub metrics: crate::metrics::Metrics,
     logs: Arc<log_cache::LogCache>,
     wake: Notify,
-    /// Tasks handed to the helper and not yet terminal.
-    inflight: AtomicU64,
+    /// Capacity, reservations of tasks handed to the helper, tenant quotas.
+    pub ledger: Mutex<Ledger>,
     base_env: Vec<(String, String)>,
 }
 
 impl Engine {
     pub fn new(cfg: Config, store: Arc<Store>, helper: Arc<HelperLink>, caps: HostCaps) -> Self {
+        let capacity = Amounts {
+            task_slots: cfg.args.max_running_tasks,
+            memory_bytes: cfg.args.capacity_memory_bytes.or_else(physical_memory),
+            pids: cfg.args.capacity_pids.or_else(pid_max),
+        };
+        let ledger = Mutex::new(Ledger::new(capacity, &cfg.args.tenant_quota));
         let base_env = INHERITED_ENV
             .iter()
             .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
@@ -95,7 +101,7 @@ impl Engine {
             metrics: crate::metrics::Metrics::new(),
             logs: Arc::default(),
             wake: Notify::new(),
-            inflight: AtomicU64::new(0),
+            ledger,
             base_env,
         }
     }
@@ -216,58 +222,34 @@ impl Engine {
         })
     }
 
-    /// One task's reservation can never fit this runtime.
+    /// One task's reservation can never fit this runtime or its tenant.
     fn check_capacity(&self, req: &SubmitTaskRequest) -> Result<(), ApiError> {
-        let l = &req.limits;
-        let cap_mem = self.cfg.args.capacity_memory_bytes.or_else(physical_memory);
-        let cap_pids = self.cfg.args.capacity_pids.or_else(pid_max);
-        if let (Some(want), Some(cap)) = (l.memory_bytes, cap_mem) {
-            if want > cap {
-                return Err(ApiError::new(
-                    ApiErrorCode::InsufficientResources,
-                    format!("limits.memory_bytes {want} exceeds the runtime memory capacity {cap}"),
-                ));
-            }
-        }
-        if let (Some(want), Some(cap)) = (l.pids_max, cap_pids) {
-            if want > cap {
-                return Err(ApiError::new(
-                    ApiErrorCode::InsufficientResources,
-                    format!("limits.pids_max {want} exceeds the runtime pids capacity {cap}"),
-                ));
-            }
-        }
+        let reservation = crate::api::model::Reservation {
+            task_slots: 1,
+            memory_bytes: req.limits.memory_bytes,
+            pids: req.limits.pids_max,
+        };
         let tenant = req
             .control_context
             .as_ref()
             .and_then(|c| c.tenant.as_deref());
-        if let Some(q) =
-            tenant.and_then(|t| self.cfg.args.tenant_quota.iter().find(|q| q.tenant == t))
-        {
-            let over = |what: &str, want: u64, have: u64| {
+        self.with_ledger(|l| l.could_ever_fit(tenant, &reservation))
+            .map_err(|pool| {
                 ApiError::new(
                     ApiErrorCode::InsufficientResources,
                     format!(
-                        "{what} {want} exceeds the quota {have} of tenant '{}'",
-                        q.tenant
+                        "the task's reservation (task_slots 1{}{}) exceeds {pool}",
+                        reservation
+                            .memory_bytes
+                            .map(|m| format!(", memory_bytes {m}"))
+                            .unwrap_or_default(),
+                        reservation
+                            .pids
+                            .map(|p| format!(", pids {p}"))
+                            .unwrap_or_default(),
                     ),
                 )
-            };
-            if q.slots == 0 {
-                return Err(over("task_slots", 1, 0));
-            }
-            if let (Some(want), Some(have)) = (l.memory_bytes, q.memory_bytes) {
-                if want > have {
-                    return Err(over("limits.memory_bytes", want, have));
-                }
-            }
-            if let (Some(want), Some(have)) = (l.pids_max, q.pids) {
-                if want > have {
-                    return Err(over("limits.pids_max", want, have));
-                }
-            }
-        }
-        Ok(())
+            })
     }
 
     async fn row(&self, task_id: &str) -> Result<TaskRow, ApiError> {
@@ -372,6 +354,7 @@ impl Engine {
             })
             .await?;
         if outcome == KillOutcome::CancelledBeforeLaunch {
+            self.with_ledger(|l| l.forget_waiting(task_id));
             self.metrics.status(TaskStatus::Cancelled);
             self.metrics
                 .task_errors_total
@@ -418,8 +401,11 @@ impl Engine {
         }
     }
 
-    fn inflight(&self) -> u64 {
-        self.inflight.load(Ordering::SeqCst)
+    /// Runs `f` on the ledger (a poisoned lock is recovered: the ledger's
+    /// state is plain numbers, consistent after any single call).
+    pub fn with_ledger<T>(&self, f: impl FnOnce(&mut Ledger) -> T) -> T {
+        let mut guard = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
     }
 
     /// `GET /metrics`: refreshes the gauges from the store, then renders.

@@ -2,12 +2,12 @@
 //! shim is re-attached to that shim, finalized from its `result.json`, or
 //! requeued when no shim ever claimed it. Each case appends `recovered`.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use execgo_runtime_protocol::TaskStatus;
 use serde::Deserialize;
 
+use super::dispatch::reservation_of;
 use super::files::{self};
 use super::{now, Engine};
 use crate::api::error::ApiError;
@@ -33,8 +33,20 @@ impl Engine {
             .store
             .call(|conn| store::list_status(conn, TaskStatus::Accepted).map_err(ApiError::from))
             .await?;
+        // The ledger is rebuilt exactly from the rows holding reservations.
+        self.with_ledger(|l| {
+            for row in running
+                .iter()
+                .chain(accepted.iter().filter(|r| r.launch_attempted))
+            {
+                let r = row
+                    .reservation
+                    .clone()
+                    .unwrap_or_else(|| reservation_of(row));
+                l.reserve(&row.task_id, row.tenant.clone(), r);
+            }
+        });
         for row in running {
-            self.inflight.fetch_add(1, Ordering::SeqCst);
             let alive = match (row.shim_pid, row.shim_start_ticks) {
                 (Some(pid), Some(ticks)) if sys::start_ticks(pid) == Some(ticks) => {
                     Some((pid, ticks))
@@ -57,47 +69,47 @@ impl Engine {
             }
         }
         for row in accepted.into_iter().filter(|r| r.launch_attempted) {
-            self.inflight.fetch_add(1, Ordering::SeqCst);
             self.recover_one(&row.task_id).await;
         }
         Ok(())
     }
 
     /// A task handed to the helper whose launch reply never arrived: follow
-    /// the shim that claimed it, or requeue it when none did. The task is
-    /// counted in flight on entry.
+    /// the shim that claimed it, or launch it again when none did (the
+    /// claim makes that safe). The task holds its reservation throughout.
     pub(super) async fn recover_one(self: &Arc<Self>, task_id: &str) {
         let td = self.task_dir(task_id);
         let claim = std::fs::read(td.path(files::CLAIM)).ok();
         let Some(bytes) = claim else {
             self.note_recovered(
                 task_id,
-                "launch was interrupted before any shim claimed the task; requeued",
+                "launch was interrupted before any shim claimed the task; launching again",
             )
             .await;
             let id = task_id.to_string();
-            let res = self
+            let row = self
                 .store
-                .call(move |conn| -> Result<(), ApiError> {
-                    let tx = store::begin(conn)?;
-                    if let Some(mut row) = store::get(&tx, &id)? {
-                        if row.status == TaskStatus::Accepted {
-                            row.launch_attempted = false;
-                            store::update(&tx, &row, None)?;
-                        }
-                    }
-                    store::commit(tx)?;
-                    Ok(())
-                })
+                .call(move |conn| store::get(conn, &id).map_err(ApiError::from))
                 .await;
-            if let Err(e) = res {
-                tracing::error!(task_id, error = %e.message, "requeue failed");
+            match row {
+                Ok(Some(row)) if row.status == TaskStatus::Accepted => {
+                    let me = Arc::clone(self);
+                    tokio::spawn(async move { me.launch(row).await });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(task_id, error = %e.message, "reading a task to relaunch failed")
+                }
             }
-            self.inflight.fetch_sub(1, Ordering::SeqCst);
-            self.wake();
             return;
         };
-        let alive = serde_json::from_slice::<Claim>(&bytes)
+        self.follow_claim(task_id, &bytes).await;
+    }
+
+    /// A shim claimed the task: re-attach to it while it lives, else
+    /// finalize from its result.
+    pub(super) async fn follow_claim(self: &Arc<Self>, task_id: &str, claim: &[u8]) {
+        let alive = serde_json::from_slice::<Claim>(claim)
             .ok()
             .filter(|c| c.shim_pid > 0 && sys::start_ticks(c.shim_pid) == Some(c.shim_start_ticks));
         match alive {
