@@ -1,1 +1,169 @@
-fn main() {}
+//! `execgo-runtime-helper`: the privileged half of execgo-runtime.
+//!
+//! It cleans itself up ([`startup`]), probes the host once ([`probe`]),
+//! then serves the closed request set of the protocol ([`dispatch`]) on a
+//! Unix socket ([`server`]): its own listener in standalone mode, or one
+//! socketpair end inherited from `execgo-runtime serve` in embedded mode.
+//! A launch becomes a detached per-task [`shim`]. Synchronous and
+//! single-threaded throughout; see `docs/helper.md`.
+#![deny(unsafe_code)]
+
+mod cli;
+mod clock;
+mod conn;
+mod deadline;
+mod dispatch;
+mod fs_at;
+mod launch;
+mod listener;
+mod log;
+mod peer;
+mod probe;
+mod rlimits;
+mod server;
+mod shim;
+mod startup;
+mod sys;
+mod validate;
+
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, FdFlag, OFlag};
+use nix::sys::socket::{getsockopt, sockopt::SockType as SockTypeOpt, SockType};
+use nix::sys::stat::Mode;
+use serde_json::Value;
+
+use crate::dispatch::{Context, Dispatcher};
+use crate::peer::PeerPolicy;
+use crate::server::Mode as ServeMode;
+
+#[derive(Debug, thiserror::Error)]
+enum MainError {
+    #[error("start-up clean-up failed")]
+    Startup(#[from] startup::StartupError),
+    #[error("the data dir {path} is unusable")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the inherited descriptor {fd} is not a usable unix stream socket")]
+    InheritedFd {
+        fd: i32,
+        #[source]
+        source: Errno,
+    },
+    #[error("setting up the listening socket failed")]
+    Listen(#[from] listener::ListenError),
+    #[error("serving failed")]
+    Serve(#[from] server::ServeError),
+    #[error("exactly one of --socket and --inherited-fd is required")]
+    Usage,
+}
+
+fn main() -> ExitCode {
+    // Read before start-up clears the environment.
+    let rust_log = std::env::var("RUST_LOG").ok();
+    // clap exits 2 on a usage error and 0 for --help/--version.
+    let args = cli::Args::parse();
+    log::init(rust_log.as_deref());
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error("helper stopped", &[("error", log::chain(&e).into())]);
+            match e {
+                MainError::Usage => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+fn run(args: cli::Args) -> Result<(), MainError> {
+    startup::clean(args.inherited_fd)?;
+    let data_err = |source| MainError::DataDir {
+        path: args.data_dir.clone(),
+        source,
+    };
+    let data_dir = std::fs::canonicalize(&args.data_dir).map_err(data_err)?;
+    let data_fd = sys::open(
+        &data_dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| data_err(e.into()))?;
+    let capabilities = probe::probe(data_fd.as_fd());
+    let mode = match (&args.socket, args.inherited_fd) {
+        (Some(path), None) => {
+            let policy = PeerPolicy {
+                uid: args.allowed_uid.ok_or(MainError::Usage)?,
+                gid: args.allowed_gid,
+            };
+            let owner = capabilities.privileged.then_some((policy.uid, policy.gid));
+            ServeMode::Standalone {
+                listener: listener::bind(path, owner)?,
+                policy,
+            }
+        }
+        (None, Some(fd)) => ServeMode::Embedded {
+            stream: adopt_socket(fd)?,
+            policy: PeerPolicy {
+                uid: nix::unistd::geteuid().as_raw(),
+                gid: None,
+            },
+        },
+        _ => return Err(MainError::Usage),
+    };
+    log::info(
+        "helper started",
+        &[
+            ("version", env!("CARGO_PKG_VERSION").into()),
+            ("pid", std::process::id().into()),
+            (
+                "mode",
+                match mode {
+                    ServeMode::Standalone { .. } => "standalone",
+                    ServeMode::Embedded { .. } => "embedded",
+                }
+                .into(),
+            ),
+            ("data_dir", data_dir.display().to_string().into()),
+            (
+                "capabilities",
+                serde_json::to_value(&capabilities).unwrap_or(Value::Null),
+            ),
+        ],
+    );
+    let mut dispatcher = Dispatcher::new(Context {
+        data_fd,
+        capabilities,
+    });
+    server::serve(mode, &mut dispatcher)?;
+    Ok(())
+}
+
+/// The embedded mode's socket: must be an open unix stream socket; made
+/// close-on-exec so it can never leak further.
+fn adopt_socket(fd: i32) -> Result<UnixStream, MainError> {
+    let err = |source| MainError::InheritedFd { fd, source };
+    let owned = sys::adopt_fd(fd).map_err(err)?;
+    match getsockopt(&owned, SockTypeOpt).map_err(err)? {
+        SockType::Stream => {}
+        _ => return Err(err(Errno::EPROTOTYPE)),
+    }
+    nix::fcntl::fcntl(owned.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(err)?;
+    let stream = UnixStream::from(owned);
+    // A socket of another family fails here (ENOTSOCK is caught above).
+    stream.local_addr().map_err(|e| {
+        err(e
+            .raw_os_error()
+            .map(Errno::from_raw)
+            .unwrap_or(Errno::EINVAL))
+    })?;
+    Ok(stream)
+}

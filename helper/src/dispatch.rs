@@ -1,0 +1,132 @@
+//! The handshake and the closed request set: one arm per
+//! [`Request`] variant, each with the reason it is safe to serve to a peer
+//! that passed the SO_PEERCRED check but is otherwise untrusted.
+
+use std::os::fd::OwnedFd;
+
+use execgo_runtime_protocol::{
+    Hello, HelloReply, HelperCapabilities, Request, Response, HELLO_MAGIC, PROTOCOL_VERSION,
+};
+
+use crate::launch;
+use crate::peer::Peer;
+
+/// What every request may use, fixed at start.
+pub struct Context {
+    /// The data dir, opened once at start: every task path is resolved
+    /// under this descriptor, so a later rename of the path changes nothing.
+    pub data_fd: OwnedFd,
+    pub capabilities: HelperCapabilities,
+}
+
+pub struct Dispatcher {
+    ctx: Context,
+}
+
+impl Dispatcher {
+    pub fn new(ctx: Context) -> Self {
+        Dispatcher { ctx }
+    }
+
+    /// Answers the first frame of a connection.
+    pub fn hello(&self, hello: &Hello) -> HelloReply {
+        if hello.magic != HELLO_MAGIC {
+            return HelloReply::Rejected {
+                reason: "bad magic: not an execgo-runtime helper client".into(),
+            };
+        }
+        if hello.version != PROTOCOL_VERSION {
+            return HelloReply::Rejected {
+                reason: format!(
+                    "unsupported protocol version {}; this helper speaks version {}",
+                    hello.version, PROTOCOL_VERSION
+                ),
+            };
+        }
+        HelloReply::Accepted {
+            version: PROTOCOL_VERSION,
+            helper_version: env!("CARGO_PKG_VERSION").to_string(),
+            helper_pid: std::process::id(),
+        }
+    }
+
+    pub fn handle(&mut self, peer: &Peer, req: Request) -> Response {
+        match req {
+            // Safe: touches nothing.
+            Request::Ping => Response::Pong,
+            // Safe: returns the values probed at start; reads nothing new.
+            Request::Probe => Response::Probe(self.ctx.capabilities.clone()),
+            // Safe: every field is validated first; the task directory is
+            // derived from our own data dir and the validated id and opened
+            // without following symlinks; the shim claims the task with
+            // O_CREAT|O_EXCL, so a repeated launch never runs it twice; the
+            // task runs with our privileges minus new ones (NO_NEW_PRIVS) and
+            // only the environment the request lists.
+            Request::Launch(spec) => launch::launch(&self.ctx, peer, spec),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+
+    fn dispatcher() -> (tempfile::TempDir, Dispatcher) {
+        let tmp = tempfile::tempdir().unwrap();
+        let data_fd = crate::sys::open(
+            tmp.path(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        let ctx = Context {
+            data_fd,
+            capabilities: HelperCapabilities {
+                process_group: true,
+                ..Default::default()
+            },
+        };
+        (tmp, Dispatcher::new(ctx))
+    }
+
+    #[test]
+    fn handshake() {
+        let (_tmp, d) = dispatcher();
+        assert!(matches!(
+            d.hello(&Hello::current()),
+            HelloReply::Accepted {
+                version: PROTOCOL_VERSION,
+                ..
+            }
+        ));
+        let mut wrong = Hello::current();
+        wrong.version += 1;
+        match d.hello(&wrong) {
+            HelloReply::Rejected { reason } => assert!(reason.contains("version"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        let mut wrong = Hello::current();
+        wrong.magic = *b"NOTMAGIC";
+        match d.hello(&wrong) {
+            HelloReply::Rejected { reason } => assert!(reason.contains("magic"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ping_and_probe() {
+        let (_tmp, mut d) = dispatcher();
+        let peer = Peer {
+            pid: 1,
+            uid: 0,
+            gid: 0,
+        };
+        assert_eq!(d.handle(&peer, Request::Ping), Response::Pong);
+        match d.handle(&peer, Request::Probe) {
+            Response::Probe(c) => assert!(c.process_group),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Files under a directory descriptor, the openat(2) way: every name is one
+//! path component resolved under a directory we already hold, never through
+//! a symlink (`O_NOFOLLOW`), always close-on-exec.
+//!
+//! The task directory belongs to the unprivileged runtime user, who could
+//! plant a symlink, a FIFO or a hard link to a root-owned file where the
+//! shim expects its own files. So regular files are opened with
+//! `O_NONBLOCK` (a planted FIFO cannot block the open), then checked to be
+//! regular, and files we write must have exactly one link.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag};
+use nix::sys::stat::{fstat, Mode, SFlag};
+
+use crate::sys;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AtError {
+    #[error("opening '{name}' failed")]
+    Open {
+        name: String,
+        #[source]
+        source: Errno,
+    },
+    #[error("'{name}' is not a regular file")]
+    NotRegular { name: String },
+    #[error("'{name}' has more than one hard link")]
+    HardLinked { name: String },
+    #[error("inspecting '{name}' failed")]
+    Stat {
+        name: String,
+        #[source]
+        source: Errno,
+    },
+    #[error("reading '{name}' failed")]
+    Read {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl AtError {
+    /// The errno of a failed open, to tell "missing" from other failures.
+    pub fn open_errno(&self) -> Option<Errno> {
+        match self {
+            AtError::Open { source, .. } => Some(*source),
+            _ => None,
+        }
+    }
+}
+
+/// How a regular file is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    /// Append to an existing file.
+    Append,
+    /// Append, creating the file with this mode when missing.
+    AppendOrCreate(u32),
+    /// Create a new file with this mode; fails with EEXIST if it exists.
+    CreateNew(u32),
+}
+
+/// Opens the directory `name` under `dir`. A symlink or any other
+/// non-directory fails with ENOTDIR (or ELOOP); [`is_symlink`] tells which.
+pub fn open_dir(dir: BorrowedFd<'_>, name: &str) -> Result<OwnedFd, Errno> {
+    sys::openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Whether `name` under `dir` is itself a symlink (for error messages).
+pub fn is_symlink(dir: BorrowedFd<'_>, name: &str) -> bool {
+    nix::sys::stat::fstatat(
+        Some(dir.as_raw_fd()),
+        name,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK)
+}
+
+/// Opens the regular file `name` under `dir` as `access` says.
+pub fn open_file(dir: BorrowedFd<'_>, name: &str, access: Access) -> Result<File, AtError> {
+    let base = OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+    let (flags, mode) = match access {
+        Access::Read => (OFlag::O_RDONLY, 0),
+        Access::Append => (OFlag::O_WRONLY | OFlag::O_APPEND, 0),
+        Access::AppendOrCreate(m) => (OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT, m),
+        Access::CreateNew(m) => (OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL, m),
+    };
+    let fd =
+        sys::openat(dir, name, base | flags, Mode::from_bits_truncate(mode)).map_err(|source| {
+            AtError::Open {
+                name: name.into(),
+                source,
+            }
+        })?;
+    let st = fstat(fd.as_raw_fd()).map_err(|source| AtError::Stat {
+        name: name.into(),
+        source,
+    })?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        return Err(AtError::NotRegular { name: name.into() });
+    }
+    if access != Access::Read && st.st_nlink != 1 {
+        return Err(AtError::HardLinked { name: name.into() });
+    }
+    // O_NONBLOCK only guarded the open; whoever inherits this description
+    // (the task's stdout) gets ordinary blocking semantics.
+    let cleared = OFlag::from_bits_truncate(
+        nix::fcntl::fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL).map_err(|source| AtError::Stat {
+            name: name.into(),
+            source,
+        })?,
+    ) - OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(cleared)).map_err(|source| {
+        AtError::Stat {
+            name: name.into(),
+            source,
+        }
+    })?;
+    Ok(File::from(fd))
+}
+
+/// The first `max` bytes of the log `name` as lossy UTF-8, and whether the
+/// log is longer. A missing log reads as empty.
+pub fn read_head(dir: BorrowedFd<'_>, name: &str, max: u64) -> Result<(String, bool), AtError> {
+    let file = match open_file(dir, name, Access::Read) {
+        Ok(f) => f,
+        Err(e) if e.open_errno() == Some(Errno::ENOENT) => return Ok((String::new(), false)),
+        Err(e) => return Err(e),
+    };
+    let read_err = |source| AtError::Read {
+        name: name.into(),
+        source,
+    };
+    let len = file.metadata().map_err(read_err)?.len();
+    let mut buf = Vec::with_capacity(usize::try_from(len.min(max)).unwrap_or(0));
+    file.take(max).read_to_end(&mut buf).map_err(read_err)?;
+    Ok((String::from_utf8_lossy(&buf).into_owned(), len > max))
+}
+
+/// fsync(2) of a directory, so a create, rename or unlink in it is durable.
+pub fn sync_dir(dir: BorrowedFd<'_>) -> Result<(), Errno> {
+    nix::unistd::fsync(dir.as_fd().as_raw_fd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::symlink;
+
+    fn dir_fd(path: &std::path::Path) -> OwnedFd {
+        sys::open(
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn refuses_symlinks_fifos_and_hard_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("real"), b"x").unwrap();
+        symlink(tmp.path().join("real"), tmp.path().join("link")).unwrap();
+        std::fs::hard_link(tmp.path().join("real"), tmp.path().join("hard")).unwrap();
+        nix::unistd::mkfifo(&tmp.path().join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+        std::fs::create_dir(tmp.path().join("sub")).unwrap();
+        symlink(tmp.path().join("sub"), tmp.path().join("sublink")).unwrap();
+        let d = dir_fd(tmp.path());
+
+        let e = open_file(d.as_fd(), "link", Access::Read).unwrap_err();
+        assert_eq!(e.open_errno(), Some(Errno::ELOOP));
+        let e = open_file(d.as_fd(), "fifo", Access::Append).unwrap_err();
+        assert!(
+            matches!(e, AtError::Open { .. } | AtError::NotRegular { .. }),
+            "{e}"
+        );
+        let e = open_file(d.as_fd(), "fifo", Access::Read).unwrap_err();
+        assert!(matches!(e, AtError::NotRegular { .. }), "{e}");
+        let e = open_file(d.as_fd(), "hard", Access::Append).unwrap_err();
+        assert!(matches!(e, AtError::HardLinked { .. }), "{e}");
+        // Reading a hard-linked file is harmless.
+        assert!(open_file(d.as_fd(), "hard", Access::Read).is_ok());
+        assert!(open_dir(d.as_fd(), "sublink").is_err());
+        assert!(is_symlink(d.as_fd(), "sublink"));
+        assert_eq!(open_dir(d.as_fd(), "real").unwrap_err(), Errno::ENOTDIR);
+        assert!(!is_symlink(d.as_fd(), "real"));
+        assert!(!is_symlink(d.as_fd(), "missing"));
+        assert!(open_dir(d.as_fd(), "sub").is_ok());
+    }
+
+    #[test]
+    fn create_new_append_and_read_head() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = dir_fd(tmp.path());
+        let mut f = open_file(d.as_fd(), "log", Access::CreateNew(0o644)).unwrap();
+        f.write_all(b"hello world").unwrap();
+        let e = open_file(d.as_fd(), "log", Access::CreateNew(0o644)).unwrap_err();
+        assert_eq!(e.open_errno(), Some(Errno::EEXIST));
+        let mut f = open_file(d.as_fd(), "log", Access::AppendOrCreate(0o644)).unwrap();
+        f.write_all(b"!").unwrap();
+        assert_eq!(
+            read_head(d.as_fd(), "log", 5).unwrap(),
+            ("hello".to_string(), true)
+        );
+        assert_eq!(
+            read_head(d.as_fd(), "log", 12).unwrap(),
+            ("hello world!".to_string(), false)
+        );
+        assert_eq!(
+            read_head(d.as_fd(), "missing", 12).unwrap(),
+            (String::new(), false)
+        );
+        sync_dir(d.as_fd()).unwrap();
+    }
+}

@@ -1,0 +1,177 @@
+//! The helper's half of a launch: validate, open the task directory under
+//! the data dir without following symlinks, then double-fork so the shim is
+//! detached (its own session, a child of neither the helper nor the
+//! runtime), and wait, bounded, for the shim's one report.
+//!
+//! ```text
+//! helper ── fork ──► intermediate: setsid, fork, _exit(0)
+//!    │ waitpid(intermediate)             └──► shim (re-parented to init or
+//!    │ read report pipe (≤ 10 s)              the nearest subreaper)
+//! ```
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+use execgo_runtime_protocol::{HelperError, HelperErrorKind, LaunchSpec, Response};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::wait::waitpid;
+use serde_json::Value;
+
+use crate::dispatch::Context;
+use crate::peer::Peer;
+use crate::shim::report::{self, ReportError, ShimReport};
+use crate::shim::{self, ShimContext};
+use crate::validate::{validate, ValidateError};
+use crate::{fs_at, log, sys};
+
+/// How long the helper waits for a shim's report before answering with an
+/// error (the shim carries on either way; its claim tells the runtime).
+pub const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(transparent)]
+    Invalid(#[from] ValidateError),
+    #[error("task directory tasks/{0} does not exist")]
+    TaskDirMissing(String),
+    #[error("task directory tasks/{0} is a symlink or not a directory")]
+    TaskDirNotADir(String),
+    #[error("opening the task directory tasks/{id} failed")]
+    TaskDir {
+        id: String,
+        #[source]
+        source: Errno,
+    },
+    #[error("creating the report pipe failed")]
+    Pipe(#[source] Errno),
+    #[error("forking the shim's parent failed")]
+    Fork(#[source] Errno),
+    #[error("launching the shim failed")]
+    Report(#[source] ReportError),
+}
+
+impl LaunchError {
+    fn kind(&self) -> HelperErrorKind {
+        match self {
+            LaunchError::Invalid(_)
+            | LaunchError::TaskDirMissing(_)
+            | LaunchError::TaskDirNotADir(_) => HelperErrorKind::InvalidRequest,
+            LaunchError::TaskDir { .. } | LaunchError::Pipe(_) | LaunchError::Fork(_) => {
+                HelperErrorKind::LaunchFailed
+            }
+            LaunchError::Report(_) => HelperErrorKind::Internal,
+        }
+    }
+}
+
+pub fn launch(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Response {
+    let task_id = spec.task_id.clone();
+    match start(ctx, peer, spec) {
+        Ok(ShimReport::Launched(l)) => {
+            log::info(
+                "launch reported",
+                &[
+                    ("task_id", Value::from(task_id)),
+                    ("shim_pid", l.shim_pid.into()),
+                    ("pid", l.pid.into()),
+                    ("already_claimed", l.already_claimed.into()),
+                ],
+            );
+            Response::Launched(l)
+        }
+        Ok(ShimReport::Failed(e)) => {
+            log::warn(
+                "launch failed in the shim",
+                &[
+                    ("task_id", Value::from(task_id)),
+                    ("error", Value::from(e.message.as_str())),
+                ],
+            );
+            Response::Error(e)
+        }
+        Err(e) => {
+            let message = log::chain(&e);
+            let fields = [
+                ("task_id", Value::from(task_id)),
+                ("error", Value::from(message.as_str())),
+            ];
+            if e.kind() == HelperErrorKind::InvalidRequest {
+                log::warn("launch refused", &fields);
+            } else {
+                log::error("launch failed", &fields);
+            }
+            Response::Error(HelperError {
+                kind: e.kind(),
+                message,
+            })
+        }
+    }
+}
+
+fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<ShimReport, LaunchError> {
+    // Validation first: a refused request has no side effect at all.
+    let launch = validate(spec)?;
+    let task_dir = open_task_dir(ctx, &launch.task_id)?;
+    let (report_r, report_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(LaunchError::Pipe)?;
+    let shim_ctx = ShimContext {
+        launch,
+        task_dir,
+        peer_uid: peer.uid,
+        peer_gid: peer.gid,
+        privileged: ctx.capabilities.privileged,
+    };
+    let intermediate = match sys::fork().map_err(LaunchError::Fork)? {
+        sys::Forked::Child => intermediate(shim_ctx, report_w),
+        sys::Forked::Parent(pid) => pid,
+    };
+    // Only the shim may hold the write end, so its exit means end-of-file.
+    drop(report_w);
+    drop(shim_ctx);
+    // Its status says nothing the report does not; only EINTR is retried.
+    while let Err(Errno::EINTR) = waitpid(intermediate, None) {}
+    report::receive(report_r, REPORT_TIMEOUT).map_err(LaunchError::Report)
+}
+
+/// `tasks/<id>`, resolved under the data dir descriptor one component at a
+/// time, neither component allowed to be a symlink.
+fn open_task_dir(ctx: &Context, id: &str) -> Result<OwnedFd, LaunchError> {
+    // ENOTDIR or ELOOP: a symlink or a file where a directory belongs.
+    let classify = |e: Errno| match e {
+        Errno::ENOENT => LaunchError::TaskDirMissing(id.to_string()),
+        Errno::ELOOP | Errno::ENOTDIR => LaunchError::TaskDirNotADir(id.to_string()),
+        source => LaunchError::TaskDir {
+            id: id.to_string(),
+            source,
+        },
+    };
+    let tasks = fs_at::open_dir(ctx.data_fd.as_fd(), "tasks").map_err(classify)?;
+    fs_at::open_dir(tasks.as_fd(), id).map_err(classify)
+}
+
+/// The intermediate process: a new session, then the shim, then gone, so
+/// the shim is orphaned at once and adopted away from the helper.
+fn intermediate(ctx: ShimContext, report_w: OwnedFd) -> ! {
+    let code = catch_unwind(AssertUnwindSafe(move || {
+        // Leave the helper's session (and any controlling terminal) before
+        // the shim exists; the shim then starts a session of its own.
+        let _ = nix::unistd::setsid();
+        match sys::fork() {
+            Ok(sys::Forked::Child) => shim::run(ctx, report_w),
+            Ok(sys::Forked::Parent(_)) => 0,
+            Err(e) => {
+                let _ = report::send(
+                    &report_w,
+                    &ShimReport::Failed(HelperError {
+                        kind: HelperErrorKind::LaunchFailed,
+                        message: format!("forking the shim failed: {e}"),
+                    }),
+                );
+                1
+            }
+        }
+    }))
+    .unwrap_or(70);
+    sys::exit_now(code)
+}

@@ -1,0 +1,169 @@
+//! The serve loop: one thread, one poll(2) over the listener (standalone)
+//! and every connection. Each new connection's SO_PEERCRED is checked
+//! before a byte is read; a refused peer is closed without a reply.
+//! Embedded mode serves its single inherited connection and returns when
+//! the peer closes it.
+
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::conn::{Conn, Flow};
+use crate::deadline;
+use crate::dispatch::Dispatcher;
+use crate::log;
+use crate::peer::{peer_of, PeerError, PeerPolicy};
+
+/// At most this many open connections; more are closed at accept. The
+/// runtime uses one; the cap only bounds what a misbehaving peer can hold.
+pub const MAX_CONNECTIONS: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("poll failed")]
+    Poll(#[source] Errno),
+    #[error("the inherited connection's peer was refused")]
+    InheritedPeerRefused,
+    #[error("checking the inherited connection's peer failed")]
+    InheritedPeer(#[source] PeerError),
+    #[error("setting up the inherited connection failed")]
+    InheritedSetup(#[source] std::io::Error),
+}
+
+pub enum Mode {
+    Standalone {
+        listener: UnixListener,
+        policy: PeerPolicy,
+    },
+    Embedded {
+        stream: UnixStream,
+        policy: PeerPolicy,
+    },
+}
+
+pub fn serve(mode: Mode, d: &mut Dispatcher) -> Result<(), ServeError> {
+    let (listener, policy, mut conns) = match mode {
+        Mode::Standalone { listener, policy } => (Some(listener), policy, Vec::new()),
+        Mode::Embedded { stream, policy } => {
+            let peer = peer_of(&stream).map_err(ServeError::InheritedPeer)?;
+            if !policy.allows(&peer) {
+                log::error(
+                    "refusing the inherited connection: its peer does not have our uid",
+                    &[("peer_uid", peer.uid.into()), ("peer_pid", peer.pid.into())],
+                );
+                return Err(ServeError::InheritedPeerRefused);
+            }
+            let conn = Conn::new(stream, peer).map_err(ServeError::InheritedSetup)?;
+            (None, policy, vec![conn])
+        }
+    };
+    loop {
+        if listener.is_none() && conns.is_empty() {
+            log::info("the runtime closed its connection; exiting", &[]);
+            return Ok(());
+        }
+        let next = conns
+            .iter()
+            .map(Conn::partial_deadline)
+            .fold(None, deadline::earliest);
+        let timeout = deadline::poll_timeout_ms(Instant::now(), next);
+        let ready: Vec<Option<PollFlags>> = {
+            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(conns.len() + 1);
+            if let Some(l) = &listener {
+                fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+            }
+            for c in &conns {
+                fds.push(PollFd::new(c.stream.as_fd(), PollFlags::POLLIN));
+            }
+            let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::NONE);
+            match poll(&mut fds, timeout) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(ServeError::Poll(e)),
+            }
+            fds.iter().map(|f| f.revents()).collect()
+        };
+        let mut ready = ready.into_iter();
+        let accept_ready = match &listener {
+            Some(_) => ready.next().flatten().is_some_and(|r| !r.is_empty()),
+            None => false,
+        };
+        let now = Instant::now();
+        let mut keep = Vec::with_capacity(conns.len());
+        for (mut conn, revents) in conns.into_iter().zip(ready) {
+            let flow = if revents.is_some_and(|r| !r.is_empty()) {
+                conn.on_readable(d)
+            } else if deadline::reached(now, conn.partial_deadline()) {
+                conn.on_stalled();
+                Flow::Close
+            } else {
+                Flow::Open
+            };
+            if flow == Flow::Open {
+                keep.push(conn);
+            }
+        }
+        conns = keep;
+        if accept_ready {
+            if let Some(l) = &listener {
+                accept_all(l, &policy, &mut conns);
+            }
+        }
+    }
+}
+
+/// Accepts every pending connection (the listener is non-blocking).
+fn accept_all(listener: &UnixListener, policy: &PeerPolicy, conns: &mut Vec<Conn>) {
+    loop {
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // ECONNABORTED, EMFILE and the like: this attempt is lost,
+                // the listener is fine; poll will report the next one.
+                log::warn("accept failed", &[("error", e.to_string().into())]);
+                return;
+            }
+        };
+        let peer = match peer_of(&stream) {
+            Ok(p) => p,
+            Err(e) => {
+                log::warn(
+                    "closing a connection whose peer is unknown",
+                    &[("error", log::chain(&e).into())],
+                );
+                continue;
+            }
+        };
+        let fields = [
+            ("peer_pid", peer.pid.into()),
+            ("peer_uid", peer.uid.into()),
+            ("peer_gid", peer.gid.into()),
+        ];
+        if !policy.allows(&peer) {
+            log::warn(
+                "refused a connection from a peer that is not allowed",
+                &fields,
+            );
+            continue;
+        }
+        if conns.len() >= MAX_CONNECTIONS {
+            log::warn("refused a connection: too many open connections", &fields);
+            continue;
+        }
+        match Conn::new(stream, peer) {
+            Ok(c) => {
+                log::debug("accepted a connection", &fields);
+                conns.push(c);
+            }
+            Err(e) => log::warn(
+                "setting up a connection failed",
+                &[("error", e.to_string().into())],
+            ),
+        }
+    }
+}

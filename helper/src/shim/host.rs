@@ -1,0 +1,263 @@
+//! The real [`Steps`]: each method does one step on the host through the
+//! step's module and keeps what later steps need (descriptors, the exec
+//! plan). The order and the decisions are [`super::script`]'s.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use execgo_runtime_protocol::{LaunchProfile, Outcome};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::unistd::{Gid, Uid};
+use serde_json::Value;
+
+use super::claim::{self, Claim, ClaimRecord};
+use super::monitor::{self, Monitor};
+use super::report::{self, ShimReport};
+use super::script::{Finished, ShimError, Steps};
+use super::spawn::{self, Plan, Started};
+use super::stdio::{self, TaskStdio};
+use super::{control, isolate, procstat, resolve, result, workspace, ShimContext};
+use crate::{clock, log};
+
+pub struct Host {
+    ctx: ShimContext,
+    me: ClaimRecord,
+    /// Until the report is sent.
+    report: Option<OwnedFd>,
+    control: Option<File>,
+    workspace: Option<OwnedFd>,
+    stdio: Option<TaskStdio>,
+    resolved: Option<PathBuf>,
+    plan: Option<Plan>,
+    sigchld: Option<SignalFd>,
+}
+
+impl Host {
+    pub fn new(ctx: ShimContext, report: OwnedFd) -> Host {
+        Host {
+            me: ClaimRecord {
+                shim_pid: nix::unistd::getpid().as_raw(),
+                shim_start_ticks: procstat::own_start_ticks(),
+            },
+            ctx,
+            report: Some(report),
+            control: None,
+            workspace: None,
+            stdio: None,
+            resolved: None,
+            plan: None,
+            sigchld: None,
+        }
+    }
+
+    fn task_id(&self) -> Value {
+        Value::from(self.ctx.launch.task_id.as_str())
+    }
+
+    /// The runtime's uid/gid when files we create must be handed to it:
+    /// we are root and it is not.
+    fn hand_over_to(&self) -> Option<(Uid, Gid)> {
+        (self.ctx.privileged && self.ctx.peer_uid != 0).then(|| {
+            (
+                Uid::from_raw(self.ctx.peer_uid),
+                Gid::from_raw(self.ctx.peer_gid),
+            )
+        })
+    }
+}
+
+fn missing(step: &'static str) -> ShimError {
+    ShimError::Order(step)
+}
+
+impl Steps for Host {
+    fn identity(&self) -> ClaimRecord {
+        self.me
+    }
+
+    fn wall_time_ms(&self) -> u64 {
+        self.ctx.launch.limits.wall_time_ms
+    }
+
+    fn now(&self) -> String {
+        clock::now_rfc3339()
+    }
+
+    fn isolate(&mut self) -> Result<(), ShimError> {
+        let mut keep = vec![self.ctx.task_dir.as_raw_fd()];
+        keep.extend(self.report.as_ref().map(|r| r.as_raw_fd()));
+        isolate::isolate(self.ctx.task_dir.as_fd(), &keep)?;
+        log::info(
+            "shim started",
+            &[
+                ("task_id", self.task_id()),
+                ("shim_pid", self.me.shim_pid.into()),
+            ],
+        );
+        Ok(())
+    }
+
+    fn claim(&mut self) -> Result<Claim, ShimError> {
+        let c = claim::claim(self.ctx.task_dir.as_fd(), self.me)?;
+        if let Claim::Existing(earlier) = c {
+            log::info(
+                "task already claimed; not running it again",
+                &[
+                    ("task_id", self.task_id()),
+                    ("claimed_by", earlier.shim_pid.into()),
+                ],
+            );
+        }
+        Ok(c)
+    }
+
+    fn become_subreaper(&mut self) -> Result<(), ShimError> {
+        nix::sys::prctl::set_child_subreaper(true).map_err(ShimError::Subreaper)
+    }
+
+    fn open_control(&mut self) -> Result<(), ShimError> {
+        let owner = self.hand_over_to().map(|(uid, _)| uid);
+        self.control = Some(control::create(self.ctx.task_dir.as_fd(), owner)?);
+        Ok(())
+    }
+
+    fn prepare_workspace(&mut self) -> Result<(), ShimError> {
+        self.workspace = Some(workspace::prepare(
+            self.ctx.task_dir.as_fd(),
+            &self.ctx.launch.workspace_subdir,
+            self.hand_over_to(),
+        )?);
+        Ok(())
+    }
+
+    fn open_stdio(&mut self) -> Result<(), ShimError> {
+        self.stdio = Some(stdio::open(self.ctx.task_dir.as_fd())?);
+        Ok(())
+    }
+
+    fn resolve_program(&mut self) -> Result<(), ShimError> {
+        let l = &self.ctx.launch;
+        let program = l.argv.first().ok_or(missing("argv"))?;
+        let resolved = resolve::resolve(program, l.path_var())?;
+        self.plan = Some(Plan::new(
+            &resolved,
+            &l.argv,
+            &l.env,
+            l.limits.cpu_time_sec,
+            l.limits.memory_bytes,
+        )?);
+        self.resolved = Some(resolved);
+        Ok(())
+    }
+
+    fn watch_children(&mut self) -> Result<(), ShimError> {
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGCHLD);
+        sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(ShimError::Watch)?;
+        let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(ShimError::Watch)?;
+        self.sigchld = Some(sfd);
+        Ok(())
+    }
+
+    fn spawn(&mut self) -> Result<Started, ShimError> {
+        let plan = self.plan.as_ref().ok_or(missing("plan"))?;
+        let io = self.stdio.as_ref().ok_or(missing("stdio"))?;
+        let cwd = self.workspace.as_ref().ok_or(missing("workspace"))?;
+        // The process profile needs nothing beyond the steps so far; sandbox
+        // profiles will add their set-up around the fork here.
+        let profile = match self.ctx.launch.profile {
+            LaunchProfile::Process => "process",
+        };
+        let started = spawn::spawn(plan, &io.stdin, &io.stdout, &io.stderr, cwd)?;
+        // The task has its own copies; ours are not needed any more.
+        self.stdio = None;
+        self.workspace = None;
+        log::info(
+            "task started",
+            &[
+                ("task_id", self.task_id()),
+                ("pid", started.pid.into()),
+                ("profile", profile.into()),
+                (
+                    "program",
+                    self.resolved
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .into(),
+                ),
+            ],
+        );
+        Ok(started)
+    }
+
+    fn report(&mut self, r: ShimReport) {
+        if let Some(pipe) = self.report.take() {
+            // EPIPE: the helper is gone (restarted, or gave up waiting). The
+            // task goes on; the runtime finds it through shim.claim.
+            if let Err(e) = report::send(&pipe, &r) {
+                log::warn(
+                    "reporting to the helper failed; carrying on",
+                    &[
+                        ("task_id", self.task_id()),
+                        ("error", log::chain(&e).into()),
+                    ],
+                );
+            }
+        }
+    }
+
+    fn monitor(&mut self, started: &Started) -> Result<Finished, ShimError> {
+        let sigchld = self.sigchld.as_ref().ok_or(missing("sigchld"))?;
+        let control = self.control.as_ref().ok_or(missing("control"))?;
+        let m = Monitor {
+            pid: nix::unistd::Pid::from_raw(started.pid),
+            started: started.at,
+            wall_time: std::time::Duration::from_millis(self.ctx.launch.limits.wall_time_ms),
+            grace: self.ctx.launch.termination_grace,
+            sigchld,
+            control,
+            task_id: &self.ctx.launch.task_id,
+        };
+        match m.run() {
+            Ok(ended) => Ok(Finished {
+                ended,
+                finished_at: clock::now_rfc3339(),
+            }),
+            Err(e) => {
+                // Never leave the task unwatched: kill its group and wait
+                // for it, so what result.json says is final.
+                let _ = nix::sys::signal::killpg(m.pid, Signal::SIGKILL);
+                let _ = crate::sys::wait4(started.pid, false);
+                Err(e.into())
+            }
+        }
+    }
+
+    fn clean_up(&mut self) {
+        monitor::reap_leftovers();
+    }
+
+    fn write_result(&mut self, outcome: &Outcome) -> Result<(), ShimError> {
+        let dir = self.ctx.task_dir.as_fd();
+        let limits = &self.ctx.launch.limits;
+        let (stdout, stderr) =
+            result::read_logs(dir, limits.stdout_max_bytes, limits.stderr_max_bytes)?;
+        let body = result::merge(&self.ctx.launch.result_template, outcome, stdout, stderr)?;
+        result::write_atomic(dir, &body)?;
+        log::info(
+            "result recorded",
+            &[
+                ("task_id", self.task_id()),
+                ("status", outcome.status.as_str().into()),
+                (
+                    "error_code",
+                    outcome.error.as_ref().map(|e| e.code.as_str()).into(),
+                ),
+            ],
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,58 @@
+//! The shim: one small, synchronous monitor per task, forked from the
+//! helper (not exec'd) and detached from it, so it outlives both the
+//! runtime and the helper. It claims the task, starts it in its own process
+//! group, enforces the wall-clock limit and kill requests (SIGTERM, grace,
+//! SIGKILL), reaps it with its resource usage, and writes
+//! `tasks/<id>/result.json` atomically.
+//!
+//! [`script::run`] is the launch, step by step; [`host::Host`] does each
+//! step for real. Files the shim owns in `tasks/<id>/`: `shim.claim`,
+//! `control`, `shim.log`, `workspace/`, `result.json`.
+
+pub mod claim;
+pub mod control;
+pub mod host;
+pub mod isolate;
+pub mod monitor;
+pub mod procstat;
+pub mod report;
+pub mod resolve;
+pub mod result;
+pub mod script;
+pub mod spawn;
+pub mod stdio;
+pub mod workspace;
+
+use std::os::fd::OwnedFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::sys;
+use crate::validate::ValidatedLaunch;
+
+/// Everything the shim starts from, handed over across the fork.
+pub struct ShimContext {
+    pub launch: ValidatedLaunch,
+    /// `tasks/<id>/`, opened by the helper without following symlinks.
+    pub task_dir: OwnedFd,
+    /// The runtime's uid and gid (SO_PEERCRED of the launching connection).
+    pub peer_uid: u32,
+    pub peer_gid: u32,
+    /// Whether we run as root, so files for the runtime need handing over.
+    pub privileged: bool,
+}
+
+/// Exit code of a shim that panicked (a bug); the panic message is in
+/// shim.log.
+const PANICKED: i32 = 70;
+
+/// Runs the shim in the freshly forked process and never returns to the
+/// helper code it was forked from: a panic is caught here and ends the
+/// process, like every other path, with `_exit`.
+pub fn run(ctx: ShimContext, report: OwnedFd) -> ! {
+    let code = catch_unwind(AssertUnwindSafe(move || {
+        let mut host = host::Host::new(ctx, report);
+        script::run(&mut host)
+    }))
+    .unwrap_or(PANICKED);
+    sys::exit_now(code)
+}

@@ -1,0 +1,404 @@
+//! Every `unsafe` call of the helper and the shim, in one place: fork and
+//! `_exit`, adopting raw descriptors, `close_range`, `wait4` with its
+//! rusage, the SIGPIPE disposition, and the code a forked task child runs
+//! between fork and execve. Everything else goes through nix's safe
+//! wrappers.
+//!
+//! Why fork is sound here: neither the helper nor the shim ever starts a
+//! thread, so a child never inherits a lock held by another thread. The
+//! task child still sticks to async-signal-safe calls on values prepared
+//! before the fork (see [`exec_child`]), as fork(2) asks of a child that
+//! execs.
+#![allow(unsafe_code)]
+
+use std::ffi::{c_char, CString, NulError};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::resource::Resource;
+use nix::sys::signal::{SigHandler, Signal};
+use nix::sys::stat::Mode;
+use nix::unistd::{ForkResult, Pid};
+
+/// Which side of a [`fork`] we are on.
+pub enum Forked {
+    Parent(Pid),
+    Child,
+}
+
+/// fork(2).
+pub fn fork() -> nix::Result<Forked> {
+    // SAFETY: the helper and the shim are single-threaded (they never spawn
+    // a thread), so the child's copy of memory holds no lock that another
+    // thread would have released; where a caller may be multi-threaded (the
+    // capability probe under the test harness) its child makes only
+    // async-signal-safe calls. Every child either execs or ends with
+    // `exit_now`, so no destructor of the parent's objects runs twice.
+    match unsafe { nix::unistd::fork() }? {
+        ForkResult::Parent { child } => Ok(Forked::Parent(child)),
+        ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// _exit(2): ends the process at once, without unwinding, destructors or
+/// atexit handlers, all of which belong to the process we were forked from.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit takes an int and never returns; it touches no memory of
+    // ours.
+    unsafe { libc::_exit(code) }
+}
+
+/// openat(2) of one name under `dir`, returning an owned descriptor.
+pub fn openat(dir: BorrowedFd<'_>, name: &str, flags: OFlag, mode: Mode) -> nix::Result<OwnedFd> {
+    let raw = nix::fcntl::openat(Some(dir.as_raw_fd()), name, flags, mode)?;
+    // SAFETY: openat just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// open(2) of an absolute path, returning an owned descriptor.
+pub fn open(path: &Path, flags: OFlag, mode: Mode) -> nix::Result<OwnedFd> {
+    let raw = nix::fcntl::open(path, flags, mode)?;
+    // SAFETY: open just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Takes ownership of a descriptor number handed to us by our parent
+/// (`--inherited-fd`). Fails unless it is open.
+pub fn adopt_fd(fd: RawFd) -> nix::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(Errno::EBADF);
+    }
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)?;
+    // SAFETY: the descriptor is open (checked just above) and was passed to
+    // this process for its sole use; start-up adopts it exactly once, before
+    // anything else could have wrapped the same number.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Closes every descriptor from 3 up except those in `keep`, with
+/// close_range(2) where the kernel has it and /proc/self/fd otherwise.
+///
+/// Only called where no live Rust object relies on the closed numbers: at
+/// helper start-up (nothing is open yet) and as the shim's first step (the
+/// forked copies of the helper's sockets belong to stack frames that are
+/// never returned to, since the shim ends with `exit_now`).
+pub fn close_fds_except(keep: &[RawFd]) -> io::Result<()> {
+    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&fd| fd > 2).collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut first: u32 = 3;
+    let mut ranges = Vec::with_capacity(keep.len() + 1);
+    for &fd in &keep {
+        let fd = fd as u32;
+        if fd > first {
+            ranges.push((first, fd - 1));
+        }
+        first = fd + 1;
+    }
+    ranges.push((first, u32::MAX));
+    for (lo, hi) in ranges {
+        // SAFETY: close_range takes two integers and flags; it only closes
+        // descriptors, none of which is owned by a live object (see above).
+        let rc = unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0u32) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::ENOSYS) | Some(libc::EINVAL) => close_fds_by_proc(&keep),
+                _ => Err(err),
+            };
+        }
+    }
+    Ok(())
+}
+
+/// Fallback of [`close_fds_except`] for kernels before 5.9.
+fn close_fds_by_proc(keep: &[RawFd]) -> io::Result<()> {
+    // Collect first: the directory stream has a descriptor of its own.
+    let mut open = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        if let Some(fd) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<RawFd>().ok())
+        {
+            open.push(fd);
+        }
+    }
+    for fd in open {
+        if fd > 2 && !keep.contains(&fd) {
+            // EBADF is the directory stream's own, already closed, descriptor.
+            // SAFETY: closes a bare descriptor number that no live object
+            // owns (see close_fds_except).
+            unsafe { libc::close(fd) };
+        }
+    }
+    Ok(())
+}
+
+/// Ignores SIGPIPE, so a peer that hung up is an EPIPE, not our death.
+pub fn ignore_sigpipe() -> nix::Result<()> {
+    // SAFETY: SIG_IGN installs no handler code, so nothing can run in
+    // signal context.
+    unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }.map(drop)
+}
+
+/// Resource usage of a reaped child, as wait4(2) reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rusage {
+    pub user_cpu_ms: u64,
+    pub system_cpu_ms: u64,
+    pub max_rss_bytes: u64,
+}
+
+fn timeval_ms(tv: libc::timeval) -> u64 {
+    let secs = u64::try_from(tv.tv_sec).unwrap_or(0);
+    let usecs = u64::try_from(tv.tv_usec).unwrap_or(0);
+    secs.saturating_mul(1000).saturating_add(usecs / 1000)
+}
+
+/// wait4(2). `pid` -1 means any child. With `nohang`, `Ok(None)` when no
+/// child has changed state. Returns the pid, the raw status and the usage.
+pub fn wait4(pid: i32, nohang: bool) -> nix::Result<Option<(i32, i32, Rusage)>> {
+    let flags = if nohang { libc::WNOHANG } else { 0 };
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain old data; all-zero bytes are a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: status and ru are valid, writable locals for the call.
+        let rc = unsafe { libc::wait4(pid, &mut status, flags, &mut ru) };
+        if rc < 0 {
+            match Errno::last() {
+                Errno::EINTR => continue,
+                e => return Err(e),
+            }
+        }
+        if rc == 0 {
+            return Ok(None);
+        }
+        let usage = Rusage {
+            user_cpu_ms: timeval_ms(ru.ru_utime),
+            system_cpu_ms: timeval_ms(ru.ru_stime),
+            // ru_maxrss is in kilobytes on Linux.
+            max_rss_bytes: u64::try_from(ru.ru_maxrss)
+                .unwrap_or(0)
+                .saturating_mul(1024),
+        };
+        return Ok(Some((rc, status, usage)));
+    }
+}
+
+/// A program, its argv and its envp as C strings, with the pointer arrays
+/// execve(2) wants, all built before the fork so the child allocates
+/// nothing.
+pub struct ExecImage {
+    path: CString,
+    _argv: Vec<CString>,
+    _envp: Vec<CString>,
+    argv_ptrs: Vec<*const c_char>,
+    envp_ptrs: Vec<*const c_char>,
+}
+
+impl ExecImage {
+    pub fn new(path: &Path, argv: &[String], env: &[(String, String)]) -> Result<Self, NulError> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = CString::new(path.as_os_str().as_bytes())?;
+        let argv = argv
+            .iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let envp = env
+            .iter()
+            .map(|(k, v)| CString::new(format!("{k}={v}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        // The pointers stay valid while the CStrings live: a CString's bytes
+        // are on the heap and do not move when the vectors holding them do.
+        let argv_ptrs = argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let envp_ptrs = envp
+            .iter()
+            .map(|e| e.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        Ok(ExecImage {
+            path,
+            _argv: argv,
+            _envp: envp,
+            argv_ptrs,
+            envp_ptrs,
+        })
+    }
+}
+
+/// The step of the task child's set-up that failed, sent to the shim over
+/// the exec-status pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ChildStep {
+    SetPgid = 1,
+    SignalMask = 2,
+    RlimitCpu = 3,
+    RlimitAs = 4,
+    Stdio = 5,
+    Chdir = 6,
+    Exec = 7,
+}
+
+impl ChildStep {
+    pub fn from_u8(b: u8) -> Option<Self> {
+        [
+            ChildStep::SetPgid,
+            ChildStep::SignalMask,
+            ChildStep::RlimitCpu,
+            ChildStep::RlimitAs,
+            ChildStep::Stdio,
+            ChildStep::Chdir,
+            ChildStep::Exec,
+        ]
+        .into_iter()
+        .find(|s| *s as u8 == b)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ChildStep::SetPgid => "setpgid",
+            ChildStep::SignalMask => "sigprocmask",
+            ChildStep::RlimitCpu => "setrlimit RLIMIT_CPU",
+            ChildStep::RlimitAs => "setrlimit RLIMIT_AS",
+            ChildStep::Stdio => "dup2",
+            ChildStep::Chdir => "fchdir",
+            ChildStep::Exec => "execve",
+        }
+    }
+}
+
+/// Length of a message on the exec-status pipe: the step, then the errno
+/// as 4 little-endian bytes.
+pub const CHILD_STATUS_LEN: usize = 5;
+
+/// Everything the task child needs, prepared before the fork.
+pub struct ChildSetup<'a> {
+    pub image: &'a ExecImage,
+    pub stdin: RawFd,
+    pub stdout: RawFd,
+    pub stderr: RawFd,
+    pub cwd: RawFd,
+    /// (soft, hard) RLIMIT_CPU in seconds.
+    pub cpu: Option<(u64, u64)>,
+    /// (soft, hard) RLIMIT_AS in bytes.
+    pub address_space: Option<(u64, u64)>,
+    /// Write end of the close-on-exec exec-status pipe.
+    pub status_fd: RawFd,
+}
+
+/// Writes the failed step and errno to the exec-status pipe and exits 127.
+fn child_fail(status_fd: RawFd, step: ChildStep) -> ! {
+    let errno = Errno::last_raw().to_le_bytes();
+    let msg: [u8; CHILD_STATUS_LEN] = [step as u8, errno[0], errno[1], errno[2], errno[3]];
+    // SAFETY: write(2) reads CHILD_STATUS_LEN bytes from a live stack array.
+    unsafe { libc::write(status_fd, msg.as_ptr().cast(), msg.len()) };
+    exit_now(127)
+}
+
+/// Runs in the forked task child: own process group, default signal
+/// dispositions and an empty mask, rlimits, stdio, working directory, then
+/// execve. Only async-signal-safe calls on prepared values; no allocation,
+/// no logging. On failure the step and errno go to the exec-status pipe.
+pub fn exec_child(s: &ChildSetup<'_>) -> ! {
+    // Own group first, so a group-wide kill by the shim covers the task even
+    // if it dies in a later step.
+    if nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).is_err() {
+        child_fail(s.status_fd, ChildStep::SetPgid);
+    }
+    // Dispositions set to "ignore" survive execve (the helper ignores
+    // SIGPIPE), so every signal goes back to its default, then the mask
+    // (the shim blocks SIGCHLD) is emptied.
+    // SAFETY: sigaction is plain old data; all-zero is a valid value, and
+    // SIG_DFL with no flags and an empty mask is what we install.
+    let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
+    dfl.sa_sigaction = libc::SIG_DFL;
+    for sig in 1..65 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installs the default action from a live local struct.
+        // Errors (EINVAL for numbers libc reserves) are expected; ignored.
+        unsafe { libc::sigaction(sig, &dfl, std::ptr::null_mut()) };
+    }
+    let empty = nix::sys::signal::SigSet::empty();
+    if nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&empty),
+        None,
+    )
+    .is_err()
+    {
+        child_fail(s.status_fd, ChildStep::SignalMask);
+    }
+    if let Some((soft, hard)) = s.cpu {
+        if nix::sys::resource::setrlimit(Resource::RLIMIT_CPU, soft, hard).is_err() {
+            child_fail(s.status_fd, ChildStep::RlimitCpu);
+        }
+    }
+    if let Some((soft, hard)) = s.address_space {
+        if nix::sys::resource::setrlimit(Resource::RLIMIT_AS, soft, hard).is_err() {
+            child_fail(s.status_fd, ChildStep::RlimitAs);
+        }
+    }
+    for (from, to) in [(s.stdin, 0), (s.stdout, 1), (s.stderr, 2)] {
+        if nix::unistd::dup2(from, to).is_err() {
+            child_fail(s.status_fd, ChildStep::Stdio);
+        }
+    }
+    if nix::unistd::fchdir(s.cwd).is_err() {
+        child_fail(s.status_fd, ChildStep::Chdir);
+    }
+    // SAFETY: path, argv and envp are NUL-terminated C strings and
+    // NULL-terminated pointer arrays owned by `s.image`, alive for the call.
+    unsafe {
+        libc::execve(
+            s.image.path.as_ptr(),
+            s.image.argv_ptrs.as_ptr(),
+            s.image.envp_ptrs.as_ptr(),
+        )
+    };
+    child_fail(s.status_fd, ChildStep::Exec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn child_steps_round_trip() {
+        for b in 1..=7u8 {
+            let step = ChildStep::from_u8(b).unwrap();
+            assert_eq!(step as u8, b);
+            assert!(!step.name().is_empty());
+        }
+        assert_eq!(ChildStep::from_u8(0), None);
+        assert_eq!(ChildStep::from_u8(8), None);
+    }
+
+    #[test]
+    fn exec_image_refuses_nul() {
+        let ok = ExecImage::new(Path::new("/bin/true"), &["true".into()], &[]);
+        assert!(ok.is_ok());
+        let bad = ExecImage::new(Path::new("/bin/true"), &["a\0b".into()], &[]);
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn timeval_to_ms() {
+        let tv = libc::timeval {
+            tv_sec: 2,
+            tv_usec: 345_678,
+        };
+        assert_eq!(timeval_ms(tv), 2345);
+    }
+}

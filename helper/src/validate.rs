@@ -1,0 +1,229 @@
+//! A [`LaunchSpec`] checked at the boundary, before any syscall. A bad
+//! request is refused with a message naming the field, never repaired; the
+//! launch path only accepts the resulting [`ValidatedLaunch`].
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use execgo_runtime_protocol::{
+    valid_relative_path, valid_task_id, LaunchLimits, LaunchProfile, LaunchSpec,
+};
+use serde_json::{Map, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ValidateError {
+    #[error(
+        "task_id {0:?} is invalid: use 1 to 128 ascii letters, digits, '-', '_' or '.', \
+         and not '.' or '..'"
+    )]
+    TaskId(String),
+    #[error("argv must not be empty")]
+    EmptyArgv,
+    #[error("argv[0] must not be empty")]
+    EmptyProgram,
+    #[error("argv[{0}] contains a nul byte")]
+    NulInArgv(usize),
+    #[error("env key at position {0} is empty")]
+    EmptyEnvKey(usize),
+    #[error("env key {0:?} contains '='")]
+    EnvKeyEquals(String),
+    #[error("env entry {0:?} contains a nul byte")]
+    NulInEnv(String),
+    #[error("env key {0:?} appears more than once")]
+    DuplicateEnvKey(String),
+    #[error(
+        "workspace_subdir {0:?} is invalid: it must be relative, without '..', '.' or empty \
+         components"
+    )]
+    WorkspaceSubdir(String),
+    #[error("result_template is not valid json")]
+    TemplateJson(#[source] serde_json::Error),
+    #[error("result_template must be a json object")]
+    TemplateNotObject,
+    #[error("limits.wall_time_ms must be greater than 0")]
+    WallTime,
+    #[error("limits.stdout_max_bytes must be greater than 0")]
+    StdoutMax,
+    #[error("limits.stderr_max_bytes must be greater than 0")]
+    StderrMax,
+    #[error("limits.cpu_time_sec must be greater than 0 when given")]
+    CpuTime,
+    #[error("limits.memory_bytes must be greater than 0 when given")]
+    Memory,
+}
+
+/// A launch request that passed every check.
+#[derive(Debug, Clone)]
+pub struct ValidatedLaunch {
+    pub task_id: String,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Components of `workspace_subdir`; empty for the workspace itself.
+    pub workspace_subdir: Vec<String>,
+    pub profile: LaunchProfile,
+    pub limits: LaunchLimits,
+    pub termination_grace: Duration,
+    pub result_template: Map<String, Value>,
+}
+
+impl ValidatedLaunch {
+    /// The task's own `PATH`, which is where a bare program name is looked
+    /// up.
+    pub fn path_var(&self) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub fn validate(spec: LaunchSpec) -> Result<ValidatedLaunch, ValidateError> {
+    if !valid_task_id(&spec.task_id) {
+        return Err(ValidateError::TaskId(spec.task_id));
+    }
+    match spec.argv.first() {
+        None => return Err(ValidateError::EmptyArgv),
+        Some(p) if p.is_empty() => return Err(ValidateError::EmptyProgram),
+        Some(_) => {}
+    }
+    if let Some(i) = spec.argv.iter().position(|a| a.contains('\0')) {
+        return Err(ValidateError::NulInArgv(i));
+    }
+    let mut seen = HashSet::new();
+    for (i, (k, v)) in spec.env.iter().enumerate() {
+        if k.is_empty() {
+            return Err(ValidateError::EmptyEnvKey(i));
+        }
+        if k.contains('\0') || v.contains('\0') {
+            return Err(ValidateError::NulInEnv(k.replace('\0', "\\0")));
+        }
+        if k.contains('=') {
+            return Err(ValidateError::EnvKeyEquals(k.clone()));
+        }
+        if !seen.insert(k.as_str()) {
+            return Err(ValidateError::DuplicateEnvKey(k.clone()));
+        }
+    }
+    let workspace_subdir = match &spec.workspace_subdir {
+        None => Vec::new(),
+        Some(s) if valid_relative_path(s) => s.split('/').map(str::to_string).collect(),
+        Some(s) => return Err(ValidateError::WorkspaceSubdir(s.clone())),
+    };
+    let result_template = match serde_json::from_str::<Value>(&spec.result_template) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => return Err(ValidateError::TemplateNotObject),
+        Err(e) => return Err(ValidateError::TemplateJson(e)),
+    };
+    let l = &spec.limits;
+    if l.wall_time_ms == 0 {
+        return Err(ValidateError::WallTime);
+    }
+    if l.stdout_max_bytes == 0 {
+        return Err(ValidateError::StdoutMax);
+    }
+    if l.stderr_max_bytes == 0 {
+        return Err(ValidateError::StderrMax);
+    }
+    if l.cpu_time_sec == Some(0) {
+        return Err(ValidateError::CpuTime);
+    }
+    if l.memory_bytes == Some(0) {
+        return Err(ValidateError::Memory);
+    }
+    // The only profile so far; new ones are appended to the protocol and
+    // get their own checks here.
+    let profile = match spec.profile {
+        LaunchProfile::Process => LaunchProfile::Process,
+    };
+    Ok(ValidatedLaunch {
+        task_id: spec.task_id,
+        argv: spec.argv,
+        env: spec.env,
+        workspace_subdir,
+        profile,
+        limits: spec.limits,
+        termination_grace: Duration::from_millis(spec.termination_grace_ms),
+        result_template,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> LaunchSpec {
+        LaunchSpec {
+            task_id: "t-1".into(),
+            argv: vec!["/bin/echo".into(), "hi".into()],
+            env: vec![("PATH".into(), "/bin".into()), ("A".into(), "b=c".into())],
+            workspace_subdir: Some("a/b".into()),
+            profile: LaunchProfile::Process,
+            limits: LaunchLimits {
+                wall_time_ms: 1000,
+                cpu_time_sec: Some(1),
+                memory_bytes: None,
+                pids_max: None,
+                stdout_max_bytes: 10,
+                stderr_max_bytes: 10,
+            },
+            termination_grace_ms: 50,
+            result_template: r#"{"task_id":"t-1"}"#.into(),
+        }
+    }
+
+    fn err(f: impl FnOnce(&mut LaunchSpec)) -> String {
+        let mut s = good();
+        f(&mut s);
+        validate(s).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn accepts_a_good_spec() {
+        let v = validate(good()).unwrap();
+        assert_eq!(v.workspace_subdir, vec!["a", "b"]);
+        assert_eq!(v.path_var(), Some("/bin"));
+        assert_eq!(v.termination_grace, Duration::from_millis(50));
+        assert_eq!(v.result_template["task_id"], "t-1");
+    }
+
+    #[test]
+    fn refuses_each_bad_field() {
+        assert!(err(|s| s.task_id = "../x".into()).starts_with("task_id"));
+        assert!(err(|s| s.task_id = String::new()).starts_with("task_id"));
+        assert_eq!(err(|s| s.argv.clear()), "argv must not be empty");
+        assert_eq!(err(|s| s.argv[0].clear()), "argv[0] must not be empty");
+        assert_eq!(
+            err(|s| s.argv.push("a\0".into())),
+            "argv[2] contains a nul byte"
+        );
+        assert_eq!(
+            err(|s| s.env.push((String::new(), "x".into()))),
+            "env key at position 2 is empty"
+        );
+        assert_eq!(
+            err(|s| s.env.push(("A=B".into(), "x".into()))),
+            "env key \"A=B\" contains '='"
+        );
+        assert!(err(|s| s.env.push(("K".into(), "x\0".into()))).contains("nul byte"));
+        assert!(err(|s| s.env.push(("A".into(), "again".into()))).contains("more than once"));
+        for bad in ["../x", "/abs", "a//b", "./a", ""] {
+            assert!(
+                err(|s| s.workspace_subdir = Some(bad.into())).starts_with("workspace_subdir"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            err(|s| s.result_template = "[1]".into()),
+            "result_template must be a json object"
+        );
+        assert_eq!(
+            err(|s| s.result_template = "{".into()),
+            "result_template is not valid json"
+        );
+        assert!(err(|s| s.limits.wall_time_ms = 0).contains("wall_time_ms"));
+        assert!(err(|s| s.limits.stdout_max_bytes = 0).contains("stdout_max_bytes"));
+        assert!(err(|s| s.limits.stderr_max_bytes = 0).contains("stderr_max_bytes"));
+        assert!(err(|s| s.limits.cpu_time_sec = Some(0)).contains("cpu_time_sec"));
+        assert!(err(|s| s.limits.memory_bytes = Some(0)).contains("memory_bytes"));
+    }
+}

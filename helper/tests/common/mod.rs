@@ -1,0 +1,226 @@
+//! Shared harness: a real helper in standalone mode on a socket in a
+//! tempdir, a tempdir data dir, a blocking protocol client, and task
+//! directories laid out as the runtime lays them out at submit.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use execgo_runtime_protocol::{
+    read_frame, write_frame, Hello, HelloReply, LaunchLimits, LaunchProfile, LaunchSpec, Request,
+    Response,
+};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_execgo-runtime-helper");
+
+pub fn my_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+pub struct Helper {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub data: PathBuf,
+}
+
+impl Helper {
+    /// Standalone helper allowing our own uid.
+    pub fn start() -> Helper {
+        Helper::start_allowing(my_uid())
+    }
+
+    pub fn start_allowing(uid: u32) -> Helper {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("tasks")).unwrap();
+        let socket = dir.path().join("h.sock");
+        let log = File::create(dir.path().join("helper.log")).unwrap();
+        let child = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--allowed-uid")
+            .arg(uid.to_string())
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let h = Helper {
+            child,
+            dir,
+            socket,
+            data,
+        };
+        let until = Instant::now() + Duration::from_secs(10);
+        while !h.socket.exists() {
+            assert!(Instant::now() < until, "helper never bound: {}", h.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        h
+    }
+
+    /// Stops the helper process, keeping its directories.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("helper.log")).unwrap_or_default()
+    }
+
+    pub fn raw(&self) -> UnixStream {
+        let s = UnixStream::connect(&self.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(15))).unwrap();
+        s
+    }
+
+    /// A connection with the handshake done.
+    pub fn client(&self) -> Client {
+        let mut s = self.raw();
+        write_frame(&mut s, &Hello::current()).unwrap();
+        match read_frame::<HelloReply, _>(&mut s).unwrap() {
+            HelloReply::Accepted {
+                helper_pid,
+                version,
+                ..
+            } => {
+                assert_eq!(version, execgo_runtime_protocol::PROTOCOL_VERSION);
+                Client {
+                    stream: s,
+                    helper_pid,
+                }
+            }
+            other => panic!("handshake refused: {other:?}\n{}", self.log()),
+        }
+    }
+
+    /// Asserts a fresh connection is still served.
+    pub fn assert_alive(&self) {
+        assert_eq!(
+            self.client().call(&Request::Ping),
+            Response::Pong,
+            "{}",
+            self.log()
+        );
+    }
+
+    /// Creates `tasks/<id>/` with empty logs, as the runtime does at submit.
+    pub fn task(&self, id: &str) -> PathBuf {
+        let d = self.data.join("tasks").join(id);
+        std::fs::create_dir_all(&d).unwrap();
+        File::create(d.join("stdout.log")).unwrap();
+        File::create(d.join("stderr.log")).unwrap();
+        d
+    }
+
+    pub fn task_dir(&self, id: &str) -> PathBuf {
+        self.data.join("tasks").join(id)
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Client {
+    pub stream: UnixStream,
+    pub helper_pid: u32,
+}
+
+impl Client {
+    pub fn call(&mut self, req: &Request) -> Response {
+        write_frame(&mut self.stream, req).unwrap();
+        read_frame(&mut self.stream).unwrap()
+    }
+
+    /// Launches and expects `Launched`.
+    pub fn launch(&mut self, spec: LaunchSpec) -> execgo_runtime_protocol::Launched {
+        match self.call(&Request::Launch(spec)) {
+            Response::Launched(l) => l,
+            other => panic!("launch answered {other:?}"),
+        }
+    }
+}
+
+pub fn spec(id: &str, argv: &[&str]) -> LaunchSpec {
+    LaunchSpec {
+        task_id: id.into(),
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into())],
+        workspace_subdir: None,
+        profile: LaunchProfile::Process,
+        limits: LaunchLimits {
+            wall_time_ms: 30_000,
+            cpu_time_sec: None,
+            memory_bytes: None,
+            pids_max: None,
+            stdout_max_bytes: 4096,
+            stderr_max_bytes: 4096,
+        },
+        termination_grace_ms: 500,
+        result_template: serde_json::json!({"task_id": id, "status": "accepted", "handle_id": id})
+            .to_string(),
+    }
+}
+
+/// Waits for `result.json` and parses it.
+pub fn wait_result(task_dir: &Path, timeout: Duration) -> serde_json::Value {
+    let path = task_dir.join("result.json");
+    let until = Instant::now() + timeout;
+    loop {
+        if let Ok(bytes) = std::fs::read(&path) {
+            return serde_json::from_slice(&bytes).unwrap();
+        }
+        assert!(
+            Instant::now() < until,
+            "no result.json in {} after {timeout:?}; shim.log: {}",
+            task_dir.display(),
+            std::fs::read_to_string(task_dir.join("shim.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Fields of `/proc/<pid>/stat` after the command name: index 0 is field 3
+/// (state), 1 is ppid, 3 is the session id.
+pub fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// Reads until EOF or error; what a refused peer sees.
+pub fn read_to_close(s: &mut UnixStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("expected the helper to close, got {e}"),
+        }
+    }
+}
+
+pub fn send_raw(s: &mut UnixStream, bytes: &[u8]) {
+    // The helper may close after the first bytes; later ones may EPIPE.
+    let _ = s.write_all(bytes);
+}

@@ -1,0 +1,413 @@
+//! Launches through the real helper binary: the shim runs the task, enforces
+//! its limits and writes result.json as the contract says.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::{Duration, Instant};
+
+use common::{spec, stat_fields, wait_result, Helper};
+use execgo_runtime_protocol::{HelperErrorKind, Request, Response};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[test]
+fn echo_succeeds_with_its_output() {
+    let h = Helper::start();
+    let dir = h.task("echo");
+    let mut c = h.client();
+    let l = c.launch(spec("echo", &["/bin/echo", "hi"]));
+    assert!(!l.already_claimed);
+    assert!(l.pid.is_some());
+    assert_eq!(l.pid, l.pgid);
+    assert!(l.started_at.is_some());
+    assert!(l.shim_start_ticks > 0);
+    let r = wait_result(&dir, WAIT);
+    assert_eq!(r["status"], "success", "{r}");
+    assert_eq!(r["stdout"], "hi\n");
+    assert_eq!(r["stderr"], "");
+    assert_eq!(r["stdout_truncated"], false);
+    assert_eq!(r["exit_code"], 0);
+    assert!(r.get("exit_signal").is_none());
+    assert!(r.get("error").is_none());
+    // Template fields survive; outcome fields replace the template's.
+    assert_eq!(r["task_id"], "echo");
+    assert_eq!(r["handle_id"], "echo");
+    assert_eq!(r["pid"], l.pid.unwrap());
+    assert_eq!(r["pgid"], l.pid.unwrap());
+    assert_eq!(r["shim_pid"], l.shim_pid);
+    assert_eq!(r["started_at"], l.started_at.unwrap().as_str());
+    assert_eq!(r["updated_at"], r["finished_at"]);
+    assert!(r["duration_ms"].is_u64());
+    assert!(r["usage"]["duration_ms"].is_u64());
+    assert!(r["usage"]["max_rss_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(r["kill_requested"], false);
+    assert_eq!(r["timed_out"], false);
+    // The claim names the shim.
+    let claim: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("shim.claim")).unwrap()).unwrap();
+    assert_eq!(claim["shim_pid"], l.shim_pid);
+    assert_eq!(claim["shim_start_ticks"], l.shim_start_ticks);
+    assert!(dir.join("workspace").is_dir());
+    assert!(!dir.join("result.json.tmp").exists());
+}
+
+#[test]
+fn nonzero_exit_fails_and_output_is_capped() {
+    let h = Helper::start();
+    let dir = h.task("three");
+    let mut s = spec(
+        "three",
+        &["/bin/sh", "-c", "printf 0123456789; echo oops >&2; exit 3"],
+    );
+    s.limits.stdout_max_bytes = 4;
+    h.client().launch(s);
+    let r = wait_result(&dir, WAIT);
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(r["exit_code"], 3);
+    assert_eq!(r["error"]["code"], "exit_nonzero");
+    assert_eq!(r["error"]["message"], "task exited with code 3");
+    assert_eq!(r["stdout"], "0123");
+    assert_eq!(r["stdout_truncated"], true);
+    assert_eq!(r["stderr"], "oops\n");
+    assert_eq!(r["stderr_truncated"], false);
+    // The logs themselves are complete.
+    assert_eq!(
+        std::fs::read_to_string(dir.join("stdout.log")).unwrap(),
+        "0123456789"
+    );
+}
+
+#[test]
+fn a_missing_program_is_launch_failed_without_a_start() {
+    let h = Helper::start();
+    let mut c = h.client();
+    for (id, prog) in [("bare", "no-such-program-xyz"), ("abs", "/no/such/program")] {
+        let dir = h.task(id);
+        let l = c.launch(spec(id, &[prog, "arg"]));
+        assert_eq!((l.pid, l.pgid, l.started_at.as_deref()), (None, None, None));
+        assert!(!l.already_claimed);
+        let r = wait_result(&dir, WAIT);
+        assert_eq!(r["status"], "failed", "{r}");
+        assert_eq!(r["error"]["code"], "launch_failed");
+        assert_eq!(
+            r["error"]["message"],
+            format!("failed to execute '{prog}': No such file or directory (os error 2)")
+        );
+        for absent in ["started_at", "pid", "pgid", "exit_code", "duration_ms"] {
+            assert!(r.get(absent).is_none(), "{absent} in {r}");
+        }
+        assert_eq!(r["shim_pid"], l.shim_pid);
+    }
+}
+
+#[test]
+fn env_is_exactly_what_was_passed_and_cwd_is_the_subdir() {
+    let h = Helper::start();
+    let dir = h.task("env");
+    let mut s = spec("env", &["/usr/bin/env"]);
+    s.env = vec![
+        ("FOO".into(), "bar".into()),
+        ("WITH_EQ".into(), "a=b".into()),
+        ("EMPTY".into(), String::new()),
+    ];
+    h.client().launch(s);
+    let r = wait_result(&dir, WAIT);
+    assert_eq!(r["status"], "success", "{r}");
+    let mut lines: Vec<&str> = r["stdout"].as_str().unwrap().lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["EMPTY=", "FOO=bar", "WITH_EQ=a=b"]);
+
+    let dir = h.task("cwd");
+    let mut s = spec("cwd", &["sh", "-c", "pwd -P; ls -a"]);
+    s.workspace_subdir = Some("a/b".into());
+    h.client().launch(s);
+    let r = wait_result(&dir, WAIT);
+    assert_eq!(r["status"], "success", "{r}");
+    let want = std::fs::canonicalize(dir.join("workspace/a/b")).unwrap();
+    let out = r["stdout"].as_str().unwrap();
+    assert_eq!(out.lines().next().unwrap(), want.to_str().unwrap());
+    assert_eq!(out.lines().skip(1).collect::<Vec<_>>(), [".", ".."]);
+}
+
+#[test]
+fn no_descriptor_leaks_into_the_task() {
+    let h = Helper::start();
+    let dir = h.task("fds");
+    h.client()
+        .launch(spec("fds", &["/bin/ls", "/proc/self/fd"]));
+    let r = wait_result(&dir, WAIT);
+    assert_eq!(r["status"], "success", "{r}");
+    let mut fds: Vec<u32> = r["stdout"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    fds.sort();
+    // 0-2, plus the one ls itself opened to list the directory.
+    assert_eq!(fds, [0, 1, 2, 3], "{r}");
+}
+
+#[test]
+fn wall_time_limit_times_out_quickly() {
+    let h = Helper::start();
+    let dir = h.task("slow");
+    let mut s = spec("slow", &["sleep", "10"]);
+    s.limits.wall_time_ms = 200;
+    let t = Instant::now();
+    h.client().launch(s);
+    let r = wait_result(&dir, WAIT);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(r["error"]["code"], "timeout");
+    assert_eq!(r["timed_out"], true);
+    assert_eq!(r["exit_signal"], 15);
+    assert!(r.get("exit_code").is_none());
+    let d = r["duration_ms"].as_u64().unwrap();
+    assert!((200..1000).contains(&d), "duration {d}");
+}
+
+fn send_kill(dir: &std::path::Path) {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(dir.join("control"))
+        .unwrap();
+    f.write_all(b"K").unwrap();
+}
+
+#[test]
+fn a_k_on_the_fifo_cancels_the_task() {
+    let h = Helper::start();
+    let dir = h.task("killme");
+    h.client().launch(spec("killme", &["sleep", "30"]));
+    let t = Instant::now();
+    send_kill(&dir);
+    let r = wait_result(&dir, WAIT);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(r["status"], "cancelled", "{r}");
+    assert_eq!(r["error"]["code"], "cancelled");
+    assert_eq!(r["kill_requested"], true);
+    assert_eq!(r["timed_out"], false);
+    assert_eq!(r["exit_signal"], 15);
+    // With the shim gone, a kill finds nobody listening.
+    let err = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(dir.join("control"))
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENXIO));
+}
+
+#[test]
+fn a_task_ignoring_sigterm_is_killed_after_the_grace() {
+    let h = Helper::start();
+    let dir = h.task("stubborn");
+    let mut s = spec("stubborn", &["sh", "-c", "trap '' TERM; sleep 30"]);
+    s.limits.wall_time_ms = 200;
+    s.termination_grace_ms = 700;
+    h.client().launch(s);
+    let r = wait_result(&dir, WAIT);
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(r["error"]["code"], "timeout");
+    assert_eq!(r["exit_signal"], 9);
+    let d = r["duration_ms"].as_u64().unwrap();
+    assert!((900..5000).contains(&d), "duration {d} not >= wall + grace");
+
+    // The same through a kill request: cancelled, SIGKILL after the grace.
+    let dir = h.task("stubborn-kill");
+    let mut s = spec("stubborn-kill", &["sh", "-c", "trap '' TERM; sleep 30"]);
+    s.termination_grace_ms = 500;
+    h.client().launch(s);
+    // Give sh time to install its trap before the TERM arrives.
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    send_kill(&dir);
+    let r = wait_result(&dir, WAIT);
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(r["status"], "cancelled", "{r}");
+    assert_eq!(r["exit_signal"], 9);
+}
+
+#[test]
+fn a_second_launch_finds_the_claim_and_runs_nothing() {
+    let h = Helper::start();
+    let dir = h.task("once");
+    let mut c = h.client();
+    let s = spec("once", &["sh", "-c", "echo run >> ../ran"]);
+    let first = c.launch(s.clone());
+    wait_result(&dir, WAIT);
+    let second = c.launch(s.clone());
+    assert!(second.already_claimed);
+    assert_eq!(second.shim_pid, first.shim_pid);
+    assert_eq!(second.shim_start_ticks, first.shim_start_ticks);
+    assert_eq!((second.pid, second.started_at.as_deref()), (None, None));
+    // And again while a claimed task is still running.
+    let dir2 = h.task("once-running");
+    let s2 = spec("once-running", &["sh", "-c", "echo run >> ../ran; sleep 1"]);
+    let running = c.launch(s2.clone());
+    let again = c.launch(s2);
+    assert!(again.already_claimed);
+    assert_eq!(again.shim_pid, running.shim_pid);
+    wait_result(&dir2, WAIT);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(std::fs::read_to_string(dir.join("ran")).unwrap(), "run\n");
+    assert_eq!(std::fs::read_to_string(dir2.join("ran")).unwrap(), "run\n");
+}
+
+#[test]
+fn the_shim_is_detached_from_the_helper() {
+    let mut h = Helper::start();
+    let dir = h.task("detached");
+    let l = h.client().launch(spec("detached", &["sleep", "30"]));
+    let shim = stat_fields(l.shim_pid).expect("shim is running");
+    let ppid: u32 = shim[1].parse().unwrap();
+    let sid: i32 = shim[3].parse().unwrap();
+    assert_ne!(ppid, h.pid(), "the shim must not be the helper's child");
+    assert_ne!(
+        ppid,
+        std::process::id(),
+        "nor the runtime's (here: the test)"
+    );
+    assert_eq!(sid, l.shim_pid, "the shim leads its own session");
+    let task = stat_fields(l.pid.unwrap()).expect("task is running");
+    let task_ppid: i32 = task[1].parse().unwrap();
+    let task_pgid: i32 = task[2].parse().unwrap();
+    assert_eq!(task_ppid, l.shim_pid);
+    assert_eq!(task_pgid, l.pid.unwrap());
+    // The helper can go away; the shim and its task carry on.
+    h.stop();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        stat_fields(l.shim_pid).is_some(),
+        "the shim outlives the helper"
+    );
+    send_kill(&dir);
+    let r = wait_result(&dir, WAIT);
+    assert_eq!(r["status"], "cancelled", "{r}");
+}
+
+#[test]
+fn orphans_in_the_group_do_not_outlive_the_task() {
+    let h = Helper::start();
+    let dir = h.task("orphans");
+    // The main process exits at once, leaving a background sleep behind in
+    // its process group; the shim kills the group when the main one exits.
+    h.client()
+        .launch(spec("orphans", &["sh", "-c", "sleep 30 & echo $!"]));
+    let r = wait_result(&dir, WAIT);
+    assert_eq!(r["status"], "success", "{r}");
+    let bg: i32 = r["stdout"].as_str().unwrap().trim().parse().unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        // Gone, or a zombie waiting for init.
+        match stat_fields(bg) {
+            None => break,
+            Some(f) if f[0] == "Z" => break,
+            Some(_) => {}
+        }
+        assert!(Instant::now() < until, "background process {bg} survived");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn invalid_specs_are_refused_without_side_effects() {
+    let h = Helper::start();
+    let dir = h.task("valid-id");
+    let mut c = h.client();
+    let mut cases = Vec::new();
+    cases.push(("bad task id", spec("../etc", &["/bin/true"])));
+    let mut s = spec("valid-id", &["/bin/true"]);
+    s.env.push(("A=B".into(), "x".into()));
+    cases.push(("'=' in an env key", s));
+    let mut s = spec("valid-id", &["/bin/true"]);
+    s.workspace_subdir = Some("a/../../escape".into());
+    cases.push(("'..' in the subdir", s));
+    let mut s = spec("valid-id", &["/bin/true"]);
+    s.result_template = "[1,2]".into();
+    cases.push(("template not an object", s));
+    let mut s = spec("valid-id", &["/bin/true"]);
+    s.argv.clear();
+    cases.push(("empty argv", s));
+    let mut s = spec("valid-id", &["/bin/true"]);
+    s.limits.wall_time_ms = 0;
+    cases.push(("zero wall time", s));
+    cases.push(("missing task dir", spec("no-such-task", &["/bin/true"])));
+    for (name, s) in cases {
+        match c.call(&Request::Launch(s)) {
+            Response::Error(e) => {
+                assert_eq!(e.kind, HelperErrorKind::InvalidRequest, "{name}: {e}");
+                assert!(!e.message.is_empty());
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    // Still served on the same connection, and nothing was created.
+    assert_eq!(c.call(&Request::Ping), Response::Pong);
+    let mut left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["stderr.log", "stdout.log"]);
+    assert!(!h.data.join("no-such-task").exists());
+}
+
+#[test]
+fn a_symlinked_task_dir_is_refused() {
+    let h = Helper::start();
+    let elsewhere = h.dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("stdout.log"), b"").unwrap();
+    std::fs::write(elsewhere.join("stderr.log"), b"").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, h.task_dir("linked")).unwrap();
+    match h
+        .client()
+        .call(&Request::Launch(spec("linked", &["/bin/true"])))
+    {
+        Response::Error(e) => assert_eq!(e.kind, HelperErrorKind::InvalidRequest, "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!elsewhere.join("shim.claim").exists());
+}
+
+#[test]
+fn a_symlink_in_the_workspace_chain_fails_the_launch() {
+    let h = Helper::start();
+    let dir = h.task("ws-link");
+    let outside = h.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::create_dir(dir.join("workspace")).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("workspace/a")).unwrap();
+    let mut s = spec("ws-link", &["/bin/true"]);
+    s.workspace_subdir = Some("a/b".into());
+    let l = h.client().launch(s);
+    assert_eq!(l.pid, None);
+    let r = wait_result(&dir, WAIT);
+    assert_eq!(r["error"]["code"], "launch_failed", "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("symlink"),
+        "{r}"
+    );
+    assert!(!outside.join("b").exists());
+}
+
+#[test]
+fn cpu_limit_is_enforced_with_sigxcpu() {
+    let h = Helper::start();
+    let dir = h.task("spin");
+    let mut s = spec("spin", &["sh", "-c", "while :; do :; done"]);
+    s.limits.cpu_time_sec = Some(1);
+    h.client().launch(s);
+    let r = wait_result(&dir, WAIT);
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(r["error"]["code"], "cpu_limit_exceeded");
+    assert_eq!(r["exit_signal"], 24);
+}
