@@ -179,7 +179,10 @@ pub fn classify(t: &Termination) -> (TaskStatus, Option<TaskError>) {
     if t.kill_requested {
         return (
             TaskStatus::Cancelled,
-            Some(TaskError::new(C::Cancelled, "task was cancelled by request")),
+            Some(TaskError::new(
+                C::Cancelled,
+                "task was cancelled by request",
+            )),
         );
     }
     if t.oom_killed {
