@@ -34,6 +34,15 @@ pub fn parse_start_ticks(stat: &str) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Waits until the process behind `pidfd` has exited.
+pub async fn pidfd_exited(pidfd: OwnedFd) -> io::Result<()> {
+    // SAFETY: the OwnedFd is moved into the AsyncFd, which owns it for its
+    // whole life, so the descriptor stays open and always the same one.
+    let afd = unsafe { tokio::io::unix::AsyncFd::register(pidfd) }.map_err(io::Error::from)?;
+    let _guard = afd.readable().await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,13 +61,4 @@ mod tests {
         assert!(start_ticks(me).is_some());
         assert!(pidfd_open(me).is_ok());
     }
-}
-
-/// Waits until the process behind `pidfd` has exited.
-pub async fn pidfd_exited(pidfd: OwnedFd) -> io::Result<()> {
-    // SAFETY: the OwnedFd is moved into the AsyncFd, which owns it for its
-    // whole life, so the descriptor stays open and always the same one.
-    let afd = unsafe { tokio::io::unix::AsyncFd::register(pidfd) }.map_err(io::Error::from)?;
-    let _guard = afd.readable().await?;
-    Ok(())
 }

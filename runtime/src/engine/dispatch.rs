@@ -377,7 +377,9 @@ impl Engine {
                     td.write_result(&bytes)
                         .map_err(|e| ApiError::internal(format!("writing result.json: {e}")))?;
                 }
-                let ts = row.updated_at.clone();
+                // Events carry when the runtime recorded them; the outcome keeps
+                // the shim's own finish time.
+                let ts = now();
                 if outcome.timed_out {
                     store::append_event(
                         &tx,
