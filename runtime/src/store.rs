@@ -312,8 +312,24 @@ impl Store {
     }
 }
 
-/// Begins an immediate (write-locking) transaction.
+/// Begins an immediate (write-locking) transaction whose commit is fsynced
+/// (`synchronous=FULL`): for facts nothing else on disk can restore, such
+/// as an accepted submit or a cancellation.
 pub fn begin(conn: &mut Connection) -> Result<Transaction<'_>> {
+    conn.execute_batch("PRAGMA synchronous = FULL")
+        .map_err(sql("setting synchronous=FULL"))?;
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(sql("beginning a transaction"))
+}
+
+/// Begins a transaction committed without its own fsync
+/// (`synchronous=NORMAL`; WAL order still makes it durable with the next
+/// fsynced commit). Only for facts recovery can rebuild from the task
+/// directory if power is lost: a launch record (the shim's claim decides),
+/// a start, a finish the shim wrote to `result.json`, an event.
+pub fn begin_relaxed(conn: &mut Connection) -> Result<Transaction<'_>> {
+    conn.execute_batch("PRAGMA synchronous = NORMAL")
+        .map_err(sql("setting synchronous=NORMAL"))?;
     conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(sql("beginning a transaction"))
 }

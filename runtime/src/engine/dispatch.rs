@@ -53,7 +53,7 @@ impl Engine {
         let claimed = self
             .store
             .call(move |conn| -> Result<Vec<TaskRow>, ApiError> {
-                let tx = store::begin(conn)?;
+                let tx = store::begin_relaxed(conn)?;
                 let mut rows = Vec::new();
                 let ts = now();
                 for c in &picked {
@@ -248,7 +248,7 @@ impl Engine {
         let marked = self
             .store
             .call(move |conn| -> Result<bool, ApiError> {
-                let tx = store::begin(conn)?;
+                let tx = store::begin_relaxed(conn)?;
                 let Some(mut row) = store::get(&tx, &id)? else {
                     return Ok(false);
                 };
@@ -362,7 +362,13 @@ impl Engine {
         let res = self
             .store
             .call(move |conn| -> Result<Option<TaskRow>, ApiError> {
-                let tx = store::begin(conn)?;
+                // A finish the shim recorded can be rebuilt from its
+                // result.json; one the runtime decided cannot.
+                let tx = if write_result {
+                    store::begin(conn)?
+                } else {
+                    store::begin_relaxed(conn)?
+                };
                 let Some(mut row) = store::get(&tx, &id)? else {
                     return Ok(None);
                 };

@@ -36,7 +36,7 @@ impl Engine {
                 .store
                 .call(move |conn| -> Result<Vec<String>, ApiError> {
                     let ids = store::expired(conn, cutoff, BATCH)?;
-                    let tx = store::begin(conn)?;
+                    let tx = store::begin_relaxed(conn)?;
                     for id in &ids {
                         store::delete(&tx, id)?;
                     }

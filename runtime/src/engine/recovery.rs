@@ -138,7 +138,7 @@ impl Engine {
         let res = self
             .store
             .call(move |conn| -> Result<(), ApiError> {
-                let tx = store::begin(conn)?;
+                let tx = store::begin_relaxed(conn)?;
                 if let Some(mut row) = store::get(&tx, &id)? {
                     if row.status == TaskStatus::Accepted {
                         let ts = now();
@@ -165,7 +165,7 @@ impl Engine {
         let res = self
             .store
             .call(move |conn| -> Result<(), ApiError> {
-                let tx = store::begin(conn)?;
+                let tx = store::begin_relaxed(conn)?;
                 store::append_event(
                     &tx,
                     &id,
