@@ -1,0 +1,321 @@
+//! Crash semantics: restarts reconcile every task with what is on disk, the
+//! helper can die without taking tasks with it, a kill's escalation survives
+//! the death of both runtime and helper, and a full or read-only data dir is
+//! a clean 503 that leaves nothing half-written.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use execgo_runtime_tests::*;
+
+const T: Duration = Duration::from_secs(20);
+
+fn sigkill(pid: i32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+fn wait_dead(pid: i32, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if !alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn finished_while_down_is_finalized_from_result_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut s = Server::builder().data_dir(&dir).start();
+    let id = s.submit(&sh("sleep 0.3; echo done; exit 4"));
+    let st = s.wait_status(&id, "running", T);
+    let shim = st["shim_pid"].as_i64().unwrap() as i32;
+    s.kill9();
+    assert!(wait_dead(shim, T), "shim did not finish");
+    drop(s);
+    let s = Server::builder().data_dir(&dir).start();
+    let st = s.wait_terminal(&id, T);
+    assert_eq!(st["status"], "failed");
+    assert_eq!(st["exit_code"], 4);
+    assert_eq!(st["stdout"], "done\n");
+    assert_eq!(st["error"]["code"], "exit_nonzero");
+    let types = s.event_types(&id);
+    assert!(types.contains(&"recovered".to_string()), "{types:?}");
+    assert_eq!(types.last().unwrap(), "failed");
+    assert_eq!(
+        types.iter().filter(|t| *t == "resource_released").count(),
+        1
+    );
+}
+
+#[test]
+fn lost_monitor_is_failed_internal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut s = Server::builder().data_dir(&dir).start();
+    let id = s.submit(&command("/bin/sleep", &["30"]));
+    let st = s.wait_status(&id, "running", T);
+    let (shim, task) = (
+        st["shim_pid"].as_i64().unwrap() as i32,
+        st["pid"].as_i64().unwrap() as i32,
+    );
+    s.kill9();
+    sigkill(shim);
+    sigkill(task);
+    assert!(wait_dead(shim, T));
+    drop(s);
+    let s = Server::builder().data_dir(&dir).start();
+    let st = s.wait_terminal(&id, T);
+    assert_eq!(st["status"], "failed", "{st}");
+    assert_eq!(st["error"]["code"], "internal");
+    assert!(st["error"]["message"].as_str().unwrap().contains("monitor"));
+    assert!(s.event_types(&id).contains(&"recovered".to_string()));
+    let v = s.get("/api/v1/runtime/resources").json();
+    assert_eq!(v["active_reservations"], json!([]), "reservation leaked");
+}
+
+#[test]
+fn running_task_is_reattached_and_still_killable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut s = Server::builder().data_dir(&dir).start();
+    let id = s.submit(&command("/bin/sleep", &["30"]));
+    s.wait_status(&id, "running", T);
+    s.kill9();
+    drop(s);
+    let s = Server::builder().data_dir(&dir).start();
+    assert_eq!(s.status(&id)["status"], "running");
+    let v = s.get("/api/v1/runtime/resources").json();
+    assert_eq!(v["reserved"]["task_slots"], 1, "ledger not rebuilt: {v}");
+    let start = Instant::now();
+    s.kill(&id, None);
+    let st = s.wait_terminal(&id, T);
+    assert!(start.elapsed() < Duration::from_secs(3));
+    assert_eq!(st["status"], "cancelled");
+}
+
+#[test]
+fn kill_escalation_survives_runtime_and_helper_death() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut s = Server::builder()
+        .data_dir(&dir)
+        .args(["--termination-grace-ms", "1000"])
+        .start();
+    let id = s.submit(&sh("trap '' TERM; echo ready; sleep 60"));
+    let st = s.wait_for(&id, T, |v| v["stdout"] == "ready\n");
+    let task = st["pid"].as_i64().unwrap() as i32;
+    s.kill(&id, None);
+    let killed_at = Instant::now();
+    if let Some(h) = s.helper_pid() {
+        sigkill(h);
+    }
+    s.kill9();
+    drop(s);
+    assert!(alive(task), "SIGTERM must not have killed it");
+    assert!(
+        wait_dead(task, Duration::from_secs(10)),
+        "SIGKILL never came"
+    );
+    let took = killed_at.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "killed before the grace: {took:?}"
+    );
+    let s = Server::builder().data_dir(&dir).start();
+    let st = s.wait_terminal(&id, T);
+    assert_eq!(st["status"], "cancelled", "{st}");
+}
+
+#[test]
+fn embedded_helper_death_spares_tasks_and_is_replaced() {
+    let s = Server::start();
+    let id = s.submit(&sh("sleep 0.5; echo alive"));
+    s.wait_status(&id, "running", T);
+    let helper = s.helper_pid().expect("embedded helper");
+    sigkill(helper);
+    assert!(wait_dead(helper, T));
+    let st = s.wait_terminal(&id, T);
+    assert_eq!(st["status"], "success", "{st}");
+    assert_eq!(st["stdout"], "alive\n");
+    // New work runs on a new helper.
+    let id2 = s.submit(&command("/bin/echo", &["again"]));
+    assert_eq!(s.wait_terminal(&id2, T)["stdout"], "again\n");
+    let new_helper = s.helper_pid().expect("replacement helper");
+    assert_ne!(new_helper, helper);
+    assert_eq!(s.get("/readyz").status, 200);
+}
+
+fn start_helper(socket: &Path, data: &Path) -> Child {
+    let uid = nix::unistd::getuid().as_raw().to_string();
+    let child = Command::new(helper_bin())
+        .arg("--socket")
+        .arg(socket)
+        .args(["--allowed-uid", &uid])
+        .arg("--data-dir")
+        .arg(data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn helper");
+    let start = Instant::now();
+    while !socket.exists() {
+        assert!(start.elapsed() < T, "helper socket never appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+#[test]
+fn standalone_helper_down_means_not_ready_and_tasks_wait() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("tasks")).unwrap();
+    let sock = tmp.path().join("helper.sock");
+    let mut helper = start_helper(&sock, &data);
+    let s = Server::builder()
+        .data_dir(&data)
+        .arg("--helper-socket")
+        .arg(sock.to_str().unwrap())
+        .start();
+    assert_eq!(s.get("/readyz").status, 200);
+    let running = s.submit(&sh("sleep 0.5; echo kept"));
+    s.wait_status(&running, "running", T);
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+    let _ = std::fs::remove_file(&sock);
+    let r = s.get("/readyz");
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.code(), "not_ready");
+    let waiting = s.submit(&command("/bin/echo", &["later"]));
+    assert_eq!(s.wait_terminal(&running, T)["stdout"], "kept\n");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(s.status(&waiting)["status"], "accepted");
+    let mut helper = start_helper(&sock, &data);
+    let st = s.wait_terminal(&waiting, T);
+    assert_eq!(st["status"], "success", "{st}");
+    assert_eq!(st["stdout"], "later\n");
+    assert_eq!(s.get("/readyz").status, 200);
+    drop(s);
+    let _ = helper.kill();
+    let _ = helper.wait();
+}
+
+/// A tmpfs mounted on a test directory, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+
+    fn remount(&self, opts: &str) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,{opts}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(st.success(), "remount {opts}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn task_dirs(data: &Path) -> Vec<String> {
+    std::fs::read_dir(data.join("tasks"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn full_or_read_only_data_dir_is_a_clean_503() {
+    if !is_root() {
+        println!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let Some(fs) = Tmpfs::mount(&data, "4m") else {
+        println!("skipped: mount -t tmpfs failed");
+        return;
+    };
+    let s = Server::builder().data_dir(&data).start();
+    let ok = s.submit(&command("/bin/true", &[]));
+    s.wait_terminal(&ok, T);
+    // Fill the file system.
+    let filler = data.join("filler");
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!("cat /dev/zero > {} 2>/dev/null", filler.display()))
+        .status();
+    let before = task_dirs(&data);
+    let mut saw_503 = false;
+    for i in 0..5 {
+        let r = s.post(
+            "/api/v1/tasks",
+            &json!({"task_id": format!("full-{i}"), "execution": {"kind": "command",
+                "program": "/bin/true"}, "metadata": {"pad": "x".repeat(20000)}}),
+        );
+        assert_ne!(r.status, 500, "{}", r.text);
+        if r.status == 503 {
+            assert_eq!(r.code(), "storage_unavailable", "{}", r.text);
+            assert_eq!(s.get(&format!("/api/v1/tasks/full-{i}")).status, 404);
+            saw_503 = true;
+        }
+    }
+    assert!(saw_503, "a full disk never produced a 503");
+    for d in task_dirs(&data) {
+        assert!(
+            before.contains(&d) || s.get(&format!("/api/v1/tasks/{d}")).status == 200,
+            "half-written task dir {d}"
+        );
+    }
+    std::fs::remove_file(&filler).unwrap();
+    let id = s.submit(&command("/bin/echo", &["back"]));
+    assert_eq!(s.wait_terminal(&id, T)["stdout"], "back\n");
+    // Read-only task directory (a read-only bind mount over tasks/; the
+    // database stays writable, so only the file system says no).
+    let tasks = data.join("tasks");
+    let bind = Command::new("mount")
+        .arg("--bind")
+        .arg(&tasks)
+        .arg(&tasks)
+        .status()
+        .unwrap();
+    assert!(bind.success());
+    let ro = Tmpfs(tasks.clone());
+    ro.remount("bind,ro");
+    let r = s.post(
+        "/api/v1/tasks",
+        &json!({"task_id": "ro-1",
+        "execution": {"kind": "command", "program": "/bin/true"}}),
+    );
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.code(), "storage_unavailable");
+    drop(ro);
+    assert_eq!(s.get("/api/v1/tasks/ro-1").status, 404);
+    assert!(!data.join("tasks/ro-1").exists());
+    drop(s);
+    drop(fs);
+}
