@@ -71,6 +71,9 @@ pub struct ServeArgs {
     /// starting the embedded one.
     #[arg(long)]
     pub helper_socket: Option<PathBuf>,
+    /// Log destination [default: journald when JOURNAL_STREAM is set, else json].
+    #[arg(long, env = "EXECGO_RUNTIME_LOG_FORMAT", value_enum)]
+    pub log_format: Option<crate::serve::LogFormat>,
     /// Helper binary for the embedded mode [default: execgo-runtime-helper
     /// next to this executable].
     #[arg(long)]

@@ -55,7 +55,7 @@ fn main() {
                     )
                     .exit();
             }
-            serve::init_logging("info");
+            serve::init_logging("info", serve::LogFormat::resolve(args.log_format));
             match serve::serve(*args) {
                 Ok(()) => return,
                 Err(e) => {

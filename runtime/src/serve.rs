@@ -11,16 +11,68 @@ use crate::helper_link::{HelperLink, HelperMode};
 use crate::plan::HostCaps;
 use crate::store::Store;
 
-/// JSON lines on stderr, filtered by `RUST_LOG` (default `default`).
-pub fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_current_span(false)
+/// Logs filtered by `RUST_LOG` (default `default`): JSON lines on stderr,
+/// or journald's native protocol, where fields keep their names upper-cased
+/// (`task_id` becomes `TASK_ID`, so `journalctl TASK_ID=<id>` finds a
+/// task's lines). Journald falls back to JSON when its socket is missing.
+pub fn init_logging(default: &str, format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+    };
+    let json = || {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_current_span(false)
+    };
+    if format == LogFormat::Journald {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                let layer = layer
+                    .with_field_prefix(None)
+                    .with_syslog_identifier("execgo-runtime".to_string());
+                let _ = tracing_subscriber::registry()
+                    .with(filter())
+                    .with(layer)
+                    .try_init();
+                return;
+            }
+            Err(e) => {
+                let _ = tracing_subscriber::registry()
+                    .with(filter())
+                    .with(json())
+                    .try_init();
+                tracing::warn!(error = %e, "journald is not reachable; logging JSON to stderr");
+                return;
+            }
+        }
+    }
+    let _ = tracing_subscriber::registry()
+        .with(filter())
+        .with(json())
         .try_init();
+}
+
+/// Where logs go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Journald,
+}
+
+impl LogFormat {
+    /// The explicit choice, else journald when systemd connected our
+    /// stderr to the journal (`JOURNAL_STREAM` is set), else JSON.
+    pub fn resolve(explicit: Option<LogFormat>) -> LogFormat {
+        explicit.unwrap_or(if std::env::var_os("JOURNAL_STREAM").is_some() {
+            LogFormat::Journald
+        } else {
+            LogFormat::Json
+        })
+    }
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
