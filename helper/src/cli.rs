@@ -2,7 +2,7 @@
 //! allowed to connect) or `--inherited-fd` (embedded, internal to
 //! `execgo-runtime serve`). Anything else is a usage error, exit 2.
 
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 
 use clap::{ArgGroup, Parser};
 
@@ -21,7 +21,7 @@ use clap::{ArgGroup, Parser};
         Embedded: started by `execgo-runtime serve` itself over a socketpair.\n\n\
         Logs are JSON lines on stderr; RUST_LOG sets the level.",
     override_usage = "execgo-runtime-helper --data-dir <PATH> --socket <PATH> --allowed-uid <UID> \
-        [--allowed-gid <GID>]"
+        [--allowed-gid <GID>] [--cgroup-root <PATH>]"
 )]
 #[command(group(
     ArgGroup::new("mode")
@@ -61,11 +61,49 @@ pub struct Args {
     )]
     pub allowed_gid: Option<u32>,
 
+    /// Parent cgroup of per-task cgroups. Where the unified (v2) hierarchy
+    /// is mounted at or above PATH it is used as given; in any other
+    /// hierarchy (every v1 one, a hybrid host's /sys/fs/cgroup/unified) the
+    /// parent is <mount point>/<basename of PATH>. Must be absolute and
+    /// normalised (no ".", ".." or empty components).
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/sys/fs/cgroup/execgo-runtime",
+        value_parser = parse_cgroup_root
+    )]
+    pub cgroup_root: PathBuf,
+
     /// Internal (embedded mode, set up by `execgo-runtime serve`): serve
     /// exactly one already-connected socket at this descriptor; the peer
     /// must have our own uid. Exits 0 when the peer closes.
     #[arg(long, value_name = "FD", hide = true)]
     pub inherited_fd: Option<i32>,
+}
+
+/// `--cgroup-root`: absolute, normalised, not `/`. Rejected, never
+/// repaired.
+fn parse_cgroup_root(s: &str) -> Result<PathBuf, String> {
+    let p = Path::new(s);
+    if !p.is_absolute() {
+        return Err("must be an absolute path".into());
+    }
+    // `components()` silently drops "." and doubled slashes; compare the
+    // text instead.
+    let rest = &s[1..];
+    if rest.is_empty() || rest.ends_with('/') {
+        return Err("must name a directory below / without a trailing slash".into());
+    }
+    if rest
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err("must not contain '.', '..' or empty components".into());
+    }
+    debug_assert!(p
+        .components()
+        .all(|c| matches!(c, Component::RootDir | Component::Normal(_))));
+    Ok(p.to_path_buf())
 }
 
 #[cfg(test)]
@@ -83,6 +121,37 @@ mod tests {
         assert_eq!(a.allowed_uid, Some(7));
         let a = parse(&["--data-dir", "d", "--inherited-fd", "5"]).unwrap();
         assert_eq!(a.inherited_fd, Some(5));
+        assert_eq!(
+            a.cgroup_root,
+            PathBuf::from("/sys/fs/cgroup/execgo-runtime")
+        );
+        let a = parse(&[
+            "--data-dir",
+            "d",
+            "--inherited-fd",
+            "5",
+            "--cgroup-root",
+            "/sys/fs/cgroup/x/y",
+        ])
+        .unwrap();
+        assert_eq!(a.cgroup_root, PathBuf::from("/sys/fs/cgroup/x/y"));
+    }
+
+    #[test]
+    fn cgroup_root_is_validated() {
+        for bad in ["", "/", "rel/x", "/a/../b", "/a/./b", "/a//b", "/a/", "/.."] {
+            assert!(parse_cgroup_root(bad).is_err(), "{bad:?}");
+            let e = parse(&[
+                "--data-dir",
+                "d",
+                "--inherited-fd",
+                "5",
+                "--cgroup-root",
+                bad,
+            ])
+            .unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! [`Request`] variant, each with the reason it is safe to serve to a peer
 //! that passed the SO_PEERCRED check but is otherwise untrusted.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use execgo_runtime_protocol::{
     Hello, HelloReply, HelperCapabilities, Request, Response, HELLO_MAGIC, PROTOCOL_VERSION,
@@ -10,12 +10,15 @@ use execgo_runtime_protocol::{
 
 use crate::launch;
 use crate::peer::Peer;
+use crate::probe::{self, ProbeConfig};
 
-/// What every request may use, fixed at start.
+/// What every request may use, fixed at start (the capabilities are
+/// replaced by each fresh probe).
 pub struct Context {
     /// The data dir, opened once at start: every task path is resolved
     /// under this descriptor, so a later rename of the path changes nothing.
     pub data_fd: OwnedFd,
+    pub probe: ProbeConfig,
     pub capabilities: HelperCapabilities,
 }
 
@@ -54,8 +57,16 @@ impl Dispatcher {
         match req {
             // Safe: touches nothing.
             Request::Ping => Response::Pong,
-            // Safe: returns the values probed at start; reads nothing new.
-            Request::Probe => Response::Probe(self.ctx.capabilities.clone()),
+            // Safe: probes afresh. Every probe that changes process state
+            // runs in a throwaway child; the rest creates and removes only
+            // our own scratch entries (`probe-<pid>` cgroups under the
+            // configured --cgroup-root, a scratch file and directory in the
+            // data dir). Nothing in the request steers it, and it is
+            // bounded in time (probe::BUDGET plus the cgroup file writes).
+            Request::Probe => {
+                self.ctx.capabilities = probe::probe(&self.ctx.probe, self.ctx.data_fd.as_fd());
+                Response::Probe(self.ctx.capabilities.clone())
+            }
             // Safe: every field is validated first; the task directory is
             // derived from our own data dir and the validated id and opened
             // without following symlinks; the shim claims the task with
@@ -83,6 +94,13 @@ mod tests {
         .unwrap();
         let ctx = Context {
             data_fd,
+            // A mounts file that does not exist: the probe never reaches
+            // the host's cgroups from a unit test.
+            probe: ProbeConfig {
+                data_dir: tmp.path().to_path_buf(),
+                cgroup_root: tmp.path().join("cgroup/execgo-runtime"),
+                mounts: tmp.path().join("no-mountinfo"),
+            },
             capabilities: HelperCapabilities {
                 process_group: true,
                 ..Default::default()
@@ -124,8 +142,16 @@ mod tests {
             gid: 0,
         };
         assert_eq!(d.handle(&peer, Request::Ping), Response::Pong);
+        // A fresh probe, not the values given at start.
         match d.handle(&peer, Request::Probe) {
-            Response::Probe(c) => assert!(c.process_group),
+            Response::Probe(c) => {
+                assert!(c.process_group && c.rlimit_cpu && c.data_dir_writable);
+                assert!(
+                    c.warnings.iter().any(|w| w.starts_with("cgroup: reading ")),
+                    "{:?}",
+                    c.warnings
+                );
+            }
             other => panic!("{other:?}"),
         }
     }

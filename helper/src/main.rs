@@ -1,13 +1,14 @@
 //! `execgo-runtime-helper`: the privileged half of execgo-runtime.
 //!
-//! It cleans itself up ([`startup`]), probes the host once ([`probe`]),
-//! then serves the closed request set of the protocol ([`dispatch`]) on a
+//! It cleans itself up ([`startup`]), probes the host ([`probe`]; again on
+//! each `Probe` request), then serves the closed request set of the protocol ([`dispatch`]) on a
 //! Unix socket ([`server`]): its own listener in standalone mode, or one
 //! socketpair end inherited from `execgo-runtime serve` in embedded mode.
 //! A launch becomes a detached per-task [`shim`]. Synchronous and
 //! single-threaded throughout; see `docs/helper.md`.
 #![deny(unsafe_code)]
 
+mod cgroup;
 mod cli;
 mod clock;
 mod conn;
@@ -17,9 +18,14 @@ mod fs_at;
 mod launch;
 mod listener;
 mod log;
+mod namespaces;
+mod os_error;
 mod peer;
 mod probe;
+mod probe_child;
 mod rlimits;
+mod rootfs;
+mod seccomp;
 mod server;
 mod shim;
 mod startup;
@@ -97,7 +103,12 @@ fn run(args: cli::Args) -> Result<(), MainError> {
         Mode::empty(),
     )
     .map_err(|e| data_err(e.into()))?;
-    let capabilities = probe::probe(data_fd.as_fd());
+    let probe_config = probe::ProbeConfig {
+        data_dir: data_dir.clone(),
+        cgroup_root: args.cgroup_root.clone(),
+        mounts: PathBuf::from("/proc/self/mountinfo"),
+    };
+    let capabilities = probe::probe(&probe_config, data_fd.as_fd());
     let mode = match (&args.socket, args.inherited_fd) {
         (Some(path), None) => {
             let policy = PeerPolicy {
@@ -133,14 +144,19 @@ fn run(args: cli::Args) -> Result<(), MainError> {
                 .into(),
             ),
             ("data_dir", data_dir.display().to_string().into()),
+            ("cgroup_root", args.cgroup_root.display().to_string().into()),
             (
                 "capabilities",
                 serde_json::to_value(&capabilities).unwrap_or(Value::Null),
             ),
         ],
     );
+    for w in &capabilities.warnings {
+        log::warn("capability missing", &[("reason", w.as_str().into())]);
+    }
     let mut dispatcher = Dispatcher::new(Context {
         data_fd,
+        probe: probe_config,
         capabilities,
     });
     server::serve(mode, &mut dispatcher)?;

@@ -19,7 +19,9 @@ pub use message::*;
 pub use outcome::*;
 
 /// Version spoken in the handshake. Both sides must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: `HelperCapabilities` gained the namespace, rootfs, seccomp and cgroup
+/// probe results.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Magic bytes opening every [`message::Hello`], so a stray client is told
 /// apart from a version mismatch.

@@ -46,7 +46,11 @@ pub enum HelloReply {
 pub enum Request {
     /// Liveness check; safe: touches nothing.
     Ping,
-    /// Returns the capabilities probed at helper start; safe: read-only.
+    /// Probes the host afresh and returns the capabilities found. Safe:
+    /// every probe that changes process state runs in a throwaway child;
+    /// the rest creates and removes only the helper's own scratch entries
+    /// (a `probe-<pid>` cgroup under the configured `--cgroup-root`, a
+    /// scratch directory in the data dir), with a bounded time per probe.
     Probe,
     /// Launches the detached shim of one task. Safe because the helper
     /// derives every path from its own data dir and the validated task id,
@@ -64,8 +68,10 @@ pub enum Response {
     Error(HelperError),
 }
 
-/// What the helper found usable when it probed the host at start.
-/// Issue-by-issue this grows; fields are appended with a version bump.
+/// What the helper found usable when it probed the host (at start, and
+/// again on each [`Request::Probe`]). Every flag is the result of really
+/// trying the mechanism, never inferred from the uid. Fields are only
+/// appended, with a [`crate::PROTOCOL_VERSION`] bump.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HelperCapabilities {
     /// Running as uid 0 (informational only; capabilities below are probed).
@@ -74,6 +80,89 @@ pub struct HelperCapabilities {
     pub rlimit_cpu: bool,
     pub rlimit_memory: bool,
     pub data_dir_writable: bool,
+    // Protocol version 2.
+    /// Which namespaces a throwaway child could unshare(2).
+    pub namespaces: NamespaceCapabilities,
+    /// chroot(2) into an empty scratch directory worked in a throwaway child.
+    pub chroot: bool,
+    /// pivot_root(2) onto a bind-mounted scratch directory, inside a fresh
+    /// mount namespace, worked in a throwaway child.
+    pub pivot_root: bool,
+    /// A trivial allow-all seccomp filter could be loaded (with
+    /// NO_NEW_PRIVS) in a throwaway child.
+    pub seccomp: bool,
+    /// The cgroup layout found in /proc/self/mountinfo.
+    pub cgroup_version: CgroupVersion,
+    /// cgroup v2 (the unified hierarchy) serves at least one of the memory,
+    /// pids and cpu controllers.
+    pub cgroup_v2: bool,
+    /// A cgroup v1 hierarchy serves at least one of the memory, pids and
+    /// cpu controllers.
+    pub cgroup_v1: bool,
+    /// A probe cgroup could be created and removed under `--cgroup-root`
+    /// for at least one of the memory, pids and cpu controllers (the flags
+    /// below say which).
+    pub cgroup_writable: bool,
+    /// A memory limit was written to a probe cgroup and read back
+    /// (v2 `memory.max`, v1 `memory.limit_in_bytes`).
+    pub memory_limit: bool,
+    /// A pids limit was written and read back (`pids.max`).
+    pub pids_limit: bool,
+    /// A CPU quota was written and read back (v2 `cpu.max`, v1
+    /// `cpu.cfs_quota_us`).
+    pub cpu_quota: bool,
+    /// The OOM-kill counter of a memory probe cgroup is readable (v2
+    /// `memory.events` `oom_kill`, v1 `memory.oom_control` `oom_kill`).
+    pub oom_detection: bool,
+    /// One lower-case line per capability found missing, saying which step
+    /// failed and why, e.g. `cgroup memory controller: mkdir
+    /// /sys/fs/cgroup/memory/execgo-runtime: permission denied`.
+    pub warnings: Vec<String>,
+}
+
+/// Namespaces a throwaway child could create with unshare(2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceCapabilities {
+    /// CLONE_NEWNS, and making `/` recursively private inside it.
+    pub mount: bool,
+    /// CLONE_NEWPID, and a child of it running as pid 1.
+    pub pid: bool,
+    /// CLONE_NEWUTS, and setting the hostname inside it.
+    pub uts: bool,
+    /// CLONE_NEWIPC.
+    pub ipc: bool,
+    /// CLONE_NEWNET.
+    pub net: bool,
+    /// CLONE_NEWUSER.
+    pub user: bool,
+}
+
+/// How the host's cgroup hierarchies are mounted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupVersion {
+    /// No cgroup hierarchy is mounted.
+    #[default]
+    None,
+    /// Only v1 hierarchies with controllers.
+    V1,
+    /// Only the v2 unified hierarchy.
+    V2,
+    /// Both: v1 controller hierarchies and a v2 mount (which may serve few
+    /// or no controllers), as systemd's "hybrid" mode sets up.
+    Hybrid,
+}
+
+impl CgroupVersion {
+    /// `"none"`, `"v1"`, `"v2"` or `"hybrid"`, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CgroupVersion::None => "none",
+            CgroupVersion::V1 => "v1",
+            CgroupVersion::V2 => "v2",
+            CgroupVersion::Hybrid => "hybrid",
+        }
+    }
 }
 
 /// Sandbox profile the shim applies.
@@ -195,6 +284,42 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "a b", "é", "a\0"] {
             assert!(!valid_task_id(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn cgroup_version_names() {
+        for v in [
+            CgroupVersion::None,
+            CgroupVersion::V1,
+            CgroupVersion::V2,
+            CgroupVersion::Hybrid,
+        ] {
+            assert_eq!(
+                serde_json::to_value(v).unwrap(),
+                serde_json::Value::from(v.as_str())
+            );
+        }
+        assert_eq!(CgroupVersion::default(), CgroupVersion::None);
+    }
+
+    #[test]
+    fn capabilities_round_trip() {
+        let caps = HelperCapabilities {
+            namespaces: NamespaceCapabilities {
+                user: true,
+                ..Default::default()
+            },
+            cgroup_version: CgroupVersion::Hybrid,
+            warnings: vec!["x: y".into()],
+            ..Default::default()
+        };
+        let frame = crate::encode(&Response::Probe(caps.clone())).unwrap();
+        // encode() includes the 4-byte length prefix; decode() takes the
+        // payload.
+        assert_eq!(
+            crate::decode::<Response>(&frame[4..]).unwrap(),
+            Response::Probe(caps)
+        );
     }
 
     #[test]

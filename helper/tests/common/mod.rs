@@ -35,24 +35,40 @@ impl Helper {
     }
 
     pub fn start_allowing(uid: u32) -> Helper {
+        Helper::start_with(uid, None, &[])
+    }
+
+    /// Standalone helper allowing `uid`, run as `run_as` (uid = gid, set
+    /// by the spawn before exec; the test must be root) when given, with
+    /// `extra` arguments.
+    pub fn start_with(uid: u32, run_as: Option<u32>, extra: &[&str]) -> Helper {
+        use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir_all(data.join("tasks")).unwrap();
         let socket = dir.path().join("h.sock");
         let log = File::create(dir.path().join("helper.log")).unwrap();
-        let child = Command::new(BIN)
-            .arg("--data-dir")
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--data-dir")
             .arg(&data)
             .arg("--socket")
             .arg(&socket)
             .arg("--allowed-uid")
             .arg(uid.to_string())
+            .args(extra)
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .stderr(log);
+        if let Some(id) = run_as {
+            // The helper binds its socket in the dir and probes the data dir.
+            for p in [dir.path(), &data, &data.join("tasks")] {
+                std::os::unix::fs::chown(p, Some(id), Some(id)).unwrap();
+            }
+            // std drops the supplementary groups, then setgid, then setuid.
+            cmd.uid(id).gid(id);
+        }
+        let child = cmd.spawn().unwrap();
         let h = Helper {
             child,
             dir,
