@@ -46,7 +46,11 @@ pub enum LinkError {
 /// Where the helper is.
 #[derive(Debug, Clone)]
 pub enum HelperMode {
-    Embedded { binary: PathBuf, data_dir: PathBuf },
+    Embedded {
+        binary: PathBuf,
+        data_dir: PathBuf,
+        cgroup_root: PathBuf,
+    },
     Socket(PathBuf),
 }
 
@@ -146,8 +150,12 @@ impl HelperLink {
             *last = Some(Instant::now());
         }
         let (stream, child) = match &self.mode {
-            HelperMode::Embedded { binary, data_dir } => {
-                let (stream, child) = spawn_embedded(binary, data_dir)?;
+            HelperMode::Embedded {
+                binary,
+                data_dir,
+                cgroup_root,
+            } => {
+                let (stream, child) = spawn_embedded(binary, data_dir, cgroup_root)?;
                 (stream, Some(child))
             }
             HelperMode::Socket(path) => {
@@ -194,7 +202,11 @@ fn handshake(conn: &mut Conn) -> Result<(), LinkError> {
     Ok(())
 }
 
-fn spawn_embedded(binary: &Path, data_dir: &Path) -> Result<(UnixStream, Child), LinkError> {
+fn spawn_embedded(
+    binary: &Path,
+    data_dir: &Path,
+    cgroup_root: &Path,
+) -> Result<(UnixStream, Child), LinkError> {
     let (ours, theirs) = UnixStream::pair().map_err(LinkError::Socketpair)?;
     // The helper's end must survive exec; ours stays close-on-exec.
     nix::fcntl::fcntl(
@@ -205,6 +217,8 @@ fn spawn_embedded(binary: &Path, data_dir: &Path) -> Result<(UnixStream, Child),
     let child = Command::new(binary)
         .arg("--data-dir")
         .arg(data_dir)
+        .arg("--cgroup-root")
+        .arg(cgroup_root)
         .arg("--inherited-fd")
         .arg(theirs.as_raw_fd().to_string())
         .stdin(Stdio::null())

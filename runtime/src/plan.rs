@@ -20,6 +20,32 @@ pub struct HostCaps {
     pub oom_detection: bool,
 }
 
+/// The `linux_sandbox` profile (namespaces, cgroups, chroot in the shim)
+/// is not built yet; until it is, requests for it degrade or are refused.
+pub const LINUX_SANDBOX_IMPLEMENTED: bool = false;
+
+impl HostCaps {
+    /// What tasks can be given, from the helper's probe and the operator's
+    /// overrides. `linux_sandbox` is not offered by this version whatever
+    /// the host supports, so cgroup enforcement (which only that profile
+    /// uses) is not offered either.
+    pub fn from_probe(
+        probe: &execgo_runtime_protocol::HelperCapabilities,
+        args: &crate::config::ServeArgs,
+    ) -> Self {
+        let linux_sandbox = LINUX_SANDBOX_IMPLEMENTED && !args.disable_linux_sandbox;
+        let cgroup = linux_sandbox && !args.disable_cgroup;
+        HostCaps {
+            linux_sandbox,
+            rlimit_cpu: probe.rlimit_cpu,
+            rlimit_memory: probe.rlimit_memory,
+            cgroup_pids: cgroup && probe.pids_limit,
+            cgroup_memory: cgroup && probe.memory_limit,
+            oom_detection: cgroup && probe.oom_detection,
+        }
+    }
+}
+
 /// Resolves the plan of `req`, or refuses it with `unsupported_capability`.
 pub fn resolve(
     req: &SubmitTaskRequest,

@@ -99,6 +99,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(HelperLink::default_binary),
             data_dir: cfg.data_dir.clone(),
+            cgroup_root: cfg.args.cgroup_root.clone(),
         },
     };
     let embedded = matches!(mode, HelperMode::Embedded { .. });
@@ -125,16 +126,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         }
     };
-    let caps = HostCaps {
-        linux_sandbox: false,
-        rlimit_cpu: helper_caps.rlimit_cpu,
-        rlimit_memory: helper_caps.rlimit_memory,
-        cgroup_pids: false,
-        cgroup_memory: false,
-        oom_detection: false,
-    };
+    let caps = HostCaps::from_probe(&helper_caps, &cfg.args);
     let listen = cfg.args.listen_addr;
-    let engine = Arc::new(Engine::new(cfg, store, helper, caps));
+    let engine = Arc::new(Engine::new(cfg, store, helper, caps, helper_caps));
     engine
         .recover()
         .await

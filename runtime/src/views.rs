@@ -1,5 +1,5 @@
-//! Read-only runtime views: `/api/v1/runtime/info`, `/config` and
-//! `/resources`.
+//! Read-only runtime views: `/api/v1/runtime/info`, `/capabilities`,
+//! `/config` and `/resources`.
 
 use serde_json::{json, Value};
 
@@ -72,4 +72,104 @@ pub async fn resources(e: &Engine) -> Result<Value, ApiError> {
         "accepted_waiting_tasks": waiting,
         "tenants": tenants,
     }))
+}
+
+/// `GET /api/v1/runtime/capabilities`: the helper's probe of the host (every
+/// flag tried, not inferred), what tasks are offered on top of it, and the
+/// operator's overrides.
+pub fn capabilities(e: &Engine) -> Value {
+    let p = &e.probe;
+    let a = &e.cfg.args;
+    let caps = &e.caps;
+    let cgroup_on = !a.disable_cgroup;
+    let mut warnings: Vec<String> = p.warnings.clone();
+    if !crate::plan::LINUX_SANDBOX_IMPLEMENTED {
+        warnings.push(
+            "linux_sandbox: this runtime version does not implement the profile yet; \
+             tasks asking for it run as process (adaptive) or are refused (strict)"
+                .to_string(),
+        );
+    }
+    let mut overrides = serde_json::Map::new();
+    if a.disable_linux_sandbox {
+        overrides.insert("linux_sandbox".into(), json!("disabled"));
+    }
+    if a.disable_cgroup {
+        overrides.insert("cgroup".into(), json!("disabled"));
+        warnings.push("cgroup: disabled by --disable-cgroup".to_string());
+    }
+    if let Some(m) = a.capacity_memory_bytes {
+        overrides.insert("capacity_memory_bytes".into(), json!(m.to_string()));
+    }
+    if let Some(n) = a.capacity_pids {
+        overrides.insert("capacity_pids".into(), json!(n.to_string()));
+    }
+    let capacity = e.with_ledger(|l| l.capacity);
+    let mut enhanced = vec!["resource_ledger"];
+    if caps.linux_sandbox {
+        enhanced.extend(["linux_sandbox", "namespaces", "chroot"]);
+    }
+    if caps.cgroup_memory {
+        enhanced.push("cgroup_memory");
+    }
+    if caps.cgroup_pids {
+        enhanced.push("cgroup_pids");
+    }
+    if caps.oom_detection {
+        enhanced.push("oom_detection");
+    }
+    let mut v = json!({
+        "runtime_id": e.cfg.runtime_id,
+        "snapshot_version": SNAPSHOT_VERSION,
+        "collected_at": e.started_at,
+        "platform": e.platform,
+        "execution": {
+            "command": true,
+            "script": true,
+            "process_group": p.process_group,
+        },
+        "sandbox": {
+            "process": true,
+            "linux_sandbox": caps.linux_sandbox,
+            "chroot": p.chroot,
+            "pivot_root": p.pivot_root,
+            "seccomp": p.seccomp,
+            "namespaces": {
+                "mount": p.namespaces.mount,
+                "pid": p.namespaces.pid,
+                "uts": p.namespaces.uts,
+                "ipc": p.namespaces.ipc,
+                "net": p.namespaces.net,
+                "user": p.namespaces.user,
+            },
+        },
+        "storage": { "data_dir_writable": p.data_dir_writable },
+        "resources": {
+            "rlimit_cpu": p.rlimit_cpu,
+            "rlimit_memory": p.rlimit_memory,
+            "cgroup_version": p.cgroup_version.as_str(),
+            "cgroup_v2": cgroup_on && p.cgroup_v2,
+            "cgroup_v1": cgroup_on && p.cgroup_v1,
+            "cgroup_writable": cgroup_on && p.cgroup_writable,
+            "memory_limit": cgroup_on && p.memory_limit,
+            "pids_limit": cgroup_on && p.pids_limit,
+            "oom_detection": cgroup_on && p.oom_detection,
+            "cpu_quota": cgroup_on && p.cpu_quota,
+            "ledger": true,
+            "capacity": capacity,
+        },
+        "stable_semantics": [
+            "submit", "status", "events", "stdout_stderr", "timeout", "kill",
+            "artifacts", "result_persistence", "recovery"
+        ],
+        "enhanced_semantics": enhanced,
+        "degraded": !warnings.is_empty(),
+    });
+    if !warnings.is_empty() {
+        v["warnings"] = json!(warnings);
+    }
+    if !overrides.is_empty() {
+        v["overrides"] = Value::Object(overrides);
+    }
+    v
 }

@@ -152,6 +152,10 @@ where
             method_check(method, get, path, "GET")?;
             Ok(json_reply(200, &crate::views::info(&engine)))
         }
+        ["api", "v1", "runtime", "capabilities"] => {
+            method_check(method, get, path, "GET")?;
+            Ok(json_reply(200, &crate::views::capabilities(&engine)))
+        }
         ["api", "v1", "runtime", "config"] => {
             method_check(method, get, path, "GET")?;
             Ok(json_reply(200, &crate::views::config(&engine)))

@@ -69,6 +69,8 @@ pub struct Engine {
     pub store: Arc<Store>,
     pub helper: Arc<HelperLink>,
     pub caps: HostCaps,
+    /// The helper's probe of the host, and when it was taken.
+    pub probe: execgo_runtime_protocol::HelperCapabilities,
     pub started_at: String,
     pub platform: crate::platform::Platform,
     pub metrics: crate::metrics::Metrics,
@@ -80,7 +82,13 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(cfg: Config, store: Arc<Store>, helper: Arc<HelperLink>, caps: HostCaps) -> Self {
+    pub fn new(
+        cfg: Config,
+        store: Arc<Store>,
+        helper: Arc<HelperLink>,
+        caps: HostCaps,
+        probe: execgo_runtime_protocol::HelperCapabilities,
+    ) -> Self {
         let capacity = Amounts {
             task_slots: cfg.args.max_running_tasks,
             memory_bytes: cfg.args.capacity_memory_bytes.or_else(physical_memory),
@@ -96,6 +104,7 @@ impl Engine {
             store,
             helper,
             caps,
+            probe,
             started_at: now(),
             platform: crate::platform::Platform::detect(),
             metrics: crate::metrics::Metrics::new(),
