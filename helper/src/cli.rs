@@ -19,9 +19,11 @@ use clap::{ArgGroup, Parser};
         <data-dir>/tasks/<task_id>/result.json.\n\n\
         Standalone: --socket PATH --allowed-uid UID [--allowed-gid GID].\n\
         Embedded: started by `execgo-runtime serve` itself over a socketpair.\n\n\
-        Logs are JSON lines on stderr; RUST_LOG sets the level.",
+        Logs are JSON lines on stderr, or journald entries with --log-format \
+        journald (the default when JOURNAL_STREAM is set); RUST_LOG sets the \
+        level.",
     override_usage = "execgo-runtime-helper --data-dir <PATH> --socket <PATH> --allowed-uid <UID> \
-        [--allowed-gid <GID>] [--cgroup-root <PATH>]"
+        [--allowed-gid <GID>] [--cgroup-root <PATH>] [--log-format <FORMAT>]"
 )]
 #[command(group(
     ArgGroup::new("mode")
@@ -73,6 +75,18 @@ pub struct Args {
         value_parser = parse_cgroup_root
     )]
     pub cgroup_root: PathBuf,
+
+    /// Log destination: JSON lines on stderr, or journald's native protocol
+    /// (fields upper-cased: `journalctl TASK_ID=<id>`) [default: journald
+    /// when JOURNAL_STREAM is set, else json]. Read, like the environment
+    /// variable, before start-up clears the environment.
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        env = "EXECGO_RUNTIME_LOG_FORMAT",
+        value_enum
+    )]
+    pub log_format: Option<crate::log::Format>,
 
     /// Internal (embedded mode, set up by `execgo-runtime serve`): serve
     /// exactly one already-connected socket at this descriptor; the peer
@@ -135,6 +149,33 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(a.cgroup_root, PathBuf::from("/sys/fs/cgroup/x/y"));
+    }
+
+    #[test]
+    fn log_format() {
+        use crate::log::Format;
+        for (value, want) in [("json", Format::Json), ("journald", Format::Journald)] {
+            let a = parse(&[
+                "--data-dir",
+                "d",
+                "--inherited-fd",
+                "5",
+                "--log-format",
+                value,
+            ])
+            .unwrap();
+            assert_eq!(a.log_format, Some(want));
+        }
+        let e = parse(&[
+            "--data-dir",
+            "d",
+            "--inherited-fd",
+            "5",
+            "--log-format",
+            "syslog",
+        ])
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 2);
     }
 
     #[test]

@@ -1,18 +1,53 @@
-//! JSON-lines logging on stderr: one object per line,
-//! `{"timestamp","level","target":"helper","message",...fields}`.
+//! Logging, in one of two formats (`--log-format`):
+//!
+//! - `json`: JSON lines on stderr, one object per line,
+//!   `{"timestamp","level","target":"helper","message",...fields}`.
+//! - `journald`: one journald entry per line over the native protocol
+//!   ([`crate::journal`]): `MESSAGE`, `PRIORITY`, `SYSLOG_IDENTIFIER=
+//!   execgo-runtime-helper`, `TARGET=helper`, and every field upper-cased
+//!   (`task_id` → `TASK_ID`), so `journalctl TASK_ID=<id>` finds a task's
+//!   lines. Nothing goes to stderr then, except a line journald refused.
 //!
 //! Hand-written so the helper stays free of a logging framework. The helper
 //! is single-threaded and Rust's stderr is unbuffered, so a line is one
-//! `write_all`. In the shim, stderr is `tasks/<id>/shim.log`, so the same
-//! calls land there. Never called between fork and exec.
+//! `write_all` (and one datagram). A shim inherits the sinks across its
+//! fork and, once isolated ([`enter_shim`]), writes every line to its
+//! stderr, `tasks/<id>/shim.log`, as well as to journald in journald mode,
+//! each line carrying its `task_id`. Never called between fork and exec
+//! (the task child of [`crate::sys::exec_child`] logs nothing).
 
+use std::borrow::Cow;
 use std::error::Error;
 use std::io::Write;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::os::fd::RawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::OnceLock;
 
 use serde_json::Value;
 
 use crate::clock;
+use crate::journal::{self, Journal};
+
+/// Where lines go; see the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Json,
+    Journald,
+}
+
+impl Format {
+    /// The explicit choice (`--log-format` or `EXECGO_RUNTIME_LOG_FORMAT`),
+    /// else journald when systemd connected our stderr to the journal
+    /// (`JOURNAL_STREAM` was set), else JSON. The runtime's rule.
+    pub fn resolve(explicit: Option<Format>, journal_stream: bool) -> Format {
+        explicit.unwrap_or(if journal_stream {
+            Format::Journald
+        } else {
+            Format::Json
+        })
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -31,9 +66,26 @@ impl Level {
             Level::Debug => "DEBUG",
         }
     }
+
+    /// The syslog priority journald stores in `PRIORITY`.
+    fn priority(self) -> u8 {
+        match self {
+            Level::Error => 3,
+            Level::Warn => 4,
+            Level::Info => 6,
+            Level::Debug => 7,
+        }
+    }
 }
 
 static MAX_LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+/// Whether lines go to stderr as JSON: always, except in the helper in
+/// journald mode.
+static TO_STDERR: AtomicBool = AtomicBool::new(true);
+/// Set once journald mode is on (and journald was reachable).
+static JOURNAL: OnceLock<Journal> = OnceLock::new();
+/// In a shim: its task, added to every line that does not name one.
+static TASK_ID: OnceLock<String> = OnceLock::new();
 
 /// Sets the level from a `RUST_LOG`-style filter (read before start-up
 /// clears the environment). Unparsable filters keep the default, info.
@@ -41,6 +93,42 @@ pub fn init(filter: Option<&str>) {
     if let Some(level) = filter.and_then(parse_filter) {
         MAX_LEVEL.store(level, Ordering::Relaxed);
     }
+}
+
+/// Journald mode: from now on lines go to the journal at `socket` (in
+/// production [`journal::SOCKET`]) instead of stderr. When it is not
+/// reachable, lines stay JSON on stderr and a warning says why, as the
+/// runtime does. Called once, after start-up clean-up (which would close the
+/// socket).
+pub fn start_journal(socket: &Path) {
+    match Journal::open(socket) {
+        Ok(j) => {
+            if JOURNAL.set(j).is_ok() {
+                TO_STDERR.store(false, Ordering::Relaxed);
+            }
+        }
+        Err(e) => warn(
+            "journald is not reachable; logging JSON to stderr",
+            &[
+                ("error", e.to_string().into()),
+                ("socket", socket.display().to_string().into()),
+            ],
+        ),
+    }
+}
+
+/// The journal socket's descriptor, if journald mode is on: the shim must
+/// keep it when it closes the helper's descriptors.
+pub fn journal_fd() -> Option<RawFd> {
+    JOURNAL.get().map(Journal::fd)
+}
+
+/// In a shim, once its stderr is `shim.log`: every line goes there (the
+/// per-task record, whatever the format) and, in journald mode, to the
+/// journal too; lines without a `task_id` get this one.
+pub fn enter_shim(task_id: &str) {
+    let _ = TASK_ID.set(task_id.to_string());
+    TO_STDERR.store(true, Ordering::Relaxed);
 }
 
 fn parse_level(s: &str) -> Option<u8> {
@@ -92,7 +180,7 @@ pub fn line(level: Level, message: &str, fields: &[(&str, Value)]) -> String {
     };
     push("timestamp", &Value::from(clock::now_rfc3339()));
     push("level", &Value::from(level.as_str()));
-    push("target", &Value::from("helper"));
+    push("target", &Value::from(TARGET));
     push("message", &Value::from(message));
     for (k, v) in fields {
         if !FIXED_KEYS.contains(k) {
@@ -105,14 +193,82 @@ pub fn line(level: Level, message: &str, fields: &[(&str, Value)]) -> String {
 
 const FIXED_KEYS: [&str; 4] = ["timestamp", "level", "target", "message"];
 
+/// What every line says in `target` / `TARGET`.
+const TARGET: &str = "helper";
+
+/// Journald fields every entry sets itself; a structured field that would
+/// land on one of them is dropped.
+const JOURNAL_FIXED_KEYS: [&str; 4] = ["MESSAGE", "PRIORITY", "SYSLOG_IDENTIFIER", "TARGET"];
+
+/// Builds one journald entry: `MESSAGE`, `PRIORITY`, `SYSLOG_IDENTIFIER`,
+/// `TARGET`, then the fields as given, names upper-cased and sanitised
+/// ([`journal::key`]). Fields dropped from the JSON line are dropped here
+/// too, as are `null` values and names with nothing left after sanitising.
+pub fn journal_entry(level: Level, message: &str, fields: &[(&str, Value)]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(256);
+    journal::put(&mut buf, "MESSAGE", message.as_bytes());
+    journal::put(
+        &mut buf,
+        "PRIORITY",
+        level.priority().to_string().as_bytes(),
+    );
+    journal::put(
+        &mut buf,
+        "SYSLOG_IDENTIFIER",
+        journal::IDENTIFIER.as_bytes(),
+    );
+    journal::put(&mut buf, "TARGET", TARGET.as_bytes());
+    for (k, v) in fields {
+        if FIXED_KEYS.contains(k) {
+            continue;
+        }
+        let Some(key) = journal::key(k) else { continue };
+        if JOURNAL_FIXED_KEYS.contains(&key.as_str()) {
+            continue;
+        }
+        if let Some(value) = journal::value(v) {
+            journal::put(&mut buf, &key, &value);
+        }
+    }
+    buf
+}
+
+/// `fields`, with `task_id` first when `task` is given and `fields` has
+/// none.
+fn with_task<'a>(
+    task: Option<&str>,
+    fields: &'a [(&'a str, Value)],
+) -> Cow<'a, [(&'a str, Value)]> {
+    match task {
+        Some(id) if !fields.iter().any(|(k, _)| *k == "task_id") => {
+            let mut all = Vec::with_capacity(fields.len() + 1);
+            all.push(("task_id", Value::from(id)));
+            all.extend_from_slice(fields);
+            Cow::Owned(all)
+        }
+        _ => Cow::Borrowed(fields),
+    }
+}
+
 pub fn emit(level: Level, message: &str, fields: &[(&str, Value)]) {
     if !enabled(level) {
         return;
     }
-    let mut text = line(level, message, fields);
-    text.push('\n');
-    // Nowhere to report a failed log write; dropping the line is the answer.
-    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    let fields = with_task(TASK_ID.get().map(String::as_str), fields);
+    let mut to_stderr = TO_STDERR.load(Ordering::Relaxed);
+    if let Some(j) = JOURNAL.get() {
+        // A line the journal refuses still goes somewhere: stderr.
+        if j.send(&journal_entry(level, message, &fields)).is_err() {
+            to_stderr = true;
+        }
+    }
+    if to_stderr {
+        let mut text = line(level, message, &fields);
+        text.push('\n');
+        // Nowhere to report a failed log write; dropping the line is the
+        // answer.
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    }
 }
 
 pub fn error(message: &str, fields: &[(&str, Value)]) {
@@ -177,6 +333,100 @@ mod tests {
         assert_eq!(l["message"], "say \"hi\"");
         assert_eq!(l["task_id"], "t1");
         assert!(l["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn format_default_rule() {
+        use Format::*;
+        assert_eq!(Format::resolve(None, false), Json);
+        assert_eq!(Format::resolve(None, true), Journald);
+        assert_eq!(Format::resolve(Some(Json), true), Json);
+        assert_eq!(Format::resolve(Some(Journald), false), Journald);
+    }
+
+    #[test]
+    fn journal_entry_exact_bytes() {
+        let entry = journal_entry(
+            Level::Warn,
+            "launch failed",
+            &[
+                ("task_id", Value::from("t-1")),
+                ("shim_pid", Value::from(42)),
+                ("already_claimed", Value::from(false)),
+                ("error", Value::from("first\nsecond")),
+                ("program", Value::Null),
+                ("_peer.uid", Value::from(7)),
+                ("message", Value::from("a fixed key")),
+                ("Target", Value::from("lands on TARGET")),
+                ("__", Value::from("no name left")),
+                ("caps", serde_json::json!({"a": [1, "b"]})),
+            ],
+        );
+        let mut want = b"MESSAGE=launch failed\n\
+            PRIORITY=4\n\
+            SYSLOG_IDENTIFIER=execgo-runtime-helper\n\
+            TARGET=helper\n\
+            TASK_ID=t-1\n\
+            SHIM_PID=42\n\
+            ALREADY_CLAIMED=false\n\
+            ERROR\n"
+            .to_vec();
+        want.extend_from_slice(&12u64.to_le_bytes());
+        want.extend_from_slice(b"first\nsecond\nPEER_UID=7\nCAPS={\"a\":[1,\"b\"]}\n");
+        assert_eq!(
+            entry,
+            want,
+            "{}",
+            String::from_utf8_lossy(&entry).escape_debug()
+        );
+    }
+
+    #[test]
+    fn priorities() {
+        for (level, p) in [
+            (Level::Error, "3"),
+            (Level::Warn, "4"),
+            (Level::Info, "6"),
+            (Level::Debug, "7"),
+        ] {
+            let entry = journal_entry(level, "m", &[]);
+            let text = String::from_utf8(entry).unwrap();
+            assert!(text.contains(&format!("\nPRIORITY={p}\n")), "{text}");
+        }
+    }
+
+    #[test]
+    fn shim_lines_carry_their_task() {
+        let f = [("pid", Value::from(5))];
+        assert_eq!(with_task(None, &f).as_ref(), &f[..]);
+        let with = with_task(Some("t9"), &f);
+        assert_eq!(with[0], ("task_id", Value::from("t9")));
+        assert_eq!(with[1], ("pid", Value::from(5)));
+        // A line naming its task keeps it.
+        let own = [("task_id", Value::from("other"))];
+        assert_eq!(with_task(Some("t9"), &own).as_ref(), &own[..]);
+    }
+
+    #[test]
+    fn journal_entry_over_a_fake_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.socket");
+        let server = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let j = Journal::open(&path).unwrap();
+        let mut buf = vec![0u8; 4096];
+        assert_eq!(server.recv(&mut buf).unwrap(), 0);
+        let entry = journal_entry(
+            Level::Info,
+            "shim started",
+            &[("task_id", "t2".into()), ("shim_pid", 77.into())],
+        );
+        j.send(&entry).unwrap();
+        let n = server.recv(&mut buf).unwrap();
+        assert_eq!(
+            &buf[..n],
+            &b"MESSAGE=shim started\nPRIORITY=6\nSYSLOG_IDENTIFIER=execgo-runtime-helper\n\
+               TARGET=helper\nTASK_ID=t2\nSHIM_PID=77\n"[..]
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod conn;
 mod deadline;
 mod dispatch;
 mod fs_at;
+mod journal;
 mod launch;
 mod listener;
 mod log;
@@ -73,12 +74,15 @@ enum MainError {
 }
 
 fn main() -> ExitCode {
-    // Read before start-up clears the environment.
+    // Read before start-up clears the environment (clap reads
+    // EXECGO_RUNTIME_LOG_FORMAT while parsing, also before).
     let rust_log = std::env::var("RUST_LOG").ok();
+    let journal_stream = std::env::var_os("JOURNAL_STREAM").is_some();
     // clap exits 2 on a usage error and 0 for --help/--version.
     let args = cli::Args::parse();
     log::init(rust_log.as_deref());
-    match run(args) {
+    let format = log::Format::resolve(args.log_format, journal_stream);
+    match run(args, format) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error("helper stopped", &[("error", log::chain(&e).into())]);
@@ -90,8 +94,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: cli::Args) -> Result<(), MainError> {
+fn run(args: cli::Args, format: log::Format) -> Result<(), MainError> {
     startup::clean(args.inherited_fd)?;
+    // After the clean-up, which closes every descriptor we did not open
+    // since (until here, lines are JSON on stderr).
+    if format == log::Format::Journald {
+        log::start_journal(std::path::Path::new(journal::SOCKET));
+    }
     let data_err = |source| MainError::DataDir {
         path: args.data_dir.clone(),
         source,

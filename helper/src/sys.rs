@@ -84,7 +84,8 @@ pub fn adopt_fd(fd: RawFd) -> nix::Result<OwnedFd> {
 /// Only called where no live Rust object relies on the closed numbers: at
 /// helper start-up (nothing is open yet) and as the shim's first step (the
 /// forked copies of the helper's sockets belong to stack frames that are
-/// never returned to, since the shim ends with `exit_now`).
+/// never returned to, since the shim ends with `exit_now`; the one global,
+/// the journal socket of journald mode, is in the shim's `keep`).
 pub fn close_fds_except(keep: &[RawFd]) -> io::Result<()> {
     let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&fd| fd > 2).collect();
     keep.sort_unstable();

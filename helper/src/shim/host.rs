@@ -88,7 +88,10 @@ impl Steps for Host {
     fn isolate(&mut self) -> Result<(), ShimError> {
         let mut keep = vec![self.ctx.task_dir.as_raw_fd()];
         keep.extend(self.report.as_ref().map(|r| r.as_raw_fd()));
+        // The journal socket, in journald mode: the shim logs there too.
+        keep.extend(log::journal_fd());
         isolate::isolate(self.ctx.task_dir.as_fd(), &keep)?;
+        log::enter_shim(&self.ctx.launch.task_id);
         log::info(
             "shim started",
             &[

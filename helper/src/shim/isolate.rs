@@ -1,6 +1,7 @@
 //! The shim's first step, right after the fork: its own session, no
-//! descriptor of the helper's but the two it was given, and 0/1 on
-//! /dev/null and 2 on `shim.log` for its own diagnostics.
+//! descriptor of the helper's but the ones it was given (the report pipe,
+//! the task directory and, in journald mode, the journal socket), and 0/1
+//! on /dev/null and 2 on `shim.log` for its own diagnostics.
 
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
@@ -28,7 +29,8 @@ pub enum IsolateError {
     Dup(#[source] Errno),
 }
 
-/// `keep`: the report pipe and the task directory.
+/// `keep`: the report pipe, the task directory and the journal socket, if
+/// any (all close-on-exec, so the task gets none of them).
 pub fn isolate(task_dir: BorrowedFd<'_>, keep: &[RawFd]) -> Result<(), IsolateError> {
     // A session of our own: the shim outlives the helper's session and no
     // terminal signal of it reaches us.
