@@ -50,6 +50,8 @@ pub enum HelperMode {
         binary: PathBuf,
         data_dir: PathBuf,
         cgroup_root: PathBuf,
+        /// `json` or `journald`, as the runtime resolved it.
+        log_format: &'static str,
     },
     Socket(PathBuf),
 }
@@ -154,8 +156,9 @@ impl HelperLink {
                 binary,
                 data_dir,
                 cgroup_root,
+                log_format,
             } => {
-                let (stream, child) = spawn_embedded(binary, data_dir, cgroup_root)?;
+                let (stream, child) = spawn_embedded(binary, data_dir, cgroup_root, log_format)?;
                 (stream, Some(child))
             }
             HelperMode::Socket(path) => {
@@ -206,6 +209,7 @@ fn spawn_embedded(
     binary: &Path,
     data_dir: &Path,
     cgroup_root: &Path,
+    log_format: &str,
 ) -> Result<(UnixStream, Child), LinkError> {
     let (ours, theirs) = UnixStream::pair().map_err(LinkError::Socketpair)?;
     // The helper's end must survive exec; ours stays close-on-exec.
@@ -219,6 +223,8 @@ fn spawn_embedded(
         .arg(data_dir)
         .arg("--cgroup-root")
         .arg(cgroup_root)
+        .arg("--log-format")
+        .arg(log_format)
         .arg("--inherited-fd")
         .arg(theirs.as_raw_fd().to_string())
         .stdin(Stdio::null())

@@ -64,6 +64,13 @@ pub enum LogFormat {
 }
 
 impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Json => "json",
+            LogFormat::Journald => "journald",
+        }
+    }
+
     /// The explicit choice, else journald when systemd connected our
     /// stderr to the journal (`JOURNAL_STREAM` is set), else JSON.
     pub fn resolve(explicit: Option<LogFormat>) -> LogFormat {
@@ -100,6 +107,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 .unwrap_or_else(HelperLink::default_binary),
             data_dir: cfg.data_dir.clone(),
             cgroup_root: cfg.args.cgroup_root.clone(),
+            log_format: LogFormat::resolve(cfg.args.log_format).as_str(),
         },
     };
     let embedded = matches!(mode, HelperMode::Embedded { .. });

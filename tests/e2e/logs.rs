@@ -143,8 +143,19 @@ fn journald_receives_task_lines_with_task_id_field() {
         found.iter().any(|v| v["MESSAGE"] == "task finished"),
         "{found:?}"
     );
+    // The embedded helper and the task's shim log to the same journal.
+    assert!(
+        found
+            .iter()
+            .any(|v| v["SYSLOG_IDENTIFIER"] == "execgo-runtime-helper"),
+        "no helper or shim line for TASK_ID={id}: {found:?}"
+    );
     for v in &found {
         assert_eq!(v["TASK_ID"], id.as_str());
-        assert_eq!(v["SYSLOG_IDENTIFIER"], "execgo-runtime");
+        let ident = v["SYSLOG_IDENTIFIER"].as_str().unwrap_or("");
+        assert!(
+            ident == "execgo-runtime" || ident == "execgo-runtime-helper",
+            "{v}"
+        );
     }
 }
