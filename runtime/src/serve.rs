@@ -31,9 +31,16 @@ pub fn init_logging(default: &str, format: LogFormat) {
     if format == LogFormat::Journald {
         match tracing_journald::layer() {
             Ok(layer) => {
+                // Syslog levels as the helper uses them: info 6, debug 7.
+                let priorities = tracing_journald::PriorityMappings {
+                    info: tracing_journald::Priority::Informational,
+                    debug: tracing_journald::Priority::Debug,
+                    ..tracing_journald::PriorityMappings::new()
+                };
                 let layer = layer
                     .with_field_prefix(None)
-                    .with_syslog_identifier("execgo-runtime".to_string());
+                    .with_syslog_identifier("execgo-runtime".to_string())
+                    .with_priority_mappings(priorities);
                 let _ = tracing_subscriber::registry()
                     .with(filter())
                     .with(layer)

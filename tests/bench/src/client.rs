@@ -104,7 +104,12 @@ impl Client {
         self.wait_for(id, every, is_terminal)
     }
 
-    pub fn wait_for(&self, id: &str, every: Duration, done: fn(&Value) -> bool) -> (Value, Instant) {
+    pub fn wait_for(
+        &self,
+        id: &str,
+        every: Duration,
+        done: fn(&Value) -> bool,
+    ) -> (Value, Instant) {
         let start = Instant::now();
         loop {
             let v = self.status(id);

@@ -1,117 +1,176 @@
 //! `execgo-runtime-bench`: starts the real runtime and helper and prints
 //! figures next to baselines measured in the same run, with their ratios.
-//! It asserts nothing: the figures go to `docs/benchmarks.md`.
+//! It asserts nothing about speed: the figures go to `docs/benchmarks.md`.
+//!
+//! Scenarios (all by default): `latency`, `throughput`, `timeout`, `kill`,
+//! `rss`, `output`. Each starts its own runtime under a unique directory of
+//! `--data-root`, which is removed at the end.
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+mod baseline;
+mod client;
+mod cpu;
+mod env;
+mod fsprobe;
+mod kill;
+mod latency;
+mod output;
+mod procfs;
+mod rss;
+mod stats;
+mod throughput;
+mod timeout;
 
-use clap::Parser;
-use execgo_runtime_tests::{json, Server, Value, TERMINAL};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    Latency,
+    Throughput,
+    Timeout,
+    Kill,
+    Rss,
+    Output,
+}
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmark execgo-runtime against same-run baselines")]
 struct Args {
-    /// Sequential /bin/true tasks for the latency figure.
+    /// Scenarios to run, comma-separated (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    scenarios: Vec<Scenario>,
+
+    /// Where the runtimes' data dirs go: a unique subdirectory is created
+    /// and removed at the end. Keep it off /tmp and /work on hosts where a
+    /// watcher slows file creation there.
+    #[arg(long, default_value = "/var/tmp")]
+    data_root: PathBuf,
+
+    /// Do not mark the data root `chattr +T` (see `fsprobe.rs`: it spreads
+    /// each scenario's data dir to a block group of its own).
+    #[arg(long)]
+    no_spread: bool,
+
+    /// Leave the data root in place (task dirs, shim.log, runtime logs).
+    #[arg(long)]
+    keep_data: bool,
+
+    /// Interval of the tight status polls of latency and kill, in µs.
     #[arg(long, default_value_t = 200)]
+    poll_us: u64,
+
+    /// Sequential /bin/true tasks for the latency figure.
+    #[arg(long, default_value_t = 500)]
     latency_tasks: usize,
-}
 
-struct Stats {
-    p50: Duration,
-    p90: Duration,
-    max: Duration,
-}
+    /// Tasks per throughput round.
+    #[arg(long, default_value_t = 1000)]
+    throughput_tasks: usize,
 
-fn stats(mut v: Vec<Duration>) -> Stats {
-    v.sort();
-    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
-    Stats {
-        p50: at(0.5),
-        p90: at(0.9),
-        max: *v.last().unwrap_or(&Duration::ZERO),
-    }
-}
+    /// Concurrent submitting clients (and baseline threads).
+    #[arg(long, default_value_t = 4)]
+    throughput_clients: usize,
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
+    /// `--max-running-tasks` of the throughput runtime.
+    #[arg(long, default_value_t = 16)]
+    throughput_max_running: usize,
 
-/// Polls status in a tight loop (0.2 ms) so the figure measures the
-/// runtime, not the poll interval.
-fn wait_terminal(s: &Server, id: &str) -> Value {
-    loop {
-        let v = s.status(id);
-        if TERMINAL.contains(&v["status"].as_str().unwrap_or("")) {
-            return v;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-}
+    /// Throughput rounds (each with its own baseline).
+    #[arg(long, default_value_t = 3)]
+    throughput_rounds: usize,
 
-fn bare_fork_exec(n: usize) -> Stats {
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        let st = Command::new("/bin/true").status().expect("spawn /bin/true");
-        assert!(st.success());
-        v.push(t.elapsed());
-    }
-    stats(v)
-}
+    /// `sleep 10` tasks for the timeout figure.
+    #[arg(long, default_value_t = 20)]
+    timeout_tasks: usize,
 
-fn submit_to_terminal(s: &Server, n: usize) -> Stats {
-    let body = json!({"execution": {"kind": "command", "program": "/bin/true"}});
-    // Warm up caches and the helper connection.
-    for _ in 0..10 {
-        let id = s.submit(&body);
-        wait_terminal(s, &id);
-    }
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        let id = s.submit(&body);
-        let st = wait_terminal(s, &id);
-        v.push(t.elapsed());
-        assert_eq!(st["status"], "success", "{st}");
-    }
-    stats(v)
+    /// Their `limits.wall_time_ms`.
+    #[arg(long, default_value_t = 200)]
+    timeout_wall_ms: u64,
+
+    /// `sleep 30` tasks killed for the kill figure.
+    #[arg(long, default_value_t = 20)]
+    kill_tasks: usize,
+
+    /// Running tasks whose shims are measured.
+    #[arg(long, default_value_t = 5)]
+    rss_shims: usize,
+
+    /// Bytes the output task writes to stdout.
+    #[arg(long, default_value_t = 256 << 20)]
+    output_bytes: u64,
+
+    /// Runs of the output figure.
+    #[arg(long, default_value_t = 3)]
+    output_runs: usize,
 }
 
 fn main() {
     let args = Args::parse();
-    println!("execgo-runtime-bench");
-    println!(
-        "machine: {} cores, kernel {}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-    );
-
-    let base = bare_fork_exec(args.latency_tasks);
-    let s = Server::start();
-    let rt = submit_to_terminal(&s, args.latency_tasks);
-    println!();
-    println!(
-        "submit->terminal latency of /bin/true ({} sequential tasks)",
-        args.latency_tasks
-    );
-    println!(
-        "  baseline fork/exec+wait  p50 {:8.3} ms  p90 {:8.3} ms  max {:8.3} ms",
-        ms(base.p50),
-        ms(base.p90),
-        ms(base.max)
-    );
-    println!(
-        "  execgo-runtime           p50 {:8.3} ms  p90 {:8.3} ms  max {:8.3} ms",
-        ms(rt.p50),
-        ms(rt.p90),
-        ms(rt.max)
-    );
-    println!(
-        "  ratio p50 {:.1}x (target <= 4x)",
-        ms(rt.p50) / ms(base.p50)
-    );
+    let all = [
+        Scenario::Latency,
+        Scenario::Throughput,
+        Scenario::Timeout,
+        Scenario::Kill,
+        Scenario::Rss,
+        Scenario::Output,
+    ];
+    let chosen: Vec<Scenario> = if args.scenarios.is_empty() {
+        all.to_vec()
+    } else {
+        all.into_iter()
+            .filter(|s| args.scenarios.contains(s))
+            .collect()
+    };
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let root = args
+        .data_root
+        .join(format!("execgo-bench-{}-{stamp}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap_or_else(|e| panic!("creating {}: {e}", root.display()));
+    env::header(&root);
+    if !args.no_spread {
+        let spread = fsprobe::spread_subdirs(&root);
+        println!(
+            "data root chattr +T (spread data dirs over block groups): {}",
+            if spread { "yes" } else { "no (chattr failed)" }
+        );
+    }
+    let env = env::Env::new(root.clone(), Duration::from_micros(args.poll_us));
+    let started = Instant::now();
+    for s in chosen {
+        let t = Instant::now();
+        match s {
+            Scenario::Latency => latency::run(&env, args.latency_tasks),
+            Scenario::Throughput => throughput::run(
+                &env,
+                &throughput::Params {
+                    tasks: args.throughput_tasks,
+                    clients: args.throughput_clients,
+                    max_running: args.throughput_max_running,
+                    rounds: args.throughput_rounds,
+                },
+            ),
+            Scenario::Timeout => timeout::run(&env, args.timeout_tasks, args.timeout_wall_ms),
+            Scenario::Kill => kill::run(&env, args.kill_tasks),
+            Scenario::Rss => rss::run(&env, args.rss_shims),
+            Scenario::Output => output::run(&env, args.output_bytes, args.output_runs),
+        }
+        println!("  ({s:?} took {:.1} s)", t.elapsed().as_secs_f64());
+    }
+    env.print_summary();
+    println!("total bench time {:.1} s", started.elapsed().as_secs_f64());
+    if args.keep_data {
+        println!("data root kept: {}", root.display());
+    } else {
+        if let Err(e) = std::fs::remove_dir_all(&root) {
+            eprintln!("removing {}: {e}", root.display());
+        }
+        // Written-back inode tables shorten the next run's penalty for
+        // these deletions from 360 s to 60 s (see fsprobe.rs).
+        fsprobe::sync();
+    }
 }

@@ -45,7 +45,7 @@ impl Stats {
     /// whose median is meaningless but whose mean is not).
     pub fn line_mean(&self, label: &str) -> String {
         format!(
-            "  {label:<34} mean {:8.3} ms  p50 {:8.3} ms  p90 {:8.3} ms  max {:8.3} ms",
+            "  {label:<38} mean {:8.3} ms  p50 {:8.3} ms  p90 {:8.3} ms  max {:8.3} ms",
             self.mean, self.p50, self.p90, self.max
         )
     }
