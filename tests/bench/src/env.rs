@@ -1,0 +1,131 @@
+//! What every scenario shares: the data root its servers live under, the
+//! poll interval, and the summary table the figures are collected in.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use execgo_runtime_tests::Server;
+
+use crate::{fsprobe, procfs};
+
+/// One line of the summary table.
+pub struct Row {
+    pub figure: String,
+    pub measured: String,
+    pub baseline: String,
+    pub ratio: String,
+    pub target: String,
+    /// Whether the target is met; `None` when it has none.
+    pub met: Option<bool>,
+}
+
+pub struct Env {
+    /// The unique directory this run owns (removed at the end).
+    pub root: PathBuf,
+    /// Interval of the tight status polls (latency, kill).
+    pub poll: Duration,
+    rows: RefCell<Vec<Row>>,
+}
+
+impl Env {
+    pub fn new(root: PathBuf, poll: Duration) -> Env {
+        Env {
+            root,
+            poll,
+            rows: RefCell::default(),
+        }
+    }
+
+    /// A runtime (with its embedded helper) on `root/<name>`.
+    pub fn server(&self, name: &str, args: &[String]) -> Server {
+        let dir = self.root.join(name);
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        println!("{}", fsprobe::describe(&fsprobe::probe(&dir, 30)));
+        let s = Server::builder()
+            .data_dir(&dir)
+            .args(args.iter().cloned())
+            .start();
+        println!(
+            "  server: runtime pid {}, helper pid {}, data dir {}{}",
+            s.pid(),
+            s.helper_pid()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "?".into()),
+            dir.display(),
+            if args.is_empty() {
+                String::new()
+            } else {
+                format!(", flags {}", args.join(" "))
+            }
+        );
+        s
+    }
+
+    pub fn row(&self, row: Row) {
+        self.rows.borrow_mut().push(row);
+    }
+
+    pub fn print_summary(&self) {
+        let rows = self.rows.borrow();
+        if rows.is_empty() {
+            return;
+        }
+        let head = [
+            "figure",
+            "execgo-runtime",
+            "baseline",
+            "ratio",
+            "target",
+            "met",
+        ];
+        let cells: Vec<[String; 6]> = rows
+            .iter()
+            .map(|r| {
+                [
+                    r.figure.clone(),
+                    r.measured.clone(),
+                    r.baseline.clone(),
+                    r.ratio.clone(),
+                    r.target.clone(),
+                    match r.met {
+                        Some(true) => "yes".into(),
+                        Some(false) => "NO".into(),
+                        None => "-".into(),
+                    },
+                ]
+            })
+            .collect();
+        let mut width = head.map(str::len);
+        for c in &cells {
+            for (w, s) in width.iter_mut().zip(c) {
+                *w = (*w).max(s.chars().count());
+            }
+        }
+        let line = |c: &[String]| {
+            let parts: Vec<String> = c
+                .iter()
+                .zip(width)
+                .map(|(s, w)| format!("{s:<w$}"))
+                .collect();
+            format!("| {} |", parts.join(" | "))
+        };
+        println!();
+        println!("summary (figures are p50 unless stated)");
+        println!("{}", line(&head.map(String::from)));
+        let rule: Vec<String> = width.iter().map(|w| "-".repeat(*w)).collect();
+        println!("|-{}-|", rule.join("-|-"));
+        for c in &cells {
+            println!("{}", line(c));
+        }
+    }
+}
+
+pub fn header(root: &std::path::Path) {
+    println!("execgo-runtime-bench");
+    for l in procfs::machine() {
+        println!("{l}");
+    }
+    println!("data root: {}", root.display());
+}

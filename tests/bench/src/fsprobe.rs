@@ -1,0 +1,72 @@
+//! The file system under the data root, checked before the figures depend
+//! on it.
+//!
+//! On ext4 *without a journal* (these VMs' root file system), allocating an
+//! inode skips every free inode of the block group that was deleted in the
+//! last 60 s (360 s while its inode-table block is still dirty), one buffer
+//! lookup each (`find_inode_bit` → `recently_deleted` in fs/ext4/ialloc.c).
+//! After a `rm -rf` of a few thousand files, each file create in that group
+//! costs milliseconds of kernel CPU: the submit (a directory and 3 files)
+//! and the shim (5 more inodes) then measure the file system, not the
+//! runtime. So the bench marks its data root `chattr +T` (Orlov "top
+//! directory"), which spreads each scenario's data dir to its own block
+//! group, probes the creates in each data dir before its server starts,
+//! and syncs after removing the root (so the next run's penalty window is
+//! 60 s, not 360 s).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use crate::stats::Stats;
+
+/// `chattr +T dir`; whether it took.
+pub fn spread_subdirs(dir: &Path) -> bool {
+    Command::new("chattr")
+        .arg("+T")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// What a submit does to the file system (mkdir + 3 file creates), `n`
+/// times under `dir/bench-fsprobe/`; the files stay until the root goes.
+pub fn probe(dir: &Path, n: usize) -> Stats {
+    let base = dir.join("bench-fsprobe");
+    let _ = std::fs::create_dir_all(&base);
+    let mut v = Vec::with_capacity(n);
+    for i in 0..n {
+        let d = base.join(i.to_string());
+        let t = Instant::now();
+        if std::fs::create_dir(&d).is_err() {
+            continue;
+        }
+        for f in ["request.json", "stdout.log", "stderr.log"] {
+            let _ = std::fs::File::create(d.join(f));
+        }
+        v.push(t.elapsed());
+    }
+    Stats::of_durations(&v)
+}
+
+/// The probe line, with a warning when creates are slow.
+pub fn describe(s: &Stats) -> String {
+    let mut line = format!(
+        "  fs probe in the data dir: mkdir + 3 creates p50 {:.3} ms, max {:.3} ms",
+        s.p50, s.max
+    );
+    if s.p50 > 0.3 {
+        line.push_str(
+            "  <-- SLOW: recently deleted inodes in this block group (ext4 without a journal); \
+             the figures below include it",
+        );
+    }
+    line
+}
+
+pub fn sync() {
+    nix::unistd::sync();
+}

@@ -1,0 +1,144 @@
+//! Submit → terminal latency of `/bin/true`, one task at a time, against a
+//! bare fork/exec + wait; then where the time goes, from the task's own
+//! timestamps.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use execgo_runtime_tests::json;
+
+use crate::client::{epoch_ms, Client};
+use crate::env::{Env, Row};
+use crate::stats::{ms, ratio, Stats};
+use crate::{baseline, cpu};
+
+fn epoch_now_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
+struct Sample {
+    id: String,
+    submit_rtt: f64,
+    total: f64,
+    /// Wall clock (epoch ms) when the submit was sent and when the
+    /// terminal status was first seen.
+    sent_at: f64,
+    seen_at: f64,
+}
+
+pub fn run(env: &Env, n: usize) {
+    println!();
+    println!("submit->terminal latency of /bin/true ({n} sequential tasks)");
+    let s = env.server("latency", &[]);
+    let c = Client::new(&s.base);
+    let body = json!({"execution": {"kind": "command", "program": "/bin/true"}});
+    // Warm up the helper connection, SQLite's page cache, the allocator.
+    for _ in 0..10 {
+        let id = c.submit(&body);
+        c.wait_terminal(&id, env.poll);
+        baseline::true_once();
+    }
+    let mut base = Vec::with_capacity(n);
+    let mut samples = Vec::with_capacity(n);
+    let cpu0 = cpu::snapshot(s.pid(), s.helper_pid());
+    for _ in 0..n {
+        // Interleaved, so both see the same moments of a noisy machine.
+        base.push(baseline::true_once());
+        // Floored like the runtime's ms timestamps, so differences between
+        // the two are unbiased.
+        let sent_at = epoch_now_ms().floor();
+        let t = Instant::now();
+        let id = c.submit(&body);
+        let submit_rtt = t.elapsed();
+        let (st, seen) = c.wait_terminal(&id, env.poll);
+        let seen_at = epoch_now_ms().floor();
+        assert_eq!(st["status"], "success", "{st}");
+        samples.push(Sample {
+            id,
+            submit_rtt: ms(submit_rtt),
+            total: ms(seen - t),
+            sent_at,
+            seen_at,
+        });
+    }
+    let cpu1 = cpu::snapshot(s.pid(), s.helper_pid());
+    let base = Stats::of_durations(&base);
+    let rt = Stats::of(samples.iter().map(|x| x.total).collect());
+    println!("{}", base.line("baseline fork/exec+wait"));
+    println!("{}", rt.line("execgo-runtime submit->terminal"));
+    println!(
+        "{}",
+        Stats::of(samples.iter().map(|x| x.submit_rtt).collect())
+            .line("  of which POST /tasks answered")
+    );
+    let r = ratio(rt.p50, base.p50);
+    println!("  ratio p50 {r:.1}x (target <= 4x)");
+    println!("{}", cpu::per_task(&cpu0, &cpu1, n));
+    env.row(Row {
+        figure: "submit->terminal /bin/true p50 (p90, max)".into(),
+        measured: format!("{:.2} ms ({:.2}, {:.2})", rt.p50, rt.p90, rt.max),
+        baseline: format!("{:.3} ms fork/exec+wait", base.p50),
+        ratio: format!("{r:.1}x"),
+        target: "<= 4x".into(),
+        met: Some(r <= 4.0),
+    });
+    stages(&c, &samples);
+}
+
+/// Means of the stages between the task's timestamps (ms resolution, so
+/// only the means say something; p50s of 0/1 ms steps would not).
+fn stages(c: &Client, samples: &[Sample]) {
+    let mut names: Vec<&str> = vec![];
+    let mut cols: Vec<Vec<f64>> = vec![];
+    let mut push = |name: &'static str, v: Option<f64>| {
+        let i = match names.iter().position(|n| *n == name) {
+            Some(i) => i,
+            None => {
+                names.push(name);
+                cols.push(vec![]);
+                names.len() - 1
+            }
+        };
+        if let Some(v) = v {
+            cols[i].push(v);
+        }
+    };
+    for x in samples {
+        let st = c.status(&x.id);
+        let events = c.events(&x.id);
+        let ev = |kind: &str| -> Option<f64> {
+            events
+                .iter()
+                .find(|e| e["event_type"] == kind)
+                .and_then(|e| epoch_ms(&e["timestamp"]))
+                .map(|t| t as f64)
+        };
+        let ts = |f: &str| -> Option<f64> { epoch_ms(&st[f]).map(|t| t as f64) };
+        let d = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+        let sent = Some(x.sent_at);
+        let created = ts("created_at");
+        let started_ev = ev("started");
+        let started = ts("started_at");
+        let finished = ts("finished_at");
+        let finished_ev = ev("finished");
+        push("client sent -> created_at", d(sent, created));
+        push("created_at -> started_at (shim exec)", d(created, started));
+        push(
+            "started_at -> started event (runtime)",
+            d(started, started_ev),
+        );
+        push("started_at -> finished_at (shim)", d(started, finished));
+        push("finished_at -> finished event", d(finished, finished_ev));
+        push(
+            "finished event -> client saw it",
+            d(finished_ev, Some(x.seen_at)),
+        );
+        push("usage.duration_ms", st["usage"]["duration_ms"].as_f64());
+    }
+    println!("  stages from the task's own timestamps (ms resolution; read the means):");
+    for (name, v) in names.iter().zip(cols) {
+        println!("{}", Stats::of(v).line_mean(name));
+    }
+}
