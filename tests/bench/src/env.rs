@@ -40,8 +40,7 @@ impl Env {
     /// A runtime (with its embedded helper) on `root/<name>`.
     pub fn server(&self, name: &str, args: &[String]) -> Server {
         let dir = self.root.join(name);
-        std::fs::create_dir_all(&dir)
-            .unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         println!("{}", fsprobe::describe(&fsprobe::probe(&dir, 30)));
         let s = Server::builder()
             .data_dir(&dir)
