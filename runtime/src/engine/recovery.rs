@@ -147,6 +147,14 @@ impl Engine {
                         row.updated_at = ts;
                         row.shim_pid = Some(pid);
                         row.shim_start_ticks = Some(ticks);
+                        store::append_event(
+                            &tx,
+                            &id,
+                            &row.updated_at,
+                            &NewEvent::new("started")
+                                .message("task process started (found running after a restart)")
+                                .data(serde_json::json!({ "shim_pid": pid })),
+                        )?;
                         store::update(&tx, &row, None)?;
                     }
                 }
