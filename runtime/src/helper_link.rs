@@ -68,6 +68,8 @@ pub struct HelperLink {
     last_attempt: Mutex<Option<Instant>>,
     connects: std::sync::atomic::AtomicU64,
     up: std::sync::atomic::AtomicBool,
+    /// The newest probe and when it arrived (every connect probes afresh).
+    latest_probe: Mutex<Option<(HelperCapabilities, String)>>,
 }
 
 const IO_TIMEOUT: Duration = Duration::from_secs(15);
@@ -81,6 +83,7 @@ impl HelperLink {
             last_attempt: Mutex::new(None),
             connects: std::sync::atomic::AtomicU64::new(0),
             up: std::sync::atomic::AtomicBool::new(false),
+            latest_probe: Mutex::new(None),
         }
     }
 
@@ -127,6 +130,12 @@ impl HelperLink {
                 Err(e.into())
             }
         }
+    }
+
+    /// The newest probe result and its RFC 3339 time, if any connect
+    /// succeeded yet.
+    pub fn latest_probe(&self) -> Option<(HelperCapabilities, String)> {
+        self.latest_probe.lock().ok().and_then(|l| l.clone())
     }
 
     /// Capabilities the helper reported at connect.
@@ -181,6 +190,9 @@ impl HelperLink {
         }
         self.connects
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut latest) = self.latest_probe.lock() {
+            *latest = Some((conn.capabilities.clone(), crate::engine::now()));
+        }
         self.up.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(conn)
     }

@@ -78,7 +78,11 @@ pub async fn resources(e: &Engine) -> Result<Value, ApiError> {
 /// flag tried, not inferred), what tasks are offered on top of it, and the
 /// operator's overrides.
 pub fn capabilities(e: &Engine) -> Value {
-    let p = &e.probe;
+    let (probe, collected_at) = e
+        .helper
+        .latest_probe()
+        .unwrap_or_else(|| (e.probe.clone(), e.started_at.clone()));
+    let p = &probe;
     let a = &e.cfg.args;
     let caps = &e.caps;
     let cgroup_on = !a.disable_cgroup;
@@ -121,7 +125,7 @@ pub fn capabilities(e: &Engine) -> Value {
     let mut v = json!({
         "runtime_id": e.cfg.runtime_id,
         "snapshot_version": SNAPSHOT_VERSION,
-        "collected_at": e.started_at,
+        "collected_at": collected_at,
         "platform": e.platform,
         "execution": {
             "command": true,
@@ -147,7 +151,7 @@ pub fn capabilities(e: &Engine) -> Value {
         "resources": {
             "rlimit_cpu": p.rlimit_cpu,
             "rlimit_memory": p.rlimit_memory,
-            "cgroup_version": p.cgroup_version.as_str(),
+            "cgroup_version": if cgroup_on { p.cgroup_version.as_str() } else { "none" },
             "cgroup_v2": cgroup_on && p.cgroup_v2,
             "cgroup_v1": cgroup_on && p.cgroup_v1,
             "cgroup_writable": cgroup_on && p.cgroup_writable,

@@ -319,3 +319,25 @@ fn full_or_read_only_data_dir_is_a_clean_503() {
     drop(s);
     drop(fs);
 }
+
+#[test]
+fn a_recorded_kill_that_never_reached_the_shim_is_resent_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut s = Server::builder().data_dir(&dir).start();
+    let id = s.submit(&command("/bin/sleep", &["30"]));
+    s.wait_status(&id, "running", T);
+    s.kill9();
+    drop(s);
+    // The crash window: the kill committed, the FIFO write never happened.
+    let db = rusqlite::Connection::open(dir.join("runtime.db")).unwrap();
+    db.execute(
+        "UPDATE tasks SET kill_requested = 1 WHERE task_id = ?1",
+        [&id],
+    )
+    .unwrap();
+    drop(db);
+    let s = Server::builder().data_dir(&dir).start();
+    let st = s.wait_terminal(&id, T);
+    assert_eq!(st["status"], "cancelled", "{st}");
+}

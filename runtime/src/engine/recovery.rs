@@ -63,6 +63,11 @@ impl Engine {
             let id = row.task_id.clone();
             match alive {
                 Some((pid, ticks)) => {
+                    if row.kill_requested {
+                        // The kill may have been recorded but never reached
+                        // the shim before the crash; a repeat is harmless.
+                        let _ = me.task_dir(&id).send_kill();
+                    }
                     tokio::spawn(async move { me.watch(id, pid, ticks).await });
                 }
                 None => me.finalize(&id, None).await,
@@ -116,7 +121,9 @@ impl Engine {
             Some(c) => {
                 self.note_recovered(task_id, "re-attached to the shim that claimed the task")
                     .await;
-                self.mark_running_from_claim(task_id, &c).await;
+                if self.mark_running_from_claim(task_id, &c).await {
+                    let _ = self.task_dir(task_id).send_kill();
+                }
                 let me = Arc::clone(self);
                 let id = task_id.to_string();
                 tokio::spawn(async move { me.watch(id, c.shim_pid, c.shim_start_ticks).await });
@@ -132,14 +139,18 @@ impl Engine {
         }
     }
 
-    async fn mark_running_from_claim(&self, task_id: &str, c: &Claim) {
+    /// Records the claimed shim as running; `true` when a kill was requested
+    /// meanwhile and must be forwarded to it.
+    async fn mark_running_from_claim(&self, task_id: &str, c: &Claim) -> bool {
         let id = task_id.to_string();
         let (pid, ticks) = (c.shim_pid, c.shim_start_ticks);
         let res = self
             .store
-            .call(move |conn| -> Result<(), ApiError> {
+            .call(move |conn| -> Result<bool, ApiError> {
                 let tx = store::begin_relaxed(conn)?;
+                let mut kill = false;
                 if let Some(mut row) = store::get(&tx, &id)? {
+                    kill = row.kill_requested;
                     if row.status == TaskStatus::Accepted {
                         let ts = now();
                         row.status = TaskStatus::Running;
@@ -159,11 +170,15 @@ impl Engine {
                     }
                 }
                 store::commit(tx)?;
-                Ok(())
+                Ok(kill)
             })
             .await;
-        if let Err(e) = res {
-            tracing::error!(task_id, error = %e.message, "recording a recovered shim failed");
+        match res {
+            Ok(kill) => kill,
+            Err(e) => {
+                tracing::error!(task_id, error = %e.message, "recording a recovered shim failed");
+                false
+            }
         }
     }
 
