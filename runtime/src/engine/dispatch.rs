@@ -329,21 +329,7 @@ impl Engine {
     /// Launch failed before any shim claimed the task: failed, no start.
     async fn fail_launch(self: &Arc<Self>, task_id: &str, code: TaskErrorCode, message: String) {
         tracing::warn!(task_id, message, "launch failed");
-        let outcome = Outcome {
-            status: TaskStatus::Failed,
-            started_at: None,
-            finished_at: now(),
-            duration_ms: None,
-            shim_pid: None,
-            pid: None,
-            pgid: None,
-            exit_code: None,
-            exit_signal: None,
-            error: Some(TaskError::new(code, message)),
-            usage: None,
-            kill_requested: false,
-            timed_out: false,
-        };
+        let outcome = decided(TaskStatus::Failed, TaskError::new(code, message));
         self.finalize(task_id, Some(outcome)).await;
     }
 
@@ -465,20 +451,10 @@ fn read_outcome(td: &TaskDir) -> Option<Outcome> {
     serde_json::from_slice(&bytes).ok()
 }
 
-fn cancelled_before_start() -> Outcome {
+/// An outcome the runtime decided itself (no shim recorded one).
+fn decided(status: TaskStatus, error: TaskError) -> Outcome {
     Outcome {
-        error: Some(TaskError::new(
-            TaskErrorCode::Cancelled,
-            "task was cancelled before it started",
-        )),
-        status: TaskStatus::Cancelled,
-        ..lost_monitor()
-    }
-}
-
-fn lost_monitor() -> Outcome {
-    Outcome {
-        status: TaskStatus::Failed,
+        status,
         started_at: None,
         finished_at: now(),
         duration_ms: None,
@@ -487,14 +463,31 @@ fn lost_monitor() -> Outcome {
         pgid: None,
         exit_code: None,
         exit_signal: None,
-        error: Some(TaskError::new(
-            TaskErrorCode::Internal,
-            "task monitor (shim) was lost before it recorded a result",
-        )),
+        error: Some(error),
         usage: None,
         kill_requested: false,
         timed_out: false,
     }
+}
+
+fn cancelled_before_start() -> Outcome {
+    decided(
+        TaskStatus::Cancelled,
+        TaskError::new(
+            TaskErrorCode::Cancelled,
+            "task was cancelled before it started",
+        ),
+    )
+}
+
+fn lost_monitor() -> Outcome {
+    decided(
+        TaskStatus::Failed,
+        TaskError::new(
+            TaskErrorCode::Internal,
+            "task monitor (shim) was lost before it recorded a result",
+        ),
+    )
 }
 
 fn apply_outcome(row: &mut TaskRow, o: &Outcome) {
