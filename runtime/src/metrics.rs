@@ -3,8 +3,8 @@
 //! scrape time, so they are exact after a restart too.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -17,6 +17,8 @@ pub struct Metrics {
     pub tasks_queued: IntGauge,
     pub helper_up: IntGauge,
     pub helper_reconnects_total: IntCounter,
+    pub capacity: IntGaugeVec,
+    pub reserved: IntGaugeVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -76,6 +78,20 @@ impl Metrics {
             "execgo_runtime_helper_reconnects_total",
             "Times the helper connection was re-established (embedded helper restarted).",
         ));
+        let capacity = must(IntGaugeVec::new(
+            Opts::new(
+                "execgo_runtime_capacity",
+                "Capacity of the resource ledger (task_slots, memory_bytes, pids).",
+            ),
+            &["resource"],
+        ));
+        let reserved = must(IntGaugeVec::new(
+            Opts::new(
+                "execgo_runtime_reserved",
+                "Capacity reserved by tasks now (task_slots, memory_bytes, pids).",
+            ),
+            &["resource"],
+        ));
         for c in [
             Box::new(tasks_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(task_errors_total.clone()),
@@ -85,6 +101,8 @@ impl Metrics {
             Box::new(tasks_queued.clone()),
             Box::new(helper_up.clone()),
             Box::new(helper_reconnects_total.clone()),
+            Box::new(capacity.clone()),
+            Box::new(reserved.clone()),
         ] {
             must(registry.register(c));
         }
@@ -101,7 +119,25 @@ impl Metrics {
             tasks_queued,
             helper_up,
             helper_reconnects_total,
+            capacity,
+            reserved,
         }
+    }
+
+    /// Sets the ledger gauges from `capacity` and `reserved`.
+    pub fn ledger(&self, capacity: &crate::ledger::Amounts, reserved: &crate::ledger::Amounts) {
+        let set = |g: &IntGaugeVec, a: &crate::ledger::Amounts| {
+            g.with_label_values(&["task_slots"])
+                .set(a.task_slots as i64);
+            if let Some(m) = a.memory_bytes {
+                g.with_label_values(&["memory_bytes"]).set(m as i64);
+            }
+            if let Some(p) = a.pids {
+                g.with_label_values(&["pids"]).set(p as i64);
+            }
+        };
+        set(&self.capacity, capacity);
+        set(&self.reserved, reserved);
     }
 
     pub fn status(&self, status: execgo_runtime_protocol::TaskStatus) {

@@ -462,6 +462,14 @@ fn metrics_change_as_tasks_run() {
         2.0
     );
     assert_eq!(metric(&text, "execgo_runtime_helper_up"), 1.0);
+    assert_eq!(
+        metric(&text, "execgo_runtime_reserved{resource=\"task_slots\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "execgo_runtime_capacity{resource=\"task_slots\"}"),
+        4.0
+    );
     s.kill(&long, None);
     s.wait_terminal(&long, T);
     let text = s.get("/metrics").text;

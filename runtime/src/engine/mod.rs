@@ -432,6 +432,8 @@ impl Engine {
         m.tasks_running.set(running as i64);
         m.tasks_queued.set(queued as i64);
         m.helper_up.set(self.helper.is_up() as i64);
+        let (capacity, reserved) = self.with_ledger(|l| (l.capacity, l.reserved()));
+        m.ledger(&capacity, &reserved);
         let reconnects = self.helper.connects().saturating_sub(1);
         let seen = m.helper_reconnects_total.get();
         if reconnects > seen {
