@@ -106,6 +106,7 @@ impl Engine {
             }
         });
         for row in claimed {
+            tracing::debug!(task_id = %row.task_id, "launch claimed");
             let me = Arc::clone(self);
             tokio::spawn(async move { me.launch(row).await });
         }
@@ -188,6 +189,7 @@ impl Engine {
             let helper = Arc::clone(&self.helper);
             let req = Request::Launch(spec.clone());
             let reply = tokio::task::spawn_blocking(move || helper.call(&req)).await;
+            tracing::debug!(task_id, "helper replied to the launch");
             let transport_error = match reply {
                 Ok(Ok(Response::Launched(l))) => return self.launched(&row, l).await,
                 Ok(Ok(Response::Error(err))) => {
