@@ -35,6 +35,20 @@ enum Scenario {
     Output,
 }
 
+impl Scenario {
+    /// Its runtime's data dir under the data root.
+    fn dir_name(self) -> &'static str {
+        match self {
+            Scenario::Latency => "latency",
+            Scenario::Throughput => "throughput",
+            Scenario::Timeout => "timeout",
+            Scenario::Kill => "kill",
+            Scenario::Rss => "rss",
+            Scenario::Output => "output",
+        }
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(about = "Benchmark execgo-runtime against same-run baselines")]
 struct Args {
@@ -43,8 +57,8 @@ struct Args {
     scenarios: Vec<Scenario>,
 
     /// Where the runtimes' data dirs go: a unique subdirectory is created
-    /// and removed at the end. Keep it off /tmp and /work on hosts where a
-    /// watcher slows file creation there.
+    /// and removed at the end. File creation there must be fast: each data
+    /// dir is probed first (see fsprobe.rs for why it can be slow).
     #[arg(long, default_value = "/var/tmp")]
     data_root: PathBuf,
 
@@ -90,7 +104,7 @@ struct Args {
     timeout_wall_ms: u64,
 
     /// `sleep 30` tasks killed for the kill figure.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 30)]
     kill_tasks: usize,
 
     /// Running tasks whose shims are measured.
@@ -102,7 +116,7 @@ struct Args {
     output_bytes: u64,
 
     /// Runs of the output figure.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     output_runs: usize,
 }
 
@@ -139,7 +153,11 @@ fn main() {
             if spread { "yes" } else { "no (chattr failed)" }
         );
     }
-    let env = env::Env::new(root.clone(), Duration::from_micros(args.poll_us));
+    let env = env::Env::new(
+        root.clone(),
+        Duration::from_micros(args.poll_us),
+        !args.no_spread,
+    );
     let started = Instant::now();
     for s in chosen {
         let t = Instant::now();
@@ -159,6 +177,7 @@ fn main() {
             Scenario::Rss => rss::run(&env, args.rss_shims),
             Scenario::Output => output::run(&env, args.output_bytes, args.output_runs),
         }
+        env.probe_after(s.dir_name());
         println!("  ({s:?} took {:.1} s)", t.elapsed().as_secs_f64());
     }
     env.print_summary();
