@@ -2,7 +2,7 @@
 //! the head of the output logs.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,20 +23,21 @@ pub const CONTROL: &str = "control";
 #[derive(Clone)]
 pub struct TaskDir {
     pub dir: PathBuf,
-    logs: Option<Arc<LogCache>>,
+    /// Log heads are read through this cache (shared by the engine).
+    logs: Arc<LogCache>,
 }
 
 impl TaskDir {
     pub fn new(tasks_dir: &Path, task_id: &str) -> Self {
         TaskDir {
             dir: tasks_dir.join(task_id),
-            logs: None,
+            logs: Arc::default(),
         }
     }
 
     /// Reads log heads through `cache`.
     pub fn with_cache(mut self, cache: Arc<LogCache>) -> Self {
-        self.logs = Some(cache);
+        self.logs = cache;
         self
     }
 
@@ -76,9 +77,7 @@ impl TaskDir {
     }
 
     pub fn remove(&self) -> io::Result<()> {
-        if let Some(c) = &self.logs {
-            c.forget_dir(&self.dir);
-        }
+        self.logs.forget_dir(&self.dir);
         match fs::remove_dir_all(&self.dir) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             r => r,
@@ -103,19 +102,8 @@ impl TaskDir {
     /// The head of a log: at most `max` bytes as lossy UTF-8, and whether the
     /// log is longer.
     pub fn read_log(&self, name: &str, max: u64) -> io::Result<(String, bool)> {
-        if let Some(c) = &self.logs {
-            let (head, truncated) = c.read(&self.path(name), max)?;
-            return Ok((head.to_string(), truncated));
-        }
-        let f = match File::open(self.path(name)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((String::new(), false)),
-            Err(e) => return Err(e),
-        };
-        let len = f.metadata()?.len();
-        let mut buf = Vec::with_capacity(len.min(max) as usize);
-        f.take(max).read_to_end(&mut buf)?;
-        Ok((String::from_utf8_lossy(&buf).into_owned(), len > max))
+        let (head, truncated) = self.logs.read(&self.path(name), max)?;
+        Ok((head.to_string(), truncated))
     }
 
     /// Asks the shim to kill the task: one byte on its control FIFO.
