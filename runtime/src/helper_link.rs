@@ -1,19 +1,26 @@
 //! The runtime's connection to the helper: the embedded helper started as a
 //! child over a socketpair, or a separately installed one reached at
-//! `--helper-socket`. Requests are blocking and serialized on the one
-//! connection; callers run them on the blocking pool. A broken connection is
-//! dropped and re-established (the embedded helper restarted) on next use.
+//! `--helper-socket`. Requests are pipelined on the one connection: callers
+//! write under a lock and await their reply, which a reader thread hands
+//! over in request order (the helper answers in order). A broken connection
+//! is dropped and re-established (the embedded helper restarted) on next
+//! use, at most every [`RETRY_AFTER`].
 
+use std::collections::VecDeque;
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use execgo_runtime_protocol::{
-    read_frame, write_frame, FrameError, Hello, HelloReply, HelperCapabilities, Request, Response,
+    encode, read_frame, write_frame, FrameError, Hello, HelloReply, HelperCapabilities, Request,
+    Response,
 };
+use tokio::sync::oneshot;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -37,10 +44,14 @@ pub enum LinkError {
     Rejected(String),
     #[error("the helper answered out of protocol")]
     Unexpected,
+    #[error("the helper did not answer within {0:?}")]
+    Timeout(Duration),
     #[error("helper unavailable, retrying after a backoff")]
     Backoff,
     #[error("helper link lock poisoned")]
     Poisoned,
+    #[error("the helper connect task failed: {0}")]
+    Join(String),
 }
 
 /// Where the helper is.
@@ -56,18 +67,14 @@ pub enum HelperMode {
     Socket(PathBuf),
 }
 
-struct Conn {
-    stream: UnixStream,
-    child: Option<Child>,
-    capabilities: HelperCapabilities,
-}
-
 pub struct HelperLink {
     mode: HelperMode,
-    conn: Mutex<Option<Conn>>,
+    link: Mutex<Option<Arc<Link>>>,
+    /// Held while connecting, so concurrent callers make one attempt.
+    connecting: Mutex<()>,
     last_attempt: Mutex<Option<Instant>>,
-    connects: std::sync::atomic::AtomicU64,
-    up: std::sync::atomic::AtomicBool,
+    connects: AtomicU64,
+    up: AtomicBool,
     /// The newest probe and when it arrived (every connect probes afresh).
     latest_probe: Mutex<Option<(HelperCapabilities, String)>>,
 }
@@ -79,10 +86,11 @@ impl HelperLink {
     pub fn new(mode: HelperMode) -> Self {
         HelperLink {
             mode,
-            conn: Mutex::new(None),
+            link: Mutex::new(None),
+            connecting: Mutex::new(()),
             last_attempt: Mutex::new(None),
-            connects: std::sync::atomic::AtomicU64::new(0),
-            up: std::sync::atomic::AtomicBool::new(false),
+            connects: AtomicU64::new(0),
+            up: AtomicBool::new(false),
             latest_probe: Mutex::new(None),
         }
     }
@@ -97,39 +105,62 @@ impl HelperLink {
 
     /// Successful connections so far (the first one included).
     pub fn connects(&self) -> u64 {
-        self.connects.load(std::sync::atomic::Ordering::Relaxed)
+        self.connects.load(Ordering::Relaxed)
     }
 
     /// Whether the last exchange with the helper succeeded.
     pub fn is_up(&self) -> bool {
-        self.up.load(std::sync::atomic::Ordering::Relaxed)
+        self.up.load(Ordering::Relaxed)
     }
 
-    /// Sends one request and waits for its reply, connecting first if needed.
-    pub fn call(&self, req: &Request) -> Result<Response, LinkError> {
-        let r = self.exchange(req);
-        self.up
-            .store(r.is_ok(), std::sync::atomic::Ordering::Relaxed);
+    /// Sends one request and awaits its reply, connecting first if needed.
+    pub async fn call(self: &Arc<Self>, req: Request) -> Result<Response, LinkError> {
+        let r = self.exchange(&req).await;
+        self.up.store(r.is_ok(), Ordering::Relaxed);
         r
     }
 
-    fn exchange(&self, req: &Request) -> Result<Response, LinkError> {
-        let mut guard = self.conn.lock().map_err(|_| LinkError::Poisoned)?;
-        if guard.is_none() {
-            *guard = Some(self.connect()?);
-        }
-        let conn = guard.as_mut().ok_or(LinkError::Unexpected)?;
-        let result = write_frame(&mut conn.stream, req)
-            .and_then(|()| read_frame::<Response, _>(&mut conn.stream));
-        match result {
-            Ok(resp) => Ok(resp),
-            Err(e) => {
-                if let Some(mut old) = guard.take() {
-                    reap(&mut old);
-                }
-                Err(e.into())
+    async fn exchange(self: &Arc<Self>, req: &Request) -> Result<Response, LinkError> {
+        let link = match self.live() {
+            Some(l) => l,
+            None => {
+                let me = Arc::clone(self);
+                tokio::task::spawn_blocking(move || me.connected())
+                    .await
+                    .map_err(|e| LinkError::Join(e.to_string()))??
+            }
+        };
+        let rx = link.send(req)?;
+        match tokio::time::timeout(IO_TIMEOUT, rx).await {
+            Ok(Ok(reply)) => Ok(reply?),
+            Ok(Err(_)) => Err(FrameError::Closed.into()),
+            Err(_) => {
+                link.fail();
+                Err(LinkError::Timeout(IO_TIMEOUT))
             }
         }
+    }
+
+    /// The current connection, unless there is none or it broke.
+    fn live(&self) -> Option<Arc<Link>> {
+        let guard = self.link.lock().ok()?;
+        guard.as_ref().filter(|l| !l.is_broken()).cloned()
+    }
+
+    /// The current connection, or a new one (blocking: it may start the
+    /// embedded helper and waits for its handshake and probe).
+    fn connected(&self) -> Result<Arc<Link>, LinkError> {
+        let _one = self.connecting.lock().map_err(|_| LinkError::Poisoned)?;
+        if let Some(l) = self.live() {
+            return Ok(l);
+        }
+        let old = self.link.lock().map_err(|_| LinkError::Poisoned)?.take();
+        if let Some(old) = old {
+            old.reap();
+        }
+        let link = self.connect()?;
+        *self.link.lock().map_err(|_| LinkError::Poisoned)? = Some(Arc::clone(&link));
+        Ok(link)
     }
 
     /// The newest probe result and its RFC 3339 time, if any connect
@@ -138,19 +169,13 @@ impl HelperLink {
         self.latest_probe.lock().ok().and_then(|l| l.clone())
     }
 
-    /// Capabilities the helper reported at connect.
+    /// Capabilities the helper reported at connect (blocking: connects
+    /// first if needed).
     pub fn capabilities(&self) -> Result<HelperCapabilities, LinkError> {
-        let mut guard = self.conn.lock().map_err(|_| LinkError::Poisoned)?;
-        if guard.is_none() {
-            *guard = Some(self.connect()?);
-        }
-        Ok(guard
-            .as_ref()
-            .map(|c| c.capabilities.clone())
-            .unwrap_or_default())
+        Ok(self.connected()?.capabilities.clone())
     }
 
-    fn connect(&self) -> Result<Conn, LinkError> {
+    fn connect(&self) -> Result<Arc<Link>, LinkError> {
         {
             let mut last = self.last_attempt.lock().map_err(|_| LinkError::Poisoned)?;
             if let Some(t) = *last {
@@ -160,7 +185,7 @@ impl HelperLink {
             }
             *last = Some(Instant::now());
         }
-        let (stream, child) = match &self.mode {
+        let (mut stream, mut child) = match &self.mode {
             HelperMode::Embedded {
                 binary,
                 data_dir,
@@ -178,43 +203,189 @@ impl HelperLink {
                 (s, None)
             }
         };
-        let mut conn = Conn {
-            stream,
-            child,
-            capabilities: HelperCapabilities::default(),
+        let link = handshake(&mut stream).and_then(|caps| {
+            Link::start(
+                stream.try_clone().map_err(FrameError::Io)?,
+                child.take(),
+                caps,
+            )
+        });
+        let link = match link {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                if let Some(c) = child.as_mut() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                return Err(e);
+            }
         };
-        let setup = handshake(&mut conn);
-        if let Err(e) = setup {
-            reap(&mut conn);
-            return Err(e);
-        }
-        self.connects
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.connects.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut latest) = self.latest_probe.lock() {
-            *latest = Some((conn.capabilities.clone(), crate::engine::now()));
+            *latest = Some((link.capabilities.clone(), crate::engine::now()));
         }
-        self.up.store(true, std::sync::atomic::Ordering::Relaxed);
-        Ok(conn)
+        self.up.store(true, Ordering::Relaxed);
+        Ok(link)
     }
 }
 
-fn handshake(conn: &mut Conn) -> Result<(), LinkError> {
-    let s = &mut conn.stream;
-    s.set_read_timeout(Some(IO_TIMEOUT))
+/// One live connection. Requests may be pipelined: each caller queues a
+/// waiter and writes its frame under the same lock, so the queue's order is
+/// the wire order; the helper answers in request order and the reader
+/// thread hands each reply to the oldest waiter.
+struct Link {
+    writer: Mutex<UnixStream>,
+    waiters: Arc<Mutex<Waiters>>,
+    broken: Arc<AtomicBool>,
+    child: Mutex<Option<Child>>,
+    capabilities: HelperCapabilities,
+}
+
+type Reply = Result<Response, FrameError>;
+
+#[derive(Default)]
+struct Waiters {
+    queue: VecDeque<oneshot::Sender<Reply>>,
+    /// The reader has stopped: nothing queued now would be answered.
+    closed: bool,
+}
+
+impl Link {
+    /// Starts the reader thread for a connection that passed the handshake.
+    fn start(
+        stream: UnixStream,
+        child: Option<Child>,
+        capabilities: HelperCapabilities,
+    ) -> Result<Arc<Link>, LinkError> {
+        // Replies come when they come: the reader waits without a timeout;
+        // each caller bounds its own wait.
+        stream.set_read_timeout(None).map_err(FrameError::Io)?;
+        let mut reader = stream.try_clone().map_err(FrameError::Io)?;
+        let waiters = Arc::new(Mutex::new(Waiters::default()));
+        let broken = Arc::new(AtomicBool::new(false));
+        let (w, b) = (Arc::clone(&waiters), Arc::clone(&broken));
+        std::thread::Builder::new()
+            .name("helper-reader".into())
+            .spawn(move || read_replies(&mut reader, &w, &b))
+            .map_err(FrameError::Io)?;
+        Ok(Arc::new(Link {
+            writer: Mutex::new(stream),
+            waiters,
+            broken,
+            child: Mutex::new(child),
+            capabilities,
+        }))
+    }
+
+    fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
+    /// Queues a waiter and writes the request; the receiver gets its reply.
+    fn send(&self, req: &Request) -> Result<oneshot::Receiver<Reply>, LinkError> {
+        let bytes = encode(req)?;
+        let mut writer = self.writer.lock().map_err(|_| LinkError::Poisoned)?;
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut w = self.waiters.lock().map_err(|_| LinkError::Poisoned)?;
+            if w.closed {
+                return Err(FrameError::Closed.into());
+            }
+            w.queue.push_back(tx);
+        }
+        // A short frame into a socket buffer the helper drains: this does
+        // not block in practice, and SO_SNDTIMEO bounds it if the helper
+        // stops reading.
+        if let Err(e) = writer.write_all(&bytes) {
+            drop(writer);
+            self.fail();
+            return Err(FrameError::Io(e).into());
+        }
+        Ok(rx)
+    }
+
+    /// Marks the link unusable and wakes the reader, which fails every
+    /// queued waiter.
+    fn fail(&self) {
+        self.broken.store(true, Ordering::Release);
+        if let Ok(w) = self.writer.lock() {
+            let _ = w.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn reap(&self) {
+        self.fail();
+        let Ok(mut guard) = self.child.lock() else {
+            return;
+        };
+        if let Some(child) = guard.as_mut() {
+            // The embedded helper exits on EOF; give it a moment, then insist.
+            for _ in 0..20 {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The reader thread: each reply goes to the oldest waiter. Any error (the
+/// helper gone, a malformed frame, a reply nobody asked for) ends the link.
+fn read_replies(stream: &mut UnixStream, waiters: &Mutex<Waiters>, broken: &AtomicBool) {
+    let error = loop {
+        let reply = read_frame::<Response, _>(stream);
+        let Ok(mut w) = waiters.lock() else {
+            break FrameError::Closed;
+        };
+        match (reply, w.queue.pop_front()) {
+            (Ok(resp), Some(tx)) => {
+                let _ = tx.send(Ok(resp));
+            }
+            (Ok(_), None) => {
+                break FrameError::Io(std::io::Error::other(
+                    "the helper sent a reply nobody asked for",
+                ))
+            }
+            (Err(e), first) => {
+                if let Some(tx) = first {
+                    w.queue.push_front(tx);
+                }
+                break e;
+            }
+        }
+    };
+    broken.store(true, Ordering::Release);
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    if let Ok(mut w) = waiters.lock() {
+        w.closed = true;
+        let message = error.to_string();
+        for tx in w.queue.drain(..) {
+            let _ = tx.send(Err(FrameError::Io(std::io::Error::other(message.clone()))));
+        }
+    }
+}
+
+fn handshake(stream: &mut UnixStream) -> Result<HelperCapabilities, LinkError> {
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
         .map_err(FrameError::Io)?;
-    s.set_write_timeout(Some(IO_TIMEOUT))
+    stream
+        .set_write_timeout(Some(IO_TIMEOUT))
         .map_err(FrameError::Io)?;
-    write_frame(s, &Hello::current())?;
-    match read_frame::<HelloReply, _>(s)? {
+    write_frame(stream, &Hello::current())?;
+    match read_frame::<HelloReply, _>(stream)? {
         HelloReply::Accepted { .. } => {}
         HelloReply::Rejected { reason } => return Err(LinkError::Rejected(reason)),
     }
-    write_frame(s, &Request::Probe)?;
-    match read_frame::<Response, _>(s)? {
-        Response::Probe(caps) => conn.capabilities = caps,
-        _ => return Err(LinkError::Unexpected),
+    write_frame(stream, &Request::Probe)?;
+    match read_frame::<Response, _>(stream)? {
+        Response::Probe(caps) => Ok(caps),
+        _ => Err(LinkError::Unexpected),
     }
-    Ok(())
 }
 
 fn spawn_embedded(
@@ -247,19 +418,4 @@ fn spawn_embedded(
         })?;
     drop(theirs);
     Ok((ours, child))
-}
-
-fn reap(conn: &mut Conn) {
-    let _ = conn.stream.shutdown(std::net::Shutdown::Both);
-    if let Some(child) = conn.child.as_mut() {
-        // The embedded helper exits on EOF; give it a moment, then insist.
-        for _ in 0..20 {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
 }

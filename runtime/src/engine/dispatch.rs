@@ -186,13 +186,11 @@ impl Engine {
         };
         let mut backoff = Duration::from_millis(100);
         loop {
-            let helper = Arc::clone(&self.helper);
-            let req = Request::Launch(spec.clone());
-            let reply = tokio::task::spawn_blocking(move || helper.call(&req)).await;
+            let reply = self.helper.call(Request::Launch(spec.clone())).await;
             tracing::debug!(task_id, "helper replied to the launch");
             let transport_error = match reply {
-                Ok(Ok(Response::Launched(l))) => return self.launched(&row, l).await,
-                Ok(Ok(Response::Error(err))) => {
+                Ok(Response::Launched(l)) => return self.launched(&row, l).await,
+                Ok(Response::Error(err)) => {
                     use execgo_runtime_protocol::HelperErrorKind as K;
                     let code = match err.kind {
                         K::SandboxSetupFailed => TaskErrorCode::SandboxSetupFailed,
@@ -207,9 +205,8 @@ impl Engine {
                     }
                     return;
                 }
-                Ok(Ok(other)) => format!("helper answered a launch out of protocol: {other:?}"),
-                Ok(Err(e)) => error_chain(&e),
-                Err(e) => e.to_string(),
+                Ok(other) => format!("helper answered a launch out of protocol: {other:?}"),
+                Err(e) => error_chain(&e),
             };
             tracing::warn!(task_id, error = %transport_error, "helper unavailable for launch; retrying");
             // Whatever reached the helper may have claimed the task already.

@@ -388,24 +388,19 @@ impl Engine {
             .map_err(|e| {
                 ApiError::new(ApiErrorCode::NotReady, format!("storage: {}", e.message))
             })?;
-        let helper = Arc::clone(&self.helper);
-        let pong = tokio::task::spawn_blocking(move || {
-            helper.call(&execgo_runtime_protocol::Request::Ping)
-        })
-        .await;
+        let pong = self
+            .helper
+            .call(execgo_runtime_protocol::Request::Ping)
+            .await;
         match pong {
-            Ok(Ok(execgo_runtime_protocol::Response::Pong)) => Ok(()),
-            Ok(Ok(_)) => Err(ApiError::new(
+            Ok(execgo_runtime_protocol::Response::Pong) => Ok(()),
+            Ok(_) => Err(ApiError::new(
                 ApiErrorCode::NotReady,
                 "helper answered a ping out of protocol",
             )),
-            Ok(Err(e)) => Err(ApiError::new(
-                ApiErrorCode::NotReady,
-                format!("helper: {}", error_chain(&e)),
-            )),
             Err(e) => Err(ApiError::new(
                 ApiErrorCode::NotReady,
-                format!("helper: {e}"),
+                format!("helper: {}", error_chain(&e)),
             )),
         }
     }
