@@ -7,6 +7,8 @@
 //! has been passed over for [`STARVATION_LIMIT`], nothing that competes for
 //! the same pool (the runtime's, or its tenant's) starts before it. So a
 //! large task waits at most for running tasks to end, never forever.
+//! Backfill looks at most [`BACKFILL_WINDOW`] tasks past the free slots, so
+//! a dispatch pass costs the same with ten or ten thousand tasks queued.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -17,6 +19,10 @@ use crate::api::model::Reservation;
 use crate::config::TenantQuota;
 
 pub const STARVATION_LIMIT: Duration = Duration::from_secs(30);
+
+/// How many waiting tasks past the number of free slots one dispatch pass
+/// considers (the oldest first).
+pub const BACKFILL_WINDOW: u64 = 64;
 
 /// Amounts of each resource.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -168,6 +174,11 @@ impl Ledger {
         let mut chosen = Vec::new();
         let mut held_back: Vec<Pool> = Vec::new();
         for c in candidates {
+            // No slot left: nothing further could start, so nothing
+            // further is being passed over.
+            if self.slots_free() == 0 {
+                break;
+            }
             let tenant_pool = c.tenant.clone().map(Pool::Tenant);
             let competes = |p: &Pool| *p == Pool::Runtime || Some(p) == tenant_pool.as_ref();
             if held_back.iter().any(competes) {
@@ -236,6 +247,11 @@ impl Ledger {
 
     pub fn available(&self) -> Amounts {
         self.capacity.minus(&self.reserved)
+    }
+
+    /// How many waiting tasks a dispatch pass should look at.
+    pub fn scan_limit(&self, max_queued: u64) -> u64 {
+        max_queued.min(self.slots_free().saturating_add(BACKFILL_WINDOW))
     }
 
     pub fn slots_free(&self) -> u64 {
@@ -328,6 +344,21 @@ mod tests {
         assert!(l.release("a"));
         assert!(!l.release("a"));
         assert_eq!(ids(&l.admit(&c[2..], now)), ["c"]);
+    }
+
+    #[test]
+    fn a_full_pool_passes_nobody_over_and_the_scan_is_bounded() {
+        let mut l = ledger(1, 100, &[]);
+        let now = Instant::now();
+        let c = [cand("a", None, None), cand("b", None, None)];
+        assert_eq!(ids(&l.admit(&c, now)), ["a"]);
+        // b could not have started: it is not "passed over", so no
+        // starvation clock runs for it.
+        assert!(l.passed_over.is_empty());
+        assert_eq!(l.scan_limit(10_000), BACKFILL_WINDOW);
+        assert!(l.release("a"));
+        assert_eq!(l.scan_limit(10_000), 1 + BACKFILL_WINDOW);
+        assert_eq!(l.scan_limit(5), 5);
     }
 
     #[test]

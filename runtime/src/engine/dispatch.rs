@@ -34,10 +34,11 @@ impl Engine {
     }
 
     async fn dispatch_once(self: &Arc<Self>) -> Result<(), ApiError> {
+        let max_queued = self.cfg.args.max_queued_tasks;
+        let scan = self.with_ledger(|l| l.scan_limit(max_queued));
         if self.with_ledger(|l| l.slots_free()) == 0 {
             return Ok(());
         }
-        let scan = self.cfg.args.max_queued_tasks;
         let candidates = self
             .store
             .call(move |conn| store::waiting(conn, scan).map_err(ApiError::from))
