@@ -1,10 +1,10 @@
 //! SQLite persistence: the `tasks` and `events` tables, in WAL mode with
 //! `synchronous=FULL`, so a committed submit survives `kill -9` and power
-//! loss. One connection behind a mutex; callers run it off the async
-//! executor (see [`Store::call`]).
+//! loss. One connection, owned by one thread that runs the callers'
+//! closures in arrival order (see [`Store::call`]): no lock to contend for,
+//! and the async executor never blocks on SQLite.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use execgo_runtime_protocol::{ResourceUsage, TaskError, TaskStatus};
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
@@ -18,10 +18,10 @@ pub enum StoreError {
     Sqlite(&'static str, #[source] rusqlite::Error),
     #[error("stored json of task {0} is unreadable")]
     Corrupt(String, #[source] serde_json::Error),
-    #[error("database worker stopped")]
-    Worker(#[source] tokio::task::JoinError),
-    #[error("database lock poisoned")]
-    Poisoned,
+    #[error("the database thread stopped")]
+    WorkerGone,
+    #[error("a database call panicked")]
+    Panicked,
 }
 
 impl StoreError {
@@ -161,8 +161,10 @@ pub struct EventRow {
     pub data: Option<serde_json::Value>,
 }
 
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
 pub struct Store {
-    conn: Mutex<Connection>,
+    jobs: std::sync::mpsc::Sender<Job>,
 }
 
 const COLUMNS: &str =
@@ -290,25 +292,38 @@ impl Store {
             .map_err(sql("setting the busy timeout"))?;
         conn.execute_batch(SCHEMA)
             .map_err(sql("creating the schema"))?;
-        Ok(Store {
-            conn: Mutex::new(conn),
-        })
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("sqlite".into())
+            .spawn(move || {
+                let mut conn = conn;
+                // Ends when the last Store handle is dropped.
+                while let Ok(job) = queue.recv() {
+                    job(&mut conn);
+                }
+            })
+            .map_err(|_| StoreError::WorkerGone)?;
+        Ok(Store { jobs })
     }
 
-    /// Runs `f` with the connection on the blocking pool.
-    pub async fn call<T, E, F>(self: &Arc<Self>, f: F) -> std::result::Result<T, E>
+    /// Runs `f` on the database thread and awaits its result. A panic in
+    /// `f` fails this call only; the thread goes on with the next.
+    pub async fn call<T, E, F>(&self, f: F) -> std::result::Result<T, E>
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
         F: FnOnce(&mut Connection) -> std::result::Result<T, E> + Send + 'static,
     {
-        let me = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            let mut conn = me.conn.lock().map_err(|_| StoreError::Poisoned)?;
-            f(&mut conn)
-        })
-        .await
-        .map_err(|e| E::from(StoreError::Worker(e)))?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)))
+                .unwrap_or_else(|_| Err(E::from(StoreError::Panicked)));
+            let _ = tx.send(r);
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| E::from(StoreError::WorkerGone))?;
+        rx.await.map_err(|_| E::from(StoreError::WorkerGone))?
     }
 }
 
