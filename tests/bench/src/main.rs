@@ -13,7 +13,6 @@ mod env;
 mod fsprobe;
 mod kill;
 mod latency;
-mod loopfs;
 mod output;
 mod procfs;
 mod rss;
@@ -50,12 +49,6 @@ impl Scenario {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum DataFs {
-    LoopExt4,
-    Dir,
-}
-
 #[derive(Debug, Parser)]
 #[command(about = "Benchmark execgo-runtime against same-run baselines")]
 struct Args {
@@ -68,14 +61,6 @@ struct Args {
     /// dir is probed first (see fsprobe.rs for why it can be slow).
     #[arg(long, default_value = "/var/tmp")]
     data_root: PathBuf,
-
-    /// What the runtimes' data dirs live on: `loop-ext4`, a fresh ext4
-    /// (without a journal, like these machines' root) mounted over a loop
-    /// device inside the data root (needs root and mkfs.ext4; otherwise the
-    /// bench says why and uses `dir`), or `dir`, the data root's own file
-    /// system.
-    #[arg(long, value_enum, default_value_t = DataFs::LoopExt4)]
-    data_fs: DataFs,
 
     /// Do not mark the data root `chattr +T` (see `fsprobe.rs`: it spreads
     /// each scenario's data dir to a block group of its own).
@@ -161,36 +146,18 @@ fn main() {
         .join(format!("execgo-bench-{}-{stamp}", std::process::id()));
     std::fs::create_dir_all(&root).unwrap_or_else(|e| panic!("creating {}: {e}", root.display()));
     env::header(&root);
-    let loop_fs = match args.data_fs {
-        DataFs::Dir => None,
-        DataFs::LoopExt4 => match loopfs::LoopFs::create(&root) {
-            Ok(fs) => {
-                println!(
-                    "data fs: fresh ext4 without a journal on {}: {}",
-                    fs.mount.display(),
-                    fs.describe()
-                );
-                Some(fs)
-            }
-            Err(e) => {
-                println!("data fs: the data root's own (no loop ext4: {e})");
-                None
-            }
-        },
-    };
-    let data_root = loop_fs
-        .as_ref()
-        .map(|fs| fs.mount.clone())
-        .unwrap_or_else(|| root.clone());
-    let spread = !args.no_spread && loop_fs.is_none();
-    if spread {
-        let done = fsprobe::spread_subdirs(&data_root);
+    if !args.no_spread {
+        let spread = fsprobe::spread_subdirs(&root);
         println!(
             "data root chattr +T (spread data dirs over block groups): {}",
-            if done { "yes" } else { "no (chattr failed)" }
+            if spread { "yes" } else { "no (chattr failed)" }
         );
     }
-    let env = env::Env::new(data_root, Duration::from_micros(args.poll_us), spread);
+    let env = env::Env::new(
+        root.clone(),
+        Duration::from_micros(args.poll_us),
+        !args.no_spread,
+    );
     let started = Instant::now();
     for s in chosen {
         let t = Instant::now();
@@ -217,15 +184,7 @@ fn main() {
     println!("total bench time {:.1} s", started.elapsed().as_secs_f64());
     if args.keep_data {
         println!("data root kept: {}", root.display());
-        if let Some(fs) = loop_fs {
-            println!(
-                "  still mounted: umount {} before removing it",
-                fs.mount.display()
-            );
-            std::mem::forget(fs);
-        }
     } else {
-        drop(loop_fs);
         if let Err(e) = std::fs::remove_dir_all(&root) {
             eprintln!("removing {}: {e}", root.display());
         }
