@@ -34,78 +34,43 @@ impl Engine {
     }
 
     async fn dispatch_once(self: &Arc<Self>) -> Result<(), ApiError> {
-        let max_queued = self.cfg.args.max_queued_tasks;
-        let scan = self.with_ledger(|l| l.scan_limit(max_queued));
         if self.with_ledger(|l| l.slots_free()) == 0 {
             return Ok(());
         }
-        let candidates = self
-            .store
-            .call(move |conn| store::waiting(conn, scan).map_err(ApiError::from))
-            .await?;
-        if candidates.is_empty() {
-            return Ok(());
-        }
-        let chosen = self.with_ledger(|l| l.admit(&candidates, Instant::now()));
-        if chosen.is_empty() {
-            return Ok(());
-        }
-        let picked = chosen.clone();
+        let me = Arc::clone(self);
+        // Scan, admission and the launch records in one visit to the
+        // database thread.
         let claimed = self
             .store
             .call(move |conn| -> Result<Vec<TaskRow>, ApiError> {
-                let tx = store::begin_relaxed(conn)?;
-                let mut rows = Vec::new();
-                let ts = now();
-                for c in &picked {
-                    let Some(mut row) = store::get(&tx, &c.task_id)? else {
-                        continue;
-                    };
-                    if row.status != TaskStatus::Accepted
-                        || row.launch_attempted
-                        || row.kill_requested
-                    {
-                        continue;
+                let scan = me.with_ledger(|l| l.scan_limit(me.cfg.args.max_queued_tasks));
+                let candidates = store::waiting(conn, scan)?;
+                if candidates.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let chosen = me.with_ledger(|l| l.admit(&candidates, Instant::now()));
+                if chosen.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let claimed = claim(conn, &chosen);
+                // What was not claimed (killed meanwhile, or all of it on
+                // error) gives its reservation back.
+                me.with_ledger(|l| {
+                    for c in &chosen {
+                        let kept = claimed
+                            .as_ref()
+                            .is_ok_and(|rows| rows.iter().any(|r| r.task_id == c.task_id));
+                        if !kept {
+                            l.release(&c.task_id);
+                        }
                     }
-                    // The durable launch record and the reservation: from
-                    // here on a restart looks for the shim's claim first.
-                    row.launch_attempted = true;
-                    row.reservation = Some(c.reservation.clone());
-                    row.reserved_at = Some(ts.clone());
-                    store::append_event(
-                        &tx,
-                        &row.task_id,
-                        &ts,
-                        &NewEvent::new("resource_reserved")
-                            .message("resources reserved")
-                            .data(serde_json::to_value(&c.reservation).unwrap_or_default()),
-                    )?;
-                    store::update(&tx, &row, None)?;
-                    rows.push(row);
-                }
-                store::commit(tx)?;
-                Ok(rows)
-            })
-            .await;
-        let claimed = match claimed {
-            Ok(rows) => rows,
-            Err(e) => {
-                self.with_ledger(|l| {
-                    chosen.iter().for_each(|c| {
-                        l.release(&c.task_id);
-                    })
                 });
-                return Err(e);
-            }
-        };
-        // Candidates that changed meanwhile (killed) give their reservation back.
-        self.with_ledger(|l| {
-            for c in &chosen {
-                if !claimed.iter().any(|r| r.task_id == c.task_id) {
-                    l.release(&c.task_id);
-                }
-            }
-        });
+                claimed
+            })
+            .await?;
+        if claimed.is_empty() {
+            return Ok(());
+        }
         for row in claimed {
             tracing::debug!(task_id = %row.task_id, "launch claimed");
             let me = Arc::clone(self);
@@ -444,6 +409,40 @@ pub fn reservation_of(row: &TaskRow) -> Reservation {
         memory_bytes: row.request.limits.memory_bytes,
         pids: row.request.limits.pids_max,
     }
+}
+
+/// Records the launch and the reservation of each chosen task that is still
+/// waiting: from here on a restart looks for the shim's claim first.
+fn claim(
+    conn: &mut rusqlite::Connection,
+    chosen: &[crate::ledger::Candidate],
+) -> Result<Vec<TaskRow>, ApiError> {
+    let tx = store::begin_relaxed(conn)?;
+    let mut rows = Vec::new();
+    let ts = now();
+    for c in chosen {
+        let Some(mut row) = store::get(&tx, &c.task_id)? else {
+            continue;
+        };
+        if row.status != TaskStatus::Accepted || row.launch_attempted || row.kill_requested {
+            continue;
+        }
+        row.launch_attempted = true;
+        row.reservation = Some(c.reservation.clone());
+        row.reserved_at = Some(ts.clone());
+        store::append_event(
+            &tx,
+            &row.task_id,
+            &ts,
+            &NewEvent::new("resource_reserved")
+                .message("resources reserved")
+                .data(serde_json::to_value(&c.reservation).unwrap_or_default()),
+        )?;
+        store::update(&tx, &row, None)?;
+        rows.push(row);
+    }
+    store::commit(tx)?;
+    Ok(rows)
 }
 
 fn read_outcome(td: &TaskDir) -> Option<Outcome> {
