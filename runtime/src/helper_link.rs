@@ -1,14 +1,15 @@
 //! The runtime's connection to the helper: the embedded helper started as a
 //! child over a socketpair, or a separately installed one reached at
 //! `--helper-socket`. Requests are pipelined on the one connection: callers
-//! write under a lock and await their reply, which a reader thread hands
-//! over in request order (the helper answers in order). A broken connection
-//! is dropped and re-established (the embedded helper restarted) on next
-//! use, at most every [`RETRY_AFTER`].
+//! write their frame under a lock and await their reply, which a reader
+//! task hands over in request order (the helper answers in order). All of
+//! it runs on the async executor; only connecting (which may start the
+//! embedded helper) and reaping run on the blocking pool. A broken
+//! connection is dropped and re-established (the embedded helper
+//! restarted) on next use, at most every [`RETRY_AFTER`].
 
 use std::collections::VecDeque;
-use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,9 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use execgo_runtime_protocol::{
-    encode, read_frame, write_frame, FrameError, Hello, HelloReply, HelperCapabilities, Request,
-    Response,
+    decode, encode, frame::payload_len, read_frame, write_frame, FrameError, Hello, HelloReply,
+    HelperCapabilities, Request, Response,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +49,8 @@ pub enum LinkError {
     Unexpected,
     #[error("the helper did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("the helper connection broke: {0}")]
+    Broken(String),
     #[error("helper unavailable, retrying after a backoff")]
     Backoff,
     #[error("helper link lock poisoned")]
@@ -71,7 +76,7 @@ pub struct HelperLink {
     mode: HelperMode,
     link: Mutex<Option<Arc<Link>>>,
     /// Held while connecting, so concurrent callers make one attempt.
-    connecting: Mutex<()>,
+    connecting: tokio::sync::Mutex<()>,
     last_attempt: Mutex<Option<Instant>>,
     connects: AtomicU64,
     up: AtomicBool,
@@ -82,12 +87,19 @@ pub struct HelperLink {
 const IO_TIMEOUT: Duration = Duration::from_secs(15);
 const RETRY_AFTER: Duration = Duration::from_millis(200);
 
+/// A connection that passed the handshake and probe, still blocking.
+struct Connected {
+    stream: UnixStream,
+    child: Option<Child>,
+    capabilities: HelperCapabilities,
+}
+
 impl HelperLink {
     pub fn new(mode: HelperMode) -> Self {
         HelperLink {
             mode,
             link: Mutex::new(None),
-            connecting: Mutex::new(()),
+            connecting: tokio::sync::Mutex::new(()),
             last_attempt: Mutex::new(None),
             connects: AtomicU64::new(0),
             up: AtomicBool::new(false),
@@ -123,17 +135,12 @@ impl HelperLink {
     async fn exchange(self: &Arc<Self>, req: &Request) -> Result<Response, LinkError> {
         let link = match self.live() {
             Some(l) => l,
-            None => {
-                let me = Arc::clone(self);
-                tokio::task::spawn_blocking(move || me.connected())
-                    .await
-                    .map_err(|e| LinkError::Join(e.to_string()))??
-            }
+            None => self.connected().await?,
         };
-        let rx = link.send(req)?;
+        let rx = link.send(req).await?;
         match tokio::time::timeout(IO_TIMEOUT, rx).await {
-            Ok(Ok(reply)) => Ok(reply?),
-            Ok(Err(_)) => Err(FrameError::Closed.into()),
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(LinkError::Broken("the reader stopped".into())),
             Err(_) => {
                 link.fail();
                 Err(LinkError::Timeout(IO_TIMEOUT))
@@ -147,19 +154,29 @@ impl HelperLink {
         guard.as_ref().filter(|l| !l.is_broken()).cloned()
     }
 
-    /// The current connection, or a new one (blocking: it may start the
-    /// embedded helper and waits for its handshake and probe).
-    fn connected(&self) -> Result<Arc<Link>, LinkError> {
-        let _one = self.connecting.lock().map_err(|_| LinkError::Poisoned)?;
+    /// The current connection, or a new one.
+    async fn connected(self: &Arc<Self>) -> Result<Arc<Link>, LinkError> {
+        let _one = self.connecting.lock().await;
         if let Some(l) = self.live() {
             return Ok(l);
         }
         let old = self.link.lock().map_err(|_| LinkError::Poisoned)?.take();
-        if let Some(old) = old {
-            old.reap();
-        }
-        let link = self.connect()?;
+        let me = Arc::clone(self);
+        let c = tokio::task::spawn_blocking(move || {
+            if let Some(old) = old {
+                old.reap();
+            }
+            me.connect()
+        })
+        .await
+        .map_err(|e| LinkError::Join(e.to_string()))??;
+        let link = Link::start(c)?;
         *self.link.lock().map_err(|_| LinkError::Poisoned)? = Some(Arc::clone(&link));
+        self.connects.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut latest) = self.latest_probe.lock() {
+            *latest = Some((link.capabilities.clone(), crate::engine::now()));
+        }
+        self.up.store(true, Ordering::Relaxed);
         Ok(link)
     }
 
@@ -169,13 +186,19 @@ impl HelperLink {
         self.latest_probe.lock().ok().and_then(|l| l.clone())
     }
 
-    /// Capabilities the helper reported at connect (blocking: connects
-    /// first if needed).
-    pub fn capabilities(&self) -> Result<HelperCapabilities, LinkError> {
-        Ok(self.connected()?.capabilities.clone())
+    /// Capabilities the helper reported at connect (connecting first if
+    /// needed).
+    pub async fn capabilities(self: &Arc<Self>) -> Result<HelperCapabilities, LinkError> {
+        let link = match self.live() {
+            Some(l) => l,
+            None => self.connected().await?,
+        };
+        Ok(link.capabilities.clone())
     }
 
-    fn connect(&self) -> Result<Arc<Link>, LinkError> {
+    /// Blocking: starts the embedded helper or connects to its socket, then
+    /// the handshake and the probe.
+    fn connect(&self) -> Result<Connected, LinkError> {
         {
             let mut last = self.last_attempt.lock().map_err(|_| LinkError::Poisoned)?;
             if let Some(t) = *last {
@@ -203,46 +226,39 @@ impl HelperLink {
                 (s, None)
             }
         };
-        let link = handshake(&mut stream).and_then(|caps| {
-            Link::start(
-                stream.try_clone().map_err(FrameError::Io)?,
-                child.take(),
-                caps,
-            )
-        });
-        let link = match link {
-            Ok(l) => l,
+        match handshake(&mut stream) {
+            Ok(capabilities) => Ok(Connected {
+                stream,
+                child,
+                capabilities,
+            }),
             Err(e) => {
                 let _ = stream.shutdown(std::net::Shutdown::Both);
                 if let Some(c) = child.as_mut() {
                     let _ = c.kill();
                     let _ = c.wait();
                 }
-                return Err(e);
+                Err(e)
             }
-        };
-        self.connects.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut latest) = self.latest_probe.lock() {
-            *latest = Some((link.capabilities.clone(), crate::engine::now()));
         }
-        self.up.store(true, Ordering::Relaxed);
-        Ok(link)
     }
 }
 
 /// One live connection. Requests may be pipelined: each caller queues a
 /// waiter and writes its frame under the same lock, so the queue's order is
-/// the wire order; the helper answers in request order and the reader
-/// thread hands each reply to the oldest waiter.
+/// the wire order; the helper answers in request order and the reader task
+/// hands each reply to the oldest waiter.
 struct Link {
-    writer: Mutex<UnixStream>,
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    /// The socket, for a shutdown that needs no lock (see [`Link::fail`]).
+    fd: RawFd,
     waiters: Arc<Mutex<Waiters>>,
     broken: Arc<AtomicBool>,
     child: Mutex<Option<Child>>,
     capabilities: HelperCapabilities,
 }
 
-type Reply = Result<Response, FrameError>;
+type Reply = Result<Response, LinkError>;
 
 #[derive(Default)]
 struct Waiters {
@@ -252,29 +268,26 @@ struct Waiters {
 }
 
 impl Link {
-    /// Starts the reader thread for a connection that passed the handshake.
-    fn start(
-        stream: UnixStream,
-        child: Option<Child>,
-        capabilities: HelperCapabilities,
-    ) -> Result<Arc<Link>, LinkError> {
-        // Replies come when they come: the reader waits without a timeout;
-        // each caller bounds its own wait.
-        stream.set_read_timeout(None).map_err(FrameError::Io)?;
-        let mut reader = stream.try_clone().map_err(FrameError::Io)?;
+    /// Hands the connection to the executor and starts its reader task.
+    fn start(c: Connected) -> Result<Arc<Link>, LinkError> {
+        c.stream.set_nonblocking(true).map_err(FrameError::Io)?;
+        let fd = c.stream.as_raw_fd();
+        let stream = tokio::net::UnixStream::from_std(c.stream).map_err(FrameError::Io)?;
+        let (reader, writer) = stream.into_split();
         let waiters = Arc::new(Mutex::new(Waiters::default()));
         let broken = Arc::new(AtomicBool::new(false));
-        let (w, b) = (Arc::clone(&waiters), Arc::clone(&broken));
-        std::thread::Builder::new()
-            .name("helper-reader".into())
-            .spawn(move || read_replies(&mut reader, &w, &b))
-            .map_err(FrameError::Io)?;
+        tokio::spawn(read_replies(
+            reader,
+            Arc::clone(&waiters),
+            Arc::clone(&broken),
+        ));
         Ok(Arc::new(Link {
-            writer: Mutex::new(stream),
+            writer: tokio::sync::Mutex::new(writer),
+            fd,
             waiters,
             broken,
-            child: Mutex::new(child),
-            capabilities,
+            child: Mutex::new(c.child),
+            capabilities: c.capabilities,
         }))
     }
 
@@ -283,37 +296,39 @@ impl Link {
     }
 
     /// Queues a waiter and writes the request; the receiver gets its reply.
-    fn send(&self, req: &Request) -> Result<oneshot::Receiver<Reply>, LinkError> {
+    async fn send(&self, req: &Request) -> Result<oneshot::Receiver<Reply>, LinkError> {
         let bytes = encode(req)?;
-        let mut writer = self.writer.lock().map_err(|_| LinkError::Poisoned)?;
+        let mut writer = self.writer.lock().await;
         let (tx, rx) = oneshot::channel();
         {
             let mut w = self.waiters.lock().map_err(|_| LinkError::Poisoned)?;
             if w.closed {
-                return Err(FrameError::Closed.into());
+                return Err(LinkError::Broken("the reader stopped".into()));
             }
             w.queue.push_back(tx);
         }
-        // A short frame into a socket buffer the helper drains: this does
-        // not block in practice, and SO_SNDTIMEO bounds it if the helper
-        // stops reading.
-        if let Err(e) = writer.write_all(&bytes) {
-            drop(writer);
-            self.fail();
-            return Err(FrameError::Io(e).into());
+        // A caller dropped mid-write leaves half a frame on the wire: the
+        // link is then unusable, and the guard says so.
+        let mut guard = FailUnlessDone(self, false);
+        match tokio::time::timeout(IO_TIMEOUT, writer.write_all(&bytes)).await {
+            Ok(Ok(())) => {
+                guard.1 = true;
+                Ok(rx)
+            }
+            Ok(Err(e)) => Err(FrameError::Io(e).into()),
+            Err(_) => Err(LinkError::Timeout(IO_TIMEOUT)),
         }
-        Ok(rx)
     }
 
-    /// Marks the link unusable and wakes the reader, which fails every
-    /// queued waiter.
+    /// Marks the link unusable and shuts the socket down, which ends the
+    /// reader task; it fails every queued waiter.
     fn fail(&self) {
         self.broken.store(true, Ordering::Release);
-        if let Ok(w) = self.writer.lock() {
-            let _ = w.shutdown(std::net::Shutdown::Both);
-        }
+        // The fd stays open while `self` (which owns both halves) lives.
+        let _ = nix::sys::socket::shutdown(self.fd, nix::sys::socket::Shutdown::Both);
     }
 
+    /// Blocking: fails the link and waits for an embedded helper to exit.
     fn reap(&self) {
         self.fail();
         let Ok(mut guard) = self.child.lock() else {
@@ -333,40 +348,63 @@ impl Link {
     }
 }
 
-/// The reader thread: each reply goes to the oldest waiter. Any error (the
+struct FailUnlessDone<'a>(&'a Link, bool);
+
+impl Drop for FailUnlessDone<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.fail();
+        }
+    }
+}
+
+/// The reader task: each reply goes to the oldest waiter. Any error (the
 /// helper gone, a malformed frame, a reply nobody asked for) ends the link.
-fn read_replies(stream: &mut UnixStream, waiters: &Mutex<Waiters>, broken: &AtomicBool) {
+async fn read_replies(
+    mut stream: OwnedReadHalf,
+    waiters: Arc<Mutex<Waiters>>,
+    broken: Arc<AtomicBool>,
+) {
     let error = loop {
-        let reply = read_frame::<Response, _>(stream);
+        let reply = read_one(&mut stream).await;
         let Ok(mut w) = waiters.lock() else {
-            break FrameError::Closed;
+            break "waiter lock poisoned".to_string();
         };
         match (reply, w.queue.pop_front()) {
             (Ok(resp), Some(tx)) => {
                 let _ = tx.send(Ok(resp));
             }
-            (Ok(_), None) => {
-                break FrameError::Io(std::io::Error::other(
-                    "the helper sent a reply nobody asked for",
-                ))
-            }
+            (Ok(_), None) => break "the helper sent a reply nobody asked for".to_string(),
             (Err(e), first) => {
                 if let Some(tx) = first {
                     w.queue.push_front(tx);
                 }
-                break e;
+                break crate::engine::error_chain(&e);
             }
         }
     };
     broken.store(true, Ordering::Release);
-    let _ = stream.shutdown(std::net::Shutdown::Both);
     if let Ok(mut w) = waiters.lock() {
         w.closed = true;
-        let message = error.to_string();
         for tx in w.queue.drain(..) {
-            let _ = tx.send(Err(FrameError::Io(std::io::Error::other(message.clone()))));
+            let _ = tx.send(Err(LinkError::Broken(error.clone())));
         }
     }
+}
+
+async fn read_one(stream: &mut OwnedReadHalf) -> Result<Response, FrameError> {
+    let mut prefix = [0u8; 4];
+    match stream.read_exact(&mut prefix).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
+        Err(e) => return Err(FrameError::Io(e)),
+    }
+    let mut payload = vec![0u8; payload_len(prefix)?];
+    stream
+        .read_exact(&mut payload)
+        .await
+        .map_err(FrameError::Io)?;
+    decode(&payload)
 }
 
 fn handshake(stream: &mut UnixStream) -> Result<HelperCapabilities, LinkError> {

@@ -91,7 +91,7 @@ impl LogFormat {
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = Config::from_args(args)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("execgo-runtime")
         .build()
@@ -119,12 +119,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let embedded = matches!(mode, HelperMode::Embedded { .. });
     let helper = Arc::new(HelperLink::new(mode));
-    let probe = {
-        let h = Arc::clone(&helper);
-        tokio::task::spawn_blocking(move || h.capabilities())
-            .await
-            .context("probing the helper")?
-    };
+    let probe = helper.capabilities().await;
     let helper_caps = match probe {
         Ok(c) => c,
         Err(e) if embedded => {

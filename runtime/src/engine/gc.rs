@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::files::TaskDir;
 use super::Engine;
 use crate::api::error::ApiError;
 use crate::store;
@@ -32,27 +33,32 @@ impl Engine {
             chrono::Utc::now().timestamp_millis() - retention_ms.min(i64::MAX as u64) as i64;
         let mut total = 0;
         loop {
-            let ids = self
+            let tasks_dir = self.cfg.tasks_dir();
+            let logs = std::sync::Arc::clone(&self.logs);
+            let n = self
                 .store
-                .call(move |conn| -> Result<Vec<String>, ApiError> {
+                .call(move |conn| -> Result<usize, ApiError> {
                     let ids = store::expired(conn, cutoff, BATCH)?;
                     let tx = store::begin_relaxed(conn)?;
                     for id in &ids {
                         store::delete(&tx, id)?;
                     }
                     store::commit(tx)?;
-                    Ok(ids)
+                    // Row first, then files: a crash in between leaves only
+                    // an orphan directory, which a later submit of that id
+                    // replaces. Removing here, on the database thread, keeps
+                    // such a submit from interleaving with the removal.
+                    for id in &ids {
+                        let td = TaskDir::new(&tasks_dir, id).with_cache(Arc::clone(&logs));
+                        if let Err(e) = td.remove() {
+                            tracing::warn!(task_id = %id, error = %e, "removing an expired task dir failed");
+                        }
+                    }
+                    Ok(ids.len())
                 })
                 .await?;
-            for id in &ids {
-                // Row first, then files: a crash in between leaves only an
-                // orphan directory, which a later submit of that id replaces.
-                if let Err(e) = self.task_dir(id).remove() {
-                    tracing::warn!(task_id = %id, error = %e, "removing an expired task dir failed");
-                }
-            }
-            total += ids.len();
-            if (ids.len() as u64) < BATCH {
+            total += n;
+            if (n as u64) < BATCH {
                 return Ok(total);
             }
         }
