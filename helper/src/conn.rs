@@ -1,14 +1,22 @@
 //! One client connection: a byte buffer that becomes frames, the handshake
-//! stage, and the rule that any malformed input ends *this* connection
-//! (after an error reply when the socket still takes one) while the helper
-//! keeps serving the others.
+//! stage, the queue of replies in request order, and the rule that any
+//! malformed input ends *this* connection (after an error reply when the
+//! socket still takes one) while the helper keeps serving the others.
+//!
+//! Requests may be pipelined: the peer may write several before reading a
+//! reply. Each takes a slot in the connection's [`ReplyQueue`]; a launch's
+//! slot stays pending until its shim reports, and replies are written from
+//! the front of the queue only, so they go out in request order. While the
+//! queue is full ([`MAX_SLOTS`](crate::replies::MAX_SLOTS)) the socket is not read and further
+//! requests wait in its buffer. A connection that closes drops its pending
+//! launches; their shims carry on.
 //!
 //! Reads never block (`MSG_DONTWAIT` after poll said readable), so a peer
 //! that stalls mid-frame holds nothing but its own buffer, and is dropped
 //! once its partial frame is older than [`PARTIAL_FRAME_TIMEOUT`]. Writes
 //! block for at most [`IO_TIMEOUT`] (SO_SNDTIMEO).
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -17,12 +25,15 @@ use execgo_runtime_protocol::{
     HelperErrorKind, Request, Response,
 };
 use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags};
 use nix::sys::socket::{recv, MsgFlags};
 use serde::Serialize;
 
+use crate::deadline;
 use crate::dispatch::Dispatcher;
 use crate::log;
 use crate::peer::Peer;
+use crate::replies::ReplyQueue;
 
 /// Bound on a blocking write to a peer (and on reads, should one block).
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,7 +51,7 @@ pub enum Flow {
 enum Stage {
     /// The first frame must be a [`Hello`].
     Hello,
-    /// Handshake done: each [`Request`] gets one [`Response`].
+    /// Handshake done: each [`Request`] gets one [`Response`], in order.
     Ready,
 }
 
@@ -50,6 +61,7 @@ pub struct Conn {
     stage: Stage,
     buf: Vec<u8>,
     partial_since: Option<Instant>,
+    replies: ReplyQueue,
 }
 
 /// Splits the next complete frame off the front of `buf`. The length
@@ -80,11 +92,40 @@ impl Conn {
             stage: Stage::Hello,
             buf: Vec::new(),
             partial_since: None,
+            replies: ReplyQueue::default(),
         })
     }
 
+    /// Whether to read requests: not while the reply queue is full.
+    fn wants_input(&self) -> bool {
+        !self.replies.is_full()
+    }
+
+    /// What to poll for this connection, in the order [`Self::on_events`]
+    /// takes the results: the socket (`POLLIN` unless the queue is full;
+    /// a hang-up is reported either way), then each pending launch's
+    /// report pipe.
+    pub fn poll_fds(&self) -> impl Iterator<Item = PollFd<'_>> {
+        let socket = if self.wants_input() {
+            PollFlags::POLLIN
+        } else {
+            PollFlags::empty()
+        };
+        std::iter::once(PollFd::new(self.stream.as_fd(), socket)).chain(
+            self.replies
+                .pending()
+                .map(|p| PollFd::new(p.fd(), PollFlags::POLLIN)),
+        )
+    }
+
+    /// The next time this connection needs attention without any event:
+    /// its partial frame expires or a shim's time to report is up.
+    pub fn deadline(&self) -> Option<Instant> {
+        deadline::earliest(self.partial_deadline(), self.replies.deadline())
+    }
+
     /// When this connection's incomplete frame expires, if it has one.
-    pub fn partial_deadline(&self) -> Option<Instant> {
+    fn partial_deadline(&self) -> Option<Instant> {
         self.partial_since
             .and_then(|t| t.checked_add(PARTIAL_FRAME_TIMEOUT))
     }
@@ -96,28 +137,99 @@ impl Conn {
         ]
     }
 
-    /// Handles readiness: reads what is there and serves every complete
-    /// frame in it.
-    pub fn on_readable(&mut self, d: &mut Dispatcher) -> Flow {
+    /// Handles one poll round: `revents` as [`Self::poll_fds`] listed them
+    /// (empty when nothing happened; deadlines are checked all the same).
+    /// Reports are taken in, the socket read, complete frames served while
+    /// the queue has room, and ready replies written from its front.
+    pub fn on_events(&mut self, revents: &[PollFlags], now: Instant, d: &mut Dispatcher) -> Flow {
+        let flow = self.step(revents, now, d);
+        if flow == Flow::Close {
+            // One line per task, so a task's log (TASK_ID) tells why its
+            // launch was never answered.
+            for p in self.replies.pending() {
+                let mut f = self.fields().to_vec();
+                f.push(("task_id", p.task_id().into()));
+                log::info(
+                    "connection closed with the launch pending; the shim carries on",
+                    &f,
+                );
+            }
+        }
+        flow
+    }
+
+    fn step(&mut self, revents: &[PollFlags], now: Instant, d: &mut Dispatcher) -> Flow {
+        let (socket, reports) = match revents.split_first() {
+            Some((s, r)) => (*s, r),
+            None => (PollFlags::empty(), revents),
+        };
+        let readable: Vec<bool> = reports.iter().map(|r| !r.is_empty()).collect();
+        self.replies.advance(&readable, now);
+        if !socket.is_empty() {
+            // Not polled for input (full queue): only a hang-up or an
+            // error wakes us, and the peer can no longer take replies.
+            let flow = if self.wants_input() {
+                self.read()
+            } else {
+                log::debug("peer hung up with a full reply queue", &self.fields());
+                Flow::Close
+            };
+            if flow == Flow::Close {
+                return Flow::Close;
+            }
+        }
+        if self.pump(d) == Flow::Close {
+            return Flow::Close;
+        }
+        if deadline::reached(now, self.partial_deadline()) {
+            log::warn(
+                "peer stalled in the middle of a frame; closing its connection",
+                &self.fields(),
+            );
+            return Flow::Close;
+        }
+        Flow::Open
+    }
+
+    /// Reads what the socket holds into the buffer.
+    fn read(&mut self) -> Flow {
         let mut chunk = [0u8; 64 * 1024];
         match recv(self.stream.as_raw_fd(), &mut chunk, MsgFlags::MSG_DONTWAIT) {
             Ok(0) => {
                 if !self.buf.is_empty() {
                     log::debug("peer closed mid-frame", &self.fields());
                 }
-                return Flow::Close;
+                Flow::Close
             }
-            Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            Err(Errno::EAGAIN) | Err(Errno::EINTR) => return Flow::Open,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Flow::Open
+            }
+            Err(Errno::EAGAIN) | Err(Errno::EINTR) => Flow::Open,
             Err(e) => {
                 log::debug(
                     "reading from peer failed",
                     &[("error", e.to_string().into()), self.fields()[0].clone()],
                 );
-                return Flow::Close;
+                Flow::Close
             }
         }
+    }
+
+    /// Writes the ready replies at the front of the queue, then serves the
+    /// buffered frames one by one while the queue has room, writing each
+    /// reply that is ready at once.
+    fn pump(&mut self, d: &mut Dispatcher) -> Flow {
         loop {
+            if !self.flush() {
+                return Flow::Close;
+            }
+            if self.replies.is_full() {
+                // The frames left in the buffer wait for us, not for the
+                // peer: no partial-frame clock while we do not read.
+                self.partial_since = None;
+                return Flow::Open;
+            }
             match take_frame(&mut self.buf) {
                 Ok(Some(payload)) => {
                     if self.on_frame(&payload, d) == Flow::Close {
@@ -140,12 +252,15 @@ impl Conn {
         }
     }
 
-    /// Called when the partial-frame deadline passed: the peer stalled.
-    pub fn on_stalled(&mut self) {
-        log::warn(
-            "peer stalled in the middle of a frame; closing its connection",
-            &self.fields(),
-        );
+    /// Writes ready replies from the front of the queue, stopping at the
+    /// first pending one; false when the peer is gone or stalled.
+    fn flush(&mut self) -> bool {
+        while let Some(resp) = self.replies.pop_ready() {
+            if !self.send(&resp) {
+                return false;
+            }
+        }
+        true
     }
 
     fn on_frame(&mut self, payload: &[u8], d: &mut Dispatcher) -> Flow {
@@ -173,12 +288,9 @@ impl Conn {
             },
             Stage::Ready => match decode::<Request>(payload) {
                 Ok(req) => {
-                    let resp = d.handle(&self.peer, req);
-                    if self.send(&resp) {
-                        Flow::Open
-                    } else {
-                        Flow::Close
-                    }
+                    let reply = d.handle(&self.peer, req);
+                    self.replies.push(reply);
+                    Flow::Open
                 }
                 Err(e) => {
                     self.refuse(&e);
@@ -189,7 +301,10 @@ impl Conn {
     }
 
     /// Answers malformed input in the shape the peer is waiting for: a
-    /// rejected handshake before it, an `InvalidRequest` error after.
+    /// rejected handshake before it, an `InvalidRequest` error after. The
+    /// queue was just flushed, so it is empty or starts with a pending
+    /// launch; in the latter case no error is written, as the peer would
+    /// take it for that launch's reply: the connection just closes.
     fn refuse(&mut self, e: &FrameError) {
         let reason = format!("malformed frame: {}", log::chain(e));
         let mut f = self.fields().to_vec();
@@ -199,12 +314,13 @@ impl Conn {
             Stage::Hello => {
                 self.send(&HelloReply::Rejected { reason });
             }
-            Stage::Ready => {
+            Stage::Ready if self.replies.is_empty() => {
                 self.send(&Response::Error(HelperError {
                     kind: HelperErrorKind::InvalidRequest,
                     message: reason,
                 }));
             }
+            Stage::Ready => {}
         }
     }
 
@@ -226,7 +342,92 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use execgo_runtime_protocol::{encode, MAX_FRAME_BYTES};
+    use crate::dispatch::test_dispatcher;
+    use crate::pending::PendingLaunch;
+    use crate::replies::{Reply, MAX_SLOTS};
+    use crate::shim::report::{self, ReportReader, ShimReport};
+    use execgo_runtime_protocol::{encode, read_frame, Launched, MAX_FRAME_BYTES};
+    use nix::fcntl::OFlag;
+    use std::os::fd::OwnedFd;
+
+    fn socket_events(c: &Conn) -> PollFlags {
+        c.poll_fds().next().unwrap().events()
+    }
+
+    #[test]
+    fn a_full_queue_stops_reading_until_a_reply_leaves() {
+        let (_tmp, mut d) = test_dispatcher();
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let peer = crate::peer::peer_of(&ours).unwrap();
+        let mut c = Conn::new(ours, peer).unwrap();
+        c.stage = Stage::Ready;
+        let now = Instant::now();
+        let mut writers: Vec<OwnedFd> = Vec::new();
+        for i in 0..MAX_SLOTS {
+            let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+            let reader = ReportReader::new(r, Duration::from_secs(10), now).unwrap();
+            c.replies
+                .push(Reply::Pending(PendingLaunch::new(format!("t{i}"), reader)));
+            writers.push(w);
+        }
+        assert_eq!(c.poll_fds().count(), 1 + MAX_SLOTS);
+        assert_eq!(socket_events(&c), PollFlags::empty(), "full: not read");
+        // A request the peer sends now waits in the socket buffer.
+        write_frame(&mut theirs, &Request::Ping).unwrap();
+        assert_eq!(c.on_events(&[], now, &mut d), Flow::Open);
+        assert!(c.buf.is_empty(), "nothing read while full");
+        // The first launch reports: its reply leaves, the socket is read
+        // again, and the Ping is answered after it.
+        let l = Launched {
+            shim_pid: 7,
+            shim_start_ticks: 8,
+            pid: None,
+            pgid: None,
+            started_at: None,
+            already_claimed: true,
+        };
+        report::send(&writers[0], &ShimReport::Launched(l.clone())).unwrap();
+        let mut revents = vec![PollFlags::empty(); 1 + MAX_SLOTS];
+        revents[1] = PollFlags::POLLIN;
+        assert_eq!(c.on_events(&revents, now, &mut d), Flow::Open);
+        assert_eq!(socket_events(&c), PollFlags::POLLIN);
+        assert_eq!(
+            read_frame::<Response, _>(&mut theirs).unwrap(),
+            Response::Launched(l)
+        );
+        let mut revents = vec![PollFlags::empty(); MAX_SLOTS];
+        revents[0] = PollFlags::POLLIN;
+        assert_eq!(c.on_events(&revents, now, &mut d), Flow::Open);
+        // The Ping took the free slot, behind 63 pending launches.
+        assert_eq!(c.poll_fds().count(), MAX_SLOTS);
+        assert_eq!(socket_events(&c), PollFlags::empty());
+        // They all end without a report; the errors, then the Pong.
+        writers.clear();
+        let mut revents = vec![PollFlags::POLLHUP; MAX_SLOTS];
+        revents[0] = PollFlags::empty();
+        assert_eq!(c.on_events(&revents, now, &mut d), Flow::Open);
+        for _ in 1..MAX_SLOTS {
+            match read_frame::<Response, _>(&mut theirs).unwrap() {
+                Response::Error(e) => assert_eq!(e.kind, HelperErrorKind::Internal),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            read_frame::<Response, _>(&mut theirs).unwrap(),
+            Response::Pong
+        );
+        assert_eq!(c.poll_fds().count(), 1);
+        // A hang-up reported while the queue is full closes the connection.
+        for i in 0..MAX_SLOTS {
+            let (r, _w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+            let reader = ReportReader::new(r, Duration::from_secs(10), now).unwrap();
+            c.replies
+                .push(Reply::Pending(PendingLaunch::new(format!("u{i}"), reader)));
+        }
+        let mut revents = vec![PollFlags::empty(); 1 + MAX_SLOTS];
+        revents[0] = PollFlags::POLLHUP;
+        assert_eq!(c.on_events(&revents, now, &mut d), Flow::Close);
+    }
 
     #[test]
     fn frames_split_and_wait_for_more() {

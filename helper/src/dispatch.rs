@@ -11,6 +11,7 @@ use execgo_runtime_protocol::{
 use crate::launch;
 use crate::peer::Peer;
 use crate::probe::{self, ProbeConfig};
+use crate::replies::Reply;
 
 /// What every request may use, fixed at start (the capabilities are
 /// replaced by each fresh probe).
@@ -53,10 +54,12 @@ impl Dispatcher {
         }
     }
 
-    pub fn handle(&mut self, peer: &Peer, req: Request) -> Response {
+    /// Serves one request. Ping and Probe are answered at once; a launch
+    /// is answered once its shim reports (see [`crate::pending`]).
+    pub fn handle(&mut self, peer: &Peer, req: Request) -> Reply {
         match req {
             // Safe: touches nothing.
-            Request::Ping => Response::Pong,
+            Request::Ping => Reply::Ready(Response::Pong),
             // Safe: probes afresh. Every probe that changes process state
             // runs in a throwaway child; the rest creates and removes only
             // our own scratch entries (`probe-<pid>` cgroups under the
@@ -65,7 +68,7 @@ impl Dispatcher {
             // bounded in time (probe::BUDGET plus the cgroup file writes).
             Request::Probe => {
                 self.ctx.capabilities = probe::probe(&self.ctx.probe, self.ctx.data_fd.as_fd());
-                Response::Probe(self.ctx.capabilities.clone())
+                Reply::Ready(Response::Probe(self.ctx.capabilities.clone()))
             }
             // Safe: every field is validated first; the task directory is
             // derived from our own data dir and the validated id and opened
@@ -78,40 +81,43 @@ impl Dispatcher {
     }
 }
 
+/// A dispatcher over a tempdir data dir, for unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub fn test_dispatcher() -> (tempfile::TempDir, Dispatcher) {
     use nix::fcntl::OFlag;
     use nix::sys::stat::Mode;
 
-    fn dispatcher() -> (tempfile::TempDir, Dispatcher) {
-        let tmp = tempfile::tempdir().unwrap();
-        let data_fd = crate::sys::open(
-            tmp.path(),
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .unwrap();
-        let ctx = Context {
-            data_fd,
-            // A mounts file that does not exist: the probe never reaches
-            // the host's cgroups from a unit test.
-            probe: ProbeConfig {
-                data_dir: tmp.path().to_path_buf(),
-                cgroup_root: tmp.path().join("cgroup/execgo-runtime"),
-                mounts: tmp.path().join("no-mountinfo"),
-            },
-            capabilities: HelperCapabilities {
-                process_group: true,
-                ..Default::default()
-            },
-        };
-        (tmp, Dispatcher::new(ctx))
-    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data_fd = crate::sys::open(
+        tmp.path(),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .unwrap();
+    let ctx = Context {
+        data_fd,
+        // A mounts file that does not exist: the probe never reaches the
+        // host's cgroups from a unit test.
+        probe: ProbeConfig {
+            data_dir: tmp.path().to_path_buf(),
+            cgroup_root: tmp.path().join("cgroup/execgo-runtime"),
+            mounts: tmp.path().join("no-mountinfo"),
+        },
+        capabilities: HelperCapabilities {
+            process_group: true,
+            ..Default::default()
+        },
+    };
+    (tmp, Dispatcher::new(ctx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn handshake() {
-        let (_tmp, d) = dispatcher();
+        let (_tmp, d) = test_dispatcher();
         assert!(matches!(
             d.hello(&Hello::current()),
             HelloReply::Accepted {
@@ -135,16 +141,19 @@ mod tests {
 
     #[test]
     fn ping_and_probe() {
-        let (_tmp, mut d) = dispatcher();
+        let (_tmp, mut d) = test_dispatcher();
         let peer = Peer {
             pid: 1,
             uid: 0,
             gid: 0,
         };
-        assert_eq!(d.handle(&peer, Request::Ping), Response::Pong);
+        assert!(matches!(
+            d.handle(&peer, Request::Ping),
+            Reply::Ready(Response::Pong)
+        ));
         // A fresh probe, not the values given at start.
         match d.handle(&peer, Request::Probe) {
-            Response::Probe(c) => {
+            Reply::Ready(Response::Probe(c)) => {
                 assert!(c.process_group && c.rlimit_cpu && c.data_dir_writable);
                 assert!(
                     c.warnings.iter().any(|w| w.starts_with("cgroup: reading ")),
@@ -152,7 +161,8 @@ mod tests {
                     c.warnings
                 );
             }
-            other => panic!("{other:?}"),
+            Reply::Ready(other) => panic!("{other:?}"),
+            Reply::Pending(p) => panic!("a probe pending like a launch: {}", p.task_id()),
         }
     }
 }

@@ -1,17 +1,25 @@
 //! The helper's half of a launch: validate, open the task directory under
 //! the data dir without following symlinks, then double-fork so the shim is
 //! detached (its own session, a child of neither the helper nor the
-//! runtime), and wait, bounded, for the shim's one report.
+//! runtime). The helper does not wait for the shim: [`launch`] returns a
+//! [`PendingLaunch`] holding the report pipe, which the serve loop polls
+//! with everything else; when the shim's one report is in (or the pipe
+//! ends, or 10 s pass) [`answer`] turns it into the reply, which goes out
+//! in request order on its connection (see [`crate::replies`]).
 //!
 //! ```text
 //! helper ── fork ──► intermediate: setsid, fork, _exit(0)
-//!    │ waitpid(intermediate)             └──► shim (re-parented to init or
-//!    │ read report pipe (≤ 10 s)              the nearest subreaper)
+//!    │ waitpid(intermediate)             └──► shim (re-parented to init or the
+//!    │ pending launch: its report pipe        │   nearest subreaper)
+//!    │ joins the poll set; other requests     │ claim, set up, exec the task
+//!    │ and connections are served meanwhile   │
+//!    │ ◄──────── one report frame (≤ 10 s) ───┘
+//!    ▼ answer → its reply slot; replies leave in request order
 //! ```
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use execgo_runtime_protocol::{HelperError, HelperErrorKind, LaunchSpec, Response};
 use nix::errno::Errno;
@@ -21,12 +29,14 @@ use serde_json::Value;
 
 use crate::dispatch::Context;
 use crate::peer::Peer;
-use crate::shim::report::{self, ReportError, ShimReport};
+use crate::pending::PendingLaunch;
+use crate::replies::Reply;
+use crate::shim::report::{self, ReportError, ReportReader, ShimReport};
 use crate::shim::{self, ShimContext};
 use crate::validate::{validate, ValidateError};
 use crate::{fs_at, log, sys};
 
-/// How long the helper waits for a shim's report before answering with an
+/// How long a shim has to report before its launch is answered with an
 /// error (the shim carries on either way; its claim tells the runtime).
 pub const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -46,6 +56,8 @@ pub enum LaunchError {
     },
     #[error("creating the report pipe failed")]
     Pipe(#[source] Errno),
+    #[error("making the report pipe non-blocking failed")]
+    PipeNonBlocking(#[source] Errno),
     #[error("forking the shim's parent failed")]
     Fork(#[source] Errno),
     #[error("launching the shim failed")]
@@ -58,17 +70,28 @@ impl LaunchError {
             LaunchError::Invalid(_)
             | LaunchError::TaskDirMissing(_)
             | LaunchError::TaskDirNotADir(_) => HelperErrorKind::InvalidRequest,
-            LaunchError::TaskDir { .. } | LaunchError::Pipe(_) | LaunchError::Fork(_) => {
-                HelperErrorKind::LaunchFailed
-            }
+            LaunchError::TaskDir { .. }
+            | LaunchError::Pipe(_)
+            | LaunchError::PipeNonBlocking(_)
+            | LaunchError::Fork(_) => HelperErrorKind::LaunchFailed,
             LaunchError::Report(_) => HelperErrorKind::Internal,
         }
     }
 }
 
-pub fn launch(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Response {
+/// Starts a launch. Refused or failed before the fork: a ready error
+/// reply. Otherwise the shim runs and the reply is pending its report.
+pub fn launch(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Reply {
     let task_id = spec.task_id.clone();
     match start(ctx, peer, spec) {
+        Ok(report) => Reply::Pending(PendingLaunch::new(task_id, report)),
+        Err(e) => Reply::Ready(answer(&task_id, Err(e))),
+    }
+}
+
+/// The one mapping from a launch's outcome to its reply and log line.
+pub fn answer(task_id: &str, outcome: Result<ShimReport, LaunchError>) -> Response {
+    match outcome {
         Ok(ShimReport::Launched(l)) => {
             log::info(
                 "launch reported",
@@ -110,11 +133,16 @@ pub fn launch(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Response {
     }
 }
 
-fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<ShimReport, LaunchError> {
+/// Validates, forks the shim, and hands back the reader of its report.
+fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<ReportReader, LaunchError> {
     // Validation first: a refused request has no side effect at all.
     let launch = validate(spec)?;
     let task_dir = open_task_dir(ctx, &launch.task_id)?;
     let (report_r, report_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(LaunchError::Pipe)?;
+    // Our end is made non-blocking before the fork, so a failure here
+    // starts nothing; the shim's end stays blocking.
+    let report = ReportReader::new(report_r, REPORT_TIMEOUT, Instant::now())
+        .map_err(LaunchError::PipeNonBlocking)?;
     let shim_ctx = ShimContext {
         launch,
         task_dir,
@@ -130,8 +158,10 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<ShimReport, Lau
     drop(report_w);
     drop(shim_ctx);
     // Its status says nothing the report does not; only EINTR is retried.
+    // Quick: it only calls setsid and fork before it exits.
     while let Err(Errno::EINTR) = waitpid(intermediate, None) {}
-    report::receive(report_r, REPORT_TIMEOUT).map_err(LaunchError::Report)
+    // The report is read by the serve loop, as the pipe becomes readable.
+    Ok(report)
 }
 
 /// `tasks/<id>`, resolved under the data dir descriptor one component at a

@@ -1,8 +1,14 @@
-//! The serve loop: one thread, one poll(2) over the listener (standalone)
-//! and every connection. Each new connection's SO_PEERCRED is checked
-//! before a byte is read; a refused peer is closed without a reply.
-//! Embedded mode serves its single inherited connection and returns when
-//! the peer closes it.
+//! The serve loop: one thread, one poll(2) over the listener (standalone),
+//! every connection and every pending launch's report pipe, with a timeout
+//! to the earliest deadline (a partial frame's, a shim's report's). So
+//! launches overlap: while one shim sets up, the helper reads requests,
+//! forks other shims and answers other connections. Each connection
+//! answers its own requests in order (see [`crate::conn`]).
+//!
+//! Each new connection's SO_PEERCRED is checked before a byte is read; a
+//! refused peer is closed without a reply. Embedded mode serves its single
+//! inherited connection and returns when the peer closes it, at once: the
+//! shims of its pending launches are on their own.
 
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -67,16 +73,21 @@ pub fn serve(mode: Mode, d: &mut Dispatcher) -> Result<(), ServeError> {
         }
         let next = conns
             .iter()
-            .map(Conn::partial_deadline)
+            .map(Conn::deadline)
             .fold(None, deadline::earliest);
         let timeout = deadline::poll_timeout_ms(Instant::now(), next);
-        let ready: Vec<Option<PollFlags>> = {
+        // revents of the listener, then of each connection's descriptors
+        // (how many each has: `counts`), in the order they were listed.
+        let (revents, counts) = {
             let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(conns.len() + 1);
             if let Some(l) = &listener {
                 fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
             }
+            let mut counts = Vec::with_capacity(conns.len());
             for c in &conns {
-                fds.push(PollFd::new(c.stream.as_fd(), PollFlags::POLLIN));
+                let before = fds.len();
+                fds.extend(c.poll_fds());
+                counts.push(fds.len() - before);
             }
             let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::NONE);
             match poll(&mut fds, timeout) {
@@ -84,25 +95,26 @@ pub fn serve(mode: Mode, d: &mut Dispatcher) -> Result<(), ServeError> {
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(ServeError::Poll(e)),
             }
-            fds.iter().map(|f| f.revents()).collect()
+            let revents: Vec<PollFlags> = fds
+                .iter()
+                .map(|f| f.revents().unwrap_or(PollFlags::empty()))
+                .collect();
+            (revents, counts)
         };
-        let mut ready = ready.into_iter();
-        let accept_ready = match &listener {
-            Some(_) => ready.next().flatten().is_some_and(|r| !r.is_empty()),
-            None => false,
+        let mut rest = revents.as_slice();
+        let accept_ready = match (&listener, rest.split_first()) {
+            (Some(_), Some((first, others))) => {
+                rest = others;
+                !first.is_empty()
+            }
+            _ => false,
         };
         let now = Instant::now();
         let mut keep = Vec::with_capacity(conns.len());
-        for (mut conn, revents) in conns.into_iter().zip(ready) {
-            let flow = if revents.is_some_and(|r| !r.is_empty()) {
-                conn.on_readable(d)
-            } else if deadline::reached(now, conn.partial_deadline()) {
-                conn.on_stalled();
-                Flow::Close
-            } else {
-                Flow::Open
-            };
-            if flow == Flow::Open {
+        for (mut conn, n) in conns.into_iter().zip(counts) {
+            let (mine, others) = rest.split_at(n.min(rest.len()));
+            rest = others;
+            if conn.on_events(mine, now, d) == Flow::Open {
                 keep.push(conn);
             }
         }

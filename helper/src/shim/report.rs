@@ -2,16 +2,18 @@
 //! the launch went as far as it could ([`Launched`], which also covers an
 //! exec failure already recorded in `result.json`, and an earlier claim), or
 //! it failed before the task was claimed. One protocol frame, then EOF.
+//! The shim writes it with [`send`]; the helper reads it with a
+//! [`ReportReader`] from its serve loop, never blocking on one shim.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use execgo_runtime_protocol::{
     decode, encode, frame::payload_len, FrameError, HelperError, Launched,
 };
 use nix::errno::Errno;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use serde::{Deserialize, Serialize};
 
 use crate::deadline;
@@ -55,36 +57,68 @@ pub fn send(pipe: &OwnedFd, report: &ShimReport) -> Result<(), ReportError> {
     Ok(())
 }
 
-/// Reads the report (helper side), giving up after `timeout`.
-pub fn receive(pipe: OwnedFd, timeout: Duration) -> Result<ShimReport, ReportError> {
-    let until = deadline::after(Instant::now(), timeout);
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(frame) = complete_frame(&buf)? {
-            return decode(frame).map_err(ReportError::Decode);
+/// The helper's end of the report pipe, read without blocking as the serve
+/// loop's poll(2) finds it readable: bytes are gathered until one whole
+/// frame is in, the pipe ends (the shim exited) or the deadline passes.
+/// The helper never waits on one shim, so launches overlap.
+pub struct ReportReader {
+    pipe: OwnedFd,
+    buf: Vec<u8>,
+    timeout: Duration,
+    deadline: Option<Instant>,
+}
+
+impl ReportReader {
+    /// Takes the read end and makes it `O_NONBLOCK` (the write end keeps
+    /// blocking semantics for the shim); the deadline is `now + timeout`.
+    pub fn new(pipe: OwnedFd, timeout: Duration, now: Instant) -> Result<ReportReader, Errno> {
+        let flags = OFlag::from_bits_truncate(fcntl(pipe.as_raw_fd(), FcntlArg::F_GETFL)?);
+        fcntl(
+            pipe.as_raw_fd(),
+            FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK),
+        )?;
+        Ok(ReportReader {
+            pipe,
+            buf: Vec::new(),
+            timeout,
+            deadline: deadline::after(now, timeout),
+        })
+    }
+
+    /// The descriptor to poll for `POLLIN`.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.pipe.as_fd()
+    }
+
+    /// When the shim's time to report is up (`None`: never).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Reads what the pipe holds. `None`: no whole report yet, poll again;
+    /// otherwise the report, or why there will be none.
+    pub fn on_readable(&mut self) -> Option<Result<ShimReport, ReportError>> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match complete_frame(&self.buf) {
+                Ok(Some(frame)) => return Some(decode(frame).map_err(ReportError::Decode)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            match nix::unistd::read(self.pipe.as_raw_fd(), &mut chunk) {
+                Ok(0) if self.buf.is_empty() => return Some(Err(ReportError::Missing)),
+                Ok(0) => return Some(Err(ReportError::Truncated)),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return None,
+                Err(e) => return Some(Err(ReportError::Read(e))),
+            }
         }
-        let ms = deadline::poll_timeout_ms(Instant::now(), until);
-        if ms == 0 {
-            return Err(ReportError::Timeout(timeout));
-        }
-        let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
-        match poll(
-            &mut fds,
-            PollTimeout::try_from(ms).unwrap_or(PollTimeout::NONE),
-        ) {
-            Ok(0) => return Err(ReportError::Timeout(timeout)),
-            Ok(_) => {}
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(ReportError::Read(e)),
-        }
-        match nix::unistd::read(pipe.as_raw_fd(), &mut chunk) {
-            Ok(0) if buf.is_empty() => return Err(ReportError::Missing),
-            Ok(0) => return Err(ReportError::Truncated),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(Errno::EINTR) | Err(Errno::EAGAIN) => {}
-            Err(e) => return Err(ReportError::Read(e)),
-        }
+    }
+
+    /// [`ReportError::Timeout`] once the deadline has come.
+    pub fn on_deadline(&self, now: Instant) -> Option<ReportError> {
+        deadline::reached(now, self.deadline).then_some(ReportError::Timeout(self.timeout))
     }
 }
 
@@ -102,7 +136,6 @@ fn complete_frame(buf: &[u8]) -> Result<Option<&[u8]>, ReportError> {
 mod tests {
     use super::*;
     use execgo_runtime_protocol::HelperErrorKind;
-    use nix::fcntl::OFlag;
 
     fn launched() -> ShimReport {
         ShimReport::Launched(Launched {
@@ -115,44 +148,66 @@ mod tests {
         })
     }
 
-    #[test]
-    fn round_trip_over_a_pipe() {
+    fn reader(timeout: Duration) -> (ReportReader, OwnedFd) {
         let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
-        send(&w, &launched()).unwrap();
-        drop(w);
-        assert_eq!(receive(r, Duration::from_secs(1)).unwrap(), launched());
+        (ReportReader::new(r, timeout, Instant::now()).unwrap(), w)
     }
 
     #[test]
-    fn eof_timeout_and_truncation() {
-        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
-        drop(w);
-        assert!(matches!(
-            receive(r, Duration::from_secs(1)),
-            Err(ReportError::Missing)
-        ));
+    fn round_trip_over_a_pipe() {
+        let (mut r, w) = reader(Duration::from_secs(1));
+        assert!(r.on_readable().is_none(), "nothing written yet");
+        send(&w, &launched()).unwrap();
+        // The frame is decoded as soon as it is whole, before EOF.
+        assert_eq!(r.on_readable().unwrap().unwrap(), launched());
+    }
 
-        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
-        let t = Instant::now();
-        assert!(matches!(
-            receive(r, Duration::from_millis(50)),
-            Err(ReportError::Timeout(_))
-        ));
-        assert!(t.elapsed() >= Duration::from_millis(50));
-        drop(w);
+    #[test]
+    fn partial_frames_wait_for_the_rest() {
+        let (mut r, w) = reader(Duration::from_secs(1));
+        let bytes = encode(&launched()).unwrap();
+        // Part of the prefix, then part of the payload, then the rest.
+        for part in [&bytes[..2], &bytes[2..9]] {
+            nix::unistd::write(&w, part).unwrap();
+            assert!(r.on_readable().is_none());
+        }
+        nix::unistd::write(&w, &bytes[9..]).unwrap();
+        assert_eq!(r.on_readable().unwrap().unwrap(), launched());
+    }
 
-        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+    #[test]
+    fn eof_and_truncation() {
+        let (mut r, w) = reader(Duration::from_secs(1));
+        drop(w);
+        assert!(matches!(r.on_readable(), Some(Err(ReportError::Missing))));
+
+        let (mut r, w) = reader(Duration::from_secs(1));
         let bytes = encode(&ShimReport::Failed(HelperError {
             kind: HelperErrorKind::LaunchFailed,
             message: "x".into(),
         }))
         .unwrap();
         nix::unistd::write(&w, &bytes[..bytes.len() - 1]).unwrap();
+        assert!(r.on_readable().is_none(), "short, but the shim may go on");
         drop(w);
+        assert!(matches!(r.on_readable(), Some(Err(ReportError::Truncated))));
+    }
+
+    #[test]
+    fn timeout_and_malformed() {
+        let start = Instant::now();
+        let (r, _w) = reader(Duration::from_millis(50));
+        let d = r.deadline().unwrap();
+        assert!(d >= start + Duration::from_millis(50));
+        assert!(r.on_deadline(d - Duration::from_millis(1)).is_none());
         assert!(matches!(
-            receive(r, Duration::from_secs(1)),
-            Err(ReportError::Truncated)
+            r.on_deadline(d),
+            Some(ReportError::Timeout(t)) if t == Duration::from_millis(50)
         ));
+
+        let (mut r, w) = reader(Duration::from_secs(1));
+        nix::unistd::write(&w, &[1, 0, 0, 0, 0xff]).unwrap();
+        assert!(matches!(r.on_readable(), Some(Err(ReportError::Decode(_)))));
     }
 
     #[test]
