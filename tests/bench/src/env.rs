@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use execgo_runtime_tests::Server;
 
@@ -68,6 +68,21 @@ impl Env {
             if probe.p50 <= fsprobe::SLOW_MS || !self.spread {
                 break;
             }
+        }
+        let waited = Instant::now();
+        while let Some((p50, dir)) = best.take() {
+            if p50 <= fsprobe::SLOW_MS || waited.elapsed() >= fsprobe::WAIT_MAX {
+                best = Some((p50, dir));
+                break;
+            }
+            println!(
+                "  every placement is slow; waiting {} s for recent deletions to age out",
+                fsprobe::WAIT_STEP.as_secs()
+            );
+            std::thread::sleep(fsprobe::WAIT_STEP);
+            let probe = fsprobe::probe(&dir, 30);
+            println!("{}", fsprobe::describe(&probe));
+            best = Some((probe.p50, dir));
         }
         let dir = best.map(|(_, d)| d).unwrap_or_else(|| self.root.join(name));
         self.dirs.borrow_mut().push((name.to_string(), dir.clone()));

@@ -11,8 +11,9 @@
 //! runtime. So the bench marks its data root `chattr +T` (Orlov "top
 //! directory"), which spreads each scenario's data dir to a block group of
 //! its own, probes the creates in each data dir before its server starts
-//! (and tries another one when they are slow), and syncs after removing the
-//! root (so the next run's penalty window is 60 s, not 360 s).
+//! (tries another one when they are slow, and when all are, waits for the
+//! deletions to age out), and syncs after removing the root (so the next
+//! run's penalty window is 60 s, not 360 s).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -21,8 +22,14 @@ use std::time::Instant;
 use crate::stats::Stats;
 
 /// A submit's creates (mkdir + 3 files) take ~0.05 ms on a healthy ext4
-/// here; above this p50 the block group is paying for recent deletions.
-pub const SLOW_MS: f64 = 0.3;
+/// here; above this p50 the block group is paying for recent deletions
+/// (0.25 ms already doubled the latency figure).
+pub const SLOW_MS: f64 = 0.1;
+
+/// When every placement is slow, the bench waits for the deletions to age
+/// out (60 s after a sync), re-probing every [`WAIT_STEP`], up to this long.
+pub const WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(120);
+pub const WAIT_STEP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Data dirs tried per server before settling for the fastest.
 pub const PLACEMENT_TRIES: usize = 4;
@@ -40,9 +47,12 @@ pub fn spread_subdirs(dir: &Path) -> bool {
 }
 
 /// What a submit does to the file system (mkdir + 3 file creates), `n`
-/// times under `dir/bench-fsprobe/`; the files stay until the root goes.
+/// times under a fresh `dir/bench-fsprobe-<k>/`; the files stay until the
+/// root goes.
 pub fn probe(dir: &Path, n: usize) -> Stats {
-    let base = dir.join("bench-fsprobe");
+    static PROBES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let k = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let base = dir.join(format!("bench-fsprobe-{k}"));
     let _ = std::fs::create_dir_all(&base);
     let mut v = Vec::with_capacity(n);
     for i in 0..n {
