@@ -110,7 +110,8 @@ fn kill_escalation_survives_runtime_and_helper_death() {
         .args(["--termination-grace-ms", "1000"])
         .start();
     let id = s.submit(&sh("trap '' TERM; echo ready; sleep 60"));
-    let st = s.wait_for(&id, T, |v| v["stdout"] == "ready\n");
+    // The output can show before the start is recorded: wait for both.
+    let st = s.wait_for(&id, T, |v| v["stdout"] == "ready\n" && v["pid"].is_i64());
     let task = st["pid"].as_i64().unwrap() as i32;
     s.kill(&id, None);
     let killed_at = Instant::now();
@@ -340,4 +341,69 @@ fn a_recorded_kill_that_never_reached_the_shim_is_resent_after_restart() {
     let s = Server::builder().data_dir(&dir).start();
     let st = s.wait_terminal(&id, T);
     assert_eq!(st["status"], "cancelled", "{st}");
+}
+
+/// Field 22 of /proc/<pid>/stat: the start time in clock ticks.
+fn start_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    after_comm.split(' ').nth(19).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_claim_still_being_written_is_waited_for_not_taken_as_dead() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut s = Server::builder().data_dir(&dir).start();
+    // A stopped helper: the launch is recorded but no shim ever claims.
+    let helper = s.helper_pid().expect("embedded helper");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(helper),
+        nix::sys::signal::Signal::SIGSTOP,
+    );
+    let id = s.submit(&command("/bin/true", &[]));
+    let start = Instant::now();
+    while !s
+        .event_types(&id)
+        .contains(&"resource_reserved".to_string())
+    {
+        assert!(start.elapsed() < T, "launch never recorded");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    sigkill(helper);
+    s.kill9();
+    drop(s);
+    // A shim between creating its claim and writing it: the file is empty.
+    let claim = dir.join("tasks").join(&id).join("shim.claim");
+    std::fs::write(&claim, b"").unwrap();
+    let mut stand_in: Child = Command::new("/bin/sleep")
+        .arg("1.5")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let record = format!(
+        "{{\"shim_pid\":{},\"shim_start_ticks\":{}}}",
+        stand_in.id(),
+        start_ticks(stand_in.id())
+    );
+    let s = Server::builder().data_dir(&dir).start();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&claim, record).unwrap();
+    let st = s.wait_status(&id, "running", T);
+    assert_eq!(st["shim_pid"], stand_in.id(), "{st}");
+    let recovered: Vec<Value> = s
+        .events(&id)
+        .into_iter()
+        .filter(|e| e["event_type"] == "recovered")
+        .collect();
+    assert!(
+        recovered
+            .iter()
+            .any(|e| e["message"] == "re-attached to the shim that claimed the task"),
+        "{recovered:?}"
+    );
+    // The stand-in writes no result: once it exits the monitor is lost.
+    stand_in.wait().unwrap();
+    let st = s.wait_terminal(&id, T);
+    assert_eq!(st["error"]["code"], "internal", "{st}");
 }

@@ -203,7 +203,13 @@ impl Engine {
 
     async fn launched(self: &Arc<Self>, row: &TaskRow, l: Launched) {
         let task_id = row.task_id.clone();
-        if l.pid.is_none() && !l.already_claimed {
+        if l.already_claimed {
+            // An earlier launch's shim owns the task (this one ran nothing):
+            // follow that shim as its claim names it.
+            self.follow_claim(&task_id, &[]).await;
+            return;
+        }
+        if l.pid.is_none() {
             // Exec failed: the shim already wrote result.json saying why.
             self.finalize(&task_id, None).await;
             return;

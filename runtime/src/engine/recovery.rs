@@ -14,6 +14,9 @@ use crate::api::error::ApiError;
 use crate::store::{self, NewEvent};
 use crate::sys;
 
+/// How long an incomplete claim may take to be completed by its shim.
+const CLAIM_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Content of `tasks/<id>/shim.claim`.
 #[derive(Debug, Deserialize)]
 struct Claim {
@@ -73,8 +76,12 @@ impl Engine {
                 None => me.finalize(&id, None).await,
             }
         }
+        // Each may wait for a claim being written (see `settled_claim`):
+        // none holds up the start. The dispatcher skips these rows (they
+        // carry a launch record).
         for row in accepted.into_iter().filter(|r| r.launch_attempted) {
-            self.recover_one(&row.task_id).await;
+            let me = Arc::clone(self);
+            tokio::spawn(async move { me.recover_one(&row.task_id).await });
         }
         Ok(())
     }
@@ -114,9 +121,10 @@ impl Engine {
     /// A shim claimed the task: re-attach to it while it lives, else
     /// finalize from its result.
     pub(super) async fn follow_claim(self: &Arc<Self>, task_id: &str, claim: &[u8]) {
-        let alive = serde_json::from_slice::<Claim>(claim)
-            .ok()
-            .filter(|c| c.shim_pid > 0 && sys::start_ticks(c.shim_pid) == Some(c.shim_start_ticks));
+        let alive = self
+            .settled_claim(task_id, claim)
+            .await
+            .filter(|c| sys::start_ticks(c.shim_pid) == Some(c.shim_start_ticks));
         match alive {
             Some(c) => {
                 self.note_recovered(task_id, "re-attached to the shim that claimed the task")
@@ -136,6 +144,37 @@ impl Engine {
                 .await;
                 self.finalize(task_id, None).await;
             }
+        }
+    }
+
+    /// The claim record, from `first` (what the caller read) or, while
+    /// that is incomplete, from re-reads: a claim file is created before
+    /// its record is written, so a reader can come between the two. One
+    /// still incomplete after [`CLAIM_SETTLE`] belongs to a shim that died
+    /// in between: `None`.
+    async fn settled_claim(&self, task_id: &str, first: &[u8]) -> Option<Claim> {
+        let parse = |b: &[u8]| {
+            serde_json::from_slice::<Claim>(b)
+                .ok()
+                .filter(|c| c.shim_pid > 0)
+        };
+        if let Some(c) = parse(first) {
+            return Some(c);
+        }
+        let path = self.task_dir(task_id).path(files::CLAIM);
+        let until = std::time::Instant::now() + CLAIM_SETTLE;
+        loop {
+            if let Some(c) = std::fs::read(&path).ok().as_deref().and_then(parse) {
+                return Some(c);
+            }
+            if std::time::Instant::now() >= until {
+                tracing::warn!(
+                    task_id,
+                    "the task's claim stayed incomplete; its shim is gone"
+                );
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 
