@@ -479,3 +479,50 @@ fn metrics_change_as_tasks_run() {
         1.0
     );
 }
+
+#[test]
+fn concurrent_submits_of_one_id_accept_exactly_one() {
+    // Submits arriving together share a commit; each still sees the
+    // others' rows, so one id is accepted once and runs once.
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = tmp.path().join("ran");
+    let body = json!({"task_id": "same", "execution": {"kind": "command",
+        "program": "/bin/sh", "args": ["-c", format!("echo x >> {}", ledger.display())]}});
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let url = s.url("/api/v1/tasks");
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| scope.spawn(|| try_request("POST", &url, Some(&bytes), &[]).unwrap().status))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        7,
+        "{statuses:?}"
+    );
+    assert_eq!(s.wait_terminal("same", T)["status"], "success");
+    assert_eq!(std::fs::read_to_string(&ledger).unwrap(), "x\n");
+    // Distinct ids arriving together are all accepted and all run.
+    let ids: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let s = &s;
+                scope.spawn(move || {
+                    s.submit(&json!({"task_id": format!("many-{i}"),
+                        "execution": {"kind": "command", "program": "/bin/true"}}))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for id in &ids {
+        assert_eq!(s.wait_terminal(id, T)["status"], "success");
+    }
+}

@@ -192,33 +192,35 @@ impl Engine {
         let td = self.task_dir(&task_id);
         let max_queued = self.cfg.args.max_queued_tasks;
         self.store
-            .call(move |conn| -> Result<(), ApiError> {
-                let tx = store::begin(conn)?;
-                if store::count_status(&tx, TaskStatus::Accepted)? >= max_queued {
+            .durable(move |tx| -> Result<store::Committed<()>, ApiError> {
+                if store::count_status(tx, TaskStatus::Accepted)? >= max_queued {
                     return Err(ApiError::verbatim(
                         ApiErrorCode::ResourceLimitExceeded,
                         "queue is full",
                     ));
                 }
-                if store::exists(&tx, &row.task_id)? {
+                if store::exists(tx, &row.task_id)? {
                     return Err(ApiError::verbatim(
                         ApiErrorCode::Conflict,
                         format!("task already exists: {}", row.task_id),
                     ));
                 }
-                store::insert(&tx, &row)?;
+                store::insert(tx, &row)?;
                 for ev in &events {
-                    store::append_event(&tx, &row.task_id, &ts, ev)?;
+                    store::append_event(tx, &row.task_id, &ts, ev)?;
                 }
                 if let Err(e) = td.create(&request_json, script.as_deref()) {
                     let _ = td.remove();
                     return Err(io_unavailable("writing the task directory", &e));
                 }
-                if let Err(e) = store::commit(tx) {
-                    let _ = td.remove();
-                    return Err(e.into());
-                }
-                Ok(())
+                // Accepted once the group's commit is on disk; if it fails,
+                // the directory goes too.
+                Ok(store::Committed {
+                    value: (),
+                    undo: Some(Box::new(move || {
+                        let _ = td.remove();
+                    })),
+                })
             })
             .await?;
         tracing::info!(task_id = %task_id, "task accepted");

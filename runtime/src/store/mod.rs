@@ -1,13 +1,17 @@
 //! SQLite persistence: the `tasks` and `events` tables, in WAL mode with
 //! `synchronous=FULL`, so a committed submit survives `kill -9` and power
 //! loss. One connection, owned by one thread that runs the callers'
-//! closures in arrival order (see [`Store::call`]): no lock to contend for,
-//! and the async executor never blocks on SQLite.
+//! closures in arrival order and group-commits durable writes (see
+//! `worker`, [`Store::call`] and [`Store::durable`]).
 
 use std::path::Path;
 
 use execgo_runtime_protocol::{ResourceUsage, TaskError, TaskStatus};
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+
+mod worker;
+
+pub use worker::Committed;
 
 use crate::api::model::{ExecutionPlan, Reservation, SubmitTaskRequest};
 use crate::ledger::Candidate;
@@ -22,6 +26,8 @@ pub enum StoreError {
     WorkerGone,
     #[error("a database call panicked")]
     Panicked,
+    #[error("committing a group of transactions failed: {0}")]
+    GroupCommit(String, #[source] rusqlite::Error),
 }
 
 impl StoreError {
@@ -30,7 +36,8 @@ impl StoreError {
     pub fn is_storage_unavailable(&self) -> bool {
         use rusqlite::ErrorCode as C;
         match self {
-            StoreError::Sqlite(_, rusqlite::Error::SqliteFailure(e, _)) => matches!(
+            StoreError::Sqlite(_, rusqlite::Error::SqliteFailure(e, _))
+            | StoreError::GroupCommit(_, rusqlite::Error::SqliteFailure(e, _)) => matches!(
                 e.code,
                 C::DiskFull
                     | C::ReadOnly
@@ -161,10 +168,8 @@ pub struct EventRow {
     pub data: Option<serde_json::Value>,
 }
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
-
 pub struct Store {
-    jobs: std::sync::mpsc::Sender<Job>,
+    jobs: std::sync::mpsc::Sender<worker::Job>,
 }
 
 const COLUMNS: &str =
@@ -292,22 +297,13 @@ impl Store {
             .map_err(sql("setting the busy timeout"))?;
         conn.execute_batch(SCHEMA)
             .map_err(sql("creating the schema"))?;
-        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("sqlite".into())
-            .spawn(move || {
-                let mut conn = conn;
-                // Ends when the last Store handle is dropped.
-                while let Ok(job) = queue.recv() {
-                    job(&mut conn);
-                }
-            })
-            .map_err(|_| StoreError::WorkerGone)?;
-        Ok(Store { jobs })
+        Ok(Store {
+            jobs: worker::start(conn)?,
+        })
     }
 
-    /// Runs `f` on the database thread and awaits its result. A panic in
-    /// `f` fails this call only; the thread goes on with the next.
+    /// Runs `f` on the database thread and awaits its result. `f` manages
+    /// its own transaction. A panic in `f` fails this call only.
     pub async fn call<T, E, F>(&self, f: F) -> std::result::Result<T, E>
     where
         T: Send + 'static,
@@ -315,13 +311,30 @@ impl Store {
         F: FnOnce(&mut Connection) -> std::result::Result<T, E> + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |conn| {
+        let job = worker::Job::Solo(Box::new(move |conn| {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)))
                 .unwrap_or_else(|_| Err(E::from(StoreError::Panicked)));
             let _ = tx.send(r);
-        });
+        }));
         self.jobs
             .send(job)
+            .map_err(|_| E::from(StoreError::WorkerGone))?;
+        rx.await.map_err(|_| E::from(StoreError::WorkerGone))?
+    }
+
+    /// Runs `f` inside a fsynced (`synchronous=FULL`) transaction shared
+    /// with the durable writes queued next to it, and answers once that
+    /// transaction is committed (see `worker`). `f` must not commit; an
+    /// error from it undoes its own writes only.
+    pub async fn durable<T, E, F>(&self, f: F) -> std::result::Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> std::result::Result<Committed<T>, E> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(worker::durable_job(f, tx))
             .map_err(|_| E::from(StoreError::WorkerGone))?;
         rx.await.map_err(|_| E::from(StoreError::WorkerGone))?
     }
