@@ -44,9 +44,9 @@ fn echo_succeeds_with_its_output() {
     assert!(r["usage"]["max_rss_bytes"].as_u64().unwrap() > 0);
     assert_eq!(r["kill_requested"], false);
     assert_eq!(r["timed_out"], false);
-    // The claim names the shim.
-    let claim: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("shim.claim")).unwrap()).unwrap();
+    // The claim names the shim: a symlink whose target is the record.
+    let target = std::fs::read_link(dir.join("shim.claim")).unwrap();
+    let claim: serde_json::Value = serde_json::from_str(target.to_str().unwrap()).unwrap();
     assert_eq!(claim["shim_pid"], l.shim_pid);
     assert_eq!(claim["shim_start_ticks"], l.shim_start_ticks);
     assert!(dir.join("workspace").is_dir());
@@ -375,7 +375,7 @@ fn a_symlinked_task_dir_is_refused() {
         Response::Error(e) => assert_eq!(e.kind, HelperErrorKind::InvalidRequest, "{e}"),
         other => panic!("{other:?}"),
     }
-    assert!(!elsewhere.join("shim.claim").exists());
+    assert!(elsewhere.join("shim.claim").symlink_metadata().is_err());
 }
 
 #[test]

@@ -211,7 +211,7 @@ impl Engine {
             };
             tracing::warn!(task_id, error = %transport_error, "helper unavailable for launch; retrying");
             // Whatever reached the helper may have claimed the task already.
-            if let Ok(claim) = std::fs::read(self.task_dir(&task_id).path(files::CLAIM)) {
+            if let Ok(Some(claim)) = self.task_dir(&task_id).read_claim() {
                 self.follow_claim(&task_id, &claim).await;
                 return;
             }

@@ -3,6 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -106,6 +107,24 @@ impl TaskDir {
         Ok((head.to_string(), truncated))
     }
 
+    /// The shim's claim record (`{"shim_pid":N,"shim_start_ticks":N}`), or
+    /// `None` when no shim claimed the task. The shim writes the record as
+    /// the target of the symlink `shim.claim`; older shims wrote a regular
+    /// file, which is read as it is (readlink fails with EINVAL on it).
+    pub fn read_claim(&self) -> io::Result<Option<Vec<u8>>> {
+        let path = self.path(CLAIM);
+        let bytes = match fs::read_link(&path) {
+            Ok(target) => Ok(target.into_os_string().into_vec()),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => fs::read(&path),
+            Err(e) => Err(e),
+        };
+        match bytes {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Asks the shim to kill the task: one byte on its control FIFO.
     /// `Ok(false)` when no shim is listening.
     pub fn send_kill(&self) -> io::Result<bool> {
@@ -162,6 +181,13 @@ mod tests {
         td.write_result(b"{\"a\":1}").unwrap();
         assert_eq!(fs::read(td.path(RESULT)).unwrap(), b"{\"a\":1}");
         assert!(!td.send_kill().unwrap(), "no fifo means no shim");
+        assert_eq!(td.read_claim().unwrap(), None);
+        std::os::unix::fs::symlink(r#"{"shim_pid":1}"#, td.path(CLAIM)).unwrap();
+        assert_eq!(td.read_claim().unwrap().unwrap(), br#"{"shim_pid":1}"#);
+        // A claim file of an older shim.
+        fs::remove_file(td.path(CLAIM)).unwrap();
+        fs::write(td.path(CLAIM), b"{}").unwrap();
+        assert_eq!(td.read_claim().unwrap().unwrap(), b"{}");
         td.remove().unwrap();
         assert!(!td.dir.exists());
     }

@@ -8,13 +8,12 @@ use execgo_runtime_protocol::TaskStatus;
 use serde::Deserialize;
 
 use super::dispatch::reservation_of;
-use super::files::{self};
 use super::{now, Engine};
 use crate::api::error::ApiError;
 use crate::store::{self, NewEvent};
 use crate::sys;
 
-/// Content of `tasks/<id>/shim.claim`.
+/// The claim record of `tasks/<id>/shim.claim` (see `TaskDir::read_claim`).
 #[derive(Debug, Deserialize)]
 struct Claim {
     shim_pid: i32,
@@ -84,7 +83,7 @@ impl Engine {
     /// claim makes that safe). The task holds its reservation throughout.
     pub(super) async fn recover_one(self: &Arc<Self>, task_id: &str) {
         let td = self.task_dir(task_id);
-        let claim = std::fs::read(td.path(files::CLAIM)).ok();
+        let claim = td.read_claim().ok().flatten();
         let Some(bytes) = claim else {
             self.note_recovered(
                 task_id,
