@@ -56,17 +56,23 @@ pub enum Claim {
     Existing(ClaimRecord),
 }
 
-/// Claims the task, durably: the directory is fsynced before the task can
-/// start (see the module documentation for why that covers the content).
-pub fn claim(dir: BorrowedFd<'_>, me: ClaimRecord) -> Result<Claim, ClaimError> {
+/// Claims the task. Not durable yet: the caller creates the other entries
+/// that must be durable before the task starts (the result's temp file),
+/// then calls [`make_durable`], so one directory fsync covers them all.
+pub fn take(dir: BorrowedFd<'_>, me: ClaimRecord) -> Result<Claim, ClaimError> {
     let record = serde_json::to_string(&me).map_err(ClaimError::Encode)?;
     match nix::unistd::symlinkat(record.as_str(), Some(dir.as_raw_fd()), CLAIM) {
-        Ok(()) => {}
-        Err(Errno::EEXIST) => return Ok(Claim::Existing(read_existing(dir))),
-        Err(e) => return Err(ClaimError::Create(e)),
+        Ok(()) => Ok(Claim::Taken),
+        Err(Errno::EEXIST) => Ok(Claim::Existing(read_existing(dir))),
+        Err(e) => Err(ClaimError::Create(e)),
     }
-    fs_at::sync_dir(dir).map_err(ClaimError::SyncDir)?;
-    Ok(Claim::Taken)
+}
+
+/// fsync of the task directory: makes a [`take`]n claim durable (see the
+/// module documentation for why that covers its record) together with every
+/// entry created in the directory since.
+pub fn make_durable(dir: BorrowedFd<'_>) -> Result<(), ClaimError> {
+    fs_at::sync_dir(dir).map_err(ClaimError::SyncDir)
 }
 
 fn read_existing(dir: BorrowedFd<'_>) -> ClaimRecord {
@@ -125,7 +131,8 @@ mod tests {
             shim_pid: 7,
             shim_start_ticks: 99,
         };
-        assert_eq!(claim(d.as_fd(), me).unwrap(), Claim::Taken);
+        assert_eq!(take(d.as_fd(), me).unwrap(), Claim::Taken);
+        make_durable(d.as_fd()).unwrap();
         // A symlink whose target is the record.
         let path = tmp.path().join(CLAIM);
         assert!(path.symlink_metadata().unwrap().file_type().is_symlink());
@@ -137,7 +144,7 @@ mod tests {
             shim_pid: 8,
             shim_start_ticks: 100,
         };
-        assert_eq!(claim(d.as_fd(), other).unwrap(), Claim::Existing(me));
+        assert_eq!(take(d.as_fd(), other).unwrap(), Claim::Existing(me));
         // The loser changed nothing.
         assert_eq!(
             std::fs::read_link(&path).unwrap().to_str().unwrap(),
@@ -170,7 +177,7 @@ mod tests {
             shim_start_ticks: 99,
         };
         assert_eq!(
-            claim(d.as_fd(), me).unwrap(),
+            take(d.as_fd(), me).unwrap(),
             Claim::Existing(ClaimRecord {
                 shim_pid: 5,
                 shim_start_ticks: 6
@@ -188,16 +195,16 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join(CLAIM), b"").unwrap();
         let d = dir(tmp.path());
-        assert_eq!(claim(d.as_fd(), me).unwrap(), Claim::Existing(ZERO));
+        assert_eq!(take(d.as_fd(), me).unwrap(), Claim::Existing(ZERO));
         // Something else in the way: still claimed, never run.
         let tmp = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink("not a record", tmp.path().join(CLAIM)).unwrap();
         let d = dir(tmp.path());
-        assert_eq!(claim(d.as_fd(), me).unwrap(), Claim::Existing(ZERO));
+        assert_eq!(take(d.as_fd(), me).unwrap(), Claim::Existing(ZERO));
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir(tmp.path().join(CLAIM)).unwrap();
         let d = dir(tmp.path());
-        assert_eq!(claim(d.as_fd(), me).unwrap(), Claim::Existing(ZERO));
+        assert_eq!(take(d.as_fd(), me).unwrap(), Claim::Existing(ZERO));
         assert_eq!(parse(b"{\"shim_pid\":1}"), None);
     }
 }

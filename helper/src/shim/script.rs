@@ -68,6 +68,8 @@ pub trait Steps {
     fn now(&self) -> String;
 
     fn isolate(&mut self) -> Result<(), ShimError>;
+    /// Takes the claim and, when it is ours, prepares the result's file;
+    /// both are durable once this returns [`Claim::Taken`].
     fn claim(&mut self) -> Result<Claim, ShimError>;
     fn become_subreaper(&mut self) -> Result<(), ShimError>;
     fn open_control(&mut self) -> Result<(), ShimError>;

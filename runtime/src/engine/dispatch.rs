@@ -199,7 +199,7 @@ impl Engine {
                         K::Internal => TaskErrorCode::Internal,
                     };
                     // The shim may have claimed the task before failing.
-                    if self.task_dir(&task_id).path(files::RESULT).exists() {
+                    if self.task_dir(&task_id).has_result() {
                         self.finalize(&task_id, None).await;
                     } else {
                         self.fail_launch(&task_id, code, err.message).await;
@@ -447,7 +447,7 @@ pub fn reservation_of(row: &TaskRow) -> Reservation {
 }
 
 fn read_outcome(td: &TaskDir) -> Option<Outcome> {
-    let bytes = std::fs::read(td.path(files::RESULT)).ok()?;
+    let bytes = td.read_result().ok()??;
     serde_json::from_slice(&bytes).ok()
 }
 
