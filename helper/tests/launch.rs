@@ -54,6 +54,36 @@ fn echo_succeeds_with_its_output() {
 }
 
 #[test]
+fn shim_log_exists_only_when_the_shim_has_trouble_to_tell() {
+    let h = Helper::start_configured(common::my_uid(), None, &[], |c| {
+        c.env("RUST_LOG", "info");
+    });
+    let dir = h.task("quiet");
+    h.client().launch(spec("quiet", &["/bin/true"]));
+    assert_eq!(wait_result(&dir, WAIT)["status"], "success");
+    assert!(
+        !dir.join("shim.log").exists(),
+        "a normal run logs no trouble"
+    );
+    let dir = h.task("loud");
+    h.client().launch(spec("loud", &["/no/such/program"]));
+    assert_eq!(wait_result(&dir, WAIT)["error"]["code"], "launch_failed");
+    let text = std::fs::read_to_string(dir.join("shim.log")).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert_eq!(lines[0]["level"], "WARN");
+    assert_eq!(lines[0]["message"], "the task could not be started");
+    assert_eq!(lines[0]["task_id"], "loud");
+    assert!(lines[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("/no/such/program"));
+}
+
+#[test]
 fn nonzero_exit_fails_and_output_is_capped() {
     let h = Helper::start();
     let dir = h.task("three");

@@ -93,8 +93,8 @@ impl Steps for Host {
         keep.extend(self.report.as_ref().map(|r| r.as_raw_fd()));
         // The journal socket, in journald mode: the shim logs there too.
         keep.extend(log::journal_fd());
-        isolate::isolate(self.ctx.task_dir.as_fd(), &keep)?;
-        log::enter_shim(&self.ctx.launch.task_id);
+        let log_dir = isolate::isolate(self.ctx.task_dir.as_fd(), &keep)?;
+        log::enter_shim(&self.ctx.launch.task_id, log_dir);
         log::info(
             "shim started",
             &[

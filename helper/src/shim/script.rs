@@ -90,7 +90,8 @@ pub trait Steps {
 pub fn run<S: Steps>(s: &mut S) -> i32 {
     let me = s.identity();
     // 1. Isolate first: nothing of the helper (its sockets, its data dir)
-    //    may reach the task, and diagnostics need a home (shim.log).
+    //    may reach the task, and diagnostics need a home (shim.log, created
+    //    by the first line that goes there).
     if let Err(e) = s.isolate() {
         s.report(failed(HelperErrorKind::LaunchFailed, &e));
         return 1;
