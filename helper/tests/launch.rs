@@ -83,6 +83,65 @@ fn shim_log_exists_only_when_the_shim_has_trouble_to_tell() {
         .contains("/no/such/program"));
 }
 
+/// `SigIgn` and `SigBlk` of a `/proc/<pid>/status` text.
+fn ignored_and_blocked(status: &str) -> (String, String) {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+    };
+    (field("SigIgn:"), field("SigBlk:"))
+}
+
+/// Launches `cat /proc/self/status` and asserts the task ignores and
+/// blocks no signal.
+fn assert_task_signals_are_clean(h: &Helper, id: &str) {
+    let st = std::fs::read_to_string(format!("/proc/{}/status", h.pid())).unwrap();
+    let (ign, blk) = ignored_and_blocked(&st);
+    assert_eq!(ign, "0000000000001000", "the helper ignores SIGPIPE only");
+    assert_eq!(blk, "0000000000000000");
+    let dir = h.task(id);
+    h.client()
+        .launch(spec(id, &["/bin/cat", "/proc/self/status"]));
+    let r = wait_result(&dir, WAIT);
+    assert_eq!(r["status"], "success", "{r}");
+    let (ign, blk) = ignored_and_blocked(r["stdout"].as_str().unwrap());
+    assert_eq!(ign, "0000000000000000", "{id}");
+    assert_eq!(blk, "0000000000000000", "{id}");
+}
+
+#[test]
+#[allow(unsafe_code)]
+fn a_task_starts_with_default_signals_and_an_empty_mask() {
+    use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+    use std::os::unix::process::CommandExt;
+    // Started as std starts it (glibc's posix_spawn, which leaves the C
+    // library's own real-time signals 32 and 33 ignored in its child).
+    assert_task_signals_are_clean(&Helper::start(), "spawned");
+    // Started by a parent that left signals ignored and blocked, as a
+    // shell's `trap '' ...` or a supervisor's mask would: start-up undoes
+    // that, and the task child resets what the helper and the shim change.
+    let h = Helper::start_configured(common::my_uid(), None, &[], |c| {
+        // SAFETY: runs in the forked child before exec, and only makes
+        // async-signal-safe calls (signal, sigprocmask) on stack values.
+        unsafe {
+            c.pre_exec(|| {
+                for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGUSR1, libc::SIGTERM] {
+                    libc::signal(sig, libc::SIG_IGN);
+                }
+                let mut set = SigSet::empty();
+                set.add(Signal::SIGUSR2);
+                set.add(Signal::SIGQUIT);
+                sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+                Ok(())
+            })
+        };
+    });
+    assert_task_signals_are_clean(&h, "inherited");
+}
+
 #[test]
 fn nonzero_exit_fails_and_output_is_capped() {
     let h = Helper::start();
