@@ -89,13 +89,18 @@ pub fn is_symlink(dir: BorrowedFd<'_>, name: &str) -> bool {
 
 /// Opens the regular file `name` under `dir` as `access` says.
 pub fn open_file(dir: BorrowedFd<'_>, name: &str, access: Access) -> Result<File, AtError> {
-    let base = OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
     let (flags, mode) = match access {
-        Access::Read => (OFlag::O_RDONLY, 0),
-        Access::Append => (OFlag::O_WRONLY | OFlag::O_APPEND, 0),
-        Access::AppendOrCreate(m) => (OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT, m),
+        Access::Read => (OFlag::O_RDONLY | OFlag::O_NONBLOCK, 0),
+        Access::Append => (OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_NONBLOCK, 0),
+        Access::AppendOrCreate(m) => (
+            OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::O_NONBLOCK,
+            m,
+        ),
+        // O_EXCL (with O_NOFOLLOW) only ever creates a new regular file
+        // with one link: nothing planted to guard against or check.
         Access::CreateNew(m) => (OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL, m),
     };
+    let base = OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let fd =
         sys::openat(dir, name, base | flags, Mode::from_bits_truncate(mode)).map_err(|source| {
             AtError::Open {
@@ -103,6 +108,9 @@ pub fn open_file(dir: BorrowedFd<'_>, name: &str, access: Access) -> Result<File
                 source,
             }
         })?;
+    if let Access::CreateNew(_) = access {
+        return Ok(File::from(fd));
+    }
     let st = fstat(fd.as_raw_fd()).map_err(|source| AtError::Stat {
         name: name.into(),
         source,
@@ -113,20 +121,19 @@ pub fn open_file(dir: BorrowedFd<'_>, name: &str, access: Access) -> Result<File
     if access != Access::Read && st.st_nlink != 1 {
         return Err(AtError::HardLinked { name: name.into() });
     }
-    // O_NONBLOCK only guarded the open; whoever inherits this description
-    // (the task's stdout) gets ordinary blocking semantics.
-    let cleared = OFlag::from_bits_truncate(
-        nix::fcntl::fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL).map_err(|source| AtError::Stat {
-            name: name.into(),
-            source,
-        })?,
-    ) - OFlag::O_NONBLOCK;
-    nix::fcntl::fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(cleared)).map_err(|source| {
-        AtError::Stat {
-            name: name.into(),
-            source,
-        }
-    })?;
+    // O_NONBLOCK only guarded the open; whoever inherits a descriptor we
+    // write (the task's stdout) gets ordinary blocking semantics. F_SETFL
+    // sets the status flags we opened with, O_APPEND, minus O_NONBLOCK. A
+    // read descriptor stays ours, and O_NONBLOCK means nothing to the reads
+    // of a regular file.
+    if access != Access::Read {
+        nix::fcntl::fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_APPEND)).map_err(
+            |source| AtError::Stat {
+                name: name.into(),
+                source,
+            },
+        )?;
+    }
     Ok(File::from(fd))
 }
 
@@ -209,6 +216,10 @@ mod tests {
         let e = open_file(d.as_fd(), "log", Access::CreateNew(0o644)).unwrap_err();
         assert_eq!(e.open_errno(), Some(Errno::EEXIST));
         let mut f = open_file(d.as_fd(), "log", Access::AppendOrCreate(0o644)).unwrap();
+        // Appending, and blocking for whoever inherits it.
+        let fl =
+            OFlag::from_bits_truncate(nix::fcntl::fcntl(f.as_raw_fd(), FcntlArg::F_GETFL).unwrap());
+        assert!(fl.contains(OFlag::O_APPEND) && !fl.contains(OFlag::O_NONBLOCK));
         f.write_all(b"!").unwrap();
         assert_eq!(
             read_head(d.as_fd(), "log", 5).unwrap(),

@@ -11,15 +11,21 @@
 //! Hand-written so the helper stays free of a logging framework. The helper
 //! is single-threaded and Rust's stderr is unbuffered, so a line is one
 //! `write_all` (and one datagram). A shim inherits the sinks across its
-//! fork and, once isolated ([`enter_shim`]), writes every line to its
-//! stderr, `tasks/<id>/shim.log`, as well as to journald in journald mode,
-//! each line carrying its `task_id`. Never called between fork and exec
-//! (the task child of [`crate::sys::exec_child`] logs nothing).
+//! fork and, once isolated ([`enter_shim`]), sends every line to journald
+//! in journald mode, as the helper does, and writes its warnings and errors
+//! (every line, at debug level) to `tasks/<id>/shim.log` as JSON, each line
+//! carrying its `task_id`. `shim.log` is created by the first line it
+//! takes, so a task that ran without trouble has none: its shim's progress
+//! lines (`shim started`, `task started`, `result recorded`, all info) go
+//! to the journal only, and the runtime logs the same facts itself. Never
+//! called between fork and exec (the task child of
+//! [`crate::sys::exec_child`] logs nothing).
 
 use std::borrow::Cow;
 use std::error::Error;
+use std::fs::File;
 use std::io::Write;
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -27,7 +33,11 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 use crate::clock;
+use crate::fs_at::{self, Access};
 use crate::journal::{self, Journal};
+
+/// The shim's own log file in its task directory.
+pub const SHIM_LOG: &str = "shim.log";
 
 /// Where lines go; see the module documentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -79,13 +89,34 @@ impl Level {
 }
 
 static MAX_LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
-/// Whether lines go to stderr as JSON: always, except in the helper in
-/// journald mode.
+/// Whether lines go to stderr as JSON: always, except in journald mode (a
+/// shim writes `shim.log` instead, see [`to_shim_log`]).
 static TO_STDERR: AtomicBool = AtomicBool::new(true);
 /// Set once journald mode is on (and journald was reachable).
 static JOURNAL: OnceLock<Journal> = OnceLock::new();
 /// In a shim: its task, added to every line that does not name one.
 static TASK_ID: OnceLock<String> = OnceLock::new();
+/// In a shim: where `shim.log` goes, opened by the first line it takes.
+static SHIM_FILE: OnceLock<ShimFile> = OnceLock::new();
+
+struct ShimFile {
+    /// The task directory (a duplicate of the shim's descriptor).
+    dir: OwnedFd,
+    /// `None` once opening failed: the lines are dropped then, as a failed
+    /// write to stderr would be.
+    file: OnceLock<Option<File>>,
+}
+
+impl ShimFile {
+    fn write(&self, text: &str) {
+        let file = self.file.get_or_init(|| {
+            fs_at::open_file(self.dir.as_fd(), SHIM_LOG, Access::AppendOrCreate(0o644)).ok()
+        });
+        if let Some(mut f) = file.as_ref() {
+            let _ = f.write_all(text.as_bytes());
+        }
+    }
+}
 
 /// Sets the level from a `RUST_LOG`-style filter (read before start-up
 /// clears the environment). Unparsable filters keep the default, info.
@@ -123,12 +154,22 @@ pub fn journal_fd() -> Option<RawFd> {
     JOURNAL.get().map(Journal::fd)
 }
 
-/// In a shim, once its stderr is `shim.log`: every line goes there (the
-/// per-task record, whatever the format) and, in journald mode, to the
-/// journal too; lines without a `task_id` get this one.
-pub fn enter_shim(task_id: &str) {
+/// In a shim, once isolated (its stderr is /dev/null): lines go to the
+/// journal in journald mode, and those [`to_shim_log`] picks to `shim.log`
+/// under `task_dir`, created on the first of them; lines without a
+/// `task_id` get this one.
+pub fn enter_shim(task_id: &str, task_dir: OwnedFd) {
     let _ = TASK_ID.set(task_id.to_string());
-    TO_STDERR.store(true, Ordering::Relaxed);
+    let _ = SHIM_FILE.set(ShimFile {
+        dir: task_dir,
+        file: OnceLock::new(),
+    });
+}
+
+/// Whether a shim's line goes to `shim.log`: warnings and errors, or every
+/// line when the level is debug. The journal gets every enabled line.
+pub fn to_shim_log(level: Level, max: u8) -> bool {
+    level <= Level::Warn || max >= Level::Debug as u8
 }
 
 fn parse_level(s: &str) -> Option<u8> {
@@ -255,19 +296,30 @@ pub fn emit(level: Level, message: &str, fields: &[(&str, Value)]) {
         return;
     }
     let fields = with_task(TASK_ID.get().map(String::as_str), fields);
-    let mut to_stderr = TO_STDERR.load(Ordering::Relaxed);
+    // In a shim, shim.log takes the place of stderr (which is /dev/null).
+    let shim = SHIM_FILE.get();
+    let mut to_file = match shim {
+        Some(_) => to_shim_log(level, MAX_LEVEL.load(Ordering::Relaxed)),
+        None => TO_STDERR.load(Ordering::Relaxed),
+    };
     if let Some(j) = JOURNAL.get() {
-        // A line the journal refuses still goes somewhere: stderr.
+        // A line the journal refuses still goes somewhere.
         if j.send(&journal_entry(level, message, &fields)).is_err() {
-            to_stderr = true;
+            to_file = true;
         }
     }
-    if to_stderr {
-        let mut text = line(level, message, &fields);
-        text.push('\n');
-        // Nowhere to report a failed log write; dropping the line is the
-        // answer.
-        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    if !to_file {
+        return;
+    }
+    let mut text = line(level, message, &fields);
+    text.push('\n');
+    // Nowhere to report a failed log write; dropping the line is the
+    // answer.
+    match shim {
+        Some(f) => f.write(&text),
+        None => {
+            let _ = std::io::stderr().lock().write_all(text.as_bytes());
+        }
     }
 }
 
@@ -393,6 +445,16 @@ mod tests {
             let text = String::from_utf8(entry).unwrap();
             assert!(text.contains(&format!("\nPRIORITY={p}\n")), "{text}");
         }
+    }
+
+    #[test]
+    fn shim_log_takes_trouble_or_everything_at_debug() {
+        let info = Level::Info as u8;
+        assert!(to_shim_log(Level::Error, info));
+        assert!(to_shim_log(Level::Warn, info));
+        assert!(!to_shim_log(Level::Info, info));
+        assert!(to_shim_log(Level::Info, Level::Debug as u8));
+        assert!(to_shim_log(Level::Debug, Level::Debug as u8));
     }
 
     #[test]

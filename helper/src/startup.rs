@@ -24,6 +24,8 @@ pub enum StartupError {
     CloseFds(#[source] std::io::Error),
     #[error("setting PR_SET_NO_NEW_PRIVS failed")]
     NoNewPrivs(#[source] Errno),
+    #[error("resetting inherited signal dispositions and mask failed")]
+    Signals(#[source] Errno),
     #[error("ignoring SIGPIPE failed")]
     SigPipe(#[source] Errno),
 }
@@ -48,7 +50,11 @@ pub fn clean(keep: Option<RawFd>) -> Result<(), StartupError> {
     // 5. No new privileges, for us and everything we launch: exec of a
     //    setuid or file-capability binary grants nothing.
     nix::sys::prctl::set_no_new_privs().map_err(StartupError::NoNewPrivs)?;
-    // 6. A peer that hangs up must be an EPIPE, not our death.
+    // 6. Signals our parent ignored or blocked back to normal: both survive
+    //    fork and execve, so they would reach every task, and the task
+    //    child only resets what we change ourselves (step 7).
+    sys::unignore_inherited_signals().map_err(StartupError::Signals)?;
+    // 7. A peer that hangs up must be an EPIPE, not our death.
     sys::ignore_sigpipe().map_err(StartupError::SigPipe)?;
     Ok(())
 }

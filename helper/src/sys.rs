@@ -1,6 +1,6 @@
 //! Every `unsafe` call of the helper and the shim, in one place: fork and
 //! `_exit`, adopting raw descriptors, `close_range`, `wait4` with its
-//! rusage, the SIGPIPE disposition, and the code a forked task child runs
+//! rusage, signal dispositions, and the code a forked task child runs
 //! between fork and execve. Everything else goes through nix's safe
 //! wrappers.
 //!
@@ -140,10 +140,118 @@ fn close_fds_by_proc(keep: &[RawFd]) -> io::Result<()> {
 }
 
 /// Ignores SIGPIPE, so a peer that hung up is an EPIPE, not our death.
+/// The one disposition the helper (and so every shim) sets to "ignore":
+/// see [`IGNORED_BY_US`].
 pub fn ignore_sigpipe() -> nix::Result<()> {
     // SAFETY: SIG_IGN installs no handler code, so nothing can run in
     // signal context.
     unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }.map(drop)
+}
+
+/// The signals the helper itself ignores ([`ignore_sigpipe`]). Only
+/// "ignore" survives execve(2) (handlers are reset by it), so after
+/// [`unignore_inherited_signals`] at start-up these are the only
+/// dispositions a task child must put back to the default.
+pub const IGNORED_BY_US: [libc::c_int; 1] = [libc::SIGPIPE];
+
+/// Start-up: every signal our parent left ignored goes back to its default
+/// (an ignored SIGTERM, say, would otherwise reach every task, since "ignore"
+/// survives fork and execve), and the signal mask, which survives both too,
+/// is emptied. Handlers are left alone (std's stack-overflow handlers).
+pub fn unignore_inherited_signals() -> nix::Result<()> {
+    // The real-time signals below SIGRTMIN() are the C library's own (glibc:
+    // 32 and 33), which its sigaction() refuses; see `unignore_reserved`.
+    let reserved = KERNEL_SIGRTMIN..libc::SIGRTMIN();
+    for sig in 1..=libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        if reserved.contains(&sig) {
+            unignore_reserved(sig)?;
+            continue;
+        }
+        // SAFETY: sigaction is plain old data; all-zero is a valid value.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: only reads the current action into a live local struct.
+        // EINVAL (numbers libc reserves for itself) reads as "leave it".
+        if unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } != 0 {
+            continue;
+        }
+        if old.sa_sigaction == libc::SIG_IGN {
+            // SAFETY: all-zero sigaction is valid; SIG_DFL with no flags and
+            // an empty mask installs no handler code.
+            let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
+            dfl.sa_sigaction = libc::SIG_DFL;
+            // SAFETY: installs the default action from a live local struct.
+            if unsafe { libc::sigaction(sig, &dfl, std::ptr::null_mut()) } != 0 {
+                return Err(Errno::last());
+            }
+        }
+    }
+    nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    )
+}
+
+/// The first real-time signal of the kernel (`SIGRTMIN()` is the C
+/// library's, above the ones it reserves).
+const KERNEL_SIGRTMIN: libc::c_int = 32;
+
+/// Sets a signal the C library reserves back to its default if it is
+/// ignored, through the raw rt_sigaction(2). glibc's posix_spawn (which
+/// std's and tokio's `Command` use) starts its child with these ignored
+/// (its `spawni.c` blocks every signal around the clone and ignores the
+/// internal ones in the child), and "ignore" survives execve: a helper
+/// started that way would otherwise pass them on to every task, as it did
+/// before this reset existed. Not on MIPS, whose kernel `struct sigaction`
+/// starts with the flags instead of the handler.
+#[cfg(not(any(target_arch = "mips", target_arch = "mips64")))]
+fn unignore_reserved(sig: libc::c_int) -> nix::Result<()> {
+    // Room for the kernel's struct sigaction on every architecture
+    // (handler, flags, restorer, mask: at most 4 words with an 8-byte
+    // mask); all zero is SIG_DFL with no flags and an empty mask.
+    let mut old = [0usize; 8];
+    let dfl = [0usize; 8];
+    // The kernel's sigset_t size (the last argument) is 8 bytes here.
+    // SAFETY: the kernel writes at most sizeof(struct sigaction) bytes into
+    // `old`, a live local buffer larger than that; reading needs no `act`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            std::ptr::null::<usize>(),
+            old.as_mut_ptr(),
+            8usize,
+        )
+    };
+    if rc != 0 {
+        return Err(Errno::last());
+    }
+    if old[0] != libc::SIG_IGN {
+        return Ok(());
+    }
+    // SAFETY: installs SIG_DFL (all zero) from a live local buffer; no
+    // handler code is involved, so nothing runs in signal context.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            dfl.as_ptr(),
+            std::ptr::null_mut::<usize>(),
+            8usize,
+        )
+    };
+    if rc != 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+#[cfg(any(target_arch = "mips", target_arch = "mips64"))]
+fn unignore_reserved(_sig: libc::c_int) -> nix::Result<()> {
+    Ok(())
 }
 
 /// Resource usage of a reaped child, as wait4(2) reports it.
@@ -268,7 +376,7 @@ impl ChildStep {
     pub fn name(self) -> &'static str {
         match self {
             ChildStep::SetPgid => "setpgid",
-            ChildStep::SignalMask => "sigprocmask",
+            ChildStep::SignalMask => "signal reset (sigaction, sigprocmask)",
             ChildStep::RlimitCpu => "setrlimit RLIMIT_CPU",
             ChildStep::RlimitAs => "setrlimit RLIMIT_AS",
             ChildStep::Stdio => "dup2",
@@ -307,7 +415,7 @@ fn child_fail(status_fd: RawFd, step: ChildStep) -> ! {
 }
 
 /// Runs in the forked task child: own process group, default signal
-/// dispositions and an empty mask, rlimits, stdio, working directory, then
+/// dispositions ([`IGNORED_BY_US`]) and an empty mask, rlimits, stdio, working directory, then
 /// execve. Only async-signal-safe calls on prepared values; no allocation,
 /// no logging. On failure the step and errno go to the exec-status pipe.
 pub fn exec_child(s: &ChildSetup<'_>) -> ! {
@@ -316,20 +424,19 @@ pub fn exec_child(s: &ChildSetup<'_>) -> ! {
     if nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).is_err() {
         child_fail(s.status_fd, ChildStep::SetPgid);
     }
-    // Dispositions set to "ignore" survive execve (the helper ignores
-    // SIGPIPE), so every signal goes back to its default, then the mask
-    // (the shim blocks SIGCHLD) is emptied.
+    // Dispositions set to "ignore" survive execve. The helper started with
+    // none but its own (start-up undid whatever its parent ignored), so
+    // only those go back to the default; then the mask (the shim blocks
+    // SIGCHLD) is emptied.
     // SAFETY: sigaction is plain old data; all-zero is a valid value, and
     // SIG_DFL with no flags and an empty mask is what we install.
     let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
     dfl.sa_sigaction = libc::SIG_DFL;
-    for sig in 1..65 {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-            continue;
-        }
+    for sig in IGNORED_BY_US {
         // SAFETY: installs the default action from a live local struct.
-        // Errors (EINVAL for numbers libc reserves) are expected; ignored.
-        unsafe { libc::sigaction(sig, &dfl, std::ptr::null_mut()) };
+        if unsafe { libc::sigaction(sig, &dfl, std::ptr::null_mut()) } != 0 {
+            child_fail(s.status_fd, ChildStep::SignalMask);
+        }
     }
     let empty = nix::sys::signal::SigSet::empty();
     if nix::sys::signal::sigprocmask(

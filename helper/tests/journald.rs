@@ -163,7 +163,12 @@ fn journald_gets_the_helpers_and_the_shims_lines_with_task_id() {
          i=0; while [ ! -S /run/systemd/journal/socket ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done",
         pidfile = pidfile.display()
     );
-    let h = start_in_namespace(&setup, &["--log-format", "journald"], &[]);
+    // At the default level, info: what operators see.
+    let h = start_in_namespace(
+        &setup,
+        &["--log-format", "journald"],
+        &[("RUST_LOG", "info")],
+    );
     let helper_pid = h.pid();
 
     let id = "jt-1";
@@ -210,10 +215,15 @@ fn journald_gets_the_helpers_and_the_shims_lines_with_task_id() {
     assert_eq!(reported["SHIM_PID"], l.shim_pid.to_string());
     assert_eq!(reported["PID"], l.pid.unwrap().to_string());
     assert_eq!(reported["ALREADY_CLAIMED"], "false");
-    // The shim's lines, from the shim's pid.
+    // The shim's lines, from the shim's pid, at info.
     for m in ["shim started", "task started", "result recorded"] {
         assert_eq!(by(m)["_PID"], l.shim_pid.to_string(), "{m}");
+        assert_eq!(by(m)["PRIORITY"], "6", "{m}");
     }
+    assert_eq!(by("shim started")["SHIM_PID"], l.shim_pid.to_string());
+    assert_eq!(by("task started")["PID"], l.pid.unwrap().to_string());
+    assert_eq!(by("task started")["PROFILE"], "process");
+    assert_eq!(by("task started")["PROGRAM"], "/bin/echo");
     assert_eq!(by("result recorded")["STATUS"], "success");
     // `error_code` is null: left out, not "null".
     assert!(by("result recorded").get("ERROR_CODE").is_none());
@@ -256,16 +266,43 @@ fn journald_gets_the_helpers_and_the_shims_lines_with_task_id() {
     let error = entry["ERROR"].as_str().unwrap();
     assert!(error.contains(&key), "error of {} bytes", error.len());
 
-    // shim.log keeps the per-task record, as JSON lines with the task id.
-    let shim_log = json_lines(&std::fs::read_to_string(dir.join("shim.log")).unwrap());
-    for m in ["shim started", "task started", "result recorded"] {
-        assert!(
-            shim_log
-                .iter()
-                .any(|v| v["message"] == m && v["task_id"] == id),
-            "{m:?} missing from shim.log: {shim_log:?}"
-        );
+    // shim.log takes the shim's warnings and errors: none for a task that
+    // ran normally, so no file; a task that could not start has one, as
+    // JSON lines with the task id, and the same line in the journal.
+    assert!(!dir.join("shim.log").exists());
+    let bad_id = "jt-missing";
+    let bad_dir = h.task(bad_id);
+    h.client().launch(spec(bad_id, &["/no/such/program"]));
+    let r = wait_result(&bad_dir, WAIT);
+    assert_eq!(r["error"]["code"], "launch_failed", "{r}");
+    let shim_log = json_lines(&std::fs::read_to_string(bad_dir.join("shim.log")).unwrap());
+    assert!(
+        shim_log
+            .iter()
+            .any(|v| v["message"] == "the task could not be started"
+                && v["level"] == "WARN"
+                && v["task_id"] == bad_id),
+        "{shim_log:?}"
+    );
+    assert!(
+        shim_log.iter().all(|v| v["level"] != "INFO"),
+        "{shim_log:?}"
+    );
+    let start = Instant::now();
+    let mut bad = Vec::new();
+    while !bad
+        .iter()
+        .any(|v: &Value| v["MESSAGE"] == "the task could not be started")
+        && start.elapsed() < WAIT
+    {
+        bad = journal(helper_pid, &[format!("TASK_ID={bad_id}")]);
+        std::thread::sleep(Duration::from_millis(50));
     }
+    let warned = bad
+        .iter()
+        .find(|v| v["MESSAGE"] == "the task could not be started")
+        .unwrap_or_else(|| panic!("no warning in the journal: {bad:?}"));
+    assert_eq!(warned["PRIORITY"], "4");
     // In journald mode the helper writes nothing to stderr.
     assert!(
         !h.log().contains("launch reported"),

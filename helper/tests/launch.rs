@@ -44,13 +44,102 @@ fn echo_succeeds_with_its_output() {
     assert!(r["usage"]["max_rss_bytes"].as_u64().unwrap() > 0);
     assert_eq!(r["kill_requested"], false);
     assert_eq!(r["timed_out"], false);
-    // The claim names the shim.
-    let claim: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("shim.claim")).unwrap()).unwrap();
+    // The claim names the shim: a symlink whose target is the record.
+    let target = std::fs::read_link(dir.join("shim.claim")).unwrap();
+    let claim: serde_json::Value = serde_json::from_str(target.to_str().unwrap()).unwrap();
     assert_eq!(claim["shim_pid"], l.shim_pid);
     assert_eq!(claim["shim_start_ticks"], l.shim_start_ticks);
     assert!(dir.join("workspace").is_dir());
     assert!(!dir.join("result.json.tmp").exists());
+}
+
+#[test]
+fn shim_log_exists_only_when_the_shim_has_trouble_to_tell() {
+    let h = Helper::start_configured(common::my_uid(), None, &[], |c| {
+        c.env("RUST_LOG", "info");
+    });
+    let dir = h.task("quiet");
+    h.client().launch(spec("quiet", &["/bin/true"]));
+    assert_eq!(wait_result(&dir, WAIT)["status"], "success");
+    assert!(
+        !dir.join("shim.log").exists(),
+        "a normal run logs no trouble"
+    );
+    let dir = h.task("loud");
+    h.client().launch(spec("loud", &["/no/such/program"]));
+    assert_eq!(wait_result(&dir, WAIT)["error"]["code"], "launch_failed");
+    let text = std::fs::read_to_string(dir.join("shim.log")).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert_eq!(lines[0]["level"], "WARN");
+    assert_eq!(lines[0]["message"], "the task could not be started");
+    assert_eq!(lines[0]["task_id"], "loud");
+    assert!(lines[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("/no/such/program"));
+}
+
+/// `SigIgn` and `SigBlk` of a `/proc/<pid>/status` text.
+fn ignored_and_blocked(status: &str) -> (String, String) {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+    };
+    (field("SigIgn:"), field("SigBlk:"))
+}
+
+/// Launches `cat /proc/self/status` and asserts the task ignores and
+/// blocks no signal.
+fn assert_task_signals_are_clean(h: &Helper, id: &str) {
+    let st = std::fs::read_to_string(format!("/proc/{}/status", h.pid())).unwrap();
+    let (ign, blk) = ignored_and_blocked(&st);
+    assert_eq!(ign, "0000000000001000", "the helper ignores SIGPIPE only");
+    assert_eq!(blk, "0000000000000000");
+    let dir = h.task(id);
+    h.client()
+        .launch(spec(id, &["/bin/cat", "/proc/self/status"]));
+    let r = wait_result(&dir, WAIT);
+    assert_eq!(r["status"], "success", "{r}");
+    let (ign, blk) = ignored_and_blocked(r["stdout"].as_str().unwrap());
+    assert_eq!(ign, "0000000000000000", "{id}");
+    assert_eq!(blk, "0000000000000000", "{id}");
+}
+
+#[test]
+#[allow(unsafe_code)]
+fn a_task_starts_with_default_signals_and_an_empty_mask() {
+    use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+    use std::os::unix::process::CommandExt;
+    // Started as std starts it (glibc's posix_spawn, which leaves the C
+    // library's own real-time signals 32 and 33 ignored in its child).
+    assert_task_signals_are_clean(&Helper::start(), "spawned");
+    // Started by a parent that left signals ignored and blocked, as a
+    // shell's `trap '' ...` or a supervisor's mask would: start-up undoes
+    // that, and the task child resets what the helper and the shim change.
+    let h = Helper::start_configured(common::my_uid(), None, &[], |c| {
+        // SAFETY: runs in the forked child before exec, and only makes
+        // async-signal-safe calls (signal, sigprocmask) on stack values.
+        unsafe {
+            c.pre_exec(|| {
+                for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGUSR1, libc::SIGTERM] {
+                    libc::signal(sig, libc::SIG_IGN);
+                }
+                let mut set = SigSet::empty();
+                set.add(Signal::SIGUSR2);
+                set.add(Signal::SIGQUIT);
+                sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+                Ok(())
+            })
+        };
+    });
+    assert_task_signals_are_clean(&h, "inherited");
 }
 
 #[test]
@@ -375,7 +464,7 @@ fn a_symlinked_task_dir_is_refused() {
         Response::Error(e) => assert_eq!(e.kind, HelperErrorKind::InvalidRequest, "{e}"),
         other => panic!("{other:?}"),
     }
-    assert!(!elsewhere.join("shim.claim").exists());
+    assert!(elsewhere.join("shim.claim").symlink_metadata().is_err());
 }
 
 #[test]

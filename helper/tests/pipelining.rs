@@ -110,8 +110,10 @@ fn launched(s: &mut UnixStream, what: &str) -> Launched {
 /// Asserts `l` is the reply for the task in `dir`: the shim that claimed
 /// it and the process that ran, as the task's own files say.
 fn assert_reply_is_for(l: &Launched, dir: &Path) {
+    // The claim is a symlink whose target is the record.
+    let target = std::fs::read_link(dir.join("shim.claim")).unwrap();
     let claim: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("shim.claim")).unwrap()).unwrap();
+        serde_json::from_slice(target.as_os_str().as_encoded_bytes()).unwrap();
     assert_eq!(claim["shim_pid"], l.shim_pid, "{}", dir.display());
     let r = wait_result(dir, WAIT);
     assert_eq!(r["status"], "success", "{r}");

@@ -55,6 +55,57 @@ fn finished_while_down_is_finalized_from_result_json() {
     );
 }
 
+/// The shim renames its fdatasynced `result.json.tmp` without a directory
+/// fsync, so a power loss can leave the result under the temp name; a
+/// `kill -9` during its write leaves a body cut short. Both are simulated
+/// on the files of finished tasks while the runtime is down.
+#[test]
+fn a_result_left_under_its_temp_name_counts_only_when_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut s = Server::builder().data_dir(&dir).start();
+    let whole = s.submit(&sh("sleep 0.3; echo done; exit 4"));
+    let cut = s.submit(&sh("sleep 0.3; exit 0"));
+    let shims: Vec<i32> = [&whole, &cut]
+        .iter()
+        .map(|id| {
+            s.wait_status(id, "running", T)["shim_pid"]
+                .as_i64()
+                .unwrap() as i32
+        })
+        .collect();
+    s.kill9();
+    for shim in shims {
+        assert!(wait_dead(shim, T), "shim did not finish");
+    }
+    for (id, keep) in [(&whole, usize::MAX), (&cut, 20)] {
+        let td = s.task_dir(id);
+        let body = std::fs::read(td.join("result.json")).unwrap();
+        std::fs::remove_file(td.join("result.json")).unwrap();
+        std::fs::write(td.join("result.json.tmp"), &body[..body.len().min(keep)]).unwrap();
+    }
+    drop(s);
+    let s = Server::builder().data_dir(&dir).start();
+    let st = s.wait_terminal(&whole, T);
+    assert_eq!(st["status"], "failed", "{st}");
+    assert_eq!(st["exit_code"], 4);
+    assert_eq!(st["stdout"], "done\n");
+    // Put back under its name, durably, before it was relied on.
+    let td = s.task_dir(&whole);
+    assert!(!td.join("result.json.tmp").exists());
+    let on_disk: Value =
+        serde_json::from_slice(&std::fs::read(td.join("result.json")).unwrap()).unwrap();
+    assert_eq!(on_disk["exit_code"], 4);
+    // Cut short is no result: the monitor was lost.
+    let st = s.wait_terminal(&cut, T);
+    assert_eq!(st["status"], "failed", "{st}");
+    assert_eq!(st["error"]["code"], "internal");
+    let on_disk: Value =
+        serde_json::from_slice(&std::fs::read(s.task_dir(&cut).join("result.json")).unwrap())
+            .unwrap();
+    assert_eq!(on_disk["error"]["code"], "internal");
+}
+
 #[test]
 fn lost_monitor_is_failed_internal() {
     let tmp = tempfile::tempdir().unwrap();

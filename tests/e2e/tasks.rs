@@ -69,6 +69,26 @@ fn workspace_subdir_is_the_working_directory_and_stdin_is_null() {
 }
 
 #[test]
+fn a_task_ignores_and_blocks_no_signal() {
+    // The embedded helper is started by the runtime's spawn (glibc's
+    // posix_spawn leaves some signals ignored in its child), the shim
+    // blocks SIGCHLD and the helper ignores SIGPIPE: none of it may reach
+    // the task.
+    let s = Server::start();
+    let id = s.submit(&command("/bin/cat", &["/proc/self/status"]));
+    let st = s.wait_terminal(&id, T);
+    assert_eq!(st["status"], "success", "{st}");
+    let out = st["stdout"].as_str().unwrap();
+    for field in ["SigIgn:", "SigBlk:"] {
+        let value = out
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .unwrap_or_else(|| panic!("no {field} in {out}"));
+        assert_eq!(value.trim(), "0000000000000000", "{field}");
+    }
+}
+
+#[test]
 fn output_truncation_flags_and_full_logs() {
     let s = Server::start();
     let id = s.submit(
@@ -181,7 +201,9 @@ fn kill_of_accepted_cancels_at_once() {
     s.kill(&blocker, None);
     s.wait_terminal(&blocker, T);
     // The cancelled task never ran.
-    assert!(!s.task_dir(&id).join("shim.claim").exists());
+    // (symlink_metadata: the claim is a symlink, which exists() would follow.)
+    let claim = s.task_dir(&id).join("shim.claim");
+    assert!(claim.symlink_metadata().is_err());
 }
 
 #[test]

@@ -43,12 +43,20 @@ pub enum ControlError {
 /// when it is not ours, so that it may write the FIFO.
 pub fn create(dir: BorrowedFd<'_>, owner: Option<Uid>) -> Result<File, ControlError> {
     let raw = Some(dir.as_raw_fd());
-    match nix::unistd::unlinkat(raw, CONTROL, UnlinkatFlags::NoRemoveDir) {
-        Ok(()) | Err(Errno::ENOENT) => {}
-        Err(e) => return Err(ControlError::RemoveStale(e)),
+    let mkfifo = || nix::unistd::mkfifoat(raw, CONTROL, Mode::from_bits_truncate(0o600));
+    match mkfifo() {
+        Ok(()) => {}
+        // Only the claiming shim gets here, so anything in the way is
+        // stale (or planted): removed, and the create repeated.
+        Err(Errno::EEXIST) => {
+            match nix::unistd::unlinkat(raw, CONTROL, UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(ControlError::RemoveStale(e)),
+            }
+            mkfifo().map_err(ControlError::Create)?;
+        }
+        Err(e) => return Err(ControlError::Create(e)),
     }
-    nix::unistd::mkfifoat(raw, CONTROL, Mode::from_bits_truncate(0o600))
-        .map_err(ControlError::Create)?;
     if let Some(uid) = owner {
         nix::unistd::fchownat(raw, CONTROL, Some(uid), None, AtFlags::AT_SYMLINK_NOFOLLOW)
             .map_err(|source| ControlError::Chown {

@@ -32,6 +32,8 @@ pub struct Host {
     resolved: Option<PathBuf>,
     plan: Option<Plan>,
     sigchld: Option<SignalFd>,
+    /// From the claim until the result is written.
+    result: Option<result::ResultFile>,
 }
 
 impl Host {
@@ -49,6 +51,7 @@ impl Host {
             resolved: None,
             plan: None,
             sigchld: None,
+            result: None,
         }
     }
 
@@ -90,8 +93,8 @@ impl Steps for Host {
         keep.extend(self.report.as_ref().map(|r| r.as_raw_fd()));
         // The journal socket, in journald mode: the shim logs there too.
         keep.extend(log::journal_fd());
-        isolate::isolate(self.ctx.task_dir.as_fd(), &keep)?;
-        log::enter_shim(&self.ctx.launch.task_id);
+        let log_dir = isolate::isolate(self.ctx.task_dir.as_fd(), &keep)?;
+        log::enter_shim(&self.ctx.launch.task_id, log_dir);
         log::info(
             "shim started",
             &[
@@ -103,15 +106,23 @@ impl Steps for Host {
     }
 
     fn claim(&mut self) -> Result<Claim, ShimError> {
-        let c = claim::claim(self.ctx.task_dir.as_fd(), self.me)?;
-        if let Claim::Existing(earlier) = c {
-            log::info(
+        let dir = self.ctx.task_dir.as_fd();
+        let c = claim::take(dir, self.me)?;
+        match c {
+            Claim::Taken => {
+                // The result's temp file now, before the directory fsync that
+                // makes the claim durable: that fsync covers its entry too,
+                // so at the end the result needs only its own fdatasync.
+                self.result = Some(result::create(dir)?);
+                claim::make_durable(dir)?;
+            }
+            Claim::Existing(earlier) => log::info(
                 "task already claimed; not running it again",
                 &[
                     ("task_id", self.task_id()),
                     ("claimed_by", earlier.shim_pid.into()),
                 ],
-            );
+            ),
         }
         Ok(c)
     }
@@ -249,7 +260,8 @@ impl Steps for Host {
         let (stdout, stderr) =
             result::read_logs(dir, limits.stdout_max_bytes, limits.stderr_max_bytes)?;
         let body = result::merge(&self.ctx.launch.result_template, outcome, stdout, stderr)?;
-        result::write_atomic(dir, &body)?;
+        let file = self.result.take().ok_or(missing("result file"))?;
+        result::write(dir, file, &body)?;
         log::info(
             "result recorded",
             &[

@@ -1,19 +1,18 @@
 //! The shim's first step, right after the fork: its own session, no
 //! descriptor of the helper's but the ones it was given (the report pipe,
-//! the task directory and, in journald mode, the journal socket), and 0/1
-//! on /dev/null and 2 on `shim.log` for its own diagnostics.
+//! the task directory and, in journald mode, the journal socket), and 0, 1
+//! and 2 on /dev/null. Its diagnostics go to `shim.log`, which the log
+//! module creates when there is one to write (see [`crate::log`]); it gets
+//! a descriptor of the task directory of its own for that.
 
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
-use crate::fs_at::{self, Access, AtError};
 use crate::sys;
-
-pub const SHIM_LOG: &str = "shim.log";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IsolateError {
@@ -23,33 +22,30 @@ pub enum IsolateError {
     CloseFds(#[source] std::io::Error),
     #[error("opening /dev/null failed")]
     DevNull(#[source] Errno),
-    #[error("opening {SHIM_LOG} failed")]
-    Log(#[source] AtError),
     #[error("redirecting the shim's stdio failed")]
     Dup(#[source] Errno),
+    #[error("duplicating the task directory descriptor for the log failed")]
+    LogDir(#[source] std::io::Error),
 }
 
 /// `keep`: the report pipe, the task directory and the journal socket, if
-/// any (all close-on-exec, so the task gets none of them).
-pub fn isolate(task_dir: BorrowedFd<'_>, keep: &[RawFd]) -> Result<(), IsolateError> {
+/// any (all close-on-exec, so the task gets none of them). Returns the log's
+/// descriptor of `task_dir` (close-on-exec too).
+pub fn isolate(task_dir: BorrowedFd<'_>, keep: &[RawFd]) -> Result<OwnedFd, IsolateError> {
     // A session of our own: the shim outlives the helper's session and no
     // terminal signal of it reaches us.
     nix::unistd::setsid().map_err(IsolateError::Setsid)?;
     sys::close_fds_except(keep).map_err(IsolateError::CloseFds)?;
+    // Nothing of the helper's stdio stays open here (its stderr may be the
+    // runtime's pipe, whose reader waits for every writer to close).
     let null = sys::open(
         Path::new("/dev/null"),
         OFlag::O_RDWR | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
     .map_err(IsolateError::DevNull)?;
-    let log = fs_at::open_file(task_dir, SHIM_LOG, Access::AppendOrCreate(0o644))
-        .map_err(IsolateError::Log)?;
-    for (from, to) in [
-        (null.as_raw_fd(), 0),
-        (null.as_raw_fd(), 1),
-        (log.as_raw_fd(), 2),
-    ] {
-        nix::unistd::dup2(from, to).map_err(IsolateError::Dup)?;
+    for to in 0..3 {
+        nix::unistd::dup2(null.as_raw_fd(), to).map_err(IsolateError::Dup)?;
     }
-    Ok(())
+    task_dir.try_clone_to_owned().map_err(IsolateError::LogDir)
 }

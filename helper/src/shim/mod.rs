@@ -49,6 +49,11 @@ const PANICKED: i32 = 70;
 /// helper code it was forked from: a panic is caught here and ends the
 /// process, like every other path, with `_exit`.
 pub fn run(ctx: ShimContext, report: OwnedFd) -> ! {
+    // The shim's stderr is /dev/null: a panic message is logged instead
+    // (an error, so it reaches shim.log).
+    std::panic::set_hook(Box::new(|info| {
+        crate::log::error("the shim panicked", &[("panic", info.to_string().into())])
+    }));
     let code = catch_unwind(AssertUnwindSafe(move || {
         let mut host = host::Host::new(ctx, report);
         script::run(&mut host)

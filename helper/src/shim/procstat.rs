@@ -2,6 +2,8 @@
 //! clock ticks since boot (field 22 of `/proc/<pid>/stat`, see proc(5)), so
 //! a recycled pid is never mistaken for the shim.
 
+use std::io::Read;
+
 /// Parses field 22 of a `/proc/<pid>/stat` line. The command name (field 2)
 /// may hold spaces and parentheses, so fields are counted after the last
 /// `)`.
@@ -13,9 +15,16 @@ pub fn parse_start_ticks(stat: &str) -> Option<u64> {
 
 /// The calling process's start ticks; 0 when /proc cannot say.
 pub fn own_start_ticks() -> u64 {
-    std::fs::read_to_string("/proc/self/stat")
+    // One read: the kernel hands over the whole line (a few hundred bytes,
+    // at most ~1.2 KiB) in a single read when the buffer holds it; a line
+    // without its final newline is not trusted.
+    let mut buf = [0u8; 4096];
+    std::fs::File::open("/proc/self/stat")
+        .and_then(|mut f| f.read(&mut buf))
         .ok()
-        .and_then(|s| parse_start_ticks(&s))
+        .and_then(|n| buf[..n].strip_suffix(b"\n"))
+        .and_then(|line| std::str::from_utf8(line).ok())
+        .and_then(parse_start_ticks)
         .unwrap_or(0)
 }
 

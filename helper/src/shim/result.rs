@@ -1,10 +1,40 @@
 //! `tasks/<id>/result.json`: the task's terminal status body. The runtime's
 //! template (the static part of the body) with every [`Outcome`] field
-//! written over it, the heads of the output logs, and `updated_at`. Written
-//! atomically: a fresh temp file, fsync, rename, fsync of the directory, so
-//! a reader sees the old state or the whole new one, before and after a
-//! crash.
+//! written over it, the heads of the output logs, and `updated_at`.
+//!
+//! A reader must find no result or a whole one, after a `kill -9` of the
+//! shim at any instant and after a power loss, and a result must be durable
+//! before anyone relies on it. This costs one fsync at the end:
+//!
+//! 1. [`create`], when the task is claimed: an empty `result.json.tmp`, a
+//!    fresh inode (`O_EXCL`, so never a name planted by the directory's
+//!    owner), held open. It is created *before* the directory fsync that
+//!    makes the claim durable, so that fsync makes this entry durable too,
+//!    before the task starts.
+//! 2. [`write`], when the task has ended: the whole body into that file,
+//!    `fdatasync` (data and size), then `rename` to `result.json` — with no
+//!    fsync of the directory.
+//!
+//! Why that holds. `result.json` only ever appears whole: rename is atomic,
+//! and the body was on disk before it. A power loss may undo the rename;
+//! the durable, whole body is then still under `result.json.tmp`, so a
+//! reader that misses `result.json` takes a *complete* `result.json.tmp`
+//! instead (the runtime's `TaskDir::read_result`). Complete means it parses
+//! as JSON: an untouched temp file is empty, and a body cut short by a
+//! `kill -9` during the write is a proper prefix of a JSON object, which
+//! never parses. A `kill -9` between the write and the `fdatasync` leaves a
+//! whole body that may not be durable yet, so that reader fdatasyncs the
+//! temp file, renames it and fsyncs the directory itself before relying on
+//! it. Compared with temp file, fsync, rename, directory fsync, this saves
+//! the directory fsync (0.125 ms per task on the development VMs).
+//!
+//! Not chosen: writing `result.json` itself in place (created empty at
+//! claim time, then one write and an fdatasync, no rename). It saves the
+//! rename too, but `result.json` would then exist, empty or partial, for
+//! the whole run, where the contract has it written when the task ends and
+//! clients read it at `artifacts.result_path`.
 
+use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
@@ -57,8 +87,6 @@ pub enum ResultError {
     Write(#[source] std::io::Error),
     #[error("renaming {RESULT_TMP} to {RESULT} failed")]
     Rename(#[source] Errno),
-    #[error("syncing the task directory failed")]
-    SyncDir(#[source] Errno),
 }
 
 /// The outcome of a task that ran: classified as the contract orders it.
@@ -194,23 +222,47 @@ pub fn read_logs(
     Ok((head(STDOUT_LOG, stdout_max)?, head(STDERR_LOG, stderr_max)?))
 }
 
-/// Writes `result.json` atomically under the task directory.
-pub fn write_atomic(dir: BorrowedFd<'_>, body: &Map<String, Value>) -> Result<(), ResultError> {
+/// The empty `result.json.tmp` a claimed task's result will be written
+/// into ([`write`]); see the module documentation for the order.
+#[derive(Debug)]
+pub struct ResultFile(File);
+
+/// Step 1: creates `result.json.tmp`, a fresh inode. The caller fsyncs the
+/// directory afterwards.
+pub fn create(dir: BorrowedFd<'_>) -> Result<ResultFile, ResultError> {
+    let create = || fs_at::open_file(dir, RESULT_TMP, Access::CreateNew(0o644));
+    let file = match create() {
+        Ok(f) => f,
+        // A leftover (or planted: O_EXCL never writes through a link the
+        // directory's owner made) is removed, and the create repeated.
+        Err(e) if e.open_errno() == Some(Errno::EEXIST) => {
+            let raw = Some(dir.as_raw_fd());
+            match nix::unistd::unlinkat(raw, RESULT_TMP, UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(ResultError::RemoveStale(e)),
+            }
+            create().map_err(ResultError::Create)?
+        }
+        Err(e) => return Err(ResultError::Create(e)),
+    };
+    Ok(ResultFile(file))
+}
+
+/// Step 2: writes the body into the file from [`create`], fdatasyncs it and
+/// renames it to `result.json` (no directory fsync: see the module
+/// documentation).
+pub fn write(
+    dir: BorrowedFd<'_>,
+    file: ResultFile,
+    body: &Map<String, Value>,
+) -> Result<(), ResultError> {
     let bytes = serde_json::to_vec(body).map_err(ResultError::Encode)?;
-    let raw = Some(dir.as_raw_fd());
-    // A fresh inode every time: the temp name could be a hard link planted
-    // by the directory's owner, and O_EXCL never writes through one.
-    match nix::unistd::unlinkat(raw, RESULT_TMP, UnlinkatFlags::NoRemoveDir) {
-        Ok(()) | Err(Errno::ENOENT) => {}
-        Err(e) => return Err(ResultError::RemoveStale(e)),
-    }
-    let mut f =
-        fs_at::open_file(dir, RESULT_TMP, Access::CreateNew(0o644)).map_err(ResultError::Create)?;
+    let mut f = file.0;
     f.write_all(&bytes).map_err(ResultError::Write)?;
-    f.sync_all().map_err(ResultError::Write)?;
+    f.sync_data().map_err(ResultError::Write)?;
     drop(f);
-    nix::fcntl::renameat(raw, RESULT_TMP, raw, RESULT).map_err(ResultError::Rename)?;
-    fs_at::sync_dir(dir).map_err(ResultError::SyncDir)
+    let raw = Some(dir.as_raw_fd());
+    nix::fcntl::renameat(raw, RESULT_TMP, raw, RESULT).map_err(ResultError::Rename)
 }
 
 #[cfg(test)]
@@ -331,9 +383,12 @@ mod tests {
     }
 
     #[test]
-    fn atomic_write_replaces_and_leaves_no_temp() {
+    fn created_at_claim_written_at_the_end() {
         let tmp = tempfile::tempdir().unwrap();
-        std::fs::write(tmp.path().join(RESULT_TMP), b"stale").unwrap();
+        // A stale temp file that is a hard link to a file of someone else's:
+        // replaced, never written through.
+        std::fs::write(tmp.path().join("other"), b"keep").unwrap();
+        std::fs::hard_link(tmp.path().join("other"), tmp.path().join(RESULT_TMP)).unwrap();
         std::fs::write(tmp.path().join("stdout.log"), b"abcdef").unwrap();
         let d = crate::sys::open(
             tmp.path(),
@@ -350,15 +405,26 @@ mod tests {
             }
         );
         assert_eq!(err, LogHead::default());
+        let file = create(d.as_fd()).unwrap();
+        // Until the end: an empty temp file, no result.json.
+        assert_eq!(std::fs::read(tmp.path().join(RESULT_TMP)).unwrap(), b"");
+        assert!(!tmp.path().join(RESULT).exists());
         let mut body = Map::new();
         body.insert("a".into(), Value::from(1));
-        write_atomic(d.as_fd(), &body).unwrap();
-        body.insert("a".into(), Value::from(2));
-        write_atomic(d.as_fd(), &body).unwrap();
+        write(d.as_fd(), file, &body).unwrap();
         assert_eq!(
             std::fs::read_to_string(tmp.path().join(RESULT)).unwrap(),
-            r#"{"a":2}"#
+            r#"{"a":1}"#
         );
         assert!(!tmp.path().join(RESULT_TMP).exists());
+        assert_eq!(std::fs::read(tmp.path().join("other")).unwrap(), b"keep");
+        // A result the runtime wrote meanwhile is replaced whole.
+        std::fs::write(tmp.path().join(RESULT), br#"{"decided":"by the runtime"}"#).unwrap();
+        let file = create(d.as_fd()).unwrap();
+        write(d.as_fd(), file, &body).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join(RESULT)).unwrap(),
+            r#"{"a":1}"#
+        );
     }
 }

@@ -68,6 +68,8 @@ pub trait Steps {
     fn now(&self) -> String;
 
     fn isolate(&mut self) -> Result<(), ShimError>;
+    /// Takes the claim and, when it is ours, prepares the result's file;
+    /// both are durable once this returns [`Claim::Taken`].
     fn claim(&mut self) -> Result<Claim, ShimError>;
     fn become_subreaper(&mut self) -> Result<(), ShimError>;
     fn open_control(&mut self) -> Result<(), ShimError>;
@@ -88,7 +90,8 @@ pub trait Steps {
 pub fn run<S: Steps>(s: &mut S) -> i32 {
     let me = s.identity();
     // 1. Isolate first: nothing of the helper (its sockets, its data dir)
-    //    may reach the task, and diagnostics need a home (shim.log).
+    //    may reach the task, and diagnostics need a home (shim.log, created
+    //    by the first line that goes there).
     if let Err(e) = s.isolate() {
         s.report(failed(HelperErrorKind::LaunchFailed, &e));
         return 1;

@@ -42,6 +42,17 @@ impl Helper {
     /// by the spawn before exec; the test must be root) when given, with
     /// `extra` arguments.
     pub fn start_with(uid: u32, run_as: Option<u32>, extra: &[&str]) -> Helper {
+        Helper::start_configured(uid, run_as, extra, |_| {})
+    }
+
+    /// [`Helper::start_with`], with `configure` applied to the command
+    /// last (to override `RUST_LOG`, add a `pre_exec`, ...).
+    pub fn start_configured(
+        uid: u32,
+        run_as: Option<u32>,
+        extra: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Helper {
         use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -68,6 +79,7 @@ impl Helper {
             // std drops the supplementary groups, then setgid, then setuid.
             cmd.uid(id).gid(id);
         }
+        configure(&mut cmd);
         let child = cmd.spawn().unwrap();
         let h = Helper {
             child,

@@ -164,7 +164,7 @@ impl Engine {
                         K::Internal => TaskErrorCode::Internal,
                     };
                     // The shim may have claimed the task before failing.
-                    if self.task_dir(&task_id).path(files::RESULT).exists() {
+                    if self.task_dir(&task_id).has_result() {
                         self.finalize(&task_id, None).await;
                     } else {
                         self.fail_launch(&task_id, code, err.message).await;
@@ -176,7 +176,7 @@ impl Engine {
             };
             tracing::warn!(task_id, error = %transport_error, "helper unavailable for launch; retrying");
             // Whatever reached the helper may have claimed the task already.
-            if let Ok(claim) = std::fs::read(self.task_dir(&task_id).path(files::CLAIM)) {
+            if let Ok(Some(claim)) = self.task_dir(&task_id).read_claim() {
                 self.follow_claim(&task_id, &claim).await;
                 return;
             }
@@ -452,7 +452,7 @@ fn claim(
 }
 
 fn read_outcome(td: &TaskDir) -> Option<Outcome> {
-    let bytes = std::fs::read(td.path(files::RESULT)).ok()?;
+    let bytes = td.read_result().ok()??;
     serde_json::from_slice(&bytes).ok()
 }
 

@@ -2,7 +2,8 @@
 //! the head of the output logs.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use crate::api::model::Artifacts;
 
 pub const REQUEST: &str = "request.json";
 pub const RESULT: &str = "result.json";
+/// The shim's temp name for `result.json` (see [`TaskDir::read_result`]).
+pub const RESULT_TMP: &str = "result.json.tmp";
 pub const STDOUT: &str = "stdout.log";
 pub const STDERR: &str = "stderr.log";
 pub const SCRIPT: &str = "script";
@@ -106,6 +109,74 @@ impl TaskDir {
         Ok((head.to_string(), truncated))
     }
 
+    /// The task's terminal status body, if one was recorded: `result.json`,
+    /// or else a complete `result.json.tmp`.
+    ///
+    /// The shim creates `result.json.tmp` empty when it claims the task
+    /// (durable with the claim), and at the end writes the body into it,
+    /// fdatasyncs it and renames it to `result.json` without a directory
+    /// fsync. So after a power loss a whole, durable body may be left under
+    /// the temp name; and a `kill -9` of the shim between its write and its
+    /// fdatasync leaves a whole body that is not durable yet. A temp body
+    /// that parses is whole (a cut-short JSON object never parses, an
+    /// untouched one is empty): it is fdatasynced, renamed to `result.json`
+    /// and the directory fsynced here, before anyone relies on it. Anything
+    /// else under the temp name is no result.
+    pub fn read_result(&self) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(self.path(RESULT)) {
+            Ok(bytes) => return Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let tmp = self.path(RESULT_TMP);
+        let mut f = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes)?;
+        if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+            return Ok(None);
+        }
+        f.sync_data()?;
+        match fs::rename(&tmp, self.path(RESULT)) {
+            Ok(()) => File::open(&self.dir)?.sync_all()?,
+            // The shim (or another reader) renamed it meanwhile: the same
+            // inode, made durable just above.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Whether a terminal status body was recorded ([`Self::read_result`]).
+    pub fn has_result(&self) -> bool {
+        matches!(self.read_result(), Ok(Some(_)))
+    }
+
+    /// The shim's claim record (`{"shim_pid":N,"shim_start_ticks":N}`), or
+    /// `None` when no shim claimed the task. The shim writes the record as
+    /// the target of the symlink `shim.claim`; older shims wrote a regular
+    /// file, which is read as it is (readlink fails with EINVAL on it).
+    pub fn read_claim(&self) -> io::Result<Option<Vec<u8>>> {
+        let path = self.path(CLAIM);
+        let bytes = match fs::read_link(&path) {
+            Ok(target) => Ok(target.into_os_string().into_vec()),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => fs::read(&path),
+            Err(e) => Err(e),
+        };
+        match bytes {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Asks the shim to kill the task: one byte on its control FIFO.
     /// `Ok(false)` when no shim is listening.
     pub fn send_kill(&self) -> io::Result<bool> {
@@ -162,7 +233,39 @@ mod tests {
         td.write_result(b"{\"a\":1}").unwrap();
         assert_eq!(fs::read(td.path(RESULT)).unwrap(), b"{\"a\":1}");
         assert!(!td.send_kill().unwrap(), "no fifo means no shim");
+        assert_eq!(td.read_claim().unwrap(), None);
+        std::os::unix::fs::symlink(r#"{"shim_pid":1}"#, td.path(CLAIM)).unwrap();
+        assert_eq!(td.read_claim().unwrap().unwrap(), br#"{"shim_pid":1}"#);
+        // A claim file of an older shim.
+        fs::remove_file(td.path(CLAIM)).unwrap();
+        fs::write(td.path(CLAIM), b"{}").unwrap();
+        assert_eq!(td.read_claim().unwrap().unwrap(), b"{}");
         td.remove().unwrap();
         assert!(!td.dir.exists());
+    }
+
+    #[test]
+    fn a_result_is_whole_or_absent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let td = TaskDir::new(tmp.path(), "t1");
+        td.create(b"{}", None).unwrap();
+        assert_eq!(td.read_result().unwrap(), None);
+        // The shim's temp file as claimed (empty), and cut short.
+        for partial in [&b""[..], br#"{"status":"succ"#, br#"{"status":"success""#] {
+            fs::write(td.path(RESULT_TMP), partial).unwrap();
+            assert_eq!(td.read_result().unwrap(), None, "{partial:?}");
+            assert!(!td.has_result());
+        }
+        // Whole, but never renamed (a power loss undid the rename): taken,
+        // and put under its name.
+        let body = br#"{"status":"success"}"#;
+        fs::write(td.path(RESULT_TMP), body).unwrap();
+        assert!(td.has_result());
+        assert!(!td.path(RESULT_TMP).exists());
+        assert_eq!(fs::read(td.path(RESULT)).unwrap(), body);
+        assert_eq!(td.read_result().unwrap().unwrap(), body);
+        // result.json wins over a temp file.
+        fs::write(td.path(RESULT_TMP), br#"{"status":"failed"}"#).unwrap();
+        assert_eq!(td.read_result().unwrap().unwrap(), body);
     }
 }

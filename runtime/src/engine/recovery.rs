@@ -8,7 +8,6 @@ use execgo_runtime_protocol::TaskStatus;
 use serde::Deserialize;
 
 use super::dispatch::reservation_of;
-use super::files::{self};
 use super::{now, Engine};
 use crate::api::error::ApiError;
 use crate::store::{self, NewEvent};
@@ -17,7 +16,7 @@ use crate::sys;
 /// How long an incomplete claim may take to be completed by its shim.
 const CLAIM_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Content of `tasks/<id>/shim.claim`.
+/// The claim record of `tasks/<id>/shim.claim` (see `TaskDir::read_claim`).
 #[derive(Debug, Deserialize)]
 struct Claim {
     shim_pid: i32,
@@ -91,7 +90,7 @@ impl Engine {
     /// claim makes that safe). The task holds its reservation throughout.
     pub(super) async fn recover_one(self: &Arc<Self>, task_id: &str) {
         let td = self.task_dir(task_id);
-        let claim = std::fs::read(td.path(files::CLAIM)).ok();
+        let claim = td.read_claim().ok().flatten();
         let Some(bytes) = claim else {
             self.note_recovered(
                 task_id,
@@ -148,10 +147,11 @@ impl Engine {
     }
 
     /// The claim record, from `first` (what the caller read) or, while
-    /// that is incomplete, from re-reads: a claim file is created before
-    /// its record is written, so a reader can come between the two. One
-    /// still incomplete after [`CLAIM_SETTLE`] belongs to a shim that died
-    /// in between: `None`.
+    /// that is incomplete, from re-reads. A claim is a symlink whose target
+    /// is the record, whole from the start; but a claim file written by an
+    /// older shim is created before its record is written, so a reader can
+    /// come between the two. One still incomplete after [`CLAIM_SETTLE`]
+    /// belongs to a shim that died in between: `None`.
     async fn settled_claim(&self, task_id: &str, first: &[u8]) -> Option<Claim> {
         let parse = |b: &[u8]| {
             serde_json::from_slice::<Claim>(b)
@@ -161,10 +161,10 @@ impl Engine {
         if let Some(c) = parse(first) {
             return Some(c);
         }
-        let path = self.task_dir(task_id).path(files::CLAIM);
+        let td = self.task_dir(task_id);
         let until = std::time::Instant::now() + CLAIM_SETTLE;
         loop {
-            if let Some(c) = std::fs::read(&path).ok().as_deref().and_then(parse) {
+            if let Some(c) = td.read_claim().ok().flatten().as_deref().and_then(parse) {
                 return Some(c);
             }
             if std::time::Instant::now() >= until {
