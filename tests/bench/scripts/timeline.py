@@ -2,33 +2,32 @@
 """Per-task timeline of the bench's latency scenario, from kernel
 tracepoints recorded while it runs (see docs/benchmarks.md):
 
-    execgo-runtime-bench --scenarios latency --latency-tasks 2000 &
-    # note the bench pid and the printed helper pid, then:
+    execgo-runtime-bench --scenarios latency --latency-tasks 3000 > lat.out &
+    # once lat.out shows "server: runtime pid R, helper pid H":
     perf record -a -o tl.data \
       -e sched:sched_process_fork -e sched:sched_process_exec \
       -e sched:sched_process_exit \
       -e syscalls:sys_enter_fsync -e syscalls:sys_exit_fsync \
       -e syscalls:sys_enter_fdatasync -e syscalls:sys_exit_fdatasync \
       -e syscalls:sys_enter_mkdir -e syscalls:sys_enter_sendto \
-      -e syscalls:sys_exit_recvfrom \
-      -e syscalls:sys_enter_write --filter 'fd == 2' \
-      -e syscalls:sys_enter_pidfd_open -- sleep 2
-    perf script -i tl.data > tl.txt
+      -e syscalls:sys_exit_recvfrom -- sleep 1.5
+    perf script -i tl.data | grep -v '^ *perf ' > tl.txt
     timeline.py tl.txt BENCH_PID HELPER_PID
 
-One iteration starts at the bench's POST (a 144-byte header sendto; a
-GET is 128 bytes). The runtime is recognised by its thread names
-(`execgo-runtime`, `tokio-runtime-w`); the helper by its pid, the
-intermediate, shim and task by the forks that follow. The byte counts
-(the 0x661-byte Launch frame, the 0xe6-byte submit answer, the ~0x640-byte
-terminal status body) are those of /bin/true tasks with generated UUIDs.
+(Leave out read/write tracepoints: perf's own writes would flood them.)
+
+One iteration starts at the bench's POST (a 144-byte sendto from the
+bench's main thread; its status GETs are 128 bytes) and ends at the last
+answer the bench received before its next POST (the terminal status). The
+runtime's database work is recognised by its thread name (`sqlite`), the
+Launch frame by its size (0x66_ bytes for a /bin/true task), the
+intermediate, shim and task by the forks that follow the helper's.
 """
 import re
 import statistics
 import sys
 
-LINE = re.compile(r"^\s*(\S.*?)\s+(\d+)\s+\[\d+\]\s+([\d.]+):\s+(\S+):\s*(.*)$")
-TERMINAL_BODY = ("0x63e", "0x63f", "0x640", "0x641")
+LINE = re.compile(r"^\s*(\S.*?)\s+(\d+)\s+\[(\d+)\]\s+([\d.]+):\s+(\S+):\s*(.*)$")
 
 
 def load(path):
@@ -36,102 +35,85 @@ def load(path):
     for line in open(path):
         m = LINE.match(line)
         if m:
-            comm, tid, ts, name, rest = m.groups()
+            comm, tid, _cpu, ts, name, rest = m.groups()
             out.append((float(ts) * 1000.0, comm.strip(), int(tid), name, rest))
     return out
-
-
-def is_runtime(e):
-    return e[1] in ("execgo-runtime", "tokio-runtime-w")
 
 
 def child(e):
     return int(re.search(r"child_pid=(\d+)", e[4]).group(1))
 
 
+def iteration(w, helper, bench, end):
+    def first(pred):
+        return next((e for e in w if pred(e)), None)
+
+    def by(pid, name):
+        return first(lambda e: e[2] == pid and e[3] == name)
+
+    mkdir = first(lambda e: e[1] == "sqlite" and "mkdir" in e[3])
+    fsync = first(lambda e: e[1] == "sqlite" and e[3] == "syscalls:sys_enter_fsync")
+    fsynced = first(lambda e: e[1] == "sqlite" and e[3] == "syscalls:sys_exit_fsync")
+    launch = first(lambda e: e[3] == "syscalls:sys_enter_sendto" and "len: 0x0000066" in e[4])
+    hfork = by(helper, "sched:sched_process_fork")
+    if None in (mkdir, fsync, fsynced, launch, hfork):
+        return None
+    sfork = by(child(hfork), "sched:sched_process_fork")
+    if sfork is None:
+        return None
+    shim = child(sfork)
+    claim, claimed = by(shim, "syscalls:sys_enter_fsync"), by(shim, "syscalls:sys_exit_fsync")
+    tfork = by(shim, "sched:sched_process_fork")
+    if None in (claim, claimed, tfork):
+        return None
+    task = child(tfork)
+    exec_, texit = by(task, "sched:sched_process_exec"), by(task, "sched:sched_process_exit")
+    sync, synced = by(shim, "syscalls:sys_enter_fdatasync"), by(shim, "syscalls:sys_exit_fdatasync")
+    sexit = by(shim, "sched:sched_process_exit")
+    if None in (exec_, texit, sync, synced, sexit):
+        return None
+    answers = [e for e in w if e[2] == bench and e[3] == "syscalls:sys_exit_recvfrom"
+               and not e[4].startswith("0xfff")]
+    seen = answers[-1][0] if answers else end
+    points = [
+        ("POST sent -> task dir mkdir (HTTP, validate, plan, to the db thread)", w[0][0], mkdir[0]),
+        ("mkdir -> submit commit fsync (files, row, events)", mkdir[0], fsync[0]),
+        ("submit commit fsync", fsync[0], fsynced[0]),
+        ("fsync -> Launch sent (answer, dispatch pass, launch record, spec)", fsynced[0], launch[0]),
+        ("Launch sent -> helper forks the intermediate", launch[0], hfork[0]),
+        ("intermediate forks the shim", hfork[0], sfork[0]),
+        ("shim start -> claim fsync (stat, setsid, claim, result temp)", sfork[0], claim[0]),
+        ("claim fsync (directory)", claim[0], claimed[0]),
+        ("claim -> task fork (FIFO, workspace, stdio, resolve, signalfd)", claimed[0], tfork[0]),
+        ("task fork -> exec", tfork[0], exec_[0]),
+        ("/bin/true runs", exec_[0], texit[0]),
+        ("task exit -> result fdatasync (reap, logs, encode, write)", texit[0], sync[0]),
+        ("result fdatasync", sync[0], synced[0]),
+        ("fdatasync -> shim exit", synced[0], sexit[0]),
+        ("shim exit -> terminal status seen (pidfd, finalize, next poll)", sexit[0], seen),
+        ("total, POST sent -> terminal seen", w[0][0], seen),
+    ]
+    return [(name, b - a) for name, a, b in points]
+
+
 def main():
     events = load(sys.argv[1])
     bench, helper = int(sys.argv[2]), int(sys.argv[3])
-    iters, cur = [], None
-    for e in events:
-        if e[2] == bench and e[3] == "syscalls:sys_enter_sendto" and "len: 0x00000090" in e[4]:
-            if cur:
-                iters.append(cur)
-            cur = (e[0], [])
-        elif cur:
-            cur[1].append(e)
-    if cur:
-        iters.append(cur)
-
-    stages = {}
-    for t0, evs in iters:
-        def first(pred, after=t0):
-            return next((e for e in evs if e[0] >= after and pred(e)), None)
-
-        answer = first(lambda e: e[2] == bench and e[3] == "syscalls:sys_exit_recvfrom" and e[4].strip() == "0xe6")
-        mkdir = first(lambda e: is_runtime(e) and e[3] == "syscalls:sys_enter_mkdir")
-        sync_in = first(lambda e: is_runtime(e) and e[3] in ("syscalls:sys_enter_fsync", "syscalls:sys_enter_fdatasync"))
-        sync_out = first(lambda e: is_runtime(e) and e[3] in ("syscalls:sys_exit_fsync", "syscalls:sys_exit_fdatasync"))
-        launch = first(lambda e: is_runtime(e) and e[3] == "syscalls:sys_enter_sendto" and "len: 0x00000661" in e[4])
-        hfork = first(lambda e: e[2] == helper and e[3] == "sched:sched_process_fork")
-        if not all((answer, mkdir, sync_in, sync_out, launch, hfork)):
-            continue
-        inter = child(hfork)
-        sfork = first(lambda e: e[2] == inter and e[3] == "sched:sched_process_fork")
-        if not sfork:
-            continue
-        shim = child(sfork)
-        mine = [e for e in evs if e[2] == shim]
-        syncs = [e[0] for e in mine if e[3] in ("syscalls:sys_enter_fsync", "syscalls:sys_exit_fsync")]
-        tfork = next((e for e in mine if e[3] == "sched:sched_process_fork"), None)
-        if not tfork or len(syncs) < 8:
-            continue
-        task = child(tfork)
-        exe = first(lambda e: e[2] == task and e[3] == "sched:sched_process_exec")
-        texit = first(lambda e: e[2] == task and e[3] == "sched:sched_process_exit")
-        reply = first(lambda e: e[2] == helper and e[3] == "syscalls:sys_enter_sendto")
-        pidfd = first(lambda e: is_runtime(e) and e[3] == "syscalls:sys_enter_pidfd_open")
-        sexit = first(lambda e: e[2] == shim and e[3] == "sched:sched_process_exit")
-        if not all((exe, texit, reply, pidfd, sexit)):
-            continue
-        finished = first(lambda e: is_runtime(e) and e[3] == "syscalls:sys_enter_write", after=sexit[0])
-        seen = first(lambda e: e[2] == bench and e[3] == "syscalls:sys_exit_recvfrom" and e[4].strip() in TERMINAL_BODY, after=sexit[0])
-        if not (finished and seen):
-            continue
-        claim_in, claim_out, cdir_in, cdir_out, res_in, res_out, rdir_in, rdir_out = syncs[:8]
-        for name, value in (
-            ("01 POST sent -> task dir mkdir (parse, validate, plan, txn rows)", mkdir[0] - t0),
-            ("02 mkdir -> commit fsync start (3 file creates, commit)", sync_in[0] - mkdir[0]),
-            ("03 submit commit fsync (runtime.db WAL)", sync_out[0] - sync_in[0]),
-            ("04 fsync end -> POST answer received by client", answer[0] - sync_out[0]),
-            ("05 fsync end -> Launch frame sent to helper (wake, dispatch txn)", launch[0] - sync_out[0]),
-            ("06 Launch sent -> helper forks intermediate", hfork[0] - launch[0]),
-            ("07 helper fork -> shim forked (intermediate: setsid, fork)", sfork[0] - hfork[0]),
-            ("08 shim forked -> claim fsync start (stat, setsid, log, claim)", claim_in - sfork[0]),
-            ("09 claim fsync (file)", claim_out - claim_in),
-            ("10 claim fsync (dir)", cdir_out - cdir_in),
-            ("11 claim done -> task forked (fifo, workspace, stdio, resolve)", tfork[0] - cdir_out),
-            ("12 task forked -> exec", exe[0] - tfork[0]),
-            ("13 exec -> helper replies Launched", reply[0] - exe[0]),
-            ("14 helper reply -> runtime pidfd_open (running txn)", pidfd[0] - reply[0]),
-            ("15 exec -> task exit (/bin/true runs)", texit[0] - exe[0]),
-            ("16 task exit -> result fsync start (reap, usage, encode)", res_in - texit[0]),
-            ("17 result.json fsync (file)", res_out - res_in),
-            ("18 result.json fsync (dir)", rdir_out - rdir_in),
-            ("19 result written -> shim exit", sexit[0] - rdir_out),
-            ("20 shim exit -> runtime logs 'task finished' (finalize txn)", finished[0] - sexit[0]),
-            ("21 finalize -> client receives terminal status", seen[0] - finished[0]),
-            ("== POST sent -> task exec", exe[0] - t0),
-            ("== POST sent -> shim exit", sexit[0] - t0),
-            ("== POST sent -> terminal seen", seen[0] - t0),
-        ):
-            stages.setdefault(name, []).append(value)
-
-    done = len(stages.get("== POST sent -> terminal seen", []))
-    print(f"{done} complete task timelines of {len(iters)} iterations (ms)")
-    for name in sorted(stages):
-        v = sorted(stages[name])
-        print(f"{name:<68} mean {statistics.mean(v):7.3f}  p50 {v[len(v) // 2]:7.3f}  p90 {v[int(len(v) * 0.9)]:7.3f}")
+    posts = [i for i, e in enumerate(events) if e[2] == bench
+             and e[3] == "syscalls:sys_enter_sendto" and "len: 0x00000090" in e[4]]
+    rows = []
+    for i, j in zip(posts, posts[1:]):
+        r = iteration(events[i:j], helper, bench, events[j][0])
+        if r:
+            rows.append(r)
+    if not rows:
+        sys.exit("no complete iteration found")
+    print(f"{len(rows)} tasks")
+    print("| # | stage | mean ms | p50 ms |")
+    print("|---|---|---|---|")
+    for k, (name, _) in enumerate(rows[0]):
+        v = [r[k][1] for r in rows]
+        print(f"| {k + 1} | {name} | {statistics.mean(v):.3f} | {statistics.median(v):.3f} |")
 
 
 if __name__ == "__main__":
