@@ -191,46 +191,108 @@ impl Engine {
         };
         let td = self.task_dir(&task_id);
         let max_queued = self.cfg.args.max_queued_tasks;
-        self.store
-            .durable(move |tx| -> Result<store::Committed<()>, ApiError> {
-                if store::count_status(tx, TaskStatus::Accepted)? >= max_queued {
-                    return Err(ApiError::verbatim(
-                        ApiErrorCode::ResourceLimitExceeded,
-                        "queue is full",
-                    ));
-                }
-                if store::exists(tx, &row.task_id)? {
-                    return Err(ApiError::verbatim(
-                        ApiErrorCode::Conflict,
-                        format!("task already exists: {}", row.task_id),
-                    ));
-                }
-                store::insert(tx, &row)?;
-                for ev in &events {
-                    store::append_event(tx, &row.task_id, &ts, ev)?;
-                }
-                if let Err(e) = td.create(&request_json, script.as_deref()) {
-                    let _ = td.remove();
-                    return Err(io_unavailable("writing the task directory", &e));
-                }
-                // Accepted once the group's commit is on disk; if it fails,
-                // the directory goes too.
-                Ok(store::Committed {
-                    value: (),
-                    undo: Some(Box::new(move || {
+        let me = Arc::clone(self);
+        let launch_now = self
+            .store
+            .durable(
+                move |tx| -> Result<store::Committed<Option<TaskRow>>, ApiError> {
+                    if store::count_status(tx, TaskStatus::Accepted)? >= max_queued {
+                        return Err(ApiError::verbatim(
+                            ApiErrorCode::ResourceLimitExceeded,
+                            "queue is full",
+                        ));
+                    }
+                    if store::exists(tx, &row.task_id)? {
+                        return Err(ApiError::verbatim(
+                            ApiErrorCode::Conflict,
+                            format!("task already exists: {}", row.task_id),
+                        ));
+                    }
+                    let nothing_older = store::waiting(tx, 1)?.is_empty();
+                    store::insert(tx, &row)?;
+                    for ev in &events {
+                        store::append_event(tx, &row.task_id, &ts, ev)?;
+                    }
+                    if let Err(e) = td.create(&request_json, script.as_deref()) {
                         let _ = td.remove();
-                    })),
-                })
-            })
+                        return Err(io_unavailable("writing the task directory", &e));
+                    }
+                    // Nothing older waits and the ledger admits it now: the
+                    // launch record joins this transaction, and the launch
+                    // follows the commit without a dispatch pass.
+                    let mut row = row;
+                    let admitted = nothing_older && me.admit_at_submit(tx, &mut row, &ts)?;
+                    let id = row.task_id.clone();
+                    let engine = Arc::clone(&me);
+                    // Accepted once the group's commit is on disk; if it fails,
+                    // the directory (and any reservation) goes too.
+                    Ok(store::Committed {
+                        value: admitted.then_some(row),
+                        undo: Some(Box::new(move || {
+                            let _ = td.remove();
+                            if admitted {
+                                engine.with_ledger(|l| l.release(&id));
+                            }
+                        })),
+                    })
+                },
+            )
             .await?;
         tracing::info!(task_id = %task_id, "task accepted");
         self.metrics.status(TaskStatus::Accepted);
-        self.wake();
+        match launch_now {
+            Some(row) => {
+                tracing::debug!(task_id = %row.task_id, "launch claimed at submit");
+                let me = Arc::clone(self);
+                tokio::spawn(async move { me.launch(row).await });
+            }
+            None => self.wake(),
+        }
         Ok(SubmitTaskResponse {
             handle_id: task_id.clone(),
             task_id,
             status: TaskStatus::Accepted,
         })
+    }
+
+    /// Reserves for a task being submitted and records its launch in the
+    /// submit's transaction, if the ledger admits it now; `false` (and
+    /// nothing changed) when it does not.
+    fn admit_at_submit(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        row: &mut TaskRow,
+        ts: &str,
+    ) -> Result<bool, ApiError> {
+        let candidate = crate::ledger::Candidate {
+            task_id: row.task_id.clone(),
+            tenant: row.tenant.clone(),
+            reservation: dispatch::reservation_of(row),
+        };
+        let admitted = self.with_ledger(|l| {
+            !l.admit(&[candidate.clone()], std::time::Instant::now())
+                .is_empty()
+        });
+        if !admitted {
+            return Ok(false);
+        }
+        row.launch_attempted = true;
+        row.reservation = Some(candidate.reservation.clone());
+        row.reserved_at = Some(ts.to_string());
+        let recorded = store::append_event(
+            tx,
+            &row.task_id,
+            ts,
+            &NewEvent::new("resource_reserved")
+                .message("resources reserved")
+                .data(serde_json::to_value(&candidate.reservation).unwrap_or_default()),
+        )
+        .and_then(|()| store::update(tx, row, None));
+        if let Err(e) = recorded {
+            self.with_ledger(|l| l.release(&row.task_id));
+            return Err(e.into());
+        }
+        Ok(true)
     }
 
     /// One task's reservation can never fit this runtime or its tenant.
