@@ -270,7 +270,7 @@ impl Engine {
             reservation: dispatch::reservation_of(row),
         };
         let admitted = self.with_ledger(|l| {
-            !l.admit(&[candidate.clone()], std::time::Instant::now())
+            !l.admit(std::slice::from_ref(&candidate), std::time::Instant::now())
                 .is_empty()
         });
         if !admitted {
