@@ -356,6 +356,7 @@ pub enum ChildStep {
     Stdio = 5,
     Chdir = 6,
     Exec = 7,
+    Go = 8,
 }
 
 impl ChildStep {
@@ -368,6 +369,7 @@ impl ChildStep {
             ChildStep::Stdio,
             ChildStep::Chdir,
             ChildStep::Exec,
+            ChildStep::Go,
         ]
         .into_iter()
         .find(|s| *s as u8 == b)
@@ -382,6 +384,7 @@ impl ChildStep {
             ChildStep::Stdio => "dup2",
             ChildStep::Chdir => "fchdir",
             ChildStep::Exec => "execve",
+            ChildStep::Go => "the go pipe (no go to exec)",
         }
     }
 }
@@ -389,6 +392,10 @@ impl ChildStep {
 /// Length of a message on the exec-status pipe: the step, then the errno
 /// as 4 little-endian bytes.
 pub const CHILD_STATUS_LEN: usize = 5;
+
+/// The byte on the go pipe that lets a held task child exec. Anything else,
+/// or end-of-file, means it must not.
+pub const GO: u8 = b'G';
 
 /// Everything the task child needs, prepared before the fork.
 pub struct ChildSetup<'a> {
@@ -403,11 +410,23 @@ pub struct ChildSetup<'a> {
     pub address_space: Option<(u64, u64)>,
     /// Write end of the close-on-exec exec-status pipe.
     pub status_fd: RawFd,
+    /// Read end of the close-on-exec go pipe: the child execs only after
+    /// reading [`GO`] from it.
+    pub go_fd: RawFd,
+    /// The go pipe's write end, as numbered in the parent, which keeps it
+    /// open until it sends [`GO`] or gives up: the child closes its copy, so
+    /// that the parent's close (or death) is an end-of-file it sees.
+    pub go_write_fd: RawFd,
 }
 
 /// Writes the failed step and errno to the exec-status pipe and exits 127.
 fn child_fail(status_fd: RawFd, step: ChildStep) -> ! {
-    let errno = Errno::last_raw().to_le_bytes();
+    child_fail_with(status_fd, step, Errno::last_raw())
+}
+
+/// [`child_fail`] with an explicit errno.
+fn child_fail_with(status_fd: RawFd, step: ChildStep, errno: i32) -> ! {
+    let errno = errno.to_le_bytes();
     let msg: [u8; CHILD_STATUS_LEN] = [step as u8, errno[0], errno[1], errno[2], errno[3]];
     // SAFETY: write(2) reads CHILD_STATUS_LEN bytes from a live stack array.
     unsafe { libc::write(status_fd, msg.as_ptr().cast(), msg.len()) };
@@ -415,9 +434,12 @@ fn child_fail(status_fd: RawFd, step: ChildStep) -> ! {
 }
 
 /// Runs in the forked task child: own process group, default signal
-/// dispositions ([`IGNORED_BY_US`]) and an empty mask, rlimits, stdio, working directory, then
-/// execve. Only async-signal-safe calls on prepared values; no allocation,
-/// no logging. On failure the step and errno go to the exec-status pipe.
+/// dispositions ([`IGNORED_BY_US`]) and an empty mask, rlimits, stdio,
+/// working directory, then it waits for [`GO`] on the go pipe (the shim
+/// sends it once the claim is durable), then execve. Without the go — the
+/// shim gave up, or died — it exits 127 and never execs. Only
+/// async-signal-safe calls on prepared values; no allocation, no logging.
+/// On failure the step and errno go to the exec-status pipe.
 pub fn exec_child(s: &ChildSetup<'_>) -> ! {
     // Own group first, so a group-wide kill by the shim covers the task even
     // if it dies in a later step.
@@ -466,6 +488,7 @@ pub fn exec_child(s: &ChildSetup<'_>) -> ! {
     if nix::unistd::fchdir(s.cwd).is_err() {
         child_fail(s.status_fd, ChildStep::Chdir);
     }
+    wait_for_go(s);
     // SAFETY: path, argv and envp are NUL-terminated C strings and
     // NULL-terminated pointer arrays owned by `s.image`, alive for the call.
     unsafe {
@@ -478,19 +501,37 @@ pub fn exec_child(s: &ChildSetup<'_>) -> ! {
     child_fail(s.status_fd, ChildStep::Exec)
 }
 
+/// The task child's last step before execve: returns only when the parent
+/// sent [`GO`]. Our copy of the write end is closed first, so that the
+/// parent closing its own, or dying, reads as end-of-file here instead of
+/// leaving the child waiting forever.
+fn wait_for_go(s: &ChildSetup<'_>) {
+    // An error can only be EBADF (nothing to close); ignored.
+    let _ = nix::unistd::close(s.go_write_fd);
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(s.go_fd, &mut byte) {
+            Ok(1) if byte[0] == GO => return,
+            Ok(_) => child_fail_with(s.status_fd, ChildStep::Go, libc::ECANCELED),
+            Err(Errno::EINTR) => {}
+            Err(_) => child_fail(s.status_fd, ChildStep::Go),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn child_steps_round_trip() {
-        for b in 1..=7u8 {
+        for b in 1..=8u8 {
             let step = ChildStep::from_u8(b).unwrap();
             assert_eq!(step as u8, b);
             assert!(!step.name().is_empty());
         }
         assert_eq!(ChildStep::from_u8(0), None);
-        assert_eq!(ChildStep::from_u8(8), None);
+        assert_eq!(ChildStep::from_u8(9), None);
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! recording fake, so its order and failure paths are checked without
 //! forking anything.
 //!
-//! The rule the script keeps: once the claim is taken, every way out leaves
-//! a `result.json` that says why.
+//! The rules the script keeps: the task never execs before its claim is
+//! durable; once the claim is taken and durable, every way out leaves a
+//! `result.json` that says why.
 
 use execgo_runtime_protocol::{HelperError, HelperErrorKind, Launched, Outcome, TaskErrorCode};
 
@@ -69,7 +70,7 @@ pub trait Steps {
 
     fn isolate(&mut self) -> Result<(), ShimError>;
     /// Takes the claim and, when it is ours, prepares the result's file;
-    /// both are durable once this returns [`Claim::Taken`].
+    /// neither is durable before [`Steps::make_claim_durable`].
     fn claim(&mut self) -> Result<Claim, ShimError>;
     fn become_subreaper(&mut self) -> Result<(), ShimError>;
     fn open_control(&mut self) -> Result<(), ShimError>;
@@ -77,7 +78,17 @@ pub trait Steps {
     fn open_stdio(&mut self) -> Result<(), ShimError>;
     fn resolve_program(&mut self) -> Result<(), ShimError>;
     fn watch_children(&mut self) -> Result<(), ShimError>;
-    fn spawn(&mut self) -> Result<Started, ShimError>;
+    /// Starts the task child, which sets itself up and then waits, before
+    /// its exec, for [`Steps::release`].
+    fn spawn(&mut self) -> Result<(), ShimError>;
+    /// The directory fsync that makes the claim (and the result's file)
+    /// durable.
+    fn make_claim_durable(&mut self) -> Result<(), ShimError>;
+    /// Lets the held child exec; `Ok` once it did.
+    fn release(&mut self) -> Result<Started, ShimError>;
+    /// Kills the held child, if there is one, before its exec, and reaps
+    /// it.
+    fn abort(&mut self);
     /// Sends the one report to the helper and closes the pipe. Never fails:
     /// a helper that went away does not stop the task.
     fn report(&mut self, report: ShimReport);
@@ -97,8 +108,9 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
         return 1;
     }
     // 2. Claim before anything visible happens, so a repeated launch never
-    //    runs the task twice. Before the claim, failures are the helper's to
-    //    report; after it, they are the task's, in result.json.
+    //    runs the task twice. Until the claim is taken and durable (step
+    //    10), failures are the helper's to report; after that, they are the
+    //    task's, in result.json.
     match s.claim() {
         Ok(Claim::Taken) => {}
         Ok(Claim::Existing(earlier)) => {
@@ -117,26 +129,45 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
             return 1;
         }
     }
-    // 3-8. Set-up, in an order where each step only needs earlier ones:
+    // 3-9. Set-up, in an order where each step only needs earlier ones:
     //    subreaper before any child exists (so orphans of the task come to
     //    us); the control FIFO before the task starts (so a kill is never
     //    lost); workspace and stdio before the program is resolved; every
     //    C string prepared and SIGCHLD blocked before the fork (so the
-    //    child allocates nothing and its exit cannot be missed).
-    let prepared = s
+    //    child allocates nothing and its exit cannot be missed). Then the
+    //    fork: the child sets itself up and waits for the go before exec.
+    let held = s
         .become_subreaper()
         .and_then(|()| s.open_control())
         .and_then(|()| s.prepare_workspace())
         .and_then(|()| s.open_stdio())
         .and_then(|()| s.resolve_program())
-        .and_then(|()| s.watch_children());
-    // 9. Fork and exec the task.
-    let started = match prepared.and_then(|()| s.spawn()) {
+        .and_then(|()| s.watch_children())
+        .and_then(|()| s.spawn());
+    // 10. Only now the claim's directory fsync, while the child sets itself
+    //    up: it takes as long as the fork and the set-up together, so doing
+    //    it here instead of right after the claim hides most of it. It comes
+    //    before the task may exec (exactly once across a power loss) and
+    //    before anything is recorded or reported, failures included (a
+    //    `launch_failed` result must not outlive a claim that vanished). If
+    //    it fails, it is a failed claim as before: the child never exec'd
+    //    and is killed, and the helper gets the error.
+    if let Err(e) = s.make_claim_durable() {
+        if held.is_ok() {
+            s.abort();
+        }
+        s.report(failed(HelperErrorKind::LaunchFailed, &e));
+        return 1;
+    }
+    // 11. The go: the child execs.
+    let started = match held.and_then(|()| s.release()) {
         Ok(started) => started,
-        // 10. It never ran: result.json says why, then the report.
+        // 12. It never ran: result.json says why, then the report.
         Err(e) => return fail_launch(s, me, &e),
     };
-    // 11. Running: tell the helper, which tells the runtime.
+    // 13. Running: tell the helper, which tells the runtime. A kill request
+    //    written to the control FIFO before this is not lost: the FIFO
+    //    keeps it until the monitor's first poll.
     s.report(ShimReport::Launched(Launched {
         shim_pid: me.shim_pid,
         shim_start_ticks: me.shim_start_ticks,
@@ -145,10 +176,11 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
         started_at: Some(started.started_at.clone()),
         already_claimed: false,
     }));
-    // 12-13. Follow it to its end, then leave nothing behind.
+    // 14-15. Follow it to its end, then leave nothing behind. The wall time
+    //    counts from the exec (`started.at`).
     let monitored = s.monitor(&started);
     s.clean_up();
-    // 14-15. Classify and record.
+    // 16-17. Classify and record.
     let outcome = match monitored {
         Ok(f) => result::finished(
             me.shim_pid,
@@ -279,13 +311,26 @@ mod tests {
         fn watch_children(&mut self) -> Result<(), ShimError> {
             self.step("watch")
         }
-        fn spawn(&mut self) -> Result<Started, ShimError> {
-            self.step("spawn")?;
+        fn spawn(&mut self) -> Result<(), ShimError> {
+            self.step("spawn")
+        }
+        fn make_claim_durable(&mut self) -> Result<(), ShimError> {
+            self.step("sync_claim")
+        }
+        fn release(&mut self) -> Result<Started, ShimError> {
+            assert!(
+                self.calls.contains(&"sync_claim"),
+                "the go before the claim is durable"
+            );
+            self.step("release")?;
             Ok(Started {
                 pid: 300,
                 started_at: "2026-01-01T00:00:00.000Z".into(),
                 at: Instant::now(),
             })
+        }
+        fn abort(&mut self) {
+            self.calls.push("abort");
         }
         fn report(&mut self, report: ShimReport) {
             self.calls.push("report");
@@ -314,7 +359,7 @@ mod tests {
         }
     }
 
-    const HAPPY: [&str; 13] = [
+    const HAPPY: [&str; 15] = [
         "isolate",
         "claim",
         "subreaper",
@@ -324,6 +369,8 @@ mod tests {
         "resolve",
         "watch",
         "spawn",
+        "sync_claim",
+        "release",
         "report",
         "monitor",
         "clean_up",
@@ -389,6 +436,47 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_claim_sync_is_a_failed_claim_and_nothing_execs() {
+        let mut f = Fake {
+            fail: vec!["sync_claim"],
+            ..Default::default()
+        };
+        assert_eq!(run(&mut f), 1);
+        let at = HAPPY.iter().position(|s| *s == "sync_claim").unwrap();
+        let mut want: Vec<&str> = HAPPY[..=at].to_vec();
+        want.extend(["abort", "report"]);
+        assert_eq!(f.calls, want);
+        assert!(!f.calls.contains(&"release"));
+        assert!(f.results.is_empty());
+        assert!(matches!(
+            &f.reports[..],
+            [ShimReport::Failed(HelperError {
+                kind: HelperErrorKind::LaunchFailed,
+                ..
+            })]
+        ));
+        // With no child started, there is nothing to abort.
+        let mut f = Fake {
+            fail: vec!["workspace", "sync_claim"],
+            ..Default::default()
+        };
+        assert_eq!(run(&mut f), 1);
+        assert_eq!(
+            f.calls,
+            [
+                "isolate",
+                "claim",
+                "subreaper",
+                "control",
+                "workspace",
+                "sync_claim",
+                "report"
+            ]
+        );
+        assert!(f.results.is_empty());
+    }
+
+    #[test]
     fn failures_after_the_claim_become_launch_failed_results() {
         for step in [
             "subreaper",
@@ -398,6 +486,7 @@ mod tests {
             "resolve",
             "watch",
             "spawn",
+            "release",
         ] {
             let mut f = Fake {
                 fail: vec![step],
@@ -406,6 +495,10 @@ mod tests {
             assert_eq!(run(&mut f), 0, "{step}");
             let at = HAPPY.iter().position(|s| *s == step).unwrap();
             let mut want: Vec<&str> = HAPPY[..=at].to_vec();
+            // The claim is made durable before the result is written.
+            if !want.contains(&"sync_claim") {
+                want.push("sync_claim");
+            }
             want.extend(["write_result", "report"]);
             assert_eq!(f.calls, want, "{step}");
             let o = &f.results[0];

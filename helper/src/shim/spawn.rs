@@ -1,6 +1,16 @@
-//! Forking the task process. Everything it needs (C strings, pointer
-//! arrays, descriptors, rlimit values) is prepared before the fork; the
-//! child runs [`sys::exec_child`], which makes only async-signal-safe calls.
+//! Forking the task process, in two halves. Everything it needs (C strings,
+//! pointer arrays, descriptors, rlimit values) is prepared before the fork;
+//! the child runs [`sys::exec_child`], which makes only async-signal-safe
+//! calls.
+//!
+//! [`start`] forks the child, which does its whole set-up and then waits,
+//! right before execve, for one byte on a close-on-exec "go" pipe. The shim
+//! meanwhile makes its claim durable (a directory fsync), so the fsync and
+//! the fork and the child's set-up overlap instead of following each other.
+//! Then [`Held::release`] sends the go, or [`Held::abort`] kills the child,
+//! which never exec'd. A child whose shim dies before the go reads
+//! end-of-file and exits without exec'ing: no task runs unclaimed.
+//!
 //! Whether the exec happened is learned from a close-on-exec "exec status"
 //! pipe: end-of-file means execve succeeded, five bytes mean a step failed
 //! (which one, and its errno).
@@ -12,6 +22,7 @@ use std::time::Instant;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::resource::Resource;
+use nix::unistd::Pid;
 
 use crate::rlimits;
 use crate::sys::{self, ChildSetup, ChildStep, ExecImage, Forked, CHILD_STATUS_LEN};
@@ -20,7 +31,7 @@ use crate::sys::{self, ChildSetup, ChildStep, ExecImage, Forked, CHILD_STATUS_LE
 pub enum SpawnError {
     #[error("building the task's argv and environment failed")]
     Image(#[source] std::ffi::NulError),
-    #[error("creating the exec status pipe failed")]
+    #[error("creating the exec status or go pipe failed")]
     Pipe(#[source] Errno),
     #[error("forking the task process failed")]
     Fork(#[source] Errno),
@@ -72,16 +83,28 @@ impl Plan {
     }
 }
 
-/// Forks and execs the task. The caller has SIGCHLD blocked (and a
-/// signalfd for it), so the child's exit cannot be missed.
-pub fn spawn(
+/// A task child that did (or is doing) its set-up and waits for the go
+/// before its execve.
+#[derive(Debug)]
+pub struct Held {
+    pid: Pid,
+    status: OwnedFd,
+    go: OwnedFd,
+    program: String,
+}
+
+/// Forks the task child, which sets itself up and waits for the go. The
+/// caller has SIGCHLD blocked (and a signalfd for it), so the child's exit
+/// cannot be missed.
+pub fn start(
     plan: &Plan,
     stdin: &OwnedFd,
     stdout: &OwnedFd,
     stderr: &OwnedFd,
     cwd: &OwnedFd,
-) -> Result<Started, SpawnError> {
+) -> Result<Held, SpawnError> {
     let (status_r, status_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
+    let (go_r, go_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
     let setup = ChildSetup {
         image: &plan.image,
         stdin: stdin.as_raw_fd(),
@@ -91,37 +114,65 @@ pub fn spawn(
         cpu: plan.cpu,
         address_space: plan.address_space,
         status_fd: status_w.as_raw_fd(),
+        go_fd: go_r.as_raw_fd(),
+        go_write_fd: go_w.as_raw_fd(),
     };
     let pid = match sys::fork().map_err(SpawnError::Fork)? {
         Forked::Child => sys::exec_child(&setup),
         Forked::Parent(pid) => pid,
     };
     drop(status_w);
+    drop(go_r);
     // The child does the same; whichever runs first wins, and the other
-    // gets EACCES (the child already exec'd) or ESRCH (it already died).
-    // Any other failure would also show in the child's own setpgid, which
-    // reports it over the pipe.
+    // gets ESRCH (the child already died). Any other failure would also
+    // show in the child's own setpgid, which reports it over the pipe.
     let _ = nix::unistd::setpgid(pid, pid);
-    let status = read_status(&status_r)?;
-    let at = Instant::now();
-    match status.map(|b| decode_status(&b)) {
-        None => Ok(Started {
-            pid: pid.as_raw(),
-            started_at: crate::clock::now_rfc3339(),
-            at,
-        }),
-        Some((step, errno)) => {
-            // The child exits 127 right after writing; reap it here so the
-            // event loop never sees it.
-            let _ = sys::wait4(pid.as_raw(), false);
-            Err(match step {
-                ChildStep::Exec => SpawnError::Exec {
-                    program: plan.program.clone(),
-                    errno,
-                },
-                step => SpawnError::Setup { step, errno },
-            })
+    Ok(Held {
+        pid,
+        status: status_r,
+        go: go_w,
+        program: plan.program.clone(),
+    })
+}
+
+impl Held {
+    /// Lets the child exec, and learns whether it did.
+    pub fn release(self) -> Result<Started, SpawnError> {
+        // EPIPE: the child already failed a set-up step and exited; the
+        // status pipe says which. Whatever else goes wrong, closing the go
+        // pipe just below stops the child before its exec, and the status
+        // pipe says that too.
+        let _ = nix::unistd::write(&self.go, &[sys::GO]);
+        drop(self.go);
+        let status = read_status(&self.status)?;
+        let at = Instant::now();
+        match status.map(|b| decode_status(&b)) {
+            None => Ok(Started {
+                pid: self.pid.as_raw(),
+                started_at: crate::clock::now_rfc3339(),
+                at,
+            }),
+            Some((step, errno)) => {
+                // The child exits 127 right after writing; reap it here so
+                // the event loop never sees it.
+                let _ = sys::wait4(self.pid.as_raw(), false);
+                Err(match step {
+                    ChildStep::Exec => SpawnError::Exec {
+                        program: self.program,
+                        errno,
+                    },
+                    step => SpawnError::Setup { step, errno },
+                })
+            }
         }
+    }
+
+    /// Stops the child before its exec, for good, and reaps it: it is
+    /// killed, and the go pipe closes with no go in it.
+    pub fn abort(self) {
+        let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+        drop(self.go);
+        let _ = sys::wait4(self.pid.as_raw(), false);
     }
 }
 
@@ -156,6 +207,65 @@ pub fn decode_status(buf: &[u8; CHILD_STATUS_LEN]) -> (ChildStep, i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::sys::stat::Mode;
+
+    /// A held `sh -c ': > ran'` in a fresh directory, and that directory.
+    fn held_child() -> (Held, tempfile::TempDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        let argv = ["sh".to_string(), "-c".into(), ": > ran".into()];
+        let plan = Plan::new(Path::new("/bin/sh"), &argv, &[], None, None).unwrap();
+        let null = || {
+            sys::open(
+                Path::new("/dev/null"),
+                OFlag::O_RDWR | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .unwrap()
+        };
+        let cwd = sys::open(
+            tmp.path(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        let held = start(&plan, &null(), &null(), &null(), &cwd).unwrap();
+        (held, tmp)
+    }
+
+    fn exit_code(pid: Pid) -> i32 {
+        let (_, status, _) = sys::wait4(pid.as_raw(), false).unwrap().unwrap();
+        libc::WEXITSTATUS(status)
+    }
+
+    #[test]
+    fn a_held_child_execs_only_on_the_go() {
+        let (held, tmp) = held_child();
+        // Held: set up, but not run, however long we wait.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!tmp.path().join("ran").exists());
+        let pid = held.pid;
+        let started = held.release().unwrap();
+        assert_eq!(started.pid, pid.as_raw());
+        assert_eq!(exit_code(pid), 0);
+        assert!(tmp.path().join("ran").exists());
+    }
+
+    #[test]
+    fn an_aborted_child_never_execs() {
+        let (held, tmp) = held_child();
+        held.abort();
+        assert!(!tmp.path().join("ran").exists());
+    }
+
+    #[test]
+    fn a_child_whose_shim_is_gone_never_execs() {
+        let (held, tmp) = held_child();
+        let pid = held.pid;
+        // What the shim's death does: its end of the go pipe closes.
+        drop(held);
+        assert_eq!(exit_code(pid), 127);
+        assert!(!tmp.path().join("ran").exists());
+    }
 
     #[test]
     fn status_messages() {
