@@ -16,7 +16,7 @@ use super::claim::{self, Claim, ClaimRecord};
 use super::monitor::{self, Monitor};
 use super::report::{self, ShimReport};
 use super::script::{Finished, ShimError, Steps};
-use super::spawn::{self, Held, Plan, Started};
+use super::spawn::{self, Plan, Started};
 use super::stdio::{self, TaskStdio};
 use super::{control, isolate, procstat, resolve, result, workspace, ShimContext};
 use crate::{clock, log};
@@ -32,8 +32,6 @@ pub struct Host {
     resolved: Option<PathBuf>,
     plan: Option<Plan>,
     sigchld: Option<SignalFd>,
-    /// The task child, between its fork and its exec.
-    held: Option<Held>,
     /// From the claim until the result is written.
     result: Option<result::ResultFile>,
 }
@@ -53,7 +51,6 @@ impl Host {
             resolved: None,
             plan: None,
             sigchld: None,
-            held: None,
             result: None,
         }
     }
@@ -114,8 +111,9 @@ impl Steps for Host {
         match c {
             Claim::Taken => {
                 // The result's temp file now, before the directory fsync that
-                // makes the claim durable: that fsync covers its entry too,
-                // so at the end the result needs only its own fdatasync.
+                // makes the claim durable (the next step): that fsync covers
+                // its entry too, so at the end the result needs only its own
+                // fdatasync.
                 self.result = Some(result::create(dir)?);
             }
             Claim::Existing(earlier) => log::info(
@@ -127,6 +125,11 @@ impl Steps for Host {
             ),
         }
         Ok(c)
+    }
+
+    fn make_claim_durable(&mut self) -> Result<(), ShimError> {
+        claim::make_durable(self.ctx.task_dir.as_fd())?;
+        Ok(())
     }
 
     fn become_subreaper(&mut self) -> Result<(), ShimError> {
@@ -178,30 +181,19 @@ impl Steps for Host {
         Ok(())
     }
 
-    fn spawn(&mut self) -> Result<(), ShimError> {
+    fn spawn(&mut self) -> Result<Started, ShimError> {
         let plan = self.plan.as_ref().ok_or(missing("plan"))?;
         let io = self.stdio.as_ref().ok_or(missing("stdio"))?;
         let cwd = self.workspace.as_ref().ok_or(missing("workspace"))?;
         // The process profile needs nothing beyond the steps so far; sandbox
-        // profiles will add their set-up around the fork here.
-        self.held = Some(spawn::start(plan, &io.stdin, &io.stdout, &io.stderr, cwd)?);
-        // The task has its own copies; ours are not needed any more.
-        self.stdio = None;
-        self.workspace = None;
-        Ok(())
-    }
-
-    fn make_claim_durable(&mut self) -> Result<(), ShimError> {
-        claim::make_durable(self.ctx.task_dir.as_fd())?;
-        Ok(())
-    }
-
-    fn release(&mut self) -> Result<Started, ShimError> {
-        let held = self.held.take().ok_or(missing("held task child"))?;
-        let started = held.release()?;
+        // profiles will add their set-up around the spawn here.
         let profile = match self.ctx.launch.profile {
             LaunchProfile::Process => "process",
         };
+        let started = spawn::spawn(plan, &io.stdin, &io.stdout, &io.stderr, cwd)?;
+        // The task has its own copies; ours are not needed any more.
+        self.stdio = None;
+        self.workspace = None;
         log::info(
             "task started",
             &[
@@ -218,12 +210,6 @@ impl Steps for Host {
             ],
         );
         Ok(started)
-    }
-
-    fn abort(&mut self) {
-        if let Some(held) = self.held.take() {
-            held.abort();
-        }
     }
 
     fn report(&mut self, r: ShimReport) {

@@ -69,26 +69,18 @@ pub trait Steps {
     fn now(&self) -> String;
 
     fn isolate(&mut self) -> Result<(), ShimError>;
-    /// Takes the claim and, when it is ours, prepares the result's file;
-    /// neither is durable before [`Steps::make_claim_durable`].
+    /// Takes the claim and, when it is ours, prepares the result's file.
     fn claim(&mut self) -> Result<Claim, ShimError>;
+    /// The directory fsync that makes both durable.
+    fn make_claim_durable(&mut self) -> Result<(), ShimError>;
     fn become_subreaper(&mut self) -> Result<(), ShimError>;
     fn open_control(&mut self) -> Result<(), ShimError>;
     fn prepare_workspace(&mut self) -> Result<(), ShimError>;
     fn open_stdio(&mut self) -> Result<(), ShimError>;
     fn resolve_program(&mut self) -> Result<(), ShimError>;
     fn watch_children(&mut self) -> Result<(), ShimError>;
-    /// Starts the task child, which sets itself up and then waits, before
-    /// its exec, for [`Steps::release`].
-    fn spawn(&mut self) -> Result<(), ShimError>;
-    /// The directory fsync that makes the claim (and the result's file)
-    /// durable.
-    fn make_claim_durable(&mut self) -> Result<(), ShimError>;
-    /// Lets the held child exec; `Ok` once it did.
-    fn release(&mut self) -> Result<Started, ShimError>;
-    /// Kills the held child, if there is one, before its exec, and reaps
-    /// it.
-    fn abort(&mut self);
+    /// Starts the task; `Ok` once it has exec'd.
+    fn spawn(&mut self) -> Result<Started, ShimError>;
     /// Sends the one report to the helper and closes the pipe. Never fails:
     /// a helper that went away does not stop the task.
     fn report(&mut self, report: ShimReport);
@@ -108,9 +100,9 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
         return 1;
     }
     // 2. Claim before anything visible happens, so a repeated launch never
-    //    runs the task twice. Until the claim is taken and durable (step
-    //    10), failures are the helper's to report; after that, they are the
-    //    task's, in result.json.
+    //    runs the task twice. Until the claim is durable (step 3), failures
+    //    are the helper's to report; after it, they are the task's, in
+    //    result.json.
     match s.claim() {
         Ok(Claim::Taken) => {}
         Ok(Claim::Existing(earlier)) => {
@@ -129,45 +121,35 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
             return 1;
         }
     }
-    // 3-9. Set-up, in an order where each step only needs earlier ones:
+    // 3. Durable before the task can exec, so that it runs exactly once
+    //    across a power loss too. Alone on purpose: overlapping it with the
+    //    set-up would take a second thread, which costs more here than it
+    //    hides (see `spawn`'s module documentation). A failure is a failed
+    //    claim: nothing runs, the helper reports it.
+    if let Err(e) = s.make_claim_durable() {
+        s.report(failed(HelperErrorKind::LaunchFailed, &e));
+        return 1;
+    }
+    // 4-9. Set-up, in an order where each step only needs earlier ones:
     //    subreaper before any child exists (so orphans of the task come to
     //    us); the control FIFO before the task starts (so a kill is never
     //    lost); workspace and stdio before the program is resolved; every
-    //    C string prepared and SIGCHLD blocked before the fork (so the
-    //    child allocates nothing and its exit cannot be missed). Then the
-    //    fork: the child sets itself up and waits for the go before exec.
-    let held = s
+    //    C string prepared and SIGCHLD blocked before the spawn (so the
+    //    child allocates nothing and its exit cannot be missed).
+    let prepared = s
         .become_subreaper()
         .and_then(|()| s.open_control())
         .and_then(|()| s.prepare_workspace())
         .and_then(|()| s.open_stdio())
         .and_then(|()| s.resolve_program())
-        .and_then(|()| s.watch_children())
-        .and_then(|()| s.spawn());
-    // 10. Only now the claim's directory fsync, while the child sets itself
-    //    up: it takes as long as the fork and the set-up together, so doing
-    //    it here instead of right after the claim hides most of it. It comes
-    //    before the task may exec (exactly once across a power loss) and
-    //    before anything is recorded or reported, failures included (a
-    //    `launch_failed` result must not outlive a claim that vanished). If
-    //    it fails, it is a failed claim as before: the child never exec'd
-    //    and is killed, and the helper gets the error.
-    if let Err(e) = s.make_claim_durable() {
-        if held.is_ok() {
-            s.abort();
-        }
-        s.report(failed(HelperErrorKind::LaunchFailed, &e));
-        return 1;
-    }
-    // 11. The go: the child execs.
-    let started = match held.and_then(|()| s.release()) {
+        .and_then(|()| s.watch_children());
+    // 10. Spawn and exec the task.
+    let started = match prepared.and_then(|()| s.spawn()) {
         Ok(started) => started,
-        // 12. It never ran: result.json says why, then the report.
+        // 11. It never ran: result.json says why, then the report.
         Err(e) => return fail_launch(s, me, &e),
     };
-    // 13. Running: tell the helper, which tells the runtime. A kill request
-    //    written to the control FIFO before this is not lost: the FIFO
-    //    keeps it until the monitor's first poll.
+    // 12. Running: tell the helper, which tells the runtime.
     s.report(ShimReport::Launched(Launched {
         shim_pid: me.shim_pid,
         shim_start_ticks: me.shim_start_ticks,
@@ -176,11 +158,10 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
         started_at: Some(started.started_at.clone()),
         already_claimed: false,
     }));
-    // 14-15. Follow it to its end, then leave nothing behind. The wall time
-    //    counts from the exec (`started.at`).
+    // 13-14. Follow it to its end, then leave nothing behind.
     let monitored = s.monitor(&started);
     s.clean_up();
-    // 16-17. Classify and record.
+    // 15-16. Classify and record.
     let outcome = match monitored {
         Ok(f) => result::finished(
             me.shim_pid,
@@ -251,6 +232,7 @@ mod tests {
         calls: Vec<&'static str>,
         fail: Vec<&'static str>,
         existing: bool,
+        execd: bool,
         reports: Vec<ShimReport>,
         results: Vec<Outcome>,
     }
@@ -293,6 +275,9 @@ mod tests {
                 Claim::Taken
             })
         }
+        fn make_claim_durable(&mut self) -> Result<(), ShimError> {
+            self.step("sync_claim")
+        }
         fn become_subreaper(&mut self) -> Result<(), ShimError> {
             self.step("subreaper")
         }
@@ -311,26 +296,14 @@ mod tests {
         fn watch_children(&mut self) -> Result<(), ShimError> {
             self.step("watch")
         }
-        fn spawn(&mut self) -> Result<(), ShimError> {
-            self.step("spawn")
-        }
-        fn make_claim_durable(&mut self) -> Result<(), ShimError> {
-            self.step("sync_claim")
-        }
-        fn release(&mut self) -> Result<Started, ShimError> {
-            assert!(
-                self.calls.contains(&"sync_claim"),
-                "the go before the claim is durable"
-            );
-            self.step("release")?;
+        fn spawn(&mut self) -> Result<Started, ShimError> {
+            self.step("spawn")?;
+            self.execd = true;
             Ok(Started {
                 pid: 300,
                 started_at: "2026-01-01T00:00:00.000Z".into(),
                 at: Instant::now(),
             })
-        }
-        fn abort(&mut self) {
-            self.calls.push("abort");
         }
         fn report(&mut self, report: ShimReport) {
             self.calls.push("report");
@@ -359,9 +332,10 @@ mod tests {
         }
     }
 
-    const HAPPY: [&str; 15] = [
+    const HAPPY: [&str; 14] = [
         "isolate",
         "claim",
+        "sync_claim",
         "subreaper",
         "control",
         "workspace",
@@ -369,8 +343,6 @@ mod tests {
         "resolve",
         "watch",
         "spawn",
-        "sync_claim",
-        "release",
         "report",
         "monitor",
         "clean_up",
@@ -382,6 +354,7 @@ mod tests {
         let mut f = Fake::default();
         assert_eq!(run(&mut f), 0);
         assert_eq!(f.calls, HAPPY);
+        assert!(f.execd);
         match &f.reports[..] {
             [ShimReport::Launched(l)] => {
                 assert_eq!(l.pid, Some(300));
@@ -416,8 +389,8 @@ mod tests {
     }
 
     #[test]
-    fn failures_before_the_claim_are_reported_not_recorded() {
-        for step in ["isolate", "claim"] {
+    fn failures_before_the_claim_is_durable_are_reported_not_recorded() {
+        for step in ["isolate", "claim", "sync_claim"] {
             let mut f = Fake {
                 fail: vec![step],
                 ..Default::default()
@@ -425,6 +398,8 @@ mod tests {
             assert_eq!(run(&mut f), 1);
             assert_eq!(f.calls.last(), Some(&"report"));
             assert!(f.results.is_empty(), "{step}");
+            assert!(!f.execd, "{step}");
+            assert!(!f.calls.contains(&"spawn"), "{step}");
             assert!(matches!(
                 &f.reports[..],
                 [ShimReport::Failed(HelperError {
@@ -433,47 +408,6 @@ mod tests {
                 })]
             ));
         }
-    }
-
-    #[test]
-    fn a_failed_claim_sync_is_a_failed_claim_and_nothing_execs() {
-        let mut f = Fake {
-            fail: vec!["sync_claim"],
-            ..Default::default()
-        };
-        assert_eq!(run(&mut f), 1);
-        let at = HAPPY.iter().position(|s| *s == "sync_claim").unwrap();
-        let mut want: Vec<&str> = HAPPY[..=at].to_vec();
-        want.extend(["abort", "report"]);
-        assert_eq!(f.calls, want);
-        assert!(!f.calls.contains(&"release"));
-        assert!(f.results.is_empty());
-        assert!(matches!(
-            &f.reports[..],
-            [ShimReport::Failed(HelperError {
-                kind: HelperErrorKind::LaunchFailed,
-                ..
-            })]
-        ));
-        // With no child started, there is nothing to abort.
-        let mut f = Fake {
-            fail: vec!["workspace", "sync_claim"],
-            ..Default::default()
-        };
-        assert_eq!(run(&mut f), 1);
-        assert_eq!(
-            f.calls,
-            [
-                "isolate",
-                "claim",
-                "subreaper",
-                "control",
-                "workspace",
-                "sync_claim",
-                "report"
-            ]
-        );
-        assert!(f.results.is_empty());
     }
 
     #[test]
@@ -486,7 +420,6 @@ mod tests {
             "resolve",
             "watch",
             "spawn",
-            "release",
         ] {
             let mut f = Fake {
                 fail: vec![step],
@@ -495,10 +428,6 @@ mod tests {
             assert_eq!(run(&mut f), 0, "{step}");
             let at = HAPPY.iter().position(|s| *s == step).unwrap();
             let mut want: Vec<&str> = HAPPY[..=at].to_vec();
-            // The claim is made durable before the result is written.
-            if !want.contains(&"sync_claim") {
-                want.push("sync_claim");
-            }
             want.extend(["write_result", "report"]);
             assert_eq!(f.calls, want, "{step}");
             let o = &f.results[0];
