@@ -19,7 +19,7 @@
 //! lines (`shim started`, `task started`, `result recorded`, all info) go
 //! to the journal only, and the runtime logs the same facts itself. Never
 //! called between fork and exec (the task child of
-//! [`crate::sys::exec_child`] logs nothing).
+//! [`crate::sys::spawn_task`] logs nothing).
 
 use std::borrow::Cow;
 use std::error::Error;

@@ -1,14 +1,14 @@
 //! Every `unsafe` call of the helper and the shim, in one place: fork and
 //! `_exit`, adopting raw descriptors, `close_range`, `wait4` with its
-//! rusage, signal dispositions, and the code a forked task child runs
-//! between fork and execve. Everything else goes through nix's safe
-//! wrappers.
+//! rusage, signal dispositions, and the task child: its vfork-style start
+//! ([`spawn_task`]) and the code it runs until execve ([`exec_child`]).
+//! Everything else goes through nix's safe wrappers.
 //!
 //! Why fork is sound here: neither the helper nor the shim ever starts a
 //! thread, so a child never inherits a lock held by another thread. The
-//! task child still sticks to async-signal-safe calls on values prepared
-//! before the fork (see [`exec_child`]), as fork(2) asks of a child that
-//! execs.
+//! task child is not forked but cloned sharing the shim's memory, and runs
+//! async-signal-safe calls only, on values prepared before (see
+//! [`spawn_task`]).
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, CString, NulError};
@@ -147,6 +147,15 @@ pub fn ignore_sigpipe() -> nix::Result<()> {
     // signal context.
     unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }.map(drop)
 }
+
+/// The signals with a handler in the helper, and so in the shim: std's
+/// stack-overflow handlers, installed before `main`. Nothing of ours
+/// installs one, and no thread is ever started (glibc would add handlers
+/// for its own real-time signals); a test reads the shim's `SigCgt` to
+/// keep it so. The task child shares the shim's memory until its exec, so
+/// it must never run them: it starts with every signal blocked and puts
+/// these back to the default before it unblocks any (see [`exec_child`]).
+pub const HANDLED_BY_STD: [libc::c_int; 2] = [libc::SIGSEGV, libc::SIGBUS];
 
 /// The signals the helper itself ignores ([`ignore_sigpipe`]). Only
 /// "ignore" survives execve(2) (handlers are reset by it), so after
@@ -300,7 +309,7 @@ pub fn wait4(pid: i32, nohang: bool) -> nix::Result<Option<(i32, i32, Rusage)>> 
 }
 
 /// A program, its argv and its envp as C strings, with the pointer arrays
-/// execve(2) wants, all built before the fork so the child allocates
+/// execve(2) wants, all built before the spawn so the child allocates
 /// nothing.
 pub struct ExecImage {
     path: CString,
@@ -390,7 +399,7 @@ impl ChildStep {
 /// as 4 little-endian bytes.
 pub const CHILD_STATUS_LEN: usize = 5;
 
-/// Everything the task child needs, prepared before the fork.
+/// Everything the task child needs, prepared before [`spawn_task`].
 pub struct ChildSetup<'a> {
     pub image: &'a ExecImage,
     pub stdin: RawFd,
@@ -414,11 +423,132 @@ fn child_fail(status_fd: RawFd, step: ChildStep) -> ! {
     exit_now(127)
 }
 
-/// Runs in the forked task child: own process group, default signal
-/// dispositions ([`IGNORED_BY_US`]) and an empty mask, rlimits, stdio, working directory, then
-/// execve. Only async-signal-safe calls on prepared values; no allocation,
-/// no logging. On failure the step and errno go to the exec-status pipe.
-pub fn exec_child(s: &ChildSetup<'_>) -> ! {
+/// Size of the stack the task child runs on until its exec: [`exec_child`]
+/// and the libc wrappers it calls need a few KiB; debug builds more.
+const CHILD_STACK: usize = 64 * 1024;
+
+/// An anonymous mapping for the task child's stack, with a `PROT_NONE`
+/// guard page below it, so an overflow faults instead of writing into
+/// the shim's memory.
+struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    fn new() -> nix::Result<ChildStack> {
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)?
+            .and_then(|p| usize::try_from(p).ok())
+            .unwrap_or(4096);
+        let len = CHILD_STACK + page;
+        // SAFETY: a fresh anonymous private mapping at an address of the
+        // kernel's choosing; it aliases nothing.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(Errno::last());
+        }
+        let stack = ChildStack { base, len };
+        // SAFETY: the lowest page of our own fresh mapping, which nothing
+        // uses yet.
+        if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
+            return Err(Errno::last());
+        }
+        Ok(stack)
+    }
+
+    /// The highest address: stacks grow down. Page-aligned, so 16-byte
+    /// aligned as the ABIs want.
+    fn top(&self) -> *mut libc::c_void {
+        self.base.wrapping_byte_add(self.len)
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, unmapped once; the child that ran on it
+        // has exec'd or exited (CLONE_VFORK returns only then).
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// Starts the task child the way posix_spawn does: clone(2) with
+/// `CLONE_VM | CLONE_VFORK` on a stack of its own, so no page table is
+/// copied and no copy-on-write fault follows. The child runs
+/// [`exec_child`] in the shim's memory, and this returns once it has
+/// exec'd or exited (the calling thread is suspended until then); its
+/// outcome is on the exec-status pipe.
+///
+/// Why this is sound: the child touches no memory but its own stack, the
+/// prepared `setup` (read only) and the calling thread's `errno` (that
+/// thread is suspended, and the shim has no other), and makes only
+/// async-signal-safe libc calls, which are thin wrappers of system calls:
+/// no allocation, no lock, no unwinding (nothing in it can panic), so
+/// nothing it could leave half-changed in memory the shim then uses. Every
+/// signal is blocked across the clone, so no handler of ours ever runs in
+/// the child, which puts the dispositions back before it unblocks them
+/// (glibc leaves its own two real-time signals unblocked; the shim has no
+/// handler for them, see [`HANDLED_BY_STD`]). It has its own descriptor
+/// table, signal dispositions, rlimits and working directory (no
+/// `CLONE_FILES`, `CLONE_SIGHAND`, `CLONE_FS`), so its set-up changes
+/// nothing of ours. Its stack is ours to free once this returns: the child
+/// has exec'd (a new address space) or exited by then.
+pub fn spawn_task(setup: &ChildSetup<'_>) -> nix::Result<Pid> {
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+    let stack = ChildStack::new()?;
+    let mut old = SigSet::empty();
+    pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut old),
+    )?;
+    let arg: *const ChildSetup<'_> = setup;
+    // SAFETY: see above. `child_main` never returns; `stack` and `setup`
+    // outlive the child's use of them, since CLONE_VFORK returns only once
+    // the child has exec'd or exited.
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            stack.top(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            arg.cast_mut().cast(),
+        )
+    };
+    let cloned = if pid < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(Pid::from_raw(pid))
+    };
+    // The old mask is valid, so this cannot fail.
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    drop(stack);
+    cloned
+}
+
+/// The task child's entry point, on its own stack.
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `&ChildSetup` that `spawn_task` passed to clone;
+    // its thread is suspended until we exec or exit, so it is alive and
+    // unchanged.
+    let setup = unsafe { &*arg.cast_const().cast::<ChildSetup<'_>>() };
+    exec_child(setup)
+}
+
+/// Runs in the task child, started by [`spawn_task`] with every signal
+/// blocked: own process group, default dispositions ([`IGNORED_BY_US`],
+/// [`HANDLED_BY_STD`]), rlimits, stdio, working directory, an empty signal
+/// mask, then execve. Only async-signal-safe calls on prepared values; no
+/// allocation, no logging. On failure the step and errno go to the
+/// exec-status pipe.
+fn exec_child(s: &ChildSetup<'_>) -> ! {
     // Own group first, so a group-wide kill by the shim covers the task even
     // if it dies in a later step.
     if nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).is_err() {
@@ -426,27 +556,17 @@ pub fn exec_child(s: &ChildSetup<'_>) -> ! {
     }
     // Dispositions set to "ignore" survive execve. The helper started with
     // none but its own (start-up undid whatever its parent ignored), so
-    // only those go back to the default; then the mask (the shim blocks
-    // SIGCHLD) is emptied.
+    // only those go back to the default; and the handlers, which execve
+    // would reset, are reset now, so that none can run here.
     // SAFETY: sigaction is plain old data; all-zero is a valid value, and
     // SIG_DFL with no flags and an empty mask is what we install.
     let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
     dfl.sa_sigaction = libc::SIG_DFL;
-    for sig in IGNORED_BY_US {
+    for sig in IGNORED_BY_US.into_iter().chain(HANDLED_BY_STD) {
         // SAFETY: installs the default action from a live local struct.
         if unsafe { libc::sigaction(sig, &dfl, std::ptr::null_mut()) } != 0 {
             child_fail(s.status_fd, ChildStep::SignalMask);
         }
-    }
-    let empty = nix::sys::signal::SigSet::empty();
-    if nix::sys::signal::sigprocmask(
-        nix::sys::signal::SigmaskHow::SIG_SETMASK,
-        Some(&empty),
-        None,
-    )
-    .is_err()
-    {
-        child_fail(s.status_fd, ChildStep::SignalMask);
     }
     if let Some((soft, hard)) = s.cpu {
         if nix::sys::resource::setrlimit(Resource::RLIMIT_CPU, soft, hard).is_err() {
@@ -465,6 +585,20 @@ pub fn exec_child(s: &ChildSetup<'_>) -> ! {
     }
     if nix::unistd::fchdir(s.cwd).is_err() {
         child_fail(s.status_fd, ChildStep::Chdir);
+    }
+    // The task starts with an empty mask (the shim blocks SIGCHLD, and
+    // everything was blocked for the way here). Last, so that no signal is
+    // handled in the shim's memory: the handlers were reset above, and
+    // execve follows.
+    let empty = nix::sys::signal::SigSet::empty();
+    if nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&empty),
+        None,
+    )
+    .is_err()
+    {
+        child_fail(s.status_fd, ChildStep::SignalMask);
     }
     // SAFETY: path, argv and envp are NUL-terminated C strings and
     // NULL-terminated pointer arrays owned by `s.image`, alive for the call.

@@ -142,6 +142,34 @@ fn a_task_starts_with_default_signals_and_an_empty_mask() {
     assert_task_signals_are_clean(&h, "inherited");
 }
 
+/// The task child runs in the shim's memory until its exec, so it resets
+/// the shim's signal handlers first (`sys::HANDLED_BY_STD`): those must be
+/// std's SIGSEGV and SIGBUS handlers and nothing else, in the helper and in
+/// the shim (a thread, say, would add glibc's handlers for its own
+/// real-time signals).
+#[test]
+fn the_shim_handles_only_the_signals_its_task_child_resets() {
+    let std_handlers = format!(
+        "{:016x}",
+        (1u64 << (libc::SIGSEGV - 1)) | (1u64 << (libc::SIGBUS - 1))
+    );
+    let caught = |pid: u32| {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        st.lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .map(|v| v.trim().to_string())
+            .unwrap()
+    };
+    let h = Helper::start();
+    assert_eq!(caught(h.pid()), std_handlers, "the helper");
+    let dir = h.task("caught");
+    let l = h.client().launch(spec("caught", &["sleep", "30"]));
+    let shim = caught(l.shim_pid as u32);
+    send_kill(&dir);
+    assert_eq!(wait_result(&dir, WAIT)["status"], "cancelled");
+    assert_eq!(shim, std_handlers, "the shim");
+}
+
 #[test]
 fn nonzero_exit_fails_and_output_is_capped() {
     let h = Helper::start();

@@ -111,10 +111,10 @@ impl Steps for Host {
         match c {
             Claim::Taken => {
                 // The result's temp file now, before the directory fsync that
-                // makes the claim durable: that fsync covers its entry too,
-                // so at the end the result needs only its own fdatasync.
+                // makes the claim durable (the next step): that fsync covers
+                // its entry too, so at the end the result needs only its own
+                // fdatasync.
                 self.result = Some(result::create(dir)?);
-                claim::make_durable(dir)?;
             }
             Claim::Existing(earlier) => log::info(
                 "task already claimed; not running it again",
@@ -125,6 +125,11 @@ impl Steps for Host {
             ),
         }
         Ok(c)
+    }
+
+    fn make_claim_durable(&mut self) -> Result<(), ShimError> {
+        claim::make_durable(self.ctx.task_dir.as_fd())?;
+        Ok(())
     }
 
     fn become_subreaper(&mut self) -> Result<(), ShimError> {
@@ -181,7 +186,7 @@ impl Steps for Host {
         let io = self.stdio.as_ref().ok_or(missing("stdio"))?;
         let cwd = self.workspace.as_ref().ok_or(missing("workspace"))?;
         // The process profile needs nothing beyond the steps so far; sandbox
-        // profiles will add their set-up around the fork here.
+        // profiles will add their set-up around the spawn here.
         let profile = match self.ctx.launch.profile {
             LaunchProfile::Process => "process",
         };

@@ -5,8 +5,9 @@
 //! recording fake, so its order and failure paths are checked without
 //! forking anything.
 //!
-//! The rule the script keeps: once the claim is taken, every way out leaves
-//! a `result.json` that says why.
+//! The rules the script keeps: the task never execs before its claim is
+//! durable; once the claim is taken and durable, every way out leaves a
+//! `result.json` that says why.
 
 use execgo_runtime_protocol::{HelperError, HelperErrorKind, Launched, Outcome, TaskErrorCode};
 
@@ -68,15 +69,17 @@ pub trait Steps {
     fn now(&self) -> String;
 
     fn isolate(&mut self) -> Result<(), ShimError>;
-    /// Takes the claim and, when it is ours, prepares the result's file;
-    /// both are durable once this returns [`Claim::Taken`].
+    /// Takes the claim and, when it is ours, prepares the result's file.
     fn claim(&mut self) -> Result<Claim, ShimError>;
+    /// The directory fsync that makes both durable.
+    fn make_claim_durable(&mut self) -> Result<(), ShimError>;
     fn become_subreaper(&mut self) -> Result<(), ShimError>;
     fn open_control(&mut self) -> Result<(), ShimError>;
     fn prepare_workspace(&mut self) -> Result<(), ShimError>;
     fn open_stdio(&mut self) -> Result<(), ShimError>;
     fn resolve_program(&mut self) -> Result<(), ShimError>;
     fn watch_children(&mut self) -> Result<(), ShimError>;
+    /// Starts the task; `Ok` once it has exec'd.
     fn spawn(&mut self) -> Result<Started, ShimError>;
     /// Sends the one report to the helper and closes the pipe. Never fails:
     /// a helper that went away does not stop the task.
@@ -97,8 +100,9 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
         return 1;
     }
     // 2. Claim before anything visible happens, so a repeated launch never
-    //    runs the task twice. Before the claim, failures are the helper's to
-    //    report; after it, they are the task's, in result.json.
+    //    runs the task twice. Until the claim is durable (step 3), failures
+    //    are the helper's to report; after it, they are the task's, in
+    //    result.json.
     match s.claim() {
         Ok(Claim::Taken) => {}
         Ok(Claim::Existing(earlier)) => {
@@ -117,11 +121,20 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
             return 1;
         }
     }
-    // 3-8. Set-up, in an order where each step only needs earlier ones:
+    // 3. Durable before the task can exec, so that it runs exactly once
+    //    across a power loss too. Alone on purpose: overlapping it with the
+    //    set-up would take a second thread, which costs more here than it
+    //    hides (see `spawn`'s module documentation). A failure is a failed
+    //    claim: nothing runs, the helper reports it.
+    if let Err(e) = s.make_claim_durable() {
+        s.report(failed(HelperErrorKind::LaunchFailed, &e));
+        return 1;
+    }
+    // 4-9. Set-up, in an order where each step only needs earlier ones:
     //    subreaper before any child exists (so orphans of the task come to
     //    us); the control FIFO before the task starts (so a kill is never
     //    lost); workspace and stdio before the program is resolved; every
-    //    C string prepared and SIGCHLD blocked before the fork (so the
+    //    C string prepared and SIGCHLD blocked before the spawn (so the
     //    child allocates nothing and its exit cannot be missed).
     let prepared = s
         .become_subreaper()
@@ -130,13 +143,13 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
         .and_then(|()| s.open_stdio())
         .and_then(|()| s.resolve_program())
         .and_then(|()| s.watch_children());
-    // 9. Fork and exec the task.
+    // 10. Spawn and exec the task.
     let started = match prepared.and_then(|()| s.spawn()) {
         Ok(started) => started,
-        // 10. It never ran: result.json says why, then the report.
+        // 11. It never ran: result.json says why, then the report.
         Err(e) => return fail_launch(s, me, &e),
     };
-    // 11. Running: tell the helper, which tells the runtime.
+    // 12. Running: tell the helper, which tells the runtime.
     s.report(ShimReport::Launched(Launched {
         shim_pid: me.shim_pid,
         shim_start_ticks: me.shim_start_ticks,
@@ -145,10 +158,10 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
         started_at: Some(started.started_at.clone()),
         already_claimed: false,
     }));
-    // 12-13. Follow it to its end, then leave nothing behind.
+    // 13-14. Follow it to its end, then leave nothing behind.
     let monitored = s.monitor(&started);
     s.clean_up();
-    // 14-15. Classify and record.
+    // 15-16. Classify and record.
     let outcome = match monitored {
         Ok(f) => result::finished(
             me.shim_pid,
@@ -219,6 +232,7 @@ mod tests {
         calls: Vec<&'static str>,
         fail: Vec<&'static str>,
         existing: bool,
+        execd: bool,
         reports: Vec<ShimReport>,
         results: Vec<Outcome>,
     }
@@ -261,6 +275,9 @@ mod tests {
                 Claim::Taken
             })
         }
+        fn make_claim_durable(&mut self) -> Result<(), ShimError> {
+            self.step("sync_claim")
+        }
         fn become_subreaper(&mut self) -> Result<(), ShimError> {
             self.step("subreaper")
         }
@@ -281,6 +298,7 @@ mod tests {
         }
         fn spawn(&mut self) -> Result<Started, ShimError> {
             self.step("spawn")?;
+            self.execd = true;
             Ok(Started {
                 pid: 300,
                 started_at: "2026-01-01T00:00:00.000Z".into(),
@@ -314,9 +332,10 @@ mod tests {
         }
     }
 
-    const HAPPY: [&str; 13] = [
+    const HAPPY: [&str; 14] = [
         "isolate",
         "claim",
+        "sync_claim",
         "subreaper",
         "control",
         "workspace",
@@ -335,6 +354,7 @@ mod tests {
         let mut f = Fake::default();
         assert_eq!(run(&mut f), 0);
         assert_eq!(f.calls, HAPPY);
+        assert!(f.execd);
         match &f.reports[..] {
             [ShimReport::Launched(l)] => {
                 assert_eq!(l.pid, Some(300));
@@ -369,8 +389,8 @@ mod tests {
     }
 
     #[test]
-    fn failures_before_the_claim_are_reported_not_recorded() {
-        for step in ["isolate", "claim"] {
+    fn failures_before_the_claim_is_durable_are_reported_not_recorded() {
+        for step in ["isolate", "claim", "sync_claim"] {
             let mut f = Fake {
                 fail: vec![step],
                 ..Default::default()
@@ -378,6 +398,8 @@ mod tests {
             assert_eq!(run(&mut f), 1);
             assert_eq!(f.calls.last(), Some(&"report"));
             assert!(f.results.is_empty(), "{step}");
+            assert!(!f.execd, "{step}");
+            assert!(!f.calls.contains(&"spawn"), "{step}");
             assert!(matches!(
                 &f.reports[..],
                 [ShimReport::Failed(HelperError {
