@@ -218,13 +218,16 @@ impl Engine {
         let l2 = l.clone();
         let marked = self
             .store
-            .call(move |conn| -> Result<bool, ApiError> {
-                let tx = store::begin_relaxed(conn)?;
-                let Some(mut row) = store::get(&tx, &id)? else {
-                    return Ok(false);
+            .relaxed(move |tx| -> Result<store::Committed<bool>, ApiError> {
+                let done = |kill| store::Committed {
+                    value: kill,
+                    undo: None,
+                };
+                let Some(mut row) = store::get(tx, &id)? else {
+                    return Ok(done(false));
                 };
                 if row.status != TaskStatus::Accepted {
-                    return Ok(row.kill_requested);
+                    return Ok(done(row.kill_requested));
                 }
                 let ts = now();
                 row.status = TaskStatus::Running;
@@ -240,10 +243,9 @@ impl Engine {
                         "pid": pid, "pgid": l2.pgid, "shim_pid": l2.shim_pid
                     }));
                 }
-                store::append_event(&tx, &id, &ts, &started)?;
-                store::update(&tx, &row, None)?;
-                store::commit(tx)?;
-                Ok(row.kill_requested)
+                store::append_event(tx, &id, &ts, &started)?;
+                store::update(tx, &row, None)?;
+                Ok(done(row.kill_requested))
             })
             .await;
         match marked {
@@ -316,76 +318,77 @@ impl Engine {
             },
         };
         let id = task_id.to_string();
-        let res = self
-            .store
-            .call(move |conn| -> Result<Option<TaskRow>, ApiError> {
-                // A finish the shim recorded can be rebuilt from its
-                // result.json; one the runtime decided cannot.
-                let tx = if write_result {
-                    store::begin(conn)?
-                } else {
-                    store::begin_relaxed(conn)?
-                };
-                let Some(mut row) = store::get(&tx, &id)? else {
-                    return Ok(None);
-                };
-                if row.status.is_terminal() {
-                    return Ok(None);
-                }
-                apply_outcome(&mut row, &outcome);
-                if write_result {
-                    let body = view::status_body(&td, &row)?;
-                    let bytes = serde_json::to_vec_pretty(&body)
-                        .map_err(|e| ApiError::internal(format!("encoding result.json: {e}")))?;
-                    td.write_result(&bytes)
-                        .map_err(|e| ApiError::internal(format!("writing result.json: {e}")))?;
-                }
-                // Events carry when the runtime recorded them; the outcome keeps
-                // the shim's own finish time.
-                let ts = now();
-                if outcome.timed_out {
-                    store::append_event(
-                        &tx,
-                        &id,
-                        &ts,
-                        &NewEvent::new("timeout_triggered").message(format!(
-                            "wall time limit of {} ms reached",
-                            row.request.limits.wall_time_ms
-                        )),
-                    )?;
-                }
-                if let (Some(r), false) = (&row.reservation, row.released) {
-                    store::append_event(
-                        &tx,
-                        &id,
-                        &ts,
-                        &NewEvent::new("resource_released")
-                            .message("resources released")
-                            .data(serde_json::to_value(r).unwrap_or_default()),
-                    )?;
-                    row.released = true;
-                }
-                let (kind, msg) = match row.status {
-                    TaskStatus::Success => ("finished", "task finished successfully".to_string()),
-                    TaskStatus::Cancelled => ("cancelled", "task cancelled".to_string()),
-                    _ => (
-                        "failed",
-                        row.error
-                            .as_ref()
-                            .map(|e| e.message.clone())
-                            .unwrap_or_else(|| "task failed".to_string()),
-                    ),
-                };
-                let mut ev = NewEvent::new(kind).message(msg);
-                if let Some(e) = &row.error {
-                    ev = ev.data(serde_json::json!({ "code": e.code }));
-                }
-                store::append_event(&tx, &id, &ts, &ev)?;
-                store::update(&tx, &row, unix_ms(&ts))?;
-                store::commit(tx)?;
-                Ok(Some(row))
-            })
-            .await;
+        type Recorded = Result<store::Committed<Option<TaskRow>>, ApiError>;
+        let record = move |tx: &rusqlite::Transaction<'_>| -> Recorded {
+            let done = |row| store::Committed {
+                value: row,
+                undo: None,
+            };
+            let Some(mut row) = store::get(tx, &id)? else {
+                return Ok(done(None));
+            };
+            if row.status.is_terminal() {
+                return Ok(done(None));
+            }
+            apply_outcome(&mut row, &outcome);
+            if write_result {
+                let body = view::status_body(&td, &row)?;
+                let bytes = serde_json::to_vec_pretty(&body)
+                    .map_err(|e| ApiError::internal(format!("encoding result.json: {e}")))?;
+                td.write_result(&bytes)
+                    .map_err(|e| ApiError::internal(format!("writing result.json: {e}")))?;
+            }
+            // Events carry when the runtime recorded them; the outcome keeps
+            // the shim's own finish time.
+            let ts = now();
+            if outcome.timed_out {
+                store::append_event(
+                    tx,
+                    &id,
+                    &ts,
+                    &NewEvent::new("timeout_triggered").message(format!(
+                        "wall time limit of {} ms reached",
+                        row.request.limits.wall_time_ms
+                    )),
+                )?;
+            }
+            if let (Some(r), false) = (&row.reservation, row.released) {
+                store::append_event(
+                    tx,
+                    &id,
+                    &ts,
+                    &NewEvent::new("resource_released")
+                        .message("resources released")
+                        .data(serde_json::to_value(r).unwrap_or_default()),
+                )?;
+                row.released = true;
+            }
+            let (kind, msg) = match row.status {
+                TaskStatus::Success => ("finished", "task finished successfully".to_string()),
+                TaskStatus::Cancelled => ("cancelled", "task cancelled".to_string()),
+                _ => (
+                    "failed",
+                    row.error
+                        .as_ref()
+                        .map(|e| e.message.clone())
+                        .unwrap_or_else(|| "task failed".to_string()),
+                ),
+            };
+            let mut ev = NewEvent::new(kind).message(msg);
+            if let Some(e) = &row.error {
+                ev = ev.data(serde_json::json!({ "code": e.code }));
+            }
+            store::append_event(tx, &id, &ts, &ev)?;
+            store::update(tx, &row, unix_ms(&ts))?;
+            Ok(done(Some(row)))
+        };
+        // A finish the shim recorded can be rebuilt from its result.json
+        // (relaxed commit); one the runtime decided cannot (fsynced).
+        let res = if write_result {
+            self.store.durable(record).await
+        } else {
+            self.store.relaxed(record).await
+        };
         match res {
             Ok(Some(row)) => {
                 self.with_ledger(|l| l.release(task_id));

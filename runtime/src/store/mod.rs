@@ -332,9 +332,29 @@ impl Store {
         E: From<StoreError> + Send + 'static,
         F: FnOnce(&Transaction<'_>) -> std::result::Result<Committed<T>, E> + Send + 'static,
     {
+        self.grouped(worker::Commit::Durable, f).await
+    }
+
+    /// Like [`Store::durable`], but the shared commit is not fsynced
+    /// (`synchronous=NORMAL`): for the facts [`begin_relaxed`] is for.
+    pub async fn relaxed<T, E, F>(&self, f: F) -> std::result::Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> std::result::Result<Committed<T>, E> + Send + 'static,
+    {
+        self.grouped(worker::Commit::Relaxed, f).await
+    }
+
+    async fn grouped<T, E, F>(&self, commit: worker::Commit, f: F) -> std::result::Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> std::result::Result<Committed<T>, E> + Send + 'static,
+    {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.jobs
-            .send(worker::durable_job(f, tx))
+            .send(worker::grouped_job(commit, f, tx))
             .map_err(|_| E::from(StoreError::WorkerGone))?;
         rx.await.map_err(|_| E::from(StoreError::WorkerGone))?
     }

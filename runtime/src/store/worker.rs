@@ -2,10 +2,12 @@
 //! callers' closures in arrival order, so no lock is contended and the
 //! async executor never blocks on SQLite.
 //!
-//! Durable writes (a submit) are group-committed: consecutive ones waiting
-//! in the queue run in one `synchronous=FULL` transaction, each inside a
-//! savepoint of its own, and share one commit and one fsync. None is
-//! answered before that commit, so "answered" still means "on disk"; one
+//! Writes that allow it are group-committed: consecutive ones of the same
+//! kind waiting in the queue run in one transaction, each inside a
+//! savepoint of its own, and share one commit. Durable writes (a submit)
+//! share a `synchronous=FULL` commit and its fsync; relaxed ones (a start,
+//! a finish the shim recorded) a `synchronous=NORMAL` commit. None is
+//! answered before that commit, so "answered" still means "committed"; one
 //! that fails rolls back to its savepoint without touching the others; a
 //! failed commit fails them all and runs each one's undo.
 
@@ -15,14 +17,23 @@ use rusqlite::{Connection, Transaction};
 
 use super::{sql, StoreError};
 
-/// At most this many durable writes share a commit.
+/// At most this many writes share a commit.
 const MAX_GROUP: usize = 64;
 
 pub enum Job {
     /// Runs alone with the connection; manages its own transaction.
     Solo(Box<dyn FnOnce(&mut Connection) + Send>),
-    /// Runs inside a group transaction (see the module doc).
-    Durable(Box<dyn DurableJob>),
+    /// Runs inside a group transaction of its kind (see the module doc).
+    Grouped(Commit, Box<dyn DurableJob>),
+}
+
+/// How a group's commit reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// `synchronous=FULL`: fsynced before anyone is answered.
+    Durable,
+    /// `synchronous=NORMAL`: durable with the next fsynced commit.
+    Relaxed,
 }
 
 /// What a durable write hands back: its value, and what to undo outside
@@ -121,13 +132,17 @@ fn generic(message: String) -> rusqlite::Error {
     )
 }
 
-pub fn durable_job<T, E, F>(f: F, reply: tokio::sync::oneshot::Sender<Result<T, E>>) -> Job
+pub fn grouped_job<T, E, F>(
+    commit: Commit,
+    f: F,
+    reply: tokio::sync::oneshot::Sender<Result<T, E>>,
+) -> Job
 where
     T: Send + 'static,
     E: From<StoreError> + Send + 'static,
     F: FnOnce(&Transaction<'_>) -> Result<Committed<T>, E> + Send + 'static,
 {
-    Job::Durable(Box::new(Durable { f, reply }))
+    Job::Grouped(commit, Box::new(Durable { f, reply }))
 }
 
 /// Starts the thread; it ends when the last sender is dropped.
@@ -152,15 +167,24 @@ fn serve(mut conn: Connection, queue: &Receiver<Job>) {
         };
         match job {
             Job::Solo(f) => f(&mut conn),
-            Job::Durable(first) => next = group(&mut conn, first, queue),
+            Job::Grouped(commit, first) => next = group(&mut conn, commit, first, queue),
         }
     }
 }
 
-/// Runs `first` and the durable jobs queued right behind it in one
+/// Runs `first` and the jobs of its kind queued right behind it in one
 /// transaction; returns the first other job met, to run next.
-fn group(conn: &mut Connection, first: Box<dyn DurableJob>, queue: &Receiver<Job>) -> Option<Job> {
-    let tx = match super::begin(conn) {
+fn group(
+    conn: &mut Connection,
+    commit: Commit,
+    first: Box<dyn DurableJob>,
+    queue: &Receiver<Job>,
+) -> Option<Job> {
+    let began = match commit {
+        Commit::Durable => super::begin(conn),
+        Commit::Relaxed => super::begin_relaxed(conn),
+    };
+    let tx = match began {
         Ok(tx) => tx,
         Err(e) => {
             first.fail(e);
@@ -178,7 +202,7 @@ fn group(conn: &mut Connection, first: Box<dyn DurableJob>, queue: &Receiver<Job
             break;
         }
         match queue.try_recv() {
-            Ok(Job::Durable(j)) => job = Some(j),
+            Ok(Job::Grouped(c, j)) if c == commit => job = Some(j),
             Ok(other) => after = Some(other),
             Err(TryRecvError::Empty | TryRecvError::Disconnected) => {}
         }
@@ -222,9 +246,20 @@ mod tests {
         fail: bool,
         undone: &Arc<AtomicUsize>,
     ) -> (Job, Reply) {
+        insert_as(Commit::Durable, id, dangling, fail, undone)
+    }
+
+    fn insert_as(
+        commit: Commit,
+        id: &'static str,
+        dangling: bool,
+        fail: bool,
+        undone: &Arc<AtomicUsize>,
+    ) -> (Job, Reply) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let undone = Arc::clone(undone);
-        let job = durable_job(
+        let job = grouped_job(
+            commit,
             move |t: &Transaction<'_>| -> Result<Committed<()>, StoreError> {
                 let parent = dangling.then_some("nobody");
                 t.execute(
@@ -300,6 +335,27 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+        assert_eq!(undone.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn relaxed_jobs_group_among_themselves_only() {
+        // a (durable) commits alone; b and c (relaxed) share a commit that
+        // c's dangling reference fails.
+        let undone = Arc::new(AtomicUsize::new(0));
+        let (a, mut ra) = insert("a", false, false, &undone);
+        let (b, mut rb) = insert_as(Commit::Relaxed, "b", false, false, &undone);
+        let (c, mut rc) = insert_as(Commit::Relaxed, "c", true, false, &undone);
+        assert_eq!(run(vec![a, b, c]), ["a"]);
+        assert!(ra.try_recv().unwrap().is_ok());
+        assert!(matches!(
+            rb.try_recv().unwrap(),
+            Err(StoreError::GroupCommit(..))
+        ));
+        assert!(matches!(
+            rc.try_recv().unwrap(),
+            Err(StoreError::GroupCommit(..))
+        ));
         assert_eq!(undone.load(Ordering::SeqCst), 2);
     }
 
