@@ -55,7 +55,7 @@ pub fn run(env: &Env, n: usize, wall_ms: u64) {
         figure: format!("timeout overshoot, wall_time_ms {wall_ms}, p50 (p90, max)"),
         measured: format!("{:.0} ms ({:.0}, {:.0})", ts.p50, ts.p90, ts.max),
         baseline: format!("{:.3} ms direct SIGTERM", base.p50),
-        ratio: format!("+{:.1} ms", ts.p50 - base.p50),
+        ratio: format!("{:+.1} ms", ts.p50 - base.p50),
         target: "<= 10 ms".into(),
         met: Some(ts.p50 <= 10.0),
     });
