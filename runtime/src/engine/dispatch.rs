@@ -436,22 +436,33 @@ fn claim(
         if row.status != TaskStatus::Accepted || row.launch_attempted || row.kill_requested {
             continue;
         }
-        row.launch_attempted = true;
-        row.reservation = Some(c.reservation.clone());
-        row.reserved_at = Some(ts.clone());
-        store::append_event(
-            &tx,
-            &row.task_id,
-            &ts,
-            &NewEvent::new("resource_reserved")
-                .message("resources reserved")
-                .data(serde_json::to_value(&c.reservation).unwrap_or_default()),
-        )?;
-        store::update(&tx, &row, None)?;
+        record_launch(&tx, &mut row, &c.reservation, &ts)?;
         rows.push(row);
     }
     store::commit(tx)?;
     Ok(rows)
+}
+
+/// The launch record: `launch_attempted`, the reservation and its time, and
+/// a `resource_reserved` event, written in `tx`.
+pub(super) fn record_launch(
+    tx: &rusqlite::Transaction<'_>,
+    row: &mut TaskRow,
+    reservation: &Reservation,
+    ts: &str,
+) -> Result<(), crate::store::StoreError> {
+    row.launch_attempted = true;
+    row.reservation = Some(reservation.clone());
+    row.reserved_at = Some(ts.to_string());
+    store::append_event(
+        tx,
+        &row.task_id,
+        ts,
+        &NewEvent::new("resource_reserved")
+            .message("resources reserved")
+            .data(serde_json::to_value(reservation).unwrap_or_default()),
+    )?;
+    store::update(tx, row, None)
 }
 
 fn read_outcome(td: &TaskDir) -> Option<Outcome> {

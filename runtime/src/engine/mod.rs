@@ -276,19 +276,7 @@ impl Engine {
         if !admitted {
             return Ok(false);
         }
-        row.launch_attempted = true;
-        row.reservation = Some(candidate.reservation.clone());
-        row.reserved_at = Some(ts.to_string());
-        let recorded = store::append_event(
-            tx,
-            &row.task_id,
-            ts,
-            &NewEvent::new("resource_reserved")
-                .message("resources reserved")
-                .data(serde_json::to_value(&candidate.reservation).unwrap_or_default()),
-        )
-        .and_then(|()| store::update(tx, row, None));
-        if let Err(e) = recorded {
+        if let Err(e) = dispatch::record_launch(tx, row, &candidate.reservation, ts) {
             self.with_ledger(|l| l.release(&row.task_id));
             return Err(e.into());
         }
