@@ -1,15 +1,16 @@
 //! The helper's half of a launch: validate, open the task directory under
-//! the data dir without following symlinks, then double-fork so the shim is
-//! detached (its own session, a child of neither the helper nor the
-//! runtime). The helper does not wait for the shim: [`launch`] returns a
+//! the data dir without following symlinks, then start the shim detached
+//! (its own session, a child of neither the helper nor the runtime) through
+//! a short-lived intermediate ([`sys::spawn_detached`]). The helper does not wait for the shim: [`launch`] returns a
 //! [`PendingLaunch`] holding the report pipe, which the serve loop polls
 //! with everything else; when the shim's one report is in (or the pipe
 //! ends, or 10 s pass) [`answer`] turns it into the reply, which goes out
 //! in request order on its connection (see [`crate::replies`]).
 //!
 //! ```text
-//! helper ── fork ──► intermediate: setsid, fork, _exit(0)
-//!    │ waitpid(intermediate)             └──► shim (re-parented to init or the
+//! helper ── clone(CLONE_VM|CLONE_VFORK) ──► intermediate: setsid, _Fork, _exit
+//!    │ waitpid(intermediate)             ┌───────────────────────┘
+//!    │                                   └──► shim (re-parented to init or the
 //!    │ pending launch: its report pipe        │   nearest subreaper)
 //!    │ joins the poll set; other requests     │ claim, set up, exec the task
 //!    │ and connections are served meanwhile   │
@@ -18,20 +19,18 @@
 //! ```
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use execgo_runtime_protocol::{HelperError, HelperErrorKind, LaunchSpec, Response};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
-use nix::sys::wait::waitpid;
 use serde_json::Value;
 
 use crate::dispatch::Context;
 use crate::peer::Peer;
 use crate::pending::PendingLaunch;
 use crate::replies::Reply;
-use crate::shim::report::{self, ReportError, ReportReader, ShimReport};
+use crate::shim::report::{ReportError, ReportReader, ShimReport};
 use crate::shim::{self, ShimContext};
 use crate::validate::{validate, ValidateError};
 use crate::{fs_at, log, sys};
@@ -58,7 +57,7 @@ pub enum LaunchError {
     Pipe(#[source] Errno),
     #[error("making the report pipe non-blocking failed")]
     PipeNonBlocking(#[source] Errno),
-    #[error("forking the shim's parent failed")]
+    #[error("starting the shim failed")]
     Fork(#[source] Errno),
     #[error("launching the shim failed")]
     Report(#[source] ReportError),
@@ -150,16 +149,9 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<ReportReader, L
         peer_gid: peer.gid,
         privileged: ctx.capabilities.privileged,
     };
-    let intermediate = match sys::fork().map_err(LaunchError::Fork)? {
-        sys::Forked::Child => intermediate(shim_ctx, report_w),
-        sys::Forked::Parent(pid) => pid,
-    };
-    // Only the shim may hold the write end, so its exit means end-of-file.
-    drop(report_w);
-    drop(shim_ctx);
-    // Its status says nothing the report does not; only EINTR is retried.
-    // Quick: it only calls setsid and fork before it exits.
-    while let Err(Errno::EINTR) = waitpid(intermediate, None) {}
+    // The shim runs in a copy of our memory, owning its own copies of the
+    // context and the pipe's write end; ours are dropped when this returns.
+    sys::spawn_detached(move || shim::run(shim_ctx, report_w)).map_err(LaunchError::Fork)?;
     // The report is read by the serve loop, as the pipe becomes readable.
     Ok(report)
 }
@@ -178,30 +170,4 @@ fn open_task_dir(ctx: &Context, id: &str) -> Result<OwnedFd, LaunchError> {
     };
     let tasks = fs_at::open_dir(ctx.data_fd.as_fd(), "tasks").map_err(classify)?;
     fs_at::open_dir(tasks.as_fd(), id).map_err(classify)
-}
-
-/// The intermediate process: a new session, then the shim, then gone, so
-/// the shim is orphaned at once and adopted away from the helper.
-fn intermediate(ctx: ShimContext, report_w: OwnedFd) -> ! {
-    let code = catch_unwind(AssertUnwindSafe(move || {
-        // Leave the helper's session (and any controlling terminal) before
-        // the shim exists; the shim then starts a session of its own.
-        let _ = nix::unistd::setsid();
-        match sys::fork() {
-            Ok(sys::Forked::Child) => shim::run(ctx, report_w),
-            Ok(sys::Forked::Parent(_)) => 0,
-            Err(e) => {
-                let _ = report::send(
-                    &report_w,
-                    &ShimReport::Failed(HelperError {
-                        kind: HelperErrorKind::LaunchFailed,
-                        message: format!("forking the shim failed: {e}"),
-                    }),
-                );
-                1
-            }
-        }
-    }))
-    .unwrap_or(70);
-    sys::exit_now(code)
 }

@@ -436,11 +436,12 @@ struct ChildStack {
 }
 
 impl ChildStack {
-    fn new() -> nix::Result<ChildStack> {
+    /// `size` usable bytes above the guard page.
+    fn new(size: usize) -> nix::Result<ChildStack> {
         let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)?
             .and_then(|p| usize::try_from(p).ok())
             .unwrap_or(4096);
-        let len = CHILD_STACK + page;
+        let len = size + page;
         // SAFETY: a fresh anonymous private mapping at an address of the
         // kernel's choosing; it aliases nothing.
         let base = unsafe {
@@ -503,7 +504,7 @@ impl Drop for ChildStack {
 /// has exec'd (a new address space) or exited by then.
 pub fn spawn_task(setup: &ChildSetup<'_>) -> nix::Result<Pid> {
     use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
-    let stack = ChildStack::new()?;
+    let stack = ChildStack::new(CHILD_STACK)?;
     let mut old = SigSet::empty();
     pthread_sigmask(
         SigmaskHow::SIG_SETMASK,
@@ -531,6 +532,111 @@ pub fn spawn_task(setup: &ChildSetup<'_>) -> nix::Result<Pid> {
     let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
     drop(stack);
     cloned
+}
+
+/// Stack of a detached child ([`spawn_detached`]): the intermediate uses a
+/// few KiB of it, and the shim then runs its whole life on its copy, so it
+/// is sized like a thread's default stack. Pages never touched cost
+/// nothing.
+const DETACHED_STACK: usize = 2 * 1024 * 1024;
+
+/// What the intermediate of [`spawn_detached`] reads: the child to run in
+/// the new process, and the signal mask to give it.
+struct Detach<F> {
+    child: Option<F>,
+    mask: nix::sys::signal::SigSet,
+}
+
+/// Starts `child` in a new process that is nobody's child, in a session
+/// of its own (the intermediate's), the way a double fork does but with one
+/// copy of our memory instead of two: an intermediate is cloned sharing
+/// our memory (`CLONE_VM | CLONE_VFORK`, as [`spawn_task`] does), calls
+/// `setsid` and `_Fork`, and exits; its child, with a private copy of our
+/// memory as of that moment, runs `child` and is at once orphaned. Returns
+/// once the intermediate has exited and been reaped; `Err` is why the
+/// child could not be created (it then never ran).
+///
+/// Why this is sound: the intermediate runs with every signal blocked, on
+/// a stack of its own, makes only async-signal-safe calls (`setsid`,
+/// `_Fork`, `_exit`), and writes nothing of ours but its stack and the
+/// suspended thread's `errno`. `_Fork` is glibc's fork without the atfork
+/// handlers; the helper is single-threaded and suspended, so no lock in the
+/// copy is held. Only the new process touches `Detach::child`: it moves it
+/// out of its own copy, so each value is used once per address space (ours
+/// drops it when this returns). The new process restores our signal mask
+/// before `child` runs, on its copy of the stack, which stays mapped there
+/// after we unmap ours, and exits with what `child` returns, at once.
+pub fn spawn_detached<F: FnOnce() -> i32>(child: F) -> nix::Result<()> {
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+    let stack = ChildStack::new(DETACHED_STACK)?;
+    let mut detach = Detach {
+        child: Some(child),
+        mask: SigSet::empty(),
+    };
+    pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut detach.mask),
+    )?;
+    let arg: *mut Detach<F> = &mut detach;
+    // SAFETY: see above. `intermediate_main` only reads `detach`, which
+    // outlives it (CLONE_VFORK returns once it has exited), and `stack`
+    // is unmapped only after that.
+    let pid = unsafe {
+        libc::clone(
+            intermediate_main::<F>,
+            stack.top(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            arg.cast(),
+        )
+    };
+    let cloned = if pid < 0 { Err(Errno::last()) } else { Ok(pid) };
+    // The old mask is valid, so this cannot fail.
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&detach.mask), None);
+    let pid = cloned?;
+    // The intermediate has exited; its status is 0 or the errno of _Fork.
+    let status = loop {
+        match nix::sys::wait::waitpid(Pid::from_raw(pid), None) {
+            Err(Errno::EINTR) => {}
+            other => break other?,
+        }
+    };
+    drop(stack);
+    match status {
+        nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+        nix::sys::wait::WaitStatus::Exited(_, errno) => Err(Errno::from_raw(errno)),
+        _ => Err(Errno::ECHILD),
+    }
+}
+
+extern "C" {
+    /// glibc's (and musl's) fork without atfork handlers: async-signal-safe.
+    fn _Fork() -> libc::pid_t;
+}
+
+/// The intermediate of [`spawn_detached`], on its own stack, sharing our
+/// memory; in the child of its `_Fork`, the new process's start.
+extern "C" fn intermediate_main<F: FnOnce() -> i32>(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: see spawn_detached: setsid and _Fork are async-signal-safe
+    // system call wrappers; `arg` points at the suspended caller's Detach.
+    unsafe {
+        libc::setsid();
+        match _Fork() {
+            0 => {
+                // The new process, in its own copy of memory.
+                let detach = &mut *arg.cast::<Detach<F>>();
+                libc::pthread_sigmask(
+                    libc::SIG_SETMASK,
+                    detach.mask.as_ref(),
+                    std::ptr::null_mut(),
+                );
+                let code = detach.child.take().map_or(70, |child| child());
+                libc::_exit(code)
+            }
+            pid if pid < 0 => libc::_exit(Errno::last_raw().clamp(1, 255)),
+            _ => libc::_exit(0),
+        }
+    }
 }
 
 /// The task child's entry point, on its own stack.
@@ -615,6 +721,55 @@ fn exec_child(s: &ChildSetup<'_>) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_detached_child_is_nobodys_child_in_a_session_of_its_own() {
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        // The child only makes system calls: the test harness has threads,
+        // whose locks its copy of memory may hold.
+        spawn_detached(move || {
+            let ids = [
+                nix::unistd::getpid().as_raw(),
+                nix::unistd::getppid().as_raw(),
+                nix::unistd::getsid(None).map_or(-1, |p| p.as_raw()),
+            ];
+            let mut bytes = [0u8; 12];
+            for (i, id) in ids.iter().enumerate() {
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&id.to_le_bytes());
+            }
+            match nix::unistd::write(&w, &bytes) {
+                Ok(12) => 0,
+                _ => 1,
+            }
+        })
+        .unwrap();
+        let mut bytes = [0u8; 12];
+        let mut got = 0;
+        while got < 12 {
+            match nix::unistd::read(r.as_raw_fd(), &mut bytes[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(Errno::EINTR) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, 12, "the detached child wrote its ids");
+        let id = |i: usize| i32::from_le_bytes(bytes[i * 4..i * 4 + 4].try_into().unwrap());
+        let (pid, ppid, sid) = (id(0), id(1), id(2));
+        let me = nix::unistd::getpid().as_raw();
+        assert_ne!(pid, me);
+        assert_ne!(ppid, me, "not our child");
+        assert_ne!(sid, nix::unistd::getsid(None).unwrap().as_raw());
+        assert_ne!(sid, pid, "the intermediate's session, not one it leads");
+        // Already reparented, so not ours to reap.
+        assert_eq!(
+            nix::sys::wait::waitpid(
+                Pid::from_raw(pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG)
+            ),
+            Err(Errno::ECHILD)
+        );
+    }
 
     #[test]
     fn child_steps_round_trip() {

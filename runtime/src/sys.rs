@@ -1,9 +1,12 @@
 //! The runtime's few direct syscalls: a pidfd on a shim (which is not our
-//! child), so its exit arrives as an event on the async reactor.
+//! child), so its exit arrives as an event on the async reactor, and an
+//! inotify instance registered with that reactor.
 #![allow(unsafe_code)]
 
+use nix::sys::inotify::{InitFlags, Inotify};
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use tokio::io::unix::AsyncFd;
 
 /// `pidfd_open(2)`: a file descriptor that becomes readable when `pid`
 /// exits. Works for any process, not only children.
@@ -41,6 +44,24 @@ pub async fn pidfd_exited(pidfd: OwnedFd) -> io::Result<()> {
     let afd = unsafe { tokio::io::unix::AsyncFd::register(pidfd) }.map_err(io::Error::from)?;
     let _guard = afd.readable().await?;
     Ok(())
+}
+
+/// A non-blocking inotify instance, as the reactor needs it.
+pub struct InotifyFd(pub Inotify);
+
+impl AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// A new non-blocking inotify instance, registered with the reactor.
+pub fn async_inotify() -> io::Result<AsyncFd<InotifyFd>> {
+    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+    // SAFETY: the Inotify owns its descriptor and is moved into the
+    // AsyncFd, which owns it for its whole life: the descriptor stays open
+    // and is always the same one while registered.
+    unsafe { AsyncFd::register(InotifyFd(inotify)) }.map_err(io::Error::from)
 }
 
 #[cfg(test)]

@@ -81,3 +81,36 @@ fn gc_deletes_expired_terminal_tasks() {
     assert_eq!(s.status(&running)["status"], "running");
     s.kill(&running, None);
 }
+
+/// The shim's last act is to rename `result.json` into the task dir; the
+/// runtime finalizes on that rename, not on the shim's exit afterwards.
+/// Here the shim is stopped and the rename is done for it, with the result
+/// of another task: the task ends with that outcome while its shim lives.
+#[test]
+fn a_result_renamed_in_ends_the_task_before_its_shim_exits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let s = Server::builder().data_dir(&dir).start();
+    let donor = s.submit(&sh("echo from-the-donor; exit 7"));
+    s.wait_terminal(&donor, T);
+    let body = std::fs::read(dir.join("tasks").join(&donor).join("result.json")).unwrap();
+
+    let id = s.submit(&command("/bin/sleep", &["30"]));
+    let st = s.wait_status(&id, "running", T);
+    let shim = st["shim_pid"].as_i64().unwrap() as i32;
+    let pgid = st["pgid"].as_i64().unwrap() as i32;
+    let signal = |pid: i32, sig| {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    };
+    signal(shim, nix::sys::signal::Signal::SIGSTOP);
+    let td = dir.join("tasks").join(&id);
+    std::fs::write(td.join("result.json.tmp"), &body).unwrap();
+    std::fs::rename(td.join("result.json.tmp"), td.join("result.json")).unwrap();
+
+    let st = s.wait_terminal(&id, T);
+    assert!(alive(shim), "the shim was still there");
+    assert_eq!(st["exit_code"], 7, "{st}");
+    assert_eq!(st["error"]["code"], "exit_nonzero", "{st}");
+    signal(-pgid, nix::sys::signal::Signal::SIGKILL);
+    signal(shim, nix::sys::signal::Signal::SIGKILL);
+}

@@ -266,8 +266,43 @@ impl Engine {
         self.watch(task_id, l.shim_pid, l.shim_start_ticks).await;
     }
 
-    /// Waits for the shim to exit, then finalizes from its result.
+    /// Waits for the task's end, then finalizes from its result. The end
+    /// is whichever comes first: `result.json` renamed into the task dir
+    /// (the shim's last act), or the shim's exit (a shim that dies without
+    /// a result is finalized as a lost monitor).
     pub async fn watch(self: &Arc<Self>, task_id: String, shim_pid: i32, start_ticks: u64) {
+        let td = self.task_dir(&task_id);
+        let arrival = self.arrivals.as_ref().map(|a| a.watch(&td.dir));
+        let exit = self.shim_exit(&task_id, shim_pid, start_ticks);
+        tokio::pin!(exit);
+        let mut exited = false;
+        match arrival {
+            _ if td.result_in_place() => {}
+            Some(Ok(mut arrival)) => {
+                tokio::select! {
+                    r = arrival.arrived() => {
+                        if let Err(e) = r {
+                            tracing::warn!(task_id, error = %e, "waiting for the shim's exit instead");
+                        }
+                    }
+                    () = &mut exit => exited = true,
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(task_id, error = %e, "watching for the result failed");
+            }
+            None => {}
+        }
+        // Woken without a result (lost events, a failed watch): the exit
+        // decides.
+        if !exited && !td.result_in_place() {
+            exit.await;
+        }
+        self.finalize(&task_id, None).await;
+    }
+
+    /// Returns once the shim has exited.
+    async fn shim_exit(&self, task_id: &str, shim_pid: i32, start_ticks: u64) {
         match sys::pidfd_open(shim_pid) {
             Ok(fd) => {
                 // The pidfd pins the pid: if the start time still matches
@@ -288,7 +323,6 @@ impl Engine {
                 self.poll_exit(shim_pid, start_ticks).await;
             }
         }
-        self.finalize(&task_id, None).await;
     }
 
     /// Fallback for kernels without pidfd: poll /proc.

@@ -154,6 +154,13 @@ impl TaskDir {
         Ok(Some(bytes))
     }
 
+    /// Whether `result.json` itself is in place: what a live shim's final
+    /// rename makes true. Unlike [`Self::has_result`], a complete temp file
+    /// does not count (its shim may still be making it durable).
+    pub fn result_in_place(&self) -> bool {
+        self.path(RESULT).exists()
+    }
+
     /// Whether a terminal status body was recorded ([`Self::read_result`]).
     pub fn has_result(&self) -> bool {
         matches!(self.read_result(), Ok(Some(_)))

@@ -2,6 +2,7 @@
 //! the dispatcher that hands tasks to the helper, the exit watcher, restart
 //! recovery and retention GC.
 
+pub mod arrivals;
 pub mod dispatch;
 pub mod files;
 pub mod gc;
@@ -75,6 +76,9 @@ pub struct Engine {
     pub platform: crate::platform::Platform,
     pub metrics: crate::metrics::Metrics,
     logs: Arc<log_cache::LogCache>,
+    /// Results seen as the shims rename them in; `None` when inotify is
+    /// unavailable, and then a shim's exit alone ends its task.
+    arrivals: Option<arrivals::Arrivals>,
     wake: Notify,
     /// Capacity, reservations of tasks handed to the helper, tenant quotas.
     pub ledger: Mutex<Ledger>,
@@ -109,6 +113,11 @@ impl Engine {
             platform: crate::platform::Platform::detect(),
             metrics: crate::metrics::Metrics::new(),
             logs: Arc::default(),
+            arrivals: arrivals::Arrivals::start()
+                .inspect_err(
+                    |e| tracing::warn!(error = %e, "no inotify: tasks end when their shims exit"),
+                )
+                .ok(),
             wake: Notify::new(),
             ledger,
             base_env,

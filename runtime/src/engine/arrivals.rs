@@ -1,0 +1,280 @@
+//! Results seen as they arrive. The shim's last act before it exits is to
+//! rename `result.json` into its task dir; one inotify instance watches the
+//! dirs of running tasks for that rename, so a task is finalized without
+//! waiting for its shim's exit teardown. The shim's exit stays the event
+//! for shims that die without a result (see `Engine::watch`).
+//!
+//! One instance for the whole runtime, not one per task: inotify instances
+//! are few per user (`fs.inotify.max_user_instances`, often 128), watches
+//! are many.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use nix::errno::Errno;
+use nix::sys::inotify::{AddWatchFlags, WatchDescriptor};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::oneshot;
+
+use crate::sys::{self, InotifyFd};
+
+/// The watched name: the shim's final rename target.
+const RESULT: &str = super::files::RESULT;
+
+/// The runtime's result watcher. Cheap to clone.
+#[derive(Clone)]
+pub struct Arrivals {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    fd: AsyncFd<InotifyFd>,
+    watches: Mutex<Watches>,
+}
+
+#[derive(Default)]
+struct Watches {
+    by_wd: HashMap<WatchDescriptor, Watched>,
+    next_token: u64,
+}
+
+/// The waiters on one directory. The same directory watched twice gets
+/// the same descriptor from the kernel; `token` tells this registration
+/// from a later one that reuses the descriptor number.
+struct Watched {
+    token: u64,
+    users: usize,
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+/// One wait for a directory's result; the watch goes when the last wait on
+/// that directory is dropped.
+pub struct Arrival {
+    shared: Arc<Shared>,
+    wd: WatchDescriptor,
+    token: u64,
+    rx: oneshot::Receiver<()>,
+}
+
+impl Arrivals {
+    /// Creates the instance and starts the task that reads it. Must run
+    /// inside the runtime's reactor.
+    pub fn start() -> io::Result<Arrivals> {
+        let shared = Arc::new(Shared {
+            fd: sys::async_inotify()?,
+            watches: Mutex::default(),
+        });
+        tokio::spawn(read_events(Arc::clone(&shared)));
+        Ok(Arrivals { shared })
+    }
+
+    /// Starts watching `dir` for its `result.json`. A result already in
+    /// place is not reported: check for it after this returns.
+    pub fn watch(&self, dir: &Path) -> io::Result<Arrival> {
+        let flags =
+            AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_ONLYDIR | AddWatchFlags::IN_DONT_FOLLOW;
+        let mut watches = self.shared.lock();
+        let wd = self.shared.fd.get_ref().0.add_watch(dir, flags)?;
+        let (tx, rx) = oneshot::channel();
+        let next = watches.next_token;
+        let entry = watches.by_wd.entry(wd).or_insert_with(|| Watched {
+            token: next,
+            users: 0,
+            waiters: Vec::new(),
+        });
+        entry.users += 1;
+        entry.waiters.push(tx);
+        let token = entry.token;
+        if token == next {
+            watches.next_token += 1;
+        }
+        Ok(Arrival {
+            shared: Arc::clone(&self.shared),
+            wd,
+            token,
+            rx,
+        })
+    }
+}
+
+impl Arrival {
+    /// Returns when the result may have arrived: it was renamed in, the
+    /// directory went away, or events were lost (queue overflow). The
+    /// caller checks for the result itself. An error means this watch can
+    /// tell nothing more.
+    pub async fn arrived(&mut self) -> io::Result<()> {
+        (&mut self.rx)
+            .await
+            .map_err(|_| io::Error::other("the result watcher stopped"))
+    }
+}
+
+impl Drop for Arrival {
+    fn drop(&mut self) {
+        let mut watches = self.shared.lock();
+        let Some(w) = watches.by_wd.get_mut(&self.wd) else {
+            return;
+        };
+        if w.token != self.token {
+            return;
+        }
+        w.users -= 1;
+        if w.users == 0 {
+            watches.by_wd.remove(&self.wd);
+            // EINVAL: the kernel dropped the watch already (dir removed).
+            let _ = self.shared.fd.get_ref().0.rm_watch(self.wd);
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Watches> {
+        // The lock guards plain maps; a panic elsewhere cannot leave them
+        // half-updated, so a poisoned lock is still usable.
+        self.watches.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes the waiters of `wd`; `gone` also forgets it (the kernel has).
+    fn wake(&self, wd: WatchDescriptor, gone: bool) {
+        let mut watches = self.lock();
+        if gone {
+            if let Some(w) = watches.by_wd.remove(&wd) {
+                w.waiters.into_iter().for_each(|tx| {
+                    let _ = tx.send(());
+                });
+            }
+        } else if let Some(w) = watches.by_wd.get_mut(&wd) {
+            w.waiters.drain(..).for_each(|tx| {
+                let _ = tx.send(());
+            });
+        }
+    }
+
+    /// After a queue overflow: any result may have been missed.
+    fn wake_all(&self) {
+        let mut watches = self.lock();
+        for w in watches.by_wd.values_mut() {
+            w.waiters.drain(..).for_each(|tx| {
+                let _ = tx.send(());
+            });
+        }
+    }
+}
+
+/// Reads the instance for as long as the runtime runs. If it fails, the
+/// waiters' senders are dropped with it and every wait falls back to the
+/// shim's exit.
+async fn read_events(shared: Arc<Shared>) {
+    loop {
+        let mut ready = match shared.fd.readable().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "result watcher: polling inotify failed");
+                break;
+            }
+        };
+        match ready.get_inner().0.read_events() {
+            Ok(events) => {
+                for e in events {
+                    if e.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                        tracing::warn!("result watcher: inotify queue overflowed");
+                        shared.wake_all();
+                    } else if e.mask.contains(AddWatchFlags::IN_IGNORED) {
+                        shared.wake(e.wd, true);
+                    } else if e.name.as_deref() == Some(RESULT.as_ref()) {
+                        shared.wake(e.wd, false);
+                    }
+                }
+            }
+            Err(Errno::EAGAIN) => ready.clear_ready(),
+            Err(e) => {
+                tracing::error!(error = %e, "result watcher: reading inotify failed");
+                break;
+            }
+        }
+    }
+    // Fail every wait now rather than leave it to the shim's exit alone.
+    shared
+        .lock()
+        .by_wd
+        .values_mut()
+        .for_each(|w| w.waiters.clear());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn put(dir: &Path, name: &str) {
+        let tmp = dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, b"{}").unwrap();
+        std::fs::rename(tmp, dir.join(name)).unwrap();
+    }
+
+    async fn within(a: &mut Arrival, ms: u64) -> bool {
+        tokio::time::timeout(Duration::from_millis(ms), a.arrived())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_result_wakes_its_own_dir_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        std::fs::create_dir(&a).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        let arrivals = Arrivals::start().unwrap();
+        let mut wa = arrivals.watch(&a).unwrap();
+        let mut wb = arrivals.watch(&b).unwrap();
+        put(&a, "stdout.log");
+        assert!(!within(&mut wa, 50).await, "another name is not the result");
+        put(&a, RESULT);
+        assert!(within(&mut wa, 5000).await);
+        assert!(!within(&mut wb, 50).await, "b's result has not come");
+        put(&b, RESULT);
+        assert!(within(&mut wb, 5000).await);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn two_waits_on_one_dir_share_the_watch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let arrivals = Arrivals::start().unwrap();
+        let mut first = arrivals.watch(tmp.path()).unwrap();
+        let mut second = arrivals.watch(tmp.path()).unwrap();
+        assert_eq!(arrivals.shared.lock().by_wd.len(), 1);
+        drop(first);
+        // The second still has its watch.
+        put(tmp.path(), RESULT);
+        assert!(within(&mut second, 5000).await);
+        drop(second);
+        assert!(arrivals.shared.lock().by_wd.is_empty());
+        first = arrivals.watch(tmp.path()).unwrap();
+        assert!(!within(&mut first, 50).await, "nothing new arrived");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_removed_dir_ends_the_wait() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("task");
+        std::fs::create_dir(&dir).unwrap();
+        let arrivals = Arrivals::start().unwrap();
+        let mut w = arrivals.watch(&dir).unwrap();
+        std::fs::remove_dir(&dir).unwrap();
+        assert!(within(&mut w, 5000).await);
+        drop(w);
+        assert!(arrivals.shared.lock().by_wd.is_empty());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_missing_dir_or_a_file_cannot_be_watched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let arrivals = Arrivals::start().unwrap();
+        assert!(arrivals.watch(&tmp.path().join("nope")).is_err());
+        std::fs::write(tmp.path().join("file"), b"").unwrap();
+        assert!(arrivals.watch(&tmp.path().join("file")).is_err());
+        assert!(arrivals.shared.lock().by_wd.is_empty());
+    }
+}
