@@ -1,14 +1,15 @@
 //! Every `unsafe` call of the helper and the shim, in one place: fork and
 //! `_exit`, adopting raw descriptors, `close_range`, `wait4` with its
-//! rusage, signal dispositions, and the task child: its vfork-style start
+//! rusage, signal dispositions, the shim's detached start
+//! ([`spawn_detached`]), and the task child: its vfork-style start
 //! ([`spawn_task`]) and the code it runs until execve ([`exec_child`]).
 //! Everything else goes through nix's safe wrappers.
 //!
 //! Why fork is sound here: neither the helper nor the shim ever starts a
 //! thread, so a child never inherits a lock held by another thread. The
-//! task child is not forked but cloned sharing the shim's memory, and runs
-//! async-signal-safe calls only, on values prepared before (see
-//! [`spawn_task`]).
+//! shim's intermediate and the task child are not forked but cloned
+//! sharing the caller's memory, and run async-signal-safe calls only, on
+//! values prepared before (see [`spawn_detached`] and [`spawn_task`]).
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, CString, NulError};
@@ -554,7 +555,9 @@ struct Detach<F> {
 /// `setsid` and `_Fork`, and exits; its child, with a private copy of our
 /// memory as of that moment, runs `child` and is at once orphaned. Returns
 /// once the intermediate has exited and been reaped; `Err` is why the
-/// child could not be created (it then never ran).
+/// child could not be created (it then never ran). `Ok` does not promise
+/// that it runs (the intermediate may have been SIGKILLed): the caller
+/// learns that from its channel to the child.
 ///
 /// Why this is sound: the intermediate runs with every signal blocked, on
 /// a stack of its own, makes only async-signal-safe calls (`setsid`,
@@ -603,9 +606,12 @@ pub fn spawn_detached<F: FnOnce() -> i32>(child: F) -> nix::Result<()> {
     };
     drop(stack);
     match status {
-        nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
-        nix::sys::wait::WaitStatus::Exited(_, errno) => Err(Errno::from_raw(errno)),
-        _ => Err(Errno::ECHILD),
+        // Only a failed _Fork exits non-zero: no child exists.
+        nix::sys::wait::WaitStatus::Exited(_, errno) if errno != 0 => Err(Errno::from_raw(errno)),
+        // Exited 0, or killed (SIGKILL is the one signal it could not
+        // block) before or after its _Fork: a child may exist, so the
+        // caller's channel to it, not this status, decides.
+        _ => Ok(()),
     }
 }
 
