@@ -3,9 +3,10 @@
 //! each by default) are reread only when the log's size or mtime changed.
 
 use std::collections::{HashMap, VecDeque};
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 /// Entries kept; beyond this the oldest is dropped.
@@ -26,10 +27,12 @@ struct Entry {
     truncated: bool,
 }
 
+/// Keyed by the path's bytes: comparing `Path`s parses their components,
+/// and every insert compares against the whole eviction order.
 #[derive(Default)]
 struct Inner {
-    map: HashMap<PathBuf, Entry>,
-    order: VecDeque<PathBuf>,
+    map: HashMap<OsString, Entry>,
+    order: VecDeque<OsString>,
     bytes: usize,
 }
 
@@ -55,7 +58,7 @@ impl LogCache {
             max,
         };
         if let Ok(inner) = self.inner.lock() {
-            if let Some(e) = inner.map.get(path) {
+            if let Some(e) = inner.map.get(path.as_os_str()) {
                 if e.key == key {
                     return Ok((Arc::clone(&e.head), e.truncated));
                 }
@@ -66,7 +69,12 @@ impl LogCache {
         let head: Arc<str> = Arc::from(String::from_utf8_lossy(&buf).as_ref());
         let truncated = key.len > max;
         if let Ok(mut inner) = self.inner.lock() {
-            inner.insert(path.to_path_buf(), key, Arc::clone(&head), truncated);
+            inner.insert(
+                path.as_os_str().to_owned(),
+                key,
+                Arc::clone(&head),
+                truncated,
+            );
         }
         Ok((head, truncated))
     }
@@ -74,10 +82,10 @@ impl LogCache {
     /// Forgets a task's logs (its directory was deleted).
     pub fn forget_dir(&self, dir: &Path) {
         if let Ok(mut inner) = self.inner.lock() {
-            let gone: Vec<PathBuf> = inner
+            let gone: Vec<OsString> = inner
                 .map
                 .keys()
-                .filter(|p| p.starts_with(dir))
+                .filter(|p| Path::new(p).starts_with(dir))
                 .cloned()
                 .collect();
             for p in gone {
@@ -88,7 +96,7 @@ impl LogCache {
 }
 
 impl Inner {
-    fn insert(&mut self, path: PathBuf, key: Key, head: Arc<str>, truncated: bool) {
+    fn insert(&mut self, path: OsString, key: Key, head: Arc<str>, truncated: bool) {
         self.remove(&path);
         self.bytes += head.len();
         self.order.push_back(path.clone());
@@ -108,7 +116,7 @@ impl Inner {
         }
     }
 
-    fn remove(&mut self, path: &Path) {
+    fn remove(&mut self, path: &OsStr) {
         if let Some(e) = self.map.remove(path) {
             self.bytes -= e.head.len();
             self.order.retain(|p| p != path);

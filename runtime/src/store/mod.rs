@@ -287,6 +287,8 @@ impl Store {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Store> {
         let conn = Connection::open(path).map_err(sql("opening the database"))?;
+        // Every statement the store runs stays prepared (rusqlite keeps 16).
+        conn.set_prepared_statement_cache_capacity(64);
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql("enabling WAL"))?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -364,8 +366,7 @@ impl Store {
 /// (`synchronous=FULL`): for facts nothing else on disk can restore, such
 /// as an accepted submit or a cancellation.
 pub fn begin(conn: &mut Connection) -> Result<Transaction<'_>> {
-    conn.execute_batch("PRAGMA synchronous = FULL")
-        .map_err(sql("setting synchronous=FULL"))?;
+    exec_cached(conn, "PRAGMA synchronous = FULL").map_err(sql("setting synchronous=FULL"))?;
     conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(sql("beginning a transaction"))
 }
@@ -376,10 +377,15 @@ pub fn begin(conn: &mut Connection) -> Result<Transaction<'_>> {
 /// directory if power is lost: a launch record (the shim's claim decides),
 /// a start, a finish the shim wrote to `result.json`, an event.
 pub fn begin_relaxed(conn: &mut Connection) -> Result<Transaction<'_>> {
-    conn.execute_batch("PRAGMA synchronous = NORMAL")
-        .map_err(sql("setting synchronous=NORMAL"))?;
+    exec_cached(conn, "PRAGMA synchronous = NORMAL").map_err(sql("setting synchronous=NORMAL"))?;
     conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(sql("beginning a transaction"))
+}
+
+/// Runs one statement without results, prepared once per connection:
+/// these run several times per task, and `execute_batch` parses each time.
+fn exec_cached(conn: &Connection, statement: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(statement)?.raw_execute().map(drop)
 }
 
 pub fn commit(tx: Transaction<'_>) -> Result<()> {

@@ -67,7 +67,7 @@ where
 {
     fn run(self: Box<Self>, tx: &Transaction<'_>) -> Option<Finish> {
         let Durable { f, reply } = *self;
-        if let Err(e) = tx.execute_batch("SAVEPOINT job") {
+        if let Err(e) = super::exec_cached(tx, "SAVEPOINT job") {
             let _ = reply.send(Err(E::from(StoreError::Sqlite("opening a savepoint", e))));
             return None;
         }
@@ -75,7 +75,7 @@ where
             .unwrap_or_else(|_| Err(E::from(StoreError::Panicked)));
         match ran {
             Ok(Committed { value, undo }) => {
-                if let Err(e) = tx.execute_batch("RELEASE job") {
+                if let Err(e) = super::exec_cached(tx, "RELEASE job") {
                     if let Some(undo) = undo {
                         undo();
                     }
