@@ -289,7 +289,18 @@ impl Engine {
                 }
             }
             Some(Err(e)) => {
-                tracing::warn!(task_id, error = %e, "watching for the result failed");
+                // Out of watches affects every task alike: say it once.
+                static WARNED: std::sync::atomic::AtomicBool =
+                    std::sync::atomic::AtomicBool::new(false);
+                if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::debug!(task_id, error = %e, "watching for the result failed");
+                } else {
+                    tracing::warn!(
+                        task_id,
+                        error = %e,
+                        "watching for the result failed; tasks end when their shims exit"
+                    );
+                }
             }
             None => {}
         }
