@@ -601,16 +601,18 @@ pub fn spawn_detached<F: FnOnce() -> i32>(child: F) -> nix::Result<()> {
     let status = loop {
         match nix::sys::wait::waitpid(Pid::from_raw(pid), None) {
             Err(Errno::EINTR) => {}
-            other => break other?,
+            other => break other,
         }
     };
     drop(stack);
     match status {
         // Only a failed _Fork exits non-zero: no child exists.
-        nix::sys::wait::WaitStatus::Exited(_, errno) if errno != 0 => Err(Errno::from_raw(errno)),
-        // Exited 0, or killed (SIGKILL is the one signal it could not
-        // block) before or after its _Fork: a child may exist, so the
-        // caller's channel to it, not this status, decides.
+        Ok(nix::sys::wait::WaitStatus::Exited(_, errno)) if errno != 0 => {
+            Err(Errno::from_raw(errno))
+        }
+        // Exited 0, killed (SIGKILL is the one signal it could not block)
+        // before or after its _Fork, or reaped by someone else: a child may
+        // exist, so the caller's channel to it, not this status, decides.
         _ => Ok(()),
     }
 }
