@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod config;
+mod data_lock;
 mod engine;
 mod helper_link;
 mod ledger;

@@ -91,6 +91,8 @@ impl LogFormat {
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = Config::from_args(args)?;
+    // Before the store opens: a second runtime on this data dir stops here.
+    let _lock = crate::data_lock::acquire(&cfg.data_dir)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("execgo-runtime")

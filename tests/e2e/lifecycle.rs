@@ -114,3 +114,26 @@ fn a_result_renamed_in_ends_the_task_before_its_shim_exits() {
     signal(-pgid, nix::sys::signal::Signal::SIGKILL);
     signal(shim, nix::sys::signal::Signal::SIGKILL);
 }
+
+#[test]
+fn a_second_serve_on_the_same_data_dir_exits_1_naming_the_holder() {
+    let s = Server::start();
+    let id = s.submit(&command("/bin/true", &[]));
+    s.wait_terminal(&id, T);
+    let second = std::process::Command::new(runtime_bin())
+        .args(["serve", "--listen-addr"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--data-dir")
+        .arg(&s.data_dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run a second serve");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    let dir = std::fs::canonicalize(&s.data_dir).unwrap();
+    let expected = format!("data dir {} is in use by pid {}", dir.display(), s.pid());
+    assert!(stderr.contains(&expected), "{expected:?} not in {stderr}");
+    // The first one serves on, its task untouched.
+    assert_eq!(s.get("/readyz").status, 200);
+    assert_eq!(s.status(&id)["status"], "success");
+}
