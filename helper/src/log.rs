@@ -32,12 +32,11 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use crate::clock;
 use crate::fs_at::{self, Access};
 use crate::journal::{self, Journal};
 
 /// The shim's own log file in its task directory.
-pub const SHIM_LOG: &str = "shim.log";
+pub use execgo_runtime_protocol::taskdir::SHIM_LOG;
 
 /// Where lines go; see the module documentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -219,7 +218,10 @@ pub fn line(level: Level, message: &str, fields: &[(&str, Value)]) -> String {
         out.push(':');
         out.push_str(&value.to_string());
     };
-    push("timestamp", &Value::from(clock::now_rfc3339()));
+    push(
+        "timestamp",
+        &Value::from(execgo_runtime_protocol::taskdir::now_rfc3339()),
+    );
     push("level", &Value::from(level.as_str()));
     push("target", &Value::from(TARGET));
     push("message", &Value::from(message));

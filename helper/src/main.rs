@@ -10,7 +10,6 @@
 
 mod cgroup;
 mod cli;
-mod clock;
 mod conn;
 mod deadline;
 mod dispatch;

@@ -90,6 +90,46 @@ pub fn read_frame<T: DeserializeOwned, R: Read>(reader: &mut R) -> Result<T, Fra
     decode(&payload)
 }
 
+/// Frames out of a byte stream that arrives in pieces: every reader of
+/// frames (a socket read without blocking, an async reader) pushes what it
+/// got and takes whole frames out. A length prefix over the cap is refused
+/// as soon as its four bytes are in, before the payload is waited for.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+}
+
+impl FrameDecoder {
+    /// Appends bytes read from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole frame's payload, if one is in.
+    pub fn next_payload(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        let Some(prefix) = self.buf.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        let len = payload_len(*prefix)?;
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let payload = self.buf[4..4 + len].to_vec();
+        self.buf.drain(..4 + len);
+        Ok(Some(payload))
+    }
+
+    /// The next whole frame, decoded, if one is in.
+    pub fn next_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        self.next_payload()?.map(|p| decode(&p)).transpose()
+    }
+
+    /// Bytes held that do not make a whole frame yet.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+}
+
 /// Encodes and writes one frame.
 pub fn write_frame<T: Serialize, W: Write>(writer: &mut W, msg: &T) -> Result<(), FrameError> {
     let bytes = encode(msg)?;
@@ -134,6 +174,27 @@ mod tests {
             .unwrap();
         payload.push(7);
         assert!(decode::<Request>(&payload).is_err());
+    }
+
+    #[test]
+    fn the_decoder_takes_frames_out_of_pieces() {
+        let mut bytes = encode(&Request::Ping).unwrap();
+        bytes.extend(encode(&Hello::current()).unwrap());
+        let mut d = FrameDecoder::default();
+        // One byte at a time: nothing until the first frame is whole.
+        let first_len = encode(&Request::Ping).unwrap().len();
+        for b in &bytes[..first_len - 1] {
+            d.push(std::slice::from_ref(b));
+            assert!(d.next_frame::<Request>().unwrap().is_none());
+        }
+        d.push(&bytes[first_len - 1..]);
+        assert_eq!(d.next_frame::<Request>().unwrap(), Some(Request::Ping));
+        assert_eq!(d.next_frame::<Hello>().unwrap(), Some(Hello::current()));
+        assert_eq!(d.next_frame::<Hello>().unwrap(), None);
+        assert_eq!(d.buffered(), 0);
+        // An oversized prefix is refused before its payload arrives.
+        d.push(&(MAX_FRAME_BYTES + 1).to_le_bytes());
+        assert!(matches!(d.next_payload(), Err(FrameError::TooLarge { .. })));
     }
 
     #[test]

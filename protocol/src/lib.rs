@@ -7,14 +7,19 @@
 //!   [`PROTOCOL_VERSION`], bumped on any change of a type's shape.
 //! * [`outcome`]: what the shim records in `tasks/<id>/result.json` and how a
 //!   finished process is classified.
+//! * [`taskdir`]: the task directory's entries, the claim record, the kill
+//!   byte, process identity by start time, and the timestamp format.
 //!
 //! No I/O policy lives here: callers own their sockets and timeouts.
 
 pub mod frame;
 pub mod message;
 pub mod outcome;
+pub mod taskdir;
 
-pub use frame::{decode, encode, read_frame, write_frame, FrameError, MAX_FRAME_BYTES};
+pub use frame::{
+    decode, encode, read_frame, write_frame, FrameDecoder, FrameError, MAX_FRAME_BYTES,
+};
 pub use message::*;
 pub use outcome::*;
 

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use execgo_runtime_protocol::{
-    decode, encode, frame::payload_len, read_frame, write_frame, FrameError, Hello, HelloReply,
+    encode, read_frame, write_frame, FrameDecoder, FrameError, Hello, HelloReply,
     HelperCapabilities, Request, Response,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -365,8 +365,9 @@ async fn read_replies(
     waiters: Arc<Mutex<Waiters>>,
     broken: Arc<AtomicBool>,
 ) {
+    let mut frames = FrameDecoder::default();
     let error = loop {
-        let reply = read_one(&mut stream).await;
+        let reply = read_one(&mut stream, &mut frames).await;
         let Ok(mut w) = waiters.lock() else {
             break "waiter lock poisoned".to_string();
         };
@@ -392,19 +393,25 @@ async fn read_replies(
     }
 }
 
-async fn read_one(stream: &mut OwnedReadHalf) -> Result<Response, FrameError> {
-    let mut prefix = [0u8; 4];
-    match stream.read_exact(&mut prefix).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
-        Err(e) => return Err(FrameError::Io(e)),
+/// The next reply: from what `frames` holds, else read from the stream
+/// into it.
+async fn read_one(
+    stream: &mut OwnedReadHalf,
+    frames: &mut FrameDecoder,
+) -> Result<Response, FrameError> {
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(reply) = frames.next_frame()? {
+            return Ok(reply);
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) if frames.buffered() == 0 => return Err(FrameError::Closed),
+            Ok(0) => return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => frames.push(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
     }
-    let mut payload = vec![0u8; payload_len(prefix)?];
-    stream
-        .read_exact(&mut payload)
-        .await
-        .map_err(FrameError::Io)?;
-    decode(&payload)
 }
 
 fn handshake(stream: &mut UnixStream) -> Result<HelperCapabilities, LinkError> {

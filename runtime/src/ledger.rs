@@ -13,9 +13,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::api::model::Reservation;
 use crate::config::TenantQuota;
 
 pub const STARVATION_LIMIT: Duration = Duration::from_secs(30);
@@ -23,6 +22,29 @@ pub const STARVATION_LIMIT: Duration = Duration::from_secs(30);
 /// How many waiting tasks past the number of free slots one dispatch pass
 /// considers (the oldest first).
 pub const BACKFILL_WINDOW: u64 = 64;
+
+/// What one task holds while it is launched: a task slot plus its own
+/// `limits.memory_bytes` and `limits.pids_max`. `{task_slots,
+/// memory_bytes?, pids?}` on the wire.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub task_slots: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+}
+
+impl Reservation {
+    /// The reservation of a task with these limits.
+    pub fn for_limits(memory_bytes: Option<u64>, pids_max: Option<u64>) -> Reservation {
+        Reservation {
+            task_slots: 1,
+            memory_bytes,
+            pids: pids_max,
+        }
+    }
+}
 
 /// Amounts of each resource.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

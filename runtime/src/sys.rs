@@ -21,22 +21,6 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Start time of `pid` in clock ticks since boot (field 22 of
-/// `/proc/<pid>/stat`), or `None` when the process is gone.
-pub fn start_ticks(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_start_ticks(&stat)
-}
-
-/// Parses field 22 of a `/proc/<pid>/stat` line. The command name (field 2)
-/// may contain spaces and parentheses, so fields are counted after the last
-/// `)`.
-pub fn parse_start_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // After ')' come field 3 (state) onwards; field 22 is the 20th of them.
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 /// Waits until the process behind `pidfd` has exited.
 pub async fn pidfd_exited(pidfd: OwnedFd) -> io::Result<()> {
     // SAFETY: the OwnedFd is moved into the AsyncFd, which owns it for its
@@ -69,17 +53,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_start_ticks_with_odd_comm() {
-        let line =
-            "123 (a b) c)) S 1 123 123 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
-        assert_eq!(parse_start_ticks(line), Some(987654));
-        assert_eq!(parse_start_ticks("garbage"), None);
-    }
-
-    #[test]
-    fn own_process_has_start_ticks_and_pidfd() {
+    fn own_process_has_a_pidfd() {
         let me = std::process::id() as i32;
-        assert!(start_ticks(me).is_some());
         assert!(pidfd_open(me).is_ok());
     }
 }

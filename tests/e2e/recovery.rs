@@ -394,16 +394,9 @@ fn a_recorded_kill_that_never_reached_the_shim_is_resent_after_restart() {
     assert_eq!(st["status"], "cancelled", "{st}");
 }
 
-/// Field 22 of /proc/<pid>/stat: the start time in clock ticks.
-fn start_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
-    after_comm.split(' ').nth(19).unwrap().parse().unwrap()
-}
-
-#[test]
-fn a_claim_still_being_written_is_waited_for_not_taken_as_dead() {
-    let tmp = tempfile::tempdir().unwrap();
+/// A task whose launch was recorded, with the runtime and its helper
+/// killed before any shim claimed it; returns the data dir and the id.
+fn launch_recorded_never_claimed(tmp: &tempfile::TempDir) -> (std::path::PathBuf, String) {
     let dir = tmp.path().join("data");
     let mut s = Server::builder().data_dir(&dir).start();
     // A stopped helper: the launch is recorded but no shim ever claims.
@@ -423,38 +416,51 @@ fn a_claim_still_being_written_is_waited_for_not_taken_as_dead() {
     }
     sigkill(helper);
     s.kill9();
-    drop(s);
-    // A shim between creating its claim and writing it: the file is empty.
-    let claim = dir.join("tasks").join(&id).join("shim.claim");
-    std::fs::write(&claim, b"").unwrap();
+    (dir, id)
+}
+
+#[test]
+fn a_live_claimer_found_at_restart_is_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, id) = launch_recorded_never_claimed(&tmp);
     let mut stand_in: Child = Command::new("/bin/sleep")
-        .arg("1.5")
+        .arg("1")
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let record = format!(
-        "{{\"shim_pid\":{},\"shim_start_ticks\":{}}}",
-        stand_in.id(),
-        start_ticks(stand_in.id())
-    );
+    let pid = stand_in.id() as i32;
+    let record = execgo_runtime_protocol::taskdir::ClaimRecord {
+        shim_pid: pid,
+        shim_start_ticks: execgo_runtime_protocol::taskdir::start_ticks(pid).unwrap(),
+    };
+    let claim = dir.join("tasks").join(&id).join("shim.claim");
+    std::os::unix::fs::symlink(record.encode(), &claim).unwrap();
     let s = Server::builder().data_dir(&dir).start();
-    std::thread::sleep(Duration::from_millis(300));
-    std::fs::write(&claim, record).unwrap();
     let st = s.wait_status(&id, "running", T);
-    assert_eq!(st["shim_pid"], stand_in.id(), "{st}");
-    let recovered: Vec<Value> = s
-        .events(&id)
-        .into_iter()
-        .filter(|e| e["event_type"] == "recovered")
-        .collect();
+    assert_eq!(st["shim_pid"], pid, "{st}");
     assert!(
-        recovered
-            .iter()
-            .any(|e| e["message"] == "re-attached to the shim that claimed the task"),
-        "{recovered:?}"
+        s.events(&id).iter().any(|e| e["event_type"] == "recovered"
+            && e["message"] == "re-attached to the shim that claimed the task"),
+        "{:?}",
+        s.events(&id)
     );
     // The stand-in writes no result: once it exits the monitor is lost.
     stand_in.wait().unwrap();
     let st = s.wait_terminal(&id, T);
     assert_eq!(st["error"]["code"], "internal", "{st}");
+}
+
+#[test]
+fn a_claim_that_is_not_a_record_is_never_run_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, id) = launch_recorded_never_claimed(&tmp);
+    // Something in the claim's place that no shim writes: the task counts
+    // as claimed by a shim that is gone.
+    let task_dir = dir.join("tasks").join(&id);
+    std::fs::write(task_dir.join("shim.claim"), b"").unwrap();
+    let s = Server::builder().data_dir(&dir).start();
+    let st = s.wait_terminal(&id, T);
+    assert_eq!(st["error"]["code"], "internal", "{st}");
+    assert!(st["started_at"].is_null(), "{st}");
+    assert!(!task_dir.join("control").exists(), "a shim ran it");
 }

@@ -15,9 +15,7 @@ use nix::unistd::{Uid, UnlinkatFlags};
 
 use crate::sys;
 
-pub const CONTROL: &str = "control";
-/// The kill request byte.
-pub const KILL: u8 = b'K';
+pub use execgo_runtime_protocol::taskdir::{CONTROL, KILL_BYTE as KILL};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {

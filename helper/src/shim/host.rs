@@ -19,7 +19,8 @@ use super::script::{Finished, ShimError, Steps};
 use super::spawn::{self, Plan, Started};
 use super::stdio::{self, TaskStdio};
 use super::{control, isolate, procstat, resolve, result, workspace, ShimContext};
-use crate::{clock, log};
+use crate::log;
+use execgo_runtime_protocol::taskdir::now_rfc3339;
 
 pub struct Host {
     ctx: ShimContext,
@@ -85,7 +86,7 @@ impl Steps for Host {
     }
 
     fn now(&self) -> String {
-        clock::now_rfc3339()
+        now_rfc3339()
     }
 
     fn isolate(&mut self) -> Result<(), ShimError> {
@@ -243,7 +244,7 @@ impl Steps for Host {
         match m.run() {
             Ok(ended) => Ok(Finished {
                 ended,
-                finished_at: clock::now_rfc3339(),
+                finished_at: now_rfc3339(),
             }),
             Err(e) => {
                 // Never leave the task unwatched: kill its group and wait

@@ -50,8 +50,7 @@ use super::spawn::Started;
 use super::stdio::{STDERR_LOG, STDOUT_LOG};
 use crate::fs_at::{self, Access, AtError};
 
-pub const RESULT: &str = "result.json";
-pub const RESULT_TMP: &str = "result.json.tmp";
+pub use execgo_runtime_protocol::taskdir::{RESULT, RESULT_TMP};
 
 /// Every key [`Outcome`] can write. Template values under these keys are
 /// dropped first, so an outcome field that is absent (say `exit_code` of a

@@ -129,7 +129,7 @@ pub fn spawn(
     match status.map(|b| decode_status(&b)) {
         None => Ok(Started {
             pid: pid.as_raw(),
-            started_at: crate::clock::now_rfc3339(),
+            started_at: execgo_runtime_protocol::taskdir::now_rfc3339(),
             at,
         }),
         Some((step, errno)) => {

@@ -12,8 +12,7 @@ use nix::sys::stat::Mode;
 use crate::fs_at::{self, Access, AtError};
 use crate::sys;
 
-pub const STDOUT_LOG: &str = "stdout.log";
-pub const STDERR_LOG: &str = "stderr.log";
+pub use execgo_runtime_protocol::taskdir::{STDERR as STDERR_LOG, STDOUT as STDOUT_LOG};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StdioError {

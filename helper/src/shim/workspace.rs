@@ -12,7 +12,7 @@ use nix::unistd::{Gid, Uid};
 
 use crate::fs_at;
 
-pub const WORKSPACE: &str = "workspace";
+pub use execgo_runtime_protocol::taskdir::WORKSPACE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkspaceError {

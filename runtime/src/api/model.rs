@@ -165,15 +165,7 @@ pub struct SubmitTaskResponse {
     pub status: TaskStatus,
 }
 
-/// `{task_slots, memory_bytes?, pids?}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reservation {
-    pub task_slots: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory_bytes: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pids: Option<u64>,
-}
+pub use crate::ledger::Reservation;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResourceEnforcement {

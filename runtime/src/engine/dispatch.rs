@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use execgo_runtime_protocol::{
+    taskdir::{self, ClaimRecord},
     LaunchLimits, LaunchProfile, LaunchSpec, Launched, Outcome, Request, Response, TaskError,
     TaskErrorCode, TaskStatus,
 };
@@ -14,7 +15,8 @@ use execgo_runtime_protocol::{
 use super::files::{self, TaskDir};
 use super::{error_chain, now, unix_ms, view, Engine};
 use crate::api::error::ApiError;
-use crate::api::model::{ExecutionKind, Reservation};
+use crate::api::model::ExecutionKind;
+use crate::ledger::Reservation;
 use crate::store::{self, NewEvent, TaskRow};
 use crate::sys;
 
@@ -177,7 +179,7 @@ impl Engine {
             tracing::warn!(task_id, error = %transport_error, "helper unavailable for launch; retrying");
             // Whatever reached the helper may have claimed the task already.
             if let Ok(Some(claim)) = self.task_dir(&task_id).read_claim() {
-                self.follow_claim(&task_id, &claim).await;
+                self.follow_claim(&task_id, claim).await;
                 return;
             }
             if self.kill_requested(&task_id).await {
@@ -206,7 +208,9 @@ impl Engine {
         if l.already_claimed {
             // An earlier launch's shim owns the task (this one ran nothing):
             // follow that shim as its claim names it.
-            self.follow_claim(&task_id, &[]).await;
+            let claim = self.task_dir(&task_id).read_claim().ok().flatten();
+            self.follow_claim(&task_id, claim.unwrap_or(ClaimRecord::UNKNOWN))
+                .await;
             return;
         }
         if l.pid.is_none() {
@@ -318,7 +322,7 @@ impl Engine {
             Ok(fd) => {
                 // The pidfd pins the pid: if the start time still matches
                 // now, this is our shim and the readiness below is its exit.
-                if sys::start_ticks(shim_pid) == Some(start_ticks) {
+                if taskdir::is_alive(shim_pid, start_ticks) {
                     match sys::pidfd_exited(fd).await {
                         Ok(()) => {}
                         Err(e) => {
@@ -339,7 +343,7 @@ impl Engine {
     /// Fallback for kernels without pidfd: poll /proc.
     async fn poll_exit(&self, pid: i32, ticks: u64) {
         let every = Duration::from_millis(self.cfg.args.dispatch_poll_interval_ms);
-        while sys::start_ticks(pid) == Some(ticks) {
+        while taskdir::is_alive(pid, ticks) {
             tokio::time::sleep(every).await;
         }
     }
@@ -458,11 +462,7 @@ impl Engine {
 
 /// The reservation a task takes at dispatch.
 pub fn reservation_of(row: &TaskRow) -> Reservation {
-    Reservation {
-        task_slots: 1,
-        memory_bytes: row.request.limits.memory_bytes,
-        pids: row.request.limits.pids_max,
-    }
+    Reservation::for_limits(row.request.limits.memory_bytes, row.request.limits.pids_max)
 }
 
 /// Records the launch and the reservation of each chosen task that is still

@@ -3,7 +3,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,15 +11,10 @@ use super::log_cache::LogCache;
 
 use crate::api::model::Artifacts;
 
-pub const REQUEST: &str = "request.json";
-pub const RESULT: &str = "result.json";
-/// The shim's temp name for `result.json` (see [`TaskDir::read_result`]).
-pub const RESULT_TMP: &str = "result.json.tmp";
-pub const STDOUT: &str = "stdout.log";
-pub const STDERR: &str = "stderr.log";
-pub const SCRIPT: &str = "script";
-pub const CLAIM: &str = "shim.claim";
-pub const CONTROL: &str = "control";
+pub use execgo_runtime_protocol::taskdir::{
+    ClaimRecord, CLAIM, CONTROL, KILL_BYTE, REQUEST, RESULT, RESULT_TMP, RUNTIME_RESULT_TMP,
+    SCRIPT, STDERR, STDOUT,
+};
 
 /// Paths of one task.
 #[derive(Clone)]
@@ -89,7 +83,7 @@ impl TaskDir {
 
     /// Writes `result.json` atomically: temp file, fsync, rename, fsync dir.
     pub fn write_result(&self, body: &[u8]) -> io::Result<()> {
-        let tmp = self.path("result.json.runtime-tmp");
+        let tmp = self.path(RUNTIME_RESULT_TMP);
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
@@ -166,20 +160,19 @@ impl TaskDir {
         matches!(self.read_result(), Ok(Some(_)))
     }
 
-    /// The shim's claim record (`{"shim_pid":N,"shim_start_ticks":N}`), or
-    /// `None` when no shim claimed the task. The shim writes the record as
-    /// the target of the symlink `shim.claim`; older shims wrote a regular
-    /// file, which is read as it is (readlink fails with EINVAL on it).
-    pub fn read_claim(&self) -> io::Result<Option<Vec<u8>>> {
-        let path = self.path(CLAIM);
-        let bytes = match fs::read_link(&path) {
-            Ok(target) => Ok(target.into_os_string().into_vec()),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => fs::read(&path),
-            Err(e) => Err(e),
-        };
-        match bytes {
-            Ok(b) => Ok(Some(b)),
+    /// The shim's claim, or `None` when no shim claimed the task. A claim
+    /// whose target is not a record (planted, or damaged) still means the
+    /// task was claimed; its shim is unknown, so it reads as pid 0, which
+    /// no live process has.
+    pub fn read_claim(&self) -> io::Result<Option<ClaimRecord>> {
+        match fs::read_link(self.path(CLAIM)) {
+            Ok(target) => Ok(Some(
+                ClaimRecord::parse(target.as_os_str().as_encoded_bytes())
+                    .unwrap_or(ClaimRecord::UNKNOWN),
+            )),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            // Not a symlink: not a claim any shim makes.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(Some(ClaimRecord::UNKNOWN)),
             Err(e) => Err(e),
         }
     }
@@ -192,7 +185,7 @@ impl TaskDir {
             .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
             .open(self.path(CONTROL));
         match f {
-            Ok(mut f) => match f.write(b"K") {
+            Ok(mut f) => match f.write(&[KILL_BYTE]) {
                 Ok(_) => Ok(true),
                 // A full FIFO already holds kill requests.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
@@ -241,12 +234,20 @@ mod tests {
         assert_eq!(fs::read(td.path(RESULT)).unwrap(), b"{\"a\":1}");
         assert!(!td.send_kill().unwrap(), "no fifo means no shim");
         assert_eq!(td.read_claim().unwrap(), None);
+        let record = ClaimRecord {
+            shim_pid: 5,
+            shim_start_ticks: 6,
+        };
+        std::os::unix::fs::symlink(record.encode(), td.path(CLAIM)).unwrap();
+        assert_eq!(td.read_claim().unwrap(), Some(record));
+        // Anything else in the way: claimed by nobody alive.
+        let nobody = ClaimRecord::UNKNOWN;
+        fs::remove_file(td.path(CLAIM)).unwrap();
         std::os::unix::fs::symlink(r#"{"shim_pid":1}"#, td.path(CLAIM)).unwrap();
-        assert_eq!(td.read_claim().unwrap().unwrap(), br#"{"shim_pid":1}"#);
-        // A claim file of an older shim.
+        assert_eq!(td.read_claim().unwrap(), Some(nobody));
         fs::remove_file(td.path(CLAIM)).unwrap();
         fs::write(td.path(CLAIM), b"{}").unwrap();
-        assert_eq!(td.read_claim().unwrap().unwrap(), b"{}");
+        assert_eq!(td.read_claim().unwrap(), Some(nobody));
         td.remove().unwrap();
         assert!(!td.dir.exists());
     }

@@ -51,16 +51,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// RFC 3339 UTC with milliseconds.
-pub fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-fn unix_ms(ts: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(ts)
-        .ok()
-        .map(|t| t.timestamp_millis())
-}
+pub use execgo_runtime_protocol::taskdir::{now_rfc3339 as now, unix_ms};
 
 /// Environment variables passed from the runtime to every task.
 const INHERITED_ENV: [&str; 5] = ["PATH", "HOME", "LANG", "TMPDIR", "USER"];
@@ -294,11 +285,8 @@ impl Engine {
 
     /// One task's reservation can never fit this runtime or its tenant.
     fn check_capacity(&self, req: &SubmitTaskRequest) -> Result<(), ApiError> {
-        let reservation = crate::api::model::Reservation {
-            task_slots: 1,
-            memory_bytes: req.limits.memory_bytes,
-            pids: req.limits.pids_max,
-        };
+        let reservation =
+            crate::ledger::Reservation::for_limits(req.limits.memory_bytes, req.limits.pids_max);
         let tenant = req
             .control_context
             .as_ref()

@@ -4,24 +4,13 @@
 
 use std::sync::Arc;
 
+use execgo_runtime_protocol::taskdir::{self, ClaimRecord};
 use execgo_runtime_protocol::TaskStatus;
-use serde::Deserialize;
 
 use super::dispatch::reservation_of;
 use super::{now, Engine};
 use crate::api::error::ApiError;
 use crate::store::{self, NewEvent};
-use crate::sys;
-
-/// How long an incomplete claim may take to be completed by its shim.
-const CLAIM_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// The claim record of `tasks/<id>/shim.claim` (see `TaskDir::read_claim`).
-#[derive(Debug, Deserialize)]
-struct Claim {
-    shim_pid: i32,
-    shim_start_ticks: u64,
-}
 
 impl Engine {
     /// Reconciles the database with the shims on disk. Runs once at start,
@@ -50,9 +39,7 @@ impl Engine {
         });
         for row in running {
             let alive = match (row.shim_pid, row.shim_start_ticks) {
-                (Some(pid), Some(ticks)) if sys::start_ticks(pid) == Some(ticks) => {
-                    Some((pid, ticks))
-                }
+                (Some(pid), Some(ticks)) if taskdir::is_alive(pid, ticks) => Some((pid, ticks)),
                 _ => None,
             };
             let msg = if alive.is_some() {
@@ -75,9 +62,8 @@ impl Engine {
                 None => me.finalize(&id, None).await,
             }
         }
-        // Each may wait for a claim being written (see `settled_claim`):
-        // none holds up the start. The dispatcher skips these rows (they
-        // carry a launch record).
+        // In the background, so none holds up the start. The dispatcher
+        // skips these rows (they carry a launch record).
         for row in accepted.into_iter().filter(|r| r.launch_attempted) {
             let me = Arc::clone(self);
             tokio::spawn(async move { me.recover_one(&row.task_id).await });
@@ -91,7 +77,7 @@ impl Engine {
     pub(super) async fn recover_one(self: &Arc<Self>, task_id: &str) {
         let td = self.task_dir(task_id);
         let claim = td.read_claim().ok().flatten();
-        let Some(bytes) = claim else {
+        let Some(claim) = claim else {
             self.note_recovered(
                 task_id,
                 "launch was interrupted before any shim claimed the task; launching again",
@@ -114,16 +100,13 @@ impl Engine {
             }
             return;
         };
-        self.follow_claim(task_id, &bytes).await;
+        self.follow_claim(task_id, claim).await;
     }
 
     /// A shim claimed the task: re-attach to it while it lives, else
     /// finalize from its result.
-    pub(super) async fn follow_claim(self: &Arc<Self>, task_id: &str, claim: &[u8]) {
-        let alive = self
-            .settled_claim(task_id, claim)
-            .await
-            .filter(|c| sys::start_ticks(c.shim_pid) == Some(c.shim_start_ticks));
+    pub(super) async fn follow_claim(self: &Arc<Self>, task_id: &str, claim: ClaimRecord) {
+        let alive = Some(claim).filter(|c| taskdir::is_alive(c.shim_pid, c.shim_start_ticks));
         match alive {
             Some(c) => {
                 self.note_recovered(task_id, "re-attached to the shim that claimed the task")
@@ -146,41 +129,9 @@ impl Engine {
         }
     }
 
-    /// The claim record, from `first` (what the caller read) or, while
-    /// that is incomplete, from re-reads. A claim is a symlink whose target
-    /// is the record, whole from the start; but a claim file written by an
-    /// older shim is created before its record is written, so a reader can
-    /// come between the two. One still incomplete after [`CLAIM_SETTLE`]
-    /// belongs to a shim that died in between: `None`.
-    async fn settled_claim(&self, task_id: &str, first: &[u8]) -> Option<Claim> {
-        let parse = |b: &[u8]| {
-            serde_json::from_slice::<Claim>(b)
-                .ok()
-                .filter(|c| c.shim_pid > 0)
-        };
-        if let Some(c) = parse(first) {
-            return Some(c);
-        }
-        let td = self.task_dir(task_id);
-        let until = std::time::Instant::now() + CLAIM_SETTLE;
-        loop {
-            if let Some(c) = td.read_claim().ok().flatten().as_deref().and_then(parse) {
-                return Some(c);
-            }
-            if std::time::Instant::now() >= until {
-                tracing::warn!(
-                    task_id,
-                    "the task's claim stayed incomplete; its shim is gone"
-                );
-                return None;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    }
-
     /// Records the claimed shim as running; `true` when a kill was requested
     /// meanwhile and must be forwarded to it.
-    async fn mark_running_from_claim(&self, task_id: &str, c: &Claim) -> bool {
+    async fn mark_running_from_claim(&self, task_id: &str, c: &ClaimRecord) -> bool {
         let id = task_id.to_string();
         let (pid, ticks) = (c.shim_pid, c.shim_start_ticks);
         let res = self

@@ -13,8 +13,9 @@ mod worker;
 
 pub use worker::Committed;
 
-use crate::api::model::{ExecutionPlan, Reservation, SubmitTaskRequest};
+use crate::api::model::{ExecutionPlan, SubmitTaskRequest};
 use crate::ledger::Candidate;
+use crate::ledger::Reservation;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
