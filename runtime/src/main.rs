@@ -14,6 +14,7 @@ mod platform;
 mod serve;
 mod store;
 mod sys;
+mod task;
 mod views;
 
 use clap::{Parser, Subcommand};

@@ -1,18 +1,22 @@
-//! The task engine: submit, status, kill and events on top of the store,
-//! the dispatcher that hands tasks to the helper, the exit watcher, restart
-//! recovery and retention GC.
+//! The task engine: carries out the lifecycle (`crate::task`) on the
+//! store, the ledger and the helper. Submit, status, kill and events here;
+//! admission, launch, following a shim, restart recovery and retention GC
+//! in their own modules.
 
+mod admission;
 pub mod arrivals;
-pub mod dispatch;
 pub mod files;
+mod follow;
 pub mod gc;
+mod launch;
 pub mod log_cache;
 pub mod recovery;
+mod transition;
 pub mod view;
 
 use std::sync::{Arc, Mutex};
 
-use execgo_runtime_protocol::{TaskError, TaskErrorCode, TaskStatus};
+use execgo_runtime_protocol::TaskStatus;
 use tokio::sync::Notify;
 
 use crate::api::error::{ApiError, ApiErrorCode};
@@ -24,7 +28,8 @@ use crate::config::Config;
 use crate::helper_link::HelperLink;
 use crate::ledger::{Amounts, Ledger};
 use crate::plan::{self, HostCaps};
-use crate::store::{self, NewEvent, Store, StoreError, TaskRow};
+use crate::store::{self, Store, StoreError, TaskRow};
+use crate::task::{self, Input, Phase, Unchanged};
 use files::TaskDir;
 
 impl From<StoreError> for ApiError {
@@ -141,67 +146,28 @@ impl Engine {
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         req.task_id = Some(task_id.clone());
-        let ts = now();
-        let cc = req.control_context.clone().unwrap_or_default();
-        let mut events = vec![
-            NewEvent::new("submitted").message("task submitted"),
-            NewEvent::new("accepted").message("task accepted and persisted"),
-            NewEvent::new("planned")
-                .message("execution plan resolved")
-                .data(serde_json::to_value(&plan).unwrap_or_default()),
-        ];
-        if plan.degraded {
-            events.push(
-                NewEvent::new("degraded")
-                    .message(plan.fallback_reasons.join("; "))
-                    .data(serde_json::json!({ "fallback_reasons": plan.fallback_reasons })),
-            );
-        }
         let script = match req.execution.kind {
             ExecutionKind::Script => req.execution.script.clone(),
             ExecutionKind::Command => None,
         };
         let request_json = serde_json::to_vec_pretty(&req)
             .map_err(|e| ApiError::internal(format!("encoding request.json: {e}")))?;
-        let row = TaskRow {
-            task_id: task_id.clone(),
-            status: TaskStatus::Accepted,
-            created_at: ts.clone(),
-            updated_at: ts.clone(),
-            started_at: None,
-            finished_at: None,
-            duration_ms: None,
-            shim_pid: None,
-            shim_start_ticks: None,
-            pid: None,
-            pgid: None,
-            exit_code: None,
-            exit_signal: None,
-            error: None,
-            usage: None,
-            request: req,
-            plan,
-            reservation: None,
-            reserved_at: None,
-            released: false,
-            tenant: cc.tenant,
-            owner: cc.owner,
-            kill_requested: false,
-            launch_attempted: false,
-        };
+        let ts = now();
+        let created = task::create(task_id.clone(), req, plan, &ts);
         let td = self.task_dir(&task_id);
         let max_queued = self.cfg.args.max_queued_tasks;
         let me = Arc::clone(self);
-        let launch_now = self
+        let admitted = self
             .store
             .durable(
-                move |tx| -> Result<store::Committed<Option<TaskRow>>, ApiError> {
+                move |tx| -> Result<store::Committed<Option<task::Change>>, ApiError> {
                     if store::count_status(tx, TaskStatus::Accepted)? >= max_queued {
                         return Err(ApiError::verbatim(
                             ApiErrorCode::ResourceLimitExceeded,
                             "queue is full",
                         ));
                     }
+                    let row = &created.row;
                     if store::exists(tx, &row.task_id)? {
                         return Err(ApiError::verbatim(
                             ApiErrorCode::Conflict,
@@ -209,30 +175,31 @@ impl Engine {
                         ));
                     }
                     let nothing_older = store::waiting(tx, 1)?.is_empty();
-                    store::insert(tx, &row)?;
-                    for ev in &events {
+                    store::insert(tx, row)?;
+                    for ev in &created.events {
                         store::append_event(tx, &row.task_id, &ts, ev)?;
                     }
                     if let Err(e) = td.create(&request_json, script.as_deref()) {
                         let _ = td.remove();
                         return Err(io_unavailable("writing the task directory", &e));
                     }
-                    // Nothing older waits and the ledger admits it now: the
-                    // launch record joins this transaction, and the launch
-                    // follows the commit without a dispatch pass.
-                    let mut row = row;
-                    let admitted = nothing_older && me.admit_at_submit(tx, &mut row, &ts)?;
-                    let id = row.task_id.clone();
+                    // Nothing older waits: admission joins this transaction,
+                    // and the launch follows the commit without a dispatch
+                    // pass.
+                    let admitted = if nothing_older {
+                        me.admit(tx, &[candidate(row)])?.pop()
+                    } else {
+                        None
+                    };
                     let engine = Arc::clone(&me);
+                    let given = admitted.clone();
                     // Accepted once the group's commit is on disk; if it fails,
                     // the directory (and any reservation) goes too.
                     Ok(store::Committed {
-                        value: admitted.then_some(row),
+                        value: admitted,
                         undo: Some(Box::new(move || {
                             let _ = td.remove();
-                            if admitted {
-                                engine.with_ledger(|l| l.release(&id));
-                            }
+                            engine.give_back(given.as_slice());
                         })),
                     })
                 },
@@ -240,12 +207,8 @@ impl Engine {
             .await?;
         tracing::info!(task_id = %task_id, "task accepted");
         self.metrics.status(TaskStatus::Accepted);
-        match launch_now {
-            Some(row) => {
-                tracing::debug!(task_id = %row.task_id, "launch claimed at submit");
-                let me = Arc::clone(self);
-                tokio::spawn(async move { me.launch(row).await });
-            }
+        match admitted {
+            Some(change) => self.after_commit(&change),
             None => self.wake(),
         }
         Ok(SubmitTaskResponse {
@@ -253,34 +216,6 @@ impl Engine {
             task_id,
             status: TaskStatus::Accepted,
         })
-    }
-
-    /// Reserves for a task being submitted and records its launch in the
-    /// submit's transaction, if the ledger admits it now; `false` (and
-    /// nothing changed) when it does not.
-    fn admit_at_submit(
-        &self,
-        tx: &rusqlite::Transaction<'_>,
-        row: &mut TaskRow,
-        ts: &str,
-    ) -> Result<bool, ApiError> {
-        let candidate = crate::ledger::Candidate {
-            task_id: row.task_id.clone(),
-            tenant: row.tenant.clone(),
-            reservation: dispatch::reservation_of(row),
-        };
-        let admitted = self.with_ledger(|l| {
-            !l.admit(std::slice::from_ref(&candidate), std::time::Instant::now())
-                .is_empty()
-        });
-        if !admitted {
-            return Ok(false);
-        }
-        if let Err(e) = dispatch::record_launch(tx, row, &candidate.reservation, ts) {
-            self.with_ledger(|l| l.release(&row.task_id));
-            return Err(e.into());
-        }
-        Ok(true)
     }
 
     /// One task's reservation can never fit this runtime or its tenant.
@@ -351,80 +286,14 @@ impl Engine {
                 ));
             }
         }
-        if row.status.is_terminal() {
-            return view::status_body(&self.task_dir(task_id), &row);
-        }
-        let td = self.task_dir(task_id);
-        let shim_dir = td.clone();
-        let id = task_id.to_string();
-        let outcome = self
-            .store
-            .call(move |conn| -> Result<KillOutcome, ApiError> {
-                let tx = store::begin(conn)?;
-                let Some(mut row) = store::get(&tx, &id)? else {
-                    return Err(ApiError::not_found(&id));
-                };
-                if row.status.is_terminal() {
-                    return Ok(KillOutcome::AlreadyOver);
-                }
-                let ts = now();
-                let first_request = !row.kill_requested;
-                row.kill_requested = true;
-                row.updated_at = ts.clone();
-                if first_request {
-                    store::append_event(
-                        &tx,
-                        &id,
-                        &ts,
-                        &NewEvent::new("kill_requested").message("kill requested"),
-                    )?;
-                }
-                if row.status == TaskStatus::Accepted && !row.launch_attempted {
-                    // Never launched: cancelled at once, result first.
-                    row.status = TaskStatus::Cancelled;
-                    row.finished_at = Some(ts.clone());
-                    row.error = Some(TaskError::new(
-                        TaskErrorCode::Cancelled,
-                        "task was cancelled before it started",
-                    ));
-                    let body = view::status_body(&td, &row)?;
-                    let bytes = serde_json::to_vec_pretty(&body)
-                        .map_err(|e| ApiError::internal(format!("encoding result.json: {e}")))?;
-                    td.write_result(&bytes)
-                        .map_err(|e| io_unavailable("writing result.json", &e))?;
-                    store::append_event(
-                        &tx,
-                        &id,
-                        &ts,
-                        &NewEvent::new("cancelled").message("task cancelled before launch"),
-                    )?;
-                    store::update(&tx, &row, unix_ms(&ts))?;
-                    store::commit(tx)?;
-                    return Ok(KillOutcome::CancelledBeforeLaunch);
-                }
-                store::update(&tx, &row, None)?;
-                store::commit(tx)?;
-                Ok(if row.status == TaskStatus::Running {
-                    KillOutcome::SignalShim
-                } else {
-                    KillOutcome::Pending
-                })
-            })
-            .await?;
-        if outcome == KillOutcome::CancelledBeforeLaunch {
-            self.with_ledger(|l| l.forget_waiting(task_id));
-            self.metrics.status(TaskStatus::Cancelled);
-            self.metrics
-                .task_errors_total
-                .with_label_values(&[TaskErrorCode::Cancelled.as_str()])
-                .inc();
-        }
-        if outcome == KillOutcome::SignalShim {
-            match shim_dir.send_kill() {
-                Ok(true) => tracing::info!(task_id, "kill sent to shim"),
-                Ok(false) => tracing::warn!(task_id, "no shim listening for the kill"),
-                Err(e) => tracing::error!(task_id, error = %e, "sending kill to shim failed"),
+        match self.transition(task_id, Input::Kill).await? {
+            Ok(change) => tracing::info!(task_id, cancelled = change.finished, "kill recorded"),
+            // A repeat for a running task: the shim may have missed the
+            // first (a repeat is harmless).
+            Err(Unchanged::KillAlreadyRecorded(Phase::Running)) => {
+                let _ = self.task_dir(task_id).send_kill();
             }
+            Err(_) => {}
         }
         self.status(task_id).await
     }
@@ -487,19 +356,19 @@ impl Engine {
     }
 }
 
-/// What a kill did, decided inside its transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KillOutcome {
-    AlreadyOver,
-    CancelledBeforeLaunch,
-    SignalShim,
-    /// Handed to the helper but not yet running: the launch path sends it.
-    Pending,
+/// A submitted row as the ledger sees it.
+fn candidate(row: &store::TaskRow) -> crate::ledger::Candidate {
+    let limits = &row.request.limits;
+    crate::ledger::Candidate {
+        task_id: row.task_id.clone(),
+        tenant: row.tenant.clone(),
+        reservation: crate::ledger::Reservation::for_limits(limits.memory_bytes, limits.pids_max),
+    }
 }
 
 /// An environment failure on the data dir (disk full, read-only) is a 503
 /// the client can retry, never a 500.
-fn io_unavailable(what: &str, e: &std::io::Error) -> ApiError {
+pub(crate) fn io_unavailable(what: &str, e: &std::io::Error) -> ApiError {
     tracing::error!(error = %e, "{what} failed");
     ApiError::new(ApiErrorCode::StorageUnavailable, format!("{what}: {e}"))
 }
