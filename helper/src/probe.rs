@@ -144,14 +144,10 @@ pub fn probe_with(
     w.extend(cg.warnings);
 
     caps.warnings = w;
-    log::debug(
-        "capability probe done",
-        &[(
-            "elapsed_ms",
-            u64::try_from(started.elapsed().as_millis())
-                .unwrap_or(u64::MAX)
-                .into(),
-        )],
+    tracing::debug!(
+        target: log::TARGET,
+        elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "capability probe done"
     );
     caps
 }

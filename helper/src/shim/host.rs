@@ -10,7 +10,6 @@ use execgo_runtime_protocol::{LaunchProfile, Outcome};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::{Gid, Uid};
-use serde_json::Value;
 
 use super::claim::{self, Claim, ClaimRecord};
 use super::monitor::{self, Monitor};
@@ -55,10 +54,6 @@ impl Host {
         }
     }
 
-    fn task_id(&self) -> Value {
-        Value::from(self.ctx.launch.task_id.as_str())
-    }
-
     /// The runtime's uid/gid when files we create must be handed to it:
     /// we are root and it is not.
     fn hand_over_to(&self) -> Option<(Uid, Gid)> {
@@ -95,13 +90,7 @@ impl Steps for Host {
         keep.extend(log::journal_fd());
         let log_dir = isolate::isolate(self.ctx.task_dir.as_fd(), &keep)?;
         log::enter_shim(&self.ctx.launch.task_id, log_dir);
-        log::info(
-            "shim started",
-            &[
-                ("task_id", self.task_id()),
-                ("shim_pid", self.me.shim_pid.into()),
-            ],
-        );
+        tracing::info!(target: log::TARGET, shim_pid = self.me.shim_pid, "shim started");
         Ok(())
     }
 
@@ -116,12 +105,10 @@ impl Steps for Host {
                 // fdatasync.
                 self.result = Some(result::create(dir)?);
             }
-            Claim::Existing(earlier) => log::info(
-                "task already claimed; not running it again",
-                &[
-                    ("task_id", self.task_id()),
-                    ("claimed_by", earlier.shim_pid.into()),
-                ],
+            Claim::Existing(earlier) => tracing::info!(
+                target: log::TARGET,
+                claimed_by = earlier.shim_pid,
+                "task already claimed; not running it again"
             ),
         }
         Ok(c)
@@ -194,20 +181,12 @@ impl Steps for Host {
         // The task has its own copies; ours are not needed any more.
         self.stdio = None;
         self.workspace = None;
-        log::info(
-            "task started",
-            &[
-                ("task_id", self.task_id()),
-                ("pid", started.pid.into()),
-                ("profile", profile.into()),
-                (
-                    "program",
-                    self.resolved
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .into(),
-                ),
-            ],
+        tracing::info!(
+            target: log::TARGET,
+            pid = started.pid,
+            profile,
+            program = self.resolved.as_ref().map(|p| tracing::field::display(p.display())),
+            "task started"
         );
         Ok(started)
     }
@@ -217,12 +196,10 @@ impl Steps for Host {
             // EPIPE: the helper is gone (restarted, or gave up waiting). The
             // task goes on; the runtime finds it through shim.claim.
             if let Err(e) = report::send(&pipe, &r) {
-                log::warn(
-                    "reporting to the helper failed; carrying on",
-                    &[
-                        ("task_id", self.task_id()),
-                        ("error", log::chain(&e).into()),
-                    ],
+                tracing::warn!(
+                    target: log::TARGET,
+                    error = %log::chain(&e),
+                    "reporting to the helper failed; carrying on"
                 );
             }
         }
@@ -238,7 +215,6 @@ impl Steps for Host {
             grace: self.ctx.launch.termination_grace,
             sigchld,
             control,
-            task_id: &self.ctx.launch.task_id,
         };
         match m.run() {
             Ok(ended) => Ok(Finished {
@@ -267,16 +243,11 @@ impl Steps for Host {
         let body = result::merge(&self.ctx.launch.result_template, outcome, stdout, stderr)?;
         let file = self.result.take().ok_or(missing("result file"))?;
         result::write(dir, file, &body)?;
-        log::info(
-            "result recorded",
-            &[
-                ("task_id", self.task_id()),
-                ("status", outcome.status.as_str().into()),
-                (
-                    "error_code",
-                    outcome.error.as_ref().map(|e| e.code.as_str()).into(),
-                ),
-            ],
+        tracing::info!(
+            target: log::TARGET,
+            status = outcome.status.as_str(),
+            error_code = outcome.error.as_ref().map(|e| e.code.as_str()),
+            "result recorded"
         );
         Ok(())
     }

@@ -175,9 +175,10 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
     match s.write_result(&outcome) {
         Ok(()) => 0,
         Err(e) => {
-            log::error(
-                "writing result.json failed",
-                &[("error", log::chain(&e).into())],
+            tracing::error!(
+                target: log::TARGET,
+                error = %log::chain(&e),
+                "writing result.json failed"
             );
             1
         }
@@ -195,9 +196,10 @@ fn failed(kind: HelperErrorKind, e: &ShimError) -> ShimReport {
 /// launched without a pid (the runtime reads result.json).
 fn fail_launch<S: Steps>(s: &mut S, me: ClaimRecord, e: &ShimError) -> i32 {
     let message = log::chain(e);
-    log::warn(
-        "the task could not be started",
-        &[("error", message.clone().into())],
+    tracing::warn!(
+        target: log::TARGET,
+        error = message.as_str(),
+        "the task could not be started"
     );
     let outcome = result::not_started(me.shim_pid, TaskErrorCode::LaunchFailed, message, s.now());
     match s.write_result(&outcome) {
