@@ -86,7 +86,7 @@ pub struct Args {
         env = "EXECGO_RUNTIME_LOG_FORMAT",
         value_enum
     )]
-    pub log_format: Option<crate::log::Format>,
+    pub log_format: Option<crate::logging::Format>,
 
     /// Internal (embedded mode, set up by `execgo-runtime serve`): serve
     /// exactly one already-connected socket at this descriptor; the peer
@@ -153,7 +153,7 @@ mod tests {
 
     #[test]
     fn log_format() {
-        use crate::log::Format;
+        use crate::logging::Format;
         for (value, want) in [("json", Format::Json), ("journald", Format::Journald)] {
             let a = parse(&[
                 "--data-dir",

@@ -31,7 +31,7 @@ use serde::Serialize;
 
 use crate::deadline;
 use crate::dispatch::Dispatcher;
-use crate::log;
+use crate::logging;
 use crate::peer::Peer;
 use crate::replies::ReplyQueue;
 
@@ -130,13 +130,6 @@ impl Conn {
             .and_then(|t| t.checked_add(PARTIAL_FRAME_TIMEOUT))
     }
 
-    fn fields(&self) -> [(&'static str, serde_json::Value); 2] {
-        [
-            ("peer_pid", self.peer.pid.into()),
-            ("peer_uid", self.peer.uid.into()),
-        ]
-    }
-
     /// Handles one poll round: `revents` as [`Self::poll_fds`] listed them
     /// (empty when nothing happened; deadlines are checked all the same).
     /// Reports are taken in, the socket read, complete frames served while
@@ -147,11 +140,12 @@ impl Conn {
             // One line per task, so a task's log (TASK_ID) tells why its
             // launch was never answered.
             for p in self.replies.pending() {
-                let mut f = self.fields().to_vec();
-                f.push(("task_id", p.task_id().into()));
-                log::info(
-                    "connection closed with the launch pending; the shim carries on",
-                    &f,
+                tracing::info!(
+                    target: logging::TARGET,
+                    peer_pid = self.peer.pid,
+                    peer_uid = self.peer.uid,
+                    task_id = p.task_id(),
+                    "connection closed with the launch pending; the shim carries on"
                 );
             }
         }
@@ -171,7 +165,12 @@ impl Conn {
             let flow = if self.wants_input() {
                 self.read()
             } else {
-                log::debug("peer hung up with a full reply queue", &self.fields());
+                tracing::debug!(
+                    target: logging::TARGET,
+                    peer_pid = self.peer.pid,
+                    peer_uid = self.peer.uid,
+                    "peer hung up with a full reply queue"
+                );
                 Flow::Close
             };
             if flow == Flow::Close {
@@ -182,9 +181,11 @@ impl Conn {
             return Flow::Close;
         }
         if deadline::reached(now, self.partial_deadline()) {
-            log::warn(
-                "peer stalled in the middle of a frame; closing its connection",
-                &self.fields(),
+            tracing::warn!(
+                target: logging::TARGET,
+                peer_pid = self.peer.pid,
+                peer_uid = self.peer.uid,
+                "peer stalled in the middle of a frame; closing its connection"
             );
             return Flow::Close;
         }
@@ -197,7 +198,12 @@ impl Conn {
         match recv(self.stream.as_raw_fd(), &mut chunk, MsgFlags::MSG_DONTWAIT) {
             Ok(0) => {
                 if !self.buf.is_empty() {
-                    log::debug("peer closed mid-frame", &self.fields());
+                    tracing::debug!(
+                        target: logging::TARGET,
+                        peer_pid = self.peer.pid,
+                        peer_uid = self.peer.uid,
+                        "peer closed mid-frame"
+                    );
                 }
                 Flow::Close
             }
@@ -207,9 +213,11 @@ impl Conn {
             }
             Err(Errno::EAGAIN) | Err(Errno::EINTR) => Flow::Open,
             Err(e) => {
-                log::debug(
-                    "reading from peer failed",
-                    &[("error", e.to_string().into()), self.fields()[0].clone()],
+                tracing::debug!(
+                    target: logging::TARGET,
+                    error = %e,
+                    peer_pid = self.peer.pid,
+                    "reading from peer failed"
                 );
                 Flow::Close
             }
@@ -270,9 +278,13 @@ impl Conn {
                     let reply = d.hello(&hello);
                     let accepted = matches!(reply, HelloReply::Accepted { .. });
                     if let HelloReply::Rejected { reason } = &reply {
-                        let mut f = self.fields().to_vec();
-                        f.push(("reason", reason.clone().into()));
-                        log::warn("handshake rejected", &f);
+                        tracing::warn!(
+                            target: logging::TARGET,
+                            peer_pid = self.peer.pid,
+                            peer_uid = self.peer.uid,
+                            reason = reason.as_str(),
+                            "handshake rejected"
+                        );
                     }
                     if self.send(&reply) && accepted {
                         self.stage = Stage::Ready;
@@ -306,10 +318,14 @@ impl Conn {
     /// launch; in the latter case no error is written, as the peer would
     /// take it for that launch's reply: the connection just closes.
     fn refuse(&mut self, e: &FrameError) {
-        let reason = format!("malformed frame: {}", log::chain(e));
-        let mut f = self.fields().to_vec();
-        f.push(("error", reason.clone().into()));
-        log::warn("closing a connection after malformed input", &f);
+        let reason = format!("malformed frame: {}", logging::chain(e));
+        tracing::warn!(
+            target: logging::TARGET,
+            peer_pid = self.peer.pid,
+            peer_uid = self.peer.uid,
+            error = reason.as_str(),
+            "closing a connection after malformed input"
+        );
         match self.stage {
             Stage::Hello => {
                 self.send(&HelloReply::Rejected { reason });
@@ -329,9 +345,11 @@ impl Conn {
         match write_frame(&mut &self.stream, msg) {
             Ok(()) => true,
             Err(e) => {
-                log::debug(
-                    "writing to peer failed",
-                    &[("error", log::chain(&e).into()), self.fields()[0].clone()],
+                tracing::debug!(
+                    target: logging::TARGET,
+                    error = %logging::chain(&e),
+                    peer_pid = self.peer.pid,
+                    "writing to peer failed"
                 );
                 false
             }

@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use execgo_runtime_protocol::{HelperError, HelperErrorKind, LaunchSpec, Response};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
-use serde_json::Value;
 
 use crate::dispatch::Context;
 use crate::peer::Peer;
@@ -33,7 +32,7 @@ use crate::replies::Reply;
 use crate::shim::report::{ReportError, ReportReader, ShimReport};
 use crate::shim::{self, ShimContext};
 use crate::validate::{validate, ValidateError};
-use crate::{fs_at, log, sys};
+use crate::{fs_at, logging, sys};
 
 /// How long a shim has to report before its launch is answered with an
 /// error (the shim carries on either way; its claim tells the runtime).
@@ -92,37 +91,32 @@ pub fn launch(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Reply {
 pub fn answer(task_id: &str, outcome: Result<ShimReport, LaunchError>) -> Response {
     match outcome {
         Ok(ShimReport::Launched(l)) => {
-            log::info(
-                "launch reported",
-                &[
-                    ("task_id", Value::from(task_id)),
-                    ("shim_pid", l.shim_pid.into()),
-                    ("pid", l.pid.into()),
-                    ("already_claimed", l.already_claimed.into()),
-                ],
+            tracing::info!(
+                target: logging::TARGET,
+                task_id,
+                shim_pid = l.shim_pid,
+                pid = l.pid,
+                already_claimed = l.already_claimed,
+                "launch reported"
             );
             Response::Launched(l)
         }
         Ok(ShimReport::Failed(e)) => {
-            log::warn(
-                "launch failed in the shim",
-                &[
-                    ("task_id", Value::from(task_id)),
-                    ("error", Value::from(e.message.as_str())),
-                ],
+            tracing::warn!(
+                target: logging::TARGET,
+                task_id,
+                error = e.message.as_str(),
+                "launch failed in the shim"
             );
             Response::Error(e)
         }
         Err(e) => {
-            let message = log::chain(&e);
-            let fields = [
-                ("task_id", Value::from(task_id)),
-                ("error", Value::from(message.as_str())),
-            ];
+            let message = logging::chain(&e);
+            let error = message.as_str();
             if e.kind() == HelperErrorKind::InvalidRequest {
-                log::warn("launch refused", &fields);
+                tracing::warn!(target: logging::TARGET, task_id, error, "launch refused");
             } else {
-                log::error("launch failed", &fields);
+                tracing::error!(target: logging::TARGET, task_id, error, "launch failed");
             }
             Response::Error(HelperError {
                 kind: e.kind(),

@@ -14,10 +14,9 @@ mod conn;
 mod deadline;
 mod dispatch;
 mod fs_at;
-mod journal;
 mod launch;
 mod listener;
-mod log;
+mod logging;
 mod namespaces;
 mod os_error;
 mod peer;
@@ -44,7 +43,6 @@ use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, FdFlag, OFlag};
 use nix::sys::socket::{getsockopt, sockopt::SockType as SockTypeOpt, SockType};
 use nix::sys::stat::Mode;
-use serde_json::Value;
 
 use crate::dispatch::{Context, Dispatcher};
 use crate::peer::PeerPolicy;
@@ -81,12 +79,24 @@ fn main() -> ExitCode {
     let journal_stream = std::env::var_os("JOURNAL_STREAM").is_some();
     // clap exits 2 on a usage error and 0 for --help/--version.
     let args = cli::Args::parse();
-    log::init(rust_log.as_deref());
-    let format = log::Format::resolve(args.log_format, journal_stream);
-    match run(args, format) {
+    let format = logging::Format::resolve(args.log_format, journal_stream);
+    // Logging starts after the clean-up, which closes every descriptor we
+    // did not open since (journald's socket would be one); a failed
+    // clean-up is reported as JSON on stderr.
+    let result = match startup::clean(args.inherited_fd) {
+        Ok(()) => {
+            logging::init(rust_log.as_deref(), format);
+            run(args)
+        }
+        Err(e) => {
+            logging::init(rust_log.as_deref(), logging::Format::Json);
+            Err(e.into())
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error("helper stopped", &[("error", log::chain(&e).into())]);
+            tracing::error!(target: logging::TARGET, error = %logging::chain(&e), "helper stopped");
             match e {
                 MainError::Usage => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
@@ -95,13 +105,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: cli::Args, format: log::Format) -> Result<(), MainError> {
-    startup::clean(args.inherited_fd)?;
-    // After the clean-up, which closes every descriptor we did not open
-    // since (until here, lines are JSON on stderr).
-    if format == log::Format::Journald {
-        log::start_journal(std::path::Path::new(journal::SOCKET));
-    }
+fn run(args: cli::Args) -> Result<(), MainError> {
     let data_err = |source| MainError::DataDir {
         path: args.data_dir.clone(),
         source,
@@ -140,29 +144,21 @@ fn run(args: cli::Args, format: log::Format) -> Result<(), MainError> {
         },
         _ => return Err(MainError::Usage),
     };
-    log::info(
-        "helper started",
-        &[
-            ("version", env!("CARGO_PKG_VERSION").into()),
-            ("pid", std::process::id().into()),
-            (
-                "mode",
-                match mode {
-                    ServeMode::Standalone { .. } => "standalone",
-                    ServeMode::Embedded { .. } => "embedded",
-                }
-                .into(),
-            ),
-            ("data_dir", data_dir.display().to_string().into()),
-            ("cgroup_root", args.cgroup_root.display().to_string().into()),
-            (
-                "capabilities",
-                serde_json::to_value(&capabilities).unwrap_or(Value::Null),
-            ),
-        ],
+    tracing::info!(
+        target: logging::TARGET,
+        version = env!("CARGO_PKG_VERSION"),
+        pid = std::process::id(),
+        mode = match mode {
+            ServeMode::Standalone { .. } => "standalone",
+            ServeMode::Embedded { .. } => "embedded",
+        },
+        data_dir = %data_dir.display(),
+        cgroup_root = %args.cgroup_root.display(),
+        capabilities = serde_json::to_string(&capabilities).ok(),
+        "helper started"
     );
     for w in &capabilities.warnings {
-        log::warn("capability missing", &[("reason", w.as_str().into())]);
+        tracing::warn!(target: logging::TARGET, reason = w.as_str(), "capability missing");
     }
     let mut dispatcher = Dispatcher::new(Context {
         data_fd,

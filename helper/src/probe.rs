@@ -26,7 +26,7 @@ use crate::namespaces::Namespace;
 use crate::os_error::OsError;
 use crate::probe_child::{self, at, ChildResult, ProbeFailure, Step};
 use crate::rootfs::{self, Scratch};
-use crate::{log, rlimits, seccomp};
+use crate::{logging, rlimits, seccomp};
 
 /// The longest one probe child may take; healthy ones take milliseconds.
 pub const PER_PROBE: Duration = Duration::from_secs(1);
@@ -111,7 +111,7 @@ pub fn probe_with(
             );
         }
         Err(e) => {
-            let why = log::chain(&e);
+            let why = logging::chain(&e);
             w.push(format!("chroot: {why}"));
             w.push(format!("pivot_root: {why}"));
         }
@@ -125,7 +125,7 @@ pub fn probe_with(
             budget.run(|| seccomp::try_in_child(&program)),
         ),
         Err(e) => {
-            w.push(format!("seccomp: {}", log::chain(&e)));
+            w.push(format!("seccomp: {}", logging::chain(&e)));
             false
         }
     };
@@ -144,14 +144,10 @@ pub fn probe_with(
     w.extend(cg.warnings);
 
     caps.warnings = w;
-    log::debug(
-        "capability probe done",
-        &[(
-            "elapsed_ms",
-            u64::try_from(started.elapsed().as_millis())
-                .unwrap_or(u64::MAX)
-                .into(),
-        )],
+    tracing::debug!(
+        target: logging::TARGET,
+        elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "capability probe done"
     );
     caps
 }
@@ -171,7 +167,7 @@ fn check(warnings: &mut Vec<String>, what: &str, r: Result<(), impl Error>) -> b
     match r {
         Ok(()) => true,
         Err(e) => {
-            warnings.push(format!("{what}: {}", log::chain(&e)));
+            warnings.push(format!("{what}: {}", logging::chain(&e)));
             false
         }
     }
@@ -216,7 +212,7 @@ fn data_dir_writable(dir: BorrowedFd<'_>) -> Result<(), String> {
     fs_at::open_file(dir, &name, Access::CreateNew(0o600)).map_err(|e| {
         let why = e
             .open_errno()
-            .map_or_else(|| log::chain(&e), |n| OsError(n).to_string());
+            .map_or_else(|| logging::chain(&e), |n| OsError(n).to_string());
         format!("creating {name}: {why}")
     })?;
     unlink().map_err(|e| format!("removing {name}: {}", OsError(e)))

@@ -273,7 +273,7 @@ fn kill_and_reap(pid: Pid) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log;
+    use crate::logging;
 
     #[test]
     fn success_failure_and_timeout() {
@@ -287,7 +287,7 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(
-            log::chain(&e),
+            logging::chain(&e),
             "chroot into the scratch directory: operation not permitted"
         );
 
@@ -299,7 +299,7 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(
-            log::chain(&e),
+            logging::chain(&e),
             "the first child in the new pid namespace is not pid 1"
         );
 

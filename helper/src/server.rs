@@ -20,7 +20,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use crate::conn::{Conn, Flow};
 use crate::deadline;
 use crate::dispatch::Dispatcher;
-use crate::log;
+use crate::logging;
 use crate::peer::{peer_of, PeerError, PeerPolicy};
 
 /// At most this many open connections; more are closed at accept. The
@@ -56,9 +56,11 @@ pub fn serve(mode: Mode, d: &mut Dispatcher) -> Result<(), ServeError> {
         Mode::Embedded { stream, policy } => {
             let peer = peer_of(&stream).map_err(ServeError::InheritedPeer)?;
             if !policy.allows(&peer) {
-                log::error(
-                    "refusing the inherited connection: its peer does not have our uid",
-                    &[("peer_uid", peer.uid.into()), ("peer_pid", peer.pid.into())],
+                tracing::error!(
+                    target: logging::TARGET,
+                    peer_uid = peer.uid,
+                    peer_pid = peer.pid,
+                    "refusing the inherited connection: its peer does not have our uid"
                 );
                 return Err(ServeError::InheritedPeerRefused);
             }
@@ -68,7 +70,7 @@ pub fn serve(mode: Mode, d: &mut Dispatcher) -> Result<(), ServeError> {
     };
     loop {
         if listener.is_none() && conns.is_empty() {
-            log::info("the runtime closed its connection; exiting", &[]);
+            tracing::info!(target: logging::TARGET, "the runtime closed its connection; exiting");
             return Ok(());
         }
         let next = conns
@@ -137,44 +139,57 @@ fn accept_all(listener: &UnixListener, policy: &PeerPolicy, conns: &mut Vec<Conn
             Err(e) => {
                 // ECONNABORTED, EMFILE and the like: this attempt is lost,
                 // the listener is fine; poll will report the next one.
-                log::warn("accept failed", &[("error", e.to_string().into())]);
+                tracing::warn!(target: logging::TARGET, error = %e, "accept failed");
                 return;
             }
         };
         let peer = match peer_of(&stream) {
             Ok(p) => p,
             Err(e) => {
-                log::warn(
-                    "closing a connection whose peer is unknown",
-                    &[("error", log::chain(&e).into())],
+                tracing::warn!(
+                    target: logging::TARGET,
+                    error = %logging::chain(&e),
+                    "closing a connection whose peer is unknown"
                 );
                 continue;
             }
         };
-        let fields = [
-            ("peer_pid", peer.pid.into()),
-            ("peer_uid", peer.uid.into()),
-            ("peer_gid", peer.gid.into()),
-        ];
+        let (peer_pid, peer_uid, peer_gid) = (peer.pid, peer.uid, peer.gid);
         if !policy.allows(&peer) {
-            log::warn(
-                "refused a connection from a peer that is not allowed",
-                &fields,
+            tracing::warn!(
+                target: logging::TARGET,
+                peer_pid,
+                peer_uid,
+                peer_gid,
+                "refused a connection from a peer that is not allowed"
             );
             continue;
         }
         if conns.len() >= MAX_CONNECTIONS {
-            log::warn("refused a connection: too many open connections", &fields);
+            tracing::warn!(
+                target: logging::TARGET,
+                peer_pid,
+                peer_uid,
+                peer_gid,
+                "refused a connection: too many open connections"
+            );
             continue;
         }
         match Conn::new(stream, peer) {
             Ok(c) => {
-                log::debug("accepted a connection", &fields);
+                tracing::debug!(
+                    target: logging::TARGET,
+                    peer_pid,
+                    peer_uid,
+                    peer_gid,
+                    "accepted a connection"
+                );
                 conns.push(c);
             }
-            Err(e) => log::warn(
-                "setting up a connection failed",
-                &[("error", e.to_string().into())],
+            Err(e) => tracing::warn!(
+                target: logging::TARGET,
+                error = %e,
+                "setting up a connection failed"
             ),
         }
     }

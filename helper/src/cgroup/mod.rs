@@ -552,7 +552,7 @@ mod tests {
         let e = Layout::detect(Path::new("/nonexistent/mountinfo"), &FakeKernel::default())
             .unwrap_err();
         assert_eq!(
-            crate::log::chain(&e),
+            crate::logging::chain(&e),
             "reading /nonexistent/mountinfo: no such file or directory"
         );
     }

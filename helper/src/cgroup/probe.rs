@@ -13,7 +13,7 @@ use std::path::Path;
 use execgo_runtime_protocol::CgroupVersion;
 
 use super::{CgroupBackend, CgroupError, CgroupFs, Controller, Layout};
-use crate::log;
+use crate::logging;
 
 /// Values the probe writes: always limits, never grants.
 const PROBE_MEMORY_BYTES: u64 = 64 << 20;
@@ -45,7 +45,9 @@ pub fn probe(mounts: &Path, cgroup_root: &Path, fs: &dyn CgroupFs, name: &str) -
     let layout = match Layout::detect(mounts, fs) {
         Ok(l) => l,
         Err(e) => {
-            report.warnings.push(format!("cgroup: {}", log::chain(&e)));
+            report
+                .warnings
+                .push(format!("cgroup: {}", logging::chain(&e)));
             return report;
         }
     };
@@ -85,19 +87,19 @@ pub fn probe(mounts: &Path, cgroup_root: &Path, fs: &dyn CgroupFs, name: &str) -
                     Ok(()) => *flag = true,
                     Err(e) => report
                         .warnings
-                        .push(format!("{prefix}: {}", log::chain(&e))),
+                        .push(format!("{prefix}: {}", logging::chain(&e))),
                 }
                 match outcome.oom {
                     Some(Ok(_)) => report.oom_detection = true,
                     Some(Err(e)) => report
                         .warnings
-                        .push(format!("{prefix}: oom detection: {}", log::chain(&e))),
+                        .push(format!("{prefix}: oom detection: {}", logging::chain(&e))),
                     None => {}
                 }
             }
             Err(e) => report
                 .warnings
-                .push(format!("{prefix}: {}", log::chain(&e))),
+                .push(format!("{prefix}: {}", logging::chain(&e))),
         }
     }
     report

@@ -178,9 +178,9 @@ mod tests {
         .unwrap();
         let e = b.oom_kills(&d).unwrap_err();
         assert!(
-            crate::log::chain(&e).ends_with("expected oom_kill"),
+            crate::logging::chain(&e).ends_with("expected oom_kill"),
             "{}",
-            crate::log::chain(&e)
+            crate::logging::chain(&e)
         );
     }
 }

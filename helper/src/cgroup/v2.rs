@@ -134,7 +134,7 @@ mod tests {
         let b = V2::new(&f.kernel, f.path("cgroup"), f.path("cgroup/x"));
         let e = b.prepare(Controller::Pids).unwrap_err();
         assert_eq!(
-            crate::log::chain(&e),
+            crate::logging::chain(&e),
             format!(
                 "writing \"+pids\" to {}: no such file or directory",
                 f.path("cgroup/cgroup.subtree_control").display()

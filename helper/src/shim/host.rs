@@ -10,7 +10,6 @@ use execgo_runtime_protocol::{LaunchProfile, Outcome};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::{Gid, Uid};
-use serde_json::Value;
 
 use super::claim::{self, Claim, ClaimRecord};
 use super::monitor::{self, Monitor};
@@ -19,7 +18,7 @@ use super::script::{Finished, ShimError, Steps};
 use super::spawn::{self, Plan, Started};
 use super::stdio::{self, TaskStdio};
 use super::{control, isolate, procstat, resolve, result, workspace, ShimContext};
-use crate::log;
+use crate::logging;
 use execgo_runtime_protocol::taskdir::now_rfc3339;
 
 pub struct Host {
@@ -56,10 +55,6 @@ impl Host {
         }
     }
 
-    fn task_id(&self) -> Value {
-        Value::from(self.ctx.launch.task_id.as_str())
-    }
-
     /// The runtime's uid/gid when files we create must be handed to it:
     /// we are root and it is not.
     fn hand_over_to(&self) -> Option<(Uid, Gid)> {
@@ -93,16 +88,10 @@ impl Steps for Host {
         let mut keep = vec![self.ctx.task_dir.as_raw_fd()];
         keep.extend(self.report.as_ref().map(|r| r.as_raw_fd()));
         // The journal socket, in journald mode: the shim logs there too.
-        keep.extend(log::journal_fd());
+        keep.extend(logging::journal_fd());
         let log_dir = isolate::isolate(self.ctx.task_dir.as_fd(), &keep)?;
-        log::enter_shim(&self.ctx.launch.task_id, log_dir);
-        log::info(
-            "shim started",
-            &[
-                ("task_id", self.task_id()),
-                ("shim_pid", self.me.shim_pid.into()),
-            ],
-        );
+        logging::enter_shim(&self.ctx.launch.task_id, log_dir);
+        tracing::info!(target: logging::TARGET, shim_pid = self.me.shim_pid, "shim started");
         Ok(())
     }
 
@@ -117,12 +106,10 @@ impl Steps for Host {
                 // fdatasync.
                 self.result = Some(result::create(dir)?);
             }
-            Claim::Existing(earlier) => log::info(
-                "task already claimed; not running it again",
-                &[
-                    ("task_id", self.task_id()),
-                    ("claimed_by", earlier.shim_pid.into()),
-                ],
+            Claim::Existing(earlier) => tracing::info!(
+                target: logging::TARGET,
+                claimed_by = earlier.shim_pid,
+                "task already claimed; not running it again"
             ),
         }
         Ok(c)
@@ -195,20 +182,12 @@ impl Steps for Host {
         // The task has its own copies; ours are not needed any more.
         self.stdio = None;
         self.workspace = None;
-        log::info(
-            "task started",
-            &[
-                ("task_id", self.task_id()),
-                ("pid", started.pid.into()),
-                ("profile", profile.into()),
-                (
-                    "program",
-                    self.resolved
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .into(),
-                ),
-            ],
+        tracing::info!(
+            target: logging::TARGET,
+            pid = started.pid,
+            profile,
+            program = self.resolved.as_ref().map(|p| tracing::field::display(p.display())),
+            "task started"
         );
         Ok(started)
     }
@@ -218,12 +197,10 @@ impl Steps for Host {
             // EPIPE: the helper is gone (restarted, or gave up waiting). The
             // task goes on; the runtime finds it through shim.claim.
             if let Err(e) = report::send(&pipe, &r) {
-                log::warn(
-                    "reporting to the helper failed; carrying on",
-                    &[
-                        ("task_id", self.task_id()),
-                        ("error", log::chain(&e).into()),
-                    ],
+                tracing::warn!(
+                    target: logging::TARGET,
+                    error = %logging::chain(&e),
+                    "reporting to the helper failed; carrying on"
                 );
             }
         }
@@ -239,7 +216,6 @@ impl Steps for Host {
             grace: self.ctx.launch.termination_grace,
             sigchld,
             control,
-            task_id: &self.ctx.launch.task_id,
         };
         match m.run() {
             Ok(ended) => Ok(Finished {
@@ -268,16 +244,11 @@ impl Steps for Host {
         let body = result::merge(&self.ctx.launch.result_template, outcome, stdout, stderr)?;
         let file = self.result.take().ok_or(missing("result file"))?;
         result::write(dir, file, &body)?;
-        log::info(
-            "result recorded",
-            &[
-                ("task_id", self.task_id()),
-                ("status", outcome.status.as_str().into()),
-                (
-                    "error_code",
-                    outcome.error.as_ref().map(|e| e.code.as_str()).into(),
-                ),
-            ],
+        tracing::info!(
+            target: logging::TARGET,
+            status = outcome.status.as_str(),
+            error_code = outcome.error.as_ref().map(|e| e.code.as_str()),
+            "result recorded"
         );
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! descriptor of the helper's but the ones it was given (the report pipe,
 //! the task directory and, in journald mode, the journal socket), and 0, 1
 //! and 2 on /dev/null. Its diagnostics go to `shim.log`, which the log
-//! module creates when there is one to write (see [`crate::log`]); it gets
+//! module creates when there is one to write (see [`crate::logging`]); it gets
 //! a descriptor of the task directory of its own for that.
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};

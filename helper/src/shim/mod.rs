@@ -49,11 +49,20 @@ const PANICKED: i32 = 70;
 /// helper code it was forked from: a panic is caught here and ends the
 /// process, like every other path, with `_exit`.
 pub fn run(ctx: ShimContext, report: OwnedFd) -> ! {
+    // Every line of the shim carries its task (`TASK_ID` in journald;
+    // shim.log adds `task_id` itself). An error span: enabled whenever any
+    // line of ours is. Never exited: the shim ends with `_exit`.
+    let _span = tracing::error_span!(
+        target: crate::logging::TARGET,
+        "shim",
+        task_id = ctx.launch.task_id.as_str()
+    )
+    .entered();
     // The shim's stderr is /dev/null: a panic message is logged instead
     // (an error, so it reaches shim.log).
-    std::panic::set_hook(Box::new(|info| {
-        crate::log::error("the shim panicked", &[("panic", info.to_string().into())])
-    }));
+    std::panic::set_hook(Box::new(
+        |info| tracing::error!(target: crate::logging::TARGET, panic = %info, "the shim panicked"),
+    ));
     let code = catch_unwind(AssertUnwindSafe(move || {
         let mut host = host::Host::new(ctx, report);
         script::run(&mut host)

@@ -27,11 +27,10 @@ use nix::sys::signal::{killpg, Signal};
 use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use serde_json::Value;
 
 use super::control::{self, ControlError};
 use crate::sys::{self, Rusage};
-use crate::{deadline, log};
+use crate::{deadline, logging};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
@@ -65,7 +64,6 @@ pub struct Monitor<'a> {
     pub grace: Duration,
     pub sigchld: &'a SignalFd,
     pub control: &'a File,
-    pub task_id: &'a str,
 }
 
 /// Loop state: what was asked and sent so far.
@@ -153,13 +151,11 @@ impl Monitor<'_> {
     fn signal_group(&self, sig: Signal) {
         if let Err(e) = killpg(self.pid, sig) {
             if e != Errno::ESRCH {
-                log::warn(
-                    "signalling the task's process group failed",
-                    &[
-                        ("task_id", Value::from(self.task_id)),
-                        ("signal", Value::from(sig.as_str())),
-                        ("error", Value::from(e.to_string())),
-                    ],
+                tracing::warn!(
+                    target: logging::TARGET,
+                    signal = sig.as_str(),
+                    error = %e,
+                    "signalling the task's process group failed"
                 );
             }
         }
@@ -196,7 +192,7 @@ impl Monitor<'_> {
     }
 
     fn log(&self, message: &str) {
-        log::info(message, &[("task_id", Value::from(self.task_id))]);
+        tracing::info!(target: logging::TARGET, "{message}");
     }
 }
 

@@ -21,7 +21,7 @@ use super::result::{self, ResultError};
 use super::spawn::{SpawnError, Started};
 use super::stdio::StdioError;
 use super::workspace::WorkspaceError;
-use crate::log;
+use crate::logging;
 
 /// A failed step; the message (with its sources) is what `result.json` or
 /// the helper's error reply shows.
@@ -170,14 +170,15 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
             f.finished_at,
             s.wall_time_ms(),
         ),
-        Err(e) => result::lost(me.shim_pid, &started, log::chain(&e), s.now()),
+        Err(e) => result::lost(me.shim_pid, &started, logging::chain(&e), s.now()),
     };
     match s.write_result(&outcome) {
         Ok(()) => 0,
         Err(e) => {
-            log::error(
-                "writing result.json failed",
-                &[("error", log::chain(&e).into())],
+            tracing::error!(
+                target: logging::TARGET,
+                error = %logging::chain(&e),
+                "writing result.json failed"
             );
             1
         }
@@ -187,17 +188,18 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
 fn failed(kind: HelperErrorKind, e: &ShimError) -> ShimReport {
     ShimReport::Failed(HelperError {
         kind,
-        message: log::chain(e),
+        message: logging::chain(e),
     })
 }
 
 /// Records a launch that failed after the claim, then reports it as
 /// launched without a pid (the runtime reads result.json).
 fn fail_launch<S: Steps>(s: &mut S, me: ClaimRecord, e: &ShimError) -> i32 {
-    let message = log::chain(e);
-    log::warn(
-        "the task could not be started",
-        &[("error", message.clone().into())],
+    let message = logging::chain(e);
+    tracing::warn!(
+        target: logging::TARGET,
+        error = message.as_str(),
+        "the task could not be started"
     );
     let outcome = result::not_started(me.shim_pid, TaskErrorCode::LaunchFailed, message, s.now());
     match s.write_result(&outcome) {
