@@ -13,15 +13,6 @@ pub fn after(start: Instant, d: Duration) -> Option<Instant> {
     start.checked_add(d)
 }
 
-/// The earlier of two optional deadlines.
-pub fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, None) => a,
-        (None, b) => b,
-    }
-}
-
 /// Whether `deadline` has come.
 pub fn reached(now: Instant, deadline: Option<Instant>) -> bool {
     deadline.is_some_and(|d| now >= d)
@@ -73,14 +64,9 @@ mod tests {
     }
 
     #[test]
-    fn earliest_and_reached() {
+    fn reached_at_the_deadline() {
         let now = Instant::now();
         let a = Some(now + Duration::from_millis(5));
-        let b = Some(now + Duration::from_millis(9));
-        assert_eq!(earliest(a, b), a);
-        assert_eq!(earliest(None, b), b);
-        assert_eq!(earliest(a, None), a);
-        assert_eq!(earliest(None, None), None);
         assert!(!reached(now, a));
         assert!(reached(now + Duration::from_millis(5), a));
         assert!(!reached(now, None));

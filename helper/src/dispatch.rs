@@ -2,7 +2,7 @@
 //! [`Request`] variant, each with the reason it is safe to serve to a peer
 //! that passed the SO_PEERCRED check but is otherwise untrusted.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use execgo_runtime_protocol::{
     Hello, HelloReply, HelperCapabilities, Request, Response, HELLO_MAGIC, PROTOCOL_VERSION,
@@ -10,16 +10,13 @@ use execgo_runtime_protocol::{
 
 use crate::launch;
 use crate::peer::Peer;
-use crate::probe::{self, ProbeConfig};
-use crate::replies::Reply;
 
-/// What every request may use, fixed at start (the capabilities are
-/// replaced by each fresh probe).
+/// What every request may use, fixed at start.
 pub struct Context {
     /// The data dir, opened once at start: every task path is resolved
     /// under this descriptor, so a later rename of the path changes nothing.
     pub data_fd: OwnedFd,
-    pub probe: ProbeConfig,
+    /// What the probe at start found.
     pub capabilities: HelperCapabilities,
 }
 
@@ -54,28 +51,20 @@ impl Dispatcher {
         }
     }
 
-    /// Serves one request. Ping and Probe are answered at once; a launch
-    /// is answered once its shim reports (see [`crate::pending`]).
-    pub fn handle(&mut self, peer: &Peer, req: Request) -> Reply {
+    /// Serves one request to completion.
+    pub fn handle(&self, peer: &Peer, req: Request) -> Response {
         match req {
             // Safe: touches nothing.
-            Request::Ping => Reply::Ready(Response::Pong),
-            // Safe: probes afresh. Every probe that changes process state
-            // runs in a throwaway child; the rest creates and removes only
-            // our own scratch entries (`probe-<pid>` cgroups under the
-            // configured --cgroup-root, a scratch file and directory in the
-            // data dir). Nothing in the request steers it, and it is
-            // bounded in time (probe::BUDGET plus the cgroup file writes).
-            Request::Probe => {
-                self.ctx.capabilities = probe::probe(&self.ctx.probe, self.ctx.data_fd.as_fd());
-                Reply::Ready(Response::Probe(self.ctx.capabilities.clone()))
-            }
+            Request::Ping => Response::Pong,
+            // Safe: answers from the probe made at start, touching nothing;
+            // a peer cannot make the helper probe again, in a loop or not.
+            Request::Probe => Response::Probe(self.ctx.capabilities.clone()),
             // Safe: every field is validated first; the task directory is
             // derived from our own data dir and the validated id and opened
-            // without following symlinks; the shim claims the task with
-            // O_CREAT|O_EXCL, so a repeated launch never runs it twice; the
-            // task runs with our privileges minus new ones (NO_NEW_PRIVS) and
-            // only the environment the request lists.
+            // without following symlinks; the shim claims the task with an
+            // exclusive symlinkat, so a repeated launch never runs it twice;
+            // the task runs with our privileges minus new ones
+            // (NO_NEW_PRIVS) and only the environment the request lists.
             Request::Launch(spec) => launch::launch(&self.ctx, peer, spec),
         }
     }
@@ -96,13 +85,6 @@ pub fn test_dispatcher() -> (tempfile::TempDir, Dispatcher) {
     .unwrap();
     let ctx = Context {
         data_fd,
-        // A mounts file that does not exist: the probe never reaches the
-        // host's cgroups from a unit test.
-        probe: ProbeConfig {
-            data_dir: tmp.path().to_path_buf(),
-            cgroup_root: tmp.path().join("cgroup/execgo-runtime"),
-            mounts: tmp.path().join("no-mountinfo"),
-        },
         capabilities: HelperCapabilities {
             process_group: true,
             ..Default::default()
@@ -141,28 +123,24 @@ mod tests {
 
     #[test]
     fn ping_and_probe() {
-        let (_tmp, mut d) = test_dispatcher();
+        let (_tmp, d) = test_dispatcher();
         let peer = Peer {
             pid: 1,
             uid: 0,
             gid: 0,
         };
-        assert!(matches!(
-            d.handle(&peer, Request::Ping),
-            Reply::Ready(Response::Pong)
-        ));
-        // A fresh probe, not the values given at start.
-        match d.handle(&peer, Request::Probe) {
-            Reply::Ready(Response::Probe(c)) => {
-                assert!(c.process_group && c.rlimit_cpu && c.data_dir_writable);
-                assert!(
-                    c.warnings.iter().any(|w| w.starts_with("cgroup: reading ")),
-                    "{:?}",
-                    c.warnings
-                );
-            }
-            Reply::Ready(other) => panic!("{other:?}"),
-            Reply::Pending(p) => panic!("a probe pending like a launch: {}", p.task_id()),
+        assert_eq!(d.handle(&peer, Request::Ping), Response::Pong);
+        // The capabilities found at start, not a fresh probe (which would
+        // find the tempdir data dir writable, and say why cgroups are not).
+        let at_start = HelperCapabilities {
+            process_group: true,
+            ..Default::default()
+        };
+        for _ in 0..2 {
+            assert_eq!(
+                d.handle(&peer, Request::Probe),
+                Response::Probe(at_start.clone())
+            );
         }
     }
 }

@@ -1,42 +1,31 @@
 //! The helper's half of a launch: validate, open the task directory under
-//! the data dir without following symlinks, then start the shim detached
-//! (its own session, a child of neither the helper nor the runtime) through
-//! a short-lived intermediate ([`sys::spawn_detached`]). The helper does not wait for the shim: [`launch`] returns a
-//! [`PendingLaunch`] holding the report pipe, which the serve loop polls
-//! with everything else; when the shim's one report is in (or the pipe
-//! ends, or 10 s pass) [`answer`] turns it into the reply, which goes out
-//! in request order on its connection (see [`crate::replies`]).
+//! the data dir without following symlinks, start the shim detached (its
+//! own session, a child of neither the helper nor the runtime) through a
+//! short-lived intermediate ([`sys::spawn_detached`]), and answer at once
+//! with the shim's pid and start ticks. What the shim does next is for the
+//! task directory to say (`shim.claim`, `started`, `result.json`).
 //!
 //! ```text
 //! helper ── clone(CLONE_VM|CLONE_VFORK) ──► intermediate: setsid, _Fork, _exit
 //!    │ waitpid(intermediate)             ┌───────────────────────┘
-//!    │                                   └──► shim (re-parented to init or the
-//!    │ pending launch: its report pipe        │   nearest subreaper)
-//!    │ joins the poll set; other requests     │ claim, set up, exec the task
-//!    │ and connections are served meanwhile   │
-//!    │ ◄──────── one report frame (≤ 10 s) ───┘
-//!    ▼ answer → its reply slot; replies leave in request order
+//!    │ reads the shim's pid              └──► shim (re-parented to init or the
+//!    │ and its start ticks                    │   nearest subreaper)
+//!    ▼ replies Launched                       │ claim, set up, exec the task,
+//!                                             ▼ `started`, monitor, result.json
 //! ```
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::time::{Duration, Instant};
 
-use execgo_runtime_protocol::{HelperError, HelperErrorKind, LaunchSpec, Response};
+use execgo_runtime_protocol::taskdir::start_ticks;
+use execgo_runtime_protocol::{HelperError, HelperErrorKind, LaunchSpec, Launched, Response};
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
 
 use crate::dispatch::Context;
 use crate::peer::Peer;
-use crate::pending::PendingLaunch;
-use crate::replies::Reply;
-use crate::shim::report::{ReportError, ReportReader, ShimReport};
 use crate::shim::{self, ShimContext};
+use crate::sys::DetachError;
 use crate::validate::{validate, ValidateError};
 use crate::{fs_at, logging, sys};
-
-/// How long a shim has to report before its launch is answered with an
-/// error (the shim carries on either way; its claim tells the runtime).
-pub const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -52,14 +41,8 @@ pub enum LaunchError {
         #[source]
         source: Errno,
     },
-    #[error("creating the report pipe failed")]
-    Pipe(#[source] Errno),
-    #[error("making the report pipe non-blocking failed")]
-    PipeNonBlocking(#[source] Errno),
     #[error("starting the shim failed")]
-    Fork(#[source] Errno),
-    #[error("launching the shim failed")]
-    Report(#[source] ReportError),
+    Start(#[source] DetachError),
 }
 
 impl LaunchError {
@@ -68,47 +51,28 @@ impl LaunchError {
             LaunchError::Invalid(_)
             | LaunchError::TaskDirMissing(_)
             | LaunchError::TaskDirNotADir(_) => HelperErrorKind::InvalidRequest,
-            LaunchError::TaskDir { .. }
-            | LaunchError::Pipe(_)
-            | LaunchError::PipeNonBlocking(_)
-            | LaunchError::Fork(_) => HelperErrorKind::LaunchFailed,
-            LaunchError::Report(_) => HelperErrorKind::Internal,
+            // A shim may be running, and nobody knows its pid: not a plain
+            // launch failure (see docs/helper.md).
+            LaunchError::Start(DetachError::Lost(_)) => HelperErrorKind::Internal,
+            LaunchError::TaskDir { .. } | LaunchError::Start(_) => HelperErrorKind::LaunchFailed,
         }
     }
 }
 
-/// Starts a launch. Refused or failed before the fork: a ready error
-/// reply. Otherwise the shim runs and the reply is pending its report.
-pub fn launch(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Reply {
+/// Serves a launch: `Launched` once the shim is started, or why not.
+pub fn launch(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Response {
     let task_id = spec.task_id.clone();
+    let task_id = task_id.as_str();
     match start(ctx, peer, spec) {
-        Ok(report) => Reply::Pending(PendingLaunch::new(task_id, report)),
-        Err(e) => Reply::Ready(answer(&task_id, Err(e))),
-    }
-}
-
-/// The one mapping from a launch's outcome to its reply and log line.
-pub fn answer(task_id: &str, outcome: Result<ShimReport, LaunchError>) -> Response {
-    match outcome {
-        Ok(ShimReport::Launched(l)) => {
+        Ok(l) => {
             tracing::info!(
                 target: logging::TARGET,
                 task_id,
                 shim_pid = l.shim_pid,
-                pid = l.pid,
-                already_claimed = l.already_claimed,
-                "launch reported"
+                shim_start_ticks = l.shim_start_ticks,
+                "shim launched"
             );
             Response::Launched(l)
-        }
-        Ok(ShimReport::Failed(e)) => {
-            tracing::warn!(
-                target: logging::TARGET,
-                task_id,
-                error = e.message.as_str(),
-                "launch failed in the shim"
-            );
-            Response::Error(e)
         }
         Err(e) => {
             let message = logging::chain(&e);
@@ -126,16 +90,11 @@ pub fn answer(task_id: &str, outcome: Result<ShimReport, LaunchError>) -> Respon
     }
 }
 
-/// Validates, forks the shim, and hands back the reader of its report.
-fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<ReportReader, LaunchError> {
+/// Validates, starts the shim, and names it.
+fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, LaunchError> {
     // Validation first: a refused request has no side effect at all.
     let launch = validate(spec)?;
     let task_dir = open_task_dir(ctx, &launch.task_id)?;
-    let (report_r, report_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(LaunchError::Pipe)?;
-    // Our end is made non-blocking before the fork, so a failure here
-    // starts nothing; the shim's end stays blocking.
-    let report = ReportReader::new(report_r, REPORT_TIMEOUT, Instant::now())
-        .map_err(LaunchError::PipeNonBlocking)?;
     let shim_ctx = ShimContext {
         launch,
         task_dir,
@@ -143,11 +102,16 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<ReportReader, L
         peer_gid: peer.gid,
         privileged: ctx.capabilities.privileged,
     };
-    // The shim runs in a copy of our memory, owning its own copies of the
-    // context and the pipe's write end; ours are dropped when this returns.
-    sys::spawn_detached(move || shim::run(shim_ctx, report_w)).map_err(LaunchError::Fork)?;
-    // The report is read by the serve loop, as the pipe becomes readable.
-    Ok(report)
+    // The shim runs in a copy of our memory, owning its own copy of the
+    // context; ours is dropped when this returns.
+    let shim = sys::spawn_detached(move || shim::run(shim_ctx)).map_err(LaunchError::Start)?;
+    let shim_pid = shim.as_raw();
+    // 0 when the shim has exited already (it found the task claimed, say).
+    let shim_start_ticks = start_ticks(shim_pid).unwrap_or(0);
+    Ok(Launched {
+        shim_pid,
+        shim_start_ticks,
+    })
 }
 
 /// `tasks/<id>`, resolved under the data dir descriptor one component at a

@@ -1,11 +1,12 @@
 //! `execgo-runtime-helper`: the privileged half of execgo-runtime.
 //!
-//! It cleans itself up ([`startup`]), probes the host ([`probe`]; again on
-//! each `Probe` request), then serves the closed request set of the protocol ([`dispatch`]) on a
+//! It cleans itself up ([`startup`]), probes the host once ([`probe`]),
+//! then serves the closed request set of the protocol ([`dispatch`]) on a
 //! Unix socket ([`server`]): its own listener in standalone mode, or one
 //! socketpair end inherited from `execgo-runtime serve` in embedded mode.
-//! A launch becomes a detached per-task [`shim`]. Synchronous and
-//! single-threaded throughout; see `docs/helper.md`.
+//! A launch becomes a detached per-task [`shim`], answered as soon as the
+//! shim is started. Synchronous and single-threaded throughout (the shim's
+//! fork relies on it); see `docs/helper.md`.
 #![deny(unsafe_code)]
 
 mod cgroup;
@@ -20,10 +21,8 @@ mod logging;
 mod namespaces;
 mod os_error;
 mod peer;
-mod pending;
 mod probe;
 mod probe_child;
-mod replies;
 mod rlimits;
 mod rootfs;
 mod seccomp;
@@ -160,12 +159,11 @@ fn run(args: cli::Args) -> Result<(), MainError> {
     for w in &capabilities.warnings {
         tracing::warn!(target: logging::TARGET, reason = w.as_str(), "capability missing");
     }
-    let mut dispatcher = Dispatcher::new(Context {
+    let dispatcher = Dispatcher::new(Context {
         data_fd,
-        probe: probe_config,
         capabilities,
     });
-    server::serve(mode, &mut dispatcher)?;
+    server::serve(mode, &dispatcher)?;
     Ok(())
 }
 

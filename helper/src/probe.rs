@@ -1,4 +1,4 @@
-//! The capability probe: at start, and afresh on every `Probe` request.
+//! The capability probe, run once at start; `Probe` requests get its result.
 //! Nothing is inferred from the uid: each mechanism the sandbox uses is
 //! really tried, and a missing one leaves a warning saying which step
 //! failed and why.

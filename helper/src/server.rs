@@ -1,14 +1,13 @@
-//! The serve loop: one thread, one poll(2) over the listener (standalone),
-//! every connection and every pending launch's report pipe, with a timeout
-//! to the earliest deadline (a partial frame's, a shim's report's). So
-//! launches overlap: while one shim sets up, the helper reads requests,
-//! forks other shims and answers other connections. Each connection
-//! answers its own requests in order (see [`crate::conn`]).
+//! The serve loop: one thread, one poll(2) over the listener (standalone
+//! mode) and every connection, with a timeout to the earliest partial
+//! frame's deadline. A readable connection's requests are served to
+//! completion and answered at once, in order (see [`crate::conn`]): a
+//! launch costs the time to start its shim, not the time its task takes to
+//! start.
 //!
 //! Each new connection's SO_PEERCRED is checked before a byte is read; a
 //! refused peer is closed without a reply. Embedded mode serves its single
-//! inherited connection and returns when the peer closes it, at once: the
-//! shims of its pending launches are on their own.
+//! inherited connection and returns when the peer closes it.
 
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -50,7 +49,7 @@ pub enum Mode {
     },
 }
 
-pub fn serve(mode: Mode, d: &mut Dispatcher) -> Result<(), ServeError> {
+pub fn serve(mode: Mode, d: &Dispatcher) -> Result<(), ServeError> {
     let (listener, policy, mut conns) = match mode {
         Mode::Standalone { listener, policy } => (Some(listener), policy, Vec::new()),
         Mode::Embedded { stream, policy } => {
@@ -73,54 +72,40 @@ pub fn serve(mode: Mode, d: &mut Dispatcher) -> Result<(), ServeError> {
             tracing::info!(target: logging::TARGET, "the runtime closed its connection; exiting");
             return Ok(());
         }
-        let next = conns
-            .iter()
-            .map(Conn::deadline)
-            .fold(None, deadline::earliest);
+        let next = conns.iter().filter_map(Conn::deadline).min();
         let timeout = deadline::poll_timeout_ms(Instant::now(), next);
-        // revents of the listener, then of each connection's descriptors
-        // (how many each has: `counts`), in the order they were listed.
-        let (revents, counts) = {
+        // Whether each descriptor had an event: the listener's first, if
+        // there is one, then each connection's in order.
+        let events: Vec<bool> = {
             let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(conns.len() + 1);
             if let Some(l) = &listener {
                 fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
             }
-            let mut counts = Vec::with_capacity(conns.len());
-            for c in &conns {
-                let before = fds.len();
-                fds.extend(c.poll_fds());
-                counts.push(fds.len() - before);
-            }
+            fds.extend(conns.iter().map(|c| PollFd::new(c.fd(), PollFlags::POLLIN)));
             let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::NONE);
             match poll(&mut fds, timeout) {
                 Ok(_) => {}
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(ServeError::Poll(e)),
             }
-            let revents: Vec<PollFlags> = fds
-                .iter()
-                .map(|f| f.revents().unwrap_or(PollFlags::empty()))
-                .collect();
-            (revents, counts)
+            fds.iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect()
         };
-        let mut rest = revents.as_slice();
-        let accept_ready = match (&listener, rest.split_first()) {
-            (Some(_), Some((first, others))) => {
-                rest = others;
-                !first.is_empty()
-            }
-            _ => false,
+        let (accept_ready, conn_events) = match (&listener, events.split_first()) {
+            (Some(_), Some((first, rest))) => (*first, rest),
+            _ => (false, events.as_slice()),
         };
         let now = Instant::now();
-        let mut keep = Vec::with_capacity(conns.len());
-        for (mut conn, n) in conns.into_iter().zip(counts) {
-            let (mine, others) = rest.split_at(n.min(rest.len()));
-            rest = others;
-            if conn.on_events(mine, now, d) == Flow::Open {
-                keep.push(conn);
-            }
-        }
-        conns = keep;
+        let mut conn_events = conn_events.iter();
+        conns.retain_mut(|c| {
+            // A hang-up or an error is an event too: the read finds it.
+            let flow = match conn_events.next() {
+                Some(true) => c.on_readable(d),
+                _ => Flow::Open,
+            };
+            flow == Flow::Open && c.on_tick(now) == Flow::Open
+        });
         if accept_ready {
             if let Some(l) = &listener {
                 accept_all(l, &policy, &mut conns);

@@ -176,9 +176,10 @@ fn journald_gets_the_helpers_and_the_shims_lines_with_task_id() {
     let l = h.client().launch(spec(id, &["/bin/echo", "hi"]));
     let r = wait_result(&dir, WAIT);
     assert_eq!(r["status"], "success", "{r}");
+    let task_pid = r["pid"].to_string();
 
     let wanted = [
-        "launch reported",
+        "shim launched",
         "shim started",
         "task started",
         "result recorded",
@@ -209,19 +210,18 @@ fn journald_gets_the_helpers_and_the_shims_lines_with_task_id() {
     }
     let by = |m: &str| found.iter().find(|v| v["MESSAGE"] == m).unwrap();
     // The helper's own line, from the helper's pid.
-    let reported = by("launch reported");
-    assert_eq!(reported["_PID"], helper_pid.to_string());
-    assert_eq!(reported["PRIORITY"], "6");
-    assert_eq!(reported["SHIM_PID"], l.shim_pid.to_string());
-    assert_eq!(reported["PID"], l.pid.unwrap().to_string());
-    assert_eq!(reported["ALREADY_CLAIMED"], "false");
+    let launched = by("shim launched");
+    assert_eq!(launched["_PID"], helper_pid.to_string());
+    assert_eq!(launched["PRIORITY"], "6");
+    assert_eq!(launched["SHIM_PID"], l.shim_pid.to_string());
+    assert_eq!(launched["SHIM_START_TICKS"], l.shim_start_ticks.to_string());
     // The shim's lines, from the shim's pid, at info.
     for m in ["shim started", "task started", "result recorded"] {
         assert_eq!(by(m)["_PID"], l.shim_pid.to_string(), "{m}");
         assert_eq!(by(m)["PRIORITY"], "6", "{m}");
     }
     assert_eq!(by("shim started")["SHIM_PID"], l.shim_pid.to_string());
-    assert_eq!(by("task started")["PID"], l.pid.unwrap().to_string());
+    assert_eq!(by("task started")["PID"], task_pid);
     assert_eq!(by("task started")["PROFILE"], "process");
     assert_eq!(by("task started")["PROGRAM"], "/bin/echo");
     assert_eq!(by("result recorded")["STATUS"], "success");
@@ -305,7 +305,7 @@ fn journald_gets_the_helpers_and_the_shims_lines_with_task_id() {
     assert_eq!(warned["PRIORITY"], "4");
     // In journald mode the helper writes nothing to stderr.
     assert!(
-        !h.log().contains("launch reported"),
+        !h.log().contains("shim launched"),
         "helper stderr: {}",
         h.log()
     );

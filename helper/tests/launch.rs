@@ -1,4 +1,5 @@
-//! Launches through the real helper binary: the shim runs the task, enforces
+//! Launches through the real helper binary: the reply names the shim, the
+//! shim claims and runs the task, records its start in `started`, enforces
 //! its limits and writes result.json as the contract says.
 
 mod common;
@@ -7,7 +8,9 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
-use common::{spec, stat_fields, wait_result, Helper};
+use common::{
+    has_started, read_claim, spec, stat_fields, wait_gone, wait_result, wait_started, Helper,
+};
 use execgo_runtime_protocol::{HelperErrorKind, Request, Response};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -18,11 +21,9 @@ fn echo_succeeds_with_its_output() {
     let dir = h.task("echo");
     let mut c = h.client();
     let l = c.launch(spec("echo", &["/bin/echo", "hi"]));
-    assert!(!l.already_claimed);
-    assert!(l.pid.is_some());
-    assert_eq!(l.pid, l.pgid);
-    assert!(l.started_at.is_some());
-    assert!(l.shim_start_ticks > 0);
+    assert!(l.shim_pid > 0);
+    let started = wait_started(&dir, WAIT);
+    assert_eq!(started.pid, started.pgid);
     let r = wait_result(&dir, WAIT);
     assert_eq!(r["status"], "success", "{r}");
     assert_eq!(r["stdout"], "hi\n");
@@ -34,21 +35,25 @@ fn echo_succeeds_with_its_output() {
     // Template fields survive; outcome fields replace the template's.
     assert_eq!(r["task_id"], "echo");
     assert_eq!(r["handle_id"], "echo");
-    assert_eq!(r["pid"], l.pid.unwrap());
-    assert_eq!(r["pgid"], l.pid.unwrap());
+    // `started` and the result agree on the process and its start.
+    assert_eq!(r["pid"], started.pid);
+    assert_eq!(r["pgid"], started.pid);
     assert_eq!(r["shim_pid"], l.shim_pid);
-    assert_eq!(r["started_at"], l.started_at.unwrap().as_str());
+    assert_eq!(r["started_at"], started.started_at.as_str());
     assert_eq!(r["updated_at"], r["finished_at"]);
     assert!(r["duration_ms"].is_u64());
     assert!(r["usage"]["duration_ms"].is_u64());
     assert!(r["usage"]["max_rss_bytes"].as_u64().unwrap() > 0);
     assert_eq!(r["kill_requested"], false);
     assert_eq!(r["timed_out"], false);
-    // The claim names the shim: a symlink whose target is the record.
-    let target = std::fs::read_link(dir.join("shim.claim")).unwrap();
-    let claim: serde_json::Value = serde_json::from_str(target.to_str().unwrap()).unwrap();
-    assert_eq!(claim["shim_pid"], l.shim_pid);
-    assert_eq!(claim["shim_start_ticks"], l.shim_start_ticks);
+    // The claim names the shim the reply named: a symlink whose target is
+    // the record. (The reply's ticks are 0 if the shim had exited already.)
+    let claim = read_claim(&dir);
+    assert_eq!(claim.shim_pid, l.shim_pid);
+    assert!(
+        [0, claim.shim_start_ticks].contains(&l.shim_start_ticks),
+        "{l:?} {claim:?}"
+    );
     assert!(dir.join("workspace").is_dir());
     assert!(!dir.join("result.json.tmp").exists());
 }
@@ -165,6 +170,7 @@ fn the_shim_handles_only_the_signals_its_task_child_resets() {
     let dir = h.task("caught");
     let l = h.client().launch(spec("caught", &["sleep", "30"]));
     let shim = caught(l.shim_pid as u32);
+    wait_started(&dir, WAIT);
     send_kill(&dir);
     assert_eq!(wait_result(&dir, WAIT)["status"], "cancelled");
     assert_eq!(shim, std_handlers, "the shim");
@@ -203,9 +209,8 @@ fn a_missing_program_is_launch_failed_without_a_start() {
     for (id, prog) in [("bare", "no-such-program-xyz"), ("abs", "/no/such/program")] {
         let dir = h.task(id);
         let l = c.launch(spec(id, &[prog, "arg"]));
-        assert_eq!((l.pid, l.pgid, l.started_at.as_deref()), (None, None, None));
-        assert!(!l.already_claimed);
         let r = wait_result(&dir, WAIT);
+        assert!(!has_started(&dir), "{id}: started without an exec");
         assert_eq!(r["status"], "failed", "{r}");
         assert_eq!(r["error"]["code"], "launch_failed");
         assert_eq!(
@@ -300,6 +305,8 @@ fn a_k_on_the_fifo_cancels_the_task() {
     let h = Helper::start();
     let dir = h.task("killme");
     h.client().launch(spec("killme", &["sleep", "30"]));
+    // The control FIFO is there before the task starts.
+    wait_started(&dir, WAIT);
     let t = Instant::now();
     send_kill(&dir);
     let r = wait_result(&dir, WAIT);
@@ -338,6 +345,7 @@ fn a_task_ignoring_sigterm_is_killed_after_the_grace() {
     let mut s = spec("stubborn-kill", &["sh", "-c", "trap '' TERM; sleep 30"]);
     s.termination_grace_ms = 500;
     h.client().launch(s);
+    wait_started(&dir, WAIT);
     // Give sh time to install its trap before the TERM arrives.
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
@@ -360,22 +368,39 @@ fn a_second_launch_finds_the_claim_and_runs_nothing() {
     let s = spec("once", &["sh", "-c", "echo run >> ../ran"]);
     let first = c.launch(s.clone());
     wait_result(&dir, WAIT);
+    // The second launch gets a shim of its own, which finds the claim and
+    // exits; the claim still names the first.
     let second = c.launch(s.clone());
-    assert!(second.already_claimed);
-    assert_eq!(second.shim_pid, first.shim_pid);
-    assert_eq!(second.shim_start_ticks, first.shim_start_ticks);
-    assert_eq!((second.pid, second.started_at.as_deref()), (None, None));
-    // And again while a claimed task is still running.
+    assert_ne!(second.shim_pid, first.shim_pid);
+    wait_gone(second.shim_pid, WAIT);
+    assert_eq!(read_claim(&dir).shim_pid, first.shim_pid);
+    assert_eq!(already_claimed_lines(&dir), [first.shim_pid]);
+    // And two launches at once: their shims race for the claim, one runs
+    // the task and the other finds it claimed.
     let dir2 = h.task("once-running");
     let s2 = spec("once-running", &["sh", "-c", "echo run >> ../ran; sleep 1"]);
-    let running = c.launch(s2.clone());
-    let again = c.launch(s2);
-    assert!(again.already_claimed);
-    assert_eq!(again.shim_pid, running.shim_pid);
+    let a = c.launch(s2.clone());
+    let b = c.launch(s2);
     wait_result(&dir2, WAIT);
-    std::thread::sleep(Duration::from_millis(100));
+    let winner = read_claim(&dir2).shim_pid;
+    assert!([a.shim_pid, b.shim_pid].contains(&winner), "{winner}");
+    let loser = if winner == a.shim_pid { b } else { a };
+    wait_gone(loser.shim_pid, WAIT);
+    assert_eq!(already_claimed_lines(&dir2), [winner]);
     assert_eq!(std::fs::read_to_string(dir.join("ran")).unwrap(), "run\n");
     assert_eq!(std::fs::read_to_string(dir2.join("ran")).unwrap(), "run\n");
+}
+
+/// The claimants named by the "task already claimed" lines of `shim.log`
+/// (the test helper logs at debug, so every shim line is there).
+fn already_claimed_lines(dir: &std::path::Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("shim.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["message"] == "task already claimed; not running it again")
+        .map(|v| v["claimed_by"].as_i64().unwrap() as i32)
+        .collect()
 }
 
 #[test]
@@ -383,6 +408,11 @@ fn the_shim_is_detached_from_the_helper() {
     let mut h = Helper::start();
     let dir = h.task("detached");
     let l = h.client().launch(spec("detached", &["sleep", "30"]));
+    let started = wait_started(&dir, WAIT);
+    // A shim that is running: the reply's start ticks are its own, as its
+    // claim says.
+    assert!(l.shim_start_ticks > 0);
+    assert_eq!(read_claim(&dir).shim_start_ticks, l.shim_start_ticks);
     let shim = stat_fields(l.shim_pid).expect("shim is running");
     let ppid: u32 = shim[1].parse().unwrap();
     let sid: i32 = shim[3].parse().unwrap();
@@ -393,11 +423,11 @@ fn the_shim_is_detached_from_the_helper() {
         "nor the runtime's (here: the test)"
     );
     assert_eq!(sid, l.shim_pid, "the shim leads its own session");
-    let task = stat_fields(l.pid.unwrap()).expect("task is running");
+    let task = stat_fields(started.pid).expect("task is running");
     let task_ppid: i32 = task[1].parse().unwrap();
     let task_pgid: i32 = task[2].parse().unwrap();
     assert_eq!(task_ppid, l.shim_pid);
-    assert_eq!(task_pgid, l.pid.unwrap());
+    assert_eq!(task_pgid, started.pid);
     // The helper can go away; the shim and its task carry on.
     h.stop();
     std::thread::sleep(Duration::from_millis(100));
@@ -421,17 +451,8 @@ fn orphans_in_the_group_do_not_outlive_the_task() {
     let r = wait_result(&dir, WAIT);
     assert_eq!(r["status"], "success", "{r}");
     let bg: i32 = r["stdout"].as_str().unwrap().trim().parse().unwrap();
-    let until = Instant::now() + Duration::from_secs(5);
-    loop {
-        // Gone, or a zombie waiting for init.
-        match stat_fields(bg) {
-            None => break,
-            Some(f) if f[0] == "Z" => break,
-            Some(_) => {}
-        }
-        assert!(Instant::now() < until, "background process {bg} survived");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // Gone, or a zombie waiting for init.
+    wait_gone(bg, Duration::from_secs(5));
 }
 
 #[test]
@@ -505,10 +526,10 @@ fn a_symlink_in_the_workspace_chain_fails_the_launch() {
     std::os::unix::fs::symlink(&outside, dir.join("workspace/a")).unwrap();
     let mut s = spec("ws-link", &["/bin/true"]);
     s.workspace_subdir = Some("a/b".into());
-    let l = h.client().launch(s);
-    assert_eq!(l.pid, None);
+    h.client().launch(s);
     let r = wait_result(&dir, WAIT);
     assert_eq!(r["error"]["code"], "launch_failed", "{r}");
+    assert!(!has_started(&dir));
     assert!(
         r["error"]["message"].as_str().unwrap().contains("symlink"),
         "{r}"

@@ -23,10 +23,9 @@ pub use frame::{
 pub use message::*;
 pub use outcome::*;
 
-/// Version spoken in the handshake. Both sides must agree exactly.
-/// 2: `HelperCapabilities` gained the namespace, rootfs, seccomp and cgroup
-/// probe results.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version spoken in the handshake. Both sides must agree exactly; any
+/// change of a type's shape bumps it (the history is in `docs/helper.md`).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Magic bytes opening every [`message::Hello`], so a stray client is told
 /// apart from a version mismatch.

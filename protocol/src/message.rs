@@ -207,22 +207,18 @@ pub struct LaunchLimits {
     pub stderr_max_bytes: u64,
 }
 
-/// The shim is up and the task's process has been exec'd (or failed to
-/// launch, in which case `result.json` already says so).
+/// The helper's answer to a launch: the shim is started and detached.
+/// What happens next is for the task directory to say (see
+/// [`crate::taskdir`]): the shim claims the task, writes `started` once the
+/// task's process is exec'd and `result.json` at the end; a shim that finds
+/// the task claimed already exits at once, running nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Launched {
     pub shim_pid: i32,
     /// Start time of the shim, in clock ticks since boot (field 22 of
-    /// `/proc/<pid>/stat`), so a reused pid is never mistaken for it.
+    /// `/proc/<pid>/stat`), so a reused pid is never mistaken for it; 0
+    /// when the shim had exited already when the helper looked.
     pub shim_start_ticks: u64,
-    /// `None` when the launch failed before exec; `result.json` holds why.
-    pub pid: Option<i32>,
-    pub pgid: Option<i32>,
-    /// RFC 3339 UTC time of the exec, when it happened.
-    pub started_at: Option<String>,
-    /// The task was already claimed by an earlier launch: nothing new ran,
-    /// and `shim_pid` refers to the claim's shim.
-    pub already_claimed: bool,
 }
 
 /// Why the helper refused or failed a request.

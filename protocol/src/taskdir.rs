@@ -8,6 +8,7 @@
 //! | `stdout.log`, `stderr.log` | runtime creates, the task writes | output |
 //! | `shim.claim` | shim, `symlinkat` | the single-run guard: [`ClaimRecord`] |
 //! | `control` | shim, a FIFO | the runtime writes [`KILL_BYTE`] to kill |
+//! | `started` | shim, `symlinkat`, once the task is exec'd | [`StartedRecord`] |
 //! | `workspace/` | shim | the task's working directory |
 //! | `shim.log` | shim, on trouble only | the shim's warnings and errors |
 //! | `result.json.tmp` → `result.json` | shim | the terminal status body |
@@ -21,6 +22,7 @@ pub const STDOUT: &str = "stdout.log";
 pub const STDERR: &str = "stderr.log";
 pub const CLAIM: &str = "shim.claim";
 pub const CONTROL: &str = "control";
+pub const STARTED: &str = "started";
 pub const WORKSPACE: &str = "workspace";
 pub const SHIM_LOG: &str = "shim.log";
 pub const RESULT: &str = "result.json";
@@ -65,6 +67,31 @@ impl ClaimRecord {
         serde_json::from_slice::<ClaimRecord>(bytes)
             .ok()
             .filter(|c| c.shim_pid > 0)
+    }
+}
+
+/// The task's process as its shim started it: the target of the `started`
+/// symlink, `{"pid":N,"pgid":N,"started_at":"<RFC 3339>"}`. Created once
+/// the process is exec'd, whole or not at all; not fsynced (a restart
+/// finds the shim through its claim).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartedRecord {
+    pub pid: i32,
+    pub pgid: i32,
+    pub started_at: String,
+}
+
+impl StartedRecord {
+    /// The symlink target.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// A record as [`Self::encode`] writes it; `None` for anything else.
+    pub fn parse(bytes: &[u8]) -> Option<StartedRecord> {
+        serde_json::from_slice::<StartedRecord>(bytes)
+            .ok()
+            .filter(|r| r.pid > 0 && r.pgid > 0 && unix_ms(&r.started_at).is_some())
     }
 }
 
@@ -130,6 +157,28 @@ mod tests {
             b"not a record",
         ] {
             assert_eq!(ClaimRecord::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn started_records_round_trip() {
+        let r = StartedRecord {
+            pid: 12,
+            pgid: 12,
+            started_at: "2026-01-01T00:00:00.000Z".into(),
+        };
+        assert_eq!(
+            r.encode(),
+            r#"{"pid":12,"pgid":12,"started_at":"2026-01-01T00:00:00.000Z"}"#
+        );
+        assert_eq!(StartedRecord::parse(r.encode().as_bytes()), Some(r));
+        for bad in [
+            &b""[..],
+            br#"{"pid":0,"pgid":1,"started_at":"2026-01-01T00:00:00.000Z"}"#,
+            br#"{"pid":1,"pgid":1,"started_at":"soon"}"#,
+            br#"{"pid":1}"#,
+        ] {
+            assert_eq!(StartedRecord::parse(bad), None, "{bad:?}");
         }
     }
 

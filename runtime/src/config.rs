@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args};
 
-use crate::api::model::CapabilityMode;
+use crate::model::CapabilityMode;
 
 /// Flags of `execgo-runtime serve`.
 #[derive(Debug, Clone, Args)]

@@ -84,6 +84,18 @@ pub struct HelperLink {
     latest_probe: Mutex<Option<(HelperCapabilities, String)>>,
 }
 
+/// What the host is taken to offer before the helper ever answered: the
+/// process profile's minimum (process groups and rlimits exist on every
+/// Linux), nothing probed.
+pub fn unreached_probe() -> HelperCapabilities {
+    HelperCapabilities {
+        process_group: true,
+        rlimit_cpu: true,
+        rlimit_memory: true,
+        ..Default::default()
+    }
+}
+
 const IO_TIMEOUT: Duration = Duration::from_secs(15);
 const RETRY_AFTER: Duration = Duration::from_millis(200);
 
@@ -181,9 +193,19 @@ impl HelperLink {
     }
 
     /// The newest probe result and its RFC 3339 time, if any connect
-    /// succeeded yet.
+    /// succeeded yet: the runtime's one source of truth about the host.
     pub fn latest_probe(&self) -> Option<(HelperCapabilities, String)> {
         self.latest_probe.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// Runs `f` on the newest probe, or on [`unreached_probe`] while no
+    /// connect has succeeded.
+    pub fn with_probe<T>(&self, f: impl FnOnce(&HelperCapabilities) -> T) -> T {
+        let latest = self.latest_probe.lock().ok();
+        match latest.as_ref().and_then(|l| l.as_ref()) {
+            Some((p, _)) => f(p),
+            None => f(&unreached_probe()),
+        }
     }
 
     /// Capabilities the helper reported at connect (connecting first if

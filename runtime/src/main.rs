@@ -9,6 +9,7 @@ mod engine;
 mod helper_link;
 mod ledger;
 mod metrics;
+mod model;
 mod plan;
 mod platform;
 mod serve;

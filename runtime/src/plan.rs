@@ -2,8 +2,7 @@
 //! it, and why they differ. Resolved once at submit from the probed host
 //! capabilities; strict mode refuses any gap, adaptive mode records it.
 
-use crate::api::error::{ApiError, ApiErrorCode};
-use crate::api::model::{
+use crate::model::{
     CapabilityMode, ExecutionPlan, ResourceEnforcement, SandboxPolicy, SandboxProfile,
     SubmitTaskRequest,
 };
@@ -46,12 +45,24 @@ impl HostCaps {
     }
 }
 
+/// What a strict task asked for that this host cannot provide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported {
+    pub missing: Vec<&'static str>,
+}
+
+impl From<Unsupported> for crate::engine::EngineError {
+    fn from(u: Unsupported) -> Self {
+        crate::engine::EngineError::Unsupported { missing: u.missing }
+    }
+}
+
 /// Resolves the plan of `req`, or refuses it with `unsupported_capability`.
 pub fn resolve(
     req: &SubmitTaskRequest,
     default_mode: CapabilityMode,
     caps: &HostCaps,
-) -> Result<ExecutionPlan, ApiError> {
+) -> Result<ExecutionPlan, Unsupported> {
     let mode = req
         .policy
         .as_ref()
@@ -114,11 +125,7 @@ pub fn resolve(
     }
 
     if strict && !missing.is_empty() {
-        return Err(ApiError::new(
-            ApiErrorCode::UnsupportedCapability,
-            format!("this runtime cannot provide: {}", missing.join(", ")),
-        )
-        .with_details(serde_json::json!({ "missing": missing })));
+        return Err(Unsupported { missing });
     }
 
     Ok(ExecutionPlan {
@@ -192,8 +199,7 @@ mod tests {
             "sandbox":{"profile":"linux_sandbox"},"policy":{"capability_mode":"strict"}}),
         );
         let e = resolve(&r, CapabilityMode::Adaptive, &PROCESS_HOST).unwrap_err();
-        assert_eq!(e.code, ApiErrorCode::UnsupportedCapability);
-        assert!(e.message.contains("linux_sandbox"));
+        assert_eq!(e.missing, ["linux_sandbox"]);
         let r = req(
             serde_json::json!({"execution":{"kind":"command","program":"x"},
             "sandbox":{"profile":"linux_sandbox"},

@@ -8,7 +8,6 @@ use anyhow::Context;
 use crate::config::{Config, ServeArgs};
 use crate::engine::Engine;
 use crate::helper_link::{HelperLink, HelperMode};
-use crate::plan::HostCaps;
 use crate::store::Store;
 
 /// Logs filtered by `RUST_LOG` (default `default`): JSON lines on stderr,
@@ -121,30 +120,22 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let embedded = matches!(mode, HelperMode::Embedded { .. });
     let helper = Arc::new(HelperLink::new(mode));
-    let probe = helper.capabilities().await;
-    let helper_caps = match probe {
-        Ok(c) => c,
+    match helper.capabilities().await {
+        Ok(_) => {}
         Err(e) if embedded => {
             return Err(anyhow::Error::new(e).context("starting the embedded helper"));
         }
         Err(e) => {
             tracing::warn!(error = %crate::engine::error_chain(&e),
                 "helper not reachable yet; tasks wait until it is");
-            execgo_runtime_protocol::HelperCapabilities {
-                rlimit_cpu: true,
-                rlimit_memory: true,
-                process_group: true,
-                ..Default::default()
-            }
         }
-    };
-    let caps = HostCaps::from_probe(&helper_caps, &cfg.args);
+    }
     let listen = cfg.args.listen_addr;
-    let engine = Arc::new(Engine::new(cfg, store, helper, caps, helper_caps));
+    let engine = Arc::new(Engine::new(cfg, store, helper));
     engine
         .recover()
         .await
-        .map_err(|e| anyhow::anyhow!("recovering tasks: {}", e.message))?;
+        .map_err(|e| anyhow::anyhow!("recovering tasks: {}", crate::engine::error_chain(&e)))?;
     tokio::spawn(Arc::clone(&engine).dispatch_loop());
     tokio::spawn(Arc::clone(&engine).gc_loop());
 

@@ -32,7 +32,7 @@ pub fn config(e: &Engine) -> Value {
         "gc_interval_ms": a.gc_interval_ms,
         "dispatch_poll_interval_ms": a.dispatch_poll_interval_ms,
         "cgroup_root": a.cgroup_root.to_string_lossy(),
-        "default_capability_mode": crate::api::model::CapabilityMode::from(a.default_capability_mode),
+        "default_capability_mode": crate::model::CapabilityMode::from(a.default_capability_mode),
         "cgroup_enabled": !a.disable_cgroup,
     })
 }
@@ -78,15 +78,21 @@ pub async fn resources(e: &Engine) -> Result<Value, ApiError> {
 /// flag tried, not inferred), what tasks are offered on top of it, and the
 /// operator's overrides.
 pub fn capabilities(e: &Engine) -> Value {
-    let (probe, collected_at) = e
-        .helper
-        .latest_probe()
-        .unwrap_or_else(|| (e.probe.clone(), e.started_at.clone()));
+    let probed = e.helper.latest_probe();
+    let reached = probed.is_some();
+    let (probe, collected_at) =
+        probed.unwrap_or_else(|| (crate::helper_link::unreached_probe(), e.started_at.clone()));
     let p = &probe;
     let a = &e.cfg.args;
-    let caps = &e.caps;
+    let caps = &e.host_caps();
     let cgroup_on = !a.disable_cgroup;
     let mut warnings: Vec<String> = p.warnings.clone();
+    if !reached {
+        warnings.push(
+            "helper: not reached yet; nothing is probed and tasks wait until it answers"
+                .to_string(),
+        );
+    }
     if !crate::plan::LINUX_SANDBOX_IMPLEMENTED {
         warnings.push(
             "linux_sandbox: this runtime version does not implement the profile yet; \

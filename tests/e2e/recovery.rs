@@ -424,7 +424,7 @@ fn a_live_claimer_found_at_restart_is_followed() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, id) = launch_recorded_never_claimed(&tmp);
     let mut stand_in: Child = Command::new("/bin/sleep")
-        .arg("1")
+        .arg("3")
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
@@ -433,11 +433,22 @@ fn a_live_claimer_found_at_restart_is_followed() {
         shim_pid: pid,
         shim_start_ticks: execgo_runtime_protocol::taskdir::start_ticks(pid).unwrap(),
     };
-    let claim = dir.join("tasks").join(&id).join("shim.claim");
-    std::os::unix::fs::symlink(record.encode(), &claim).unwrap();
+    let task_dir = dir.join("tasks").join(&id);
+    std::os::unix::fs::symlink(record.encode(), task_dir.join("shim.claim")).unwrap();
     let s = Server::builder().data_dir(&dir).start();
+    // Claimed but not started yet: the task waits for its shim's start.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(s.status(&id)["status"], "accepted");
+    let started = execgo_runtime_protocol::taskdir::StartedRecord {
+        pid,
+        pgid: pid,
+        started_at: "2026-01-01T00:00:00.000Z".into(),
+    };
+    std::os::unix::fs::symlink(started.encode(), task_dir.join("started")).unwrap();
     let st = s.wait_status(&id, "running", T);
     assert_eq!(st["shim_pid"], pid, "{st}");
+    assert_eq!(st["pid"], pid, "{st}");
+    assert_eq!(st["started_at"], "2026-01-01T00:00:00.000Z", "{st}");
     assert!(
         s.events(&id).iter().any(|e| e["event_type"] == "recovered"
             && e["message"] == "re-attached to the shim that claimed the task"),

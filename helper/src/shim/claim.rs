@@ -1,7 +1,7 @@
 //! `shim.claim`: the single-run guard of a task. The first shim creates it
 //! as a symlink whose target is the claim record,
 //! `{"shim_pid":N,"shim_start_ticks":N}`, with symlinkat(2); any later shim
-//! for the same task gets EEXIST, reports that claim and exits without
+//! for the same task gets EEXIST, logs that claim and exits without
 //! running anything. The runtime reads it back (readlink) after a crash.
 //!
 //! Why a symlink: symlinkat is exclusive like `O_CREAT|O_EXCL` and creates

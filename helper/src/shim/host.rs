@@ -13,19 +13,16 @@ use nix::unistd::{Gid, Uid};
 
 use super::claim::{self, Claim, ClaimRecord};
 use super::monitor::{self, Monitor};
-use super::report::{self, ShimReport};
 use super::script::{Finished, ShimError, Steps};
 use super::spawn::{self, Plan, Started};
 use super::stdio::{self, TaskStdio};
-use super::{control, isolate, procstat, resolve, result, workspace, ShimContext};
+use super::{control, isolate, resolve, result, workspace, ShimContext};
 use crate::logging;
-use execgo_runtime_protocol::taskdir::now_rfc3339;
+use execgo_runtime_protocol::taskdir::{self, now_rfc3339, StartedRecord, STARTED};
 
 pub struct Host {
     ctx: ShimContext,
     me: ClaimRecord,
-    /// Until the report is sent.
-    report: Option<OwnedFd>,
     control: Option<File>,
     workspace: Option<OwnedFd>,
     stdio: Option<TaskStdio>,
@@ -37,14 +34,14 @@ pub struct Host {
 }
 
 impl Host {
-    pub fn new(ctx: ShimContext, report: OwnedFd) -> Host {
+    pub fn new(ctx: ShimContext) -> Host {
+        let shim_pid = nix::unistd::getpid().as_raw();
         Host {
             me: ClaimRecord {
-                shim_pid: nix::unistd::getpid().as_raw(),
-                shim_start_ticks: procstat::own_start_ticks(),
+                shim_pid,
+                shim_start_ticks: taskdir::start_ticks(shim_pid).unwrap_or(0),
             },
             ctx,
-            report: Some(report),
             control: None,
             workspace: None,
             stdio: None,
@@ -86,33 +83,37 @@ impl Steps for Host {
 
     fn isolate(&mut self) -> Result<(), ShimError> {
         let mut keep = vec![self.ctx.task_dir.as_raw_fd()];
-        keep.extend(self.report.as_ref().map(|r| r.as_raw_fd()));
         // The journal socket, in journald mode: the shim logs there too.
         keep.extend(logging::journal_fd());
-        let log_dir = isolate::isolate(self.ctx.task_dir.as_fd(), &keep)?;
-        logging::enter_shim(&self.ctx.launch.task_id, log_dir);
+        let isolated = isolate::isolate(&keep);
+        // shim.log gets a task directory descriptor of its own, even when
+        // isolation failed, so the failure is told there.
+        if let Ok(log_dir) = self.ctx.task_dir.try_clone() {
+            logging::enter_shim(&self.ctx.launch.task_id, log_dir);
+        }
+        isolated?;
         tracing::info!(target: logging::TARGET, shim_pid = self.me.shim_pid, "shim started");
         Ok(())
     }
 
     fn claim(&mut self) -> Result<Claim, ShimError> {
-        let dir = self.ctx.task_dir.as_fd();
-        let c = claim::take(dir, self.me)?;
-        match c {
-            Claim::Taken => {
-                // The result's temp file now, before the directory fsync that
-                // makes the claim durable (the next step): that fsync covers
-                // its entry too, so at the end the result needs only its own
-                // fdatasync.
-                self.result = Some(result::create(dir)?);
-            }
-            Claim::Existing(earlier) => tracing::info!(
+        let c = claim::take(self.ctx.task_dir.as_fd(), self.me)?;
+        if let Claim::Existing(earlier) = c {
+            tracing::info!(
                 target: logging::TARGET,
                 claimed_by = earlier.shim_pid,
                 "task already claimed; not running it again"
-            ),
+            );
         }
         Ok(c)
+    }
+
+    fn prepare_result(&mut self) -> Result<(), ShimError> {
+        // Before the directory fsync that makes the claim durable (the next
+        // step): that fsync covers this entry too, so at the end the result
+        // needs only its own fdatasync.
+        self.result = Some(result::create(self.ctx.task_dir.as_fd())?);
+        Ok(())
     }
 
     fn make_claim_durable(&mut self) -> Result<(), ShimError> {
@@ -192,18 +193,19 @@ impl Steps for Host {
         Ok(started)
     }
 
-    fn report(&mut self, r: ShimReport) {
-        if let Some(pipe) = self.report.take() {
-            // EPIPE: the helper is gone (restarted, or gave up waiting). The
-            // task goes on; the runtime finds it through shim.claim.
-            if let Err(e) = report::send(&pipe, &r) {
-                tracing::warn!(
-                    target: logging::TARGET,
-                    error = %logging::chain(&e),
-                    "reporting to the helper failed; carrying on"
-                );
-            }
-        }
+    fn record_started(&mut self, started: &Started) -> Result<(), ShimError> {
+        // A symlink, like the claim: it appears with its record, whole.
+        let record = StartedRecord {
+            pid: started.pid,
+            pgid: started.pid,
+            started_at: started.started_at.clone(),
+        };
+        nix::unistd::symlinkat(
+            record.encode().as_str(),
+            Some(self.ctx.task_dir.as_raw_fd()),
+            STARTED,
+        )
+        .map_err(ShimError::Started)
     }
 
     fn monitor(&mut self, started: &Started) -> Result<Finished, ShimError> {

@@ -1,11 +1,9 @@
 //! The shim's first step, right after the fork: its own session, no
-//! descriptor of the helper's but the ones it was given (the report pipe,
-//! the task directory and, in journald mode, the journal socket), and 0, 1
-//! and 2 on /dev/null. Its diagnostics go to `shim.log`, which the log
-//! module creates when there is one to write (see [`crate::logging`]); it gets
-//! a descriptor of the task directory of its own for that.
+//! descriptor of the helper's but the ones it was given (the task
+//! directory and, in journald mode, the journal socket), and 0, 1 and 2 on
+//! /dev/null. Its diagnostics go to `shim.log` (see [`crate::logging`]).
 
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -24,14 +22,11 @@ pub enum IsolateError {
     DevNull(#[source] Errno),
     #[error("redirecting the shim's stdio failed")]
     Dup(#[source] Errno),
-    #[error("duplicating the task directory descriptor for the log failed")]
-    LogDir(#[source] std::io::Error),
 }
 
-/// `keep`: the report pipe, the task directory and the journal socket, if
-/// any (all close-on-exec, so the task gets none of them). Returns the log's
-/// descriptor of `task_dir` (close-on-exec too).
-pub fn isolate(task_dir: BorrowedFd<'_>, keep: &[RawFd]) -> Result<OwnedFd, IsolateError> {
+/// `keep`: the task directory and the journal socket, if any (both
+/// close-on-exec, so the task gets neither).
+pub fn isolate(keep: &[RawFd]) -> Result<(), IsolateError> {
     // A session of our own: the shim outlives the helper's session and no
     // terminal signal of it reaches us.
     nix::unistd::setsid().map_err(IsolateError::Setsid)?;
@@ -47,5 +42,5 @@ pub fn isolate(task_dir: BorrowedFd<'_>, keep: &[RawFd]) -> Result<OwnedFd, Isol
     for to in 0..3 {
         nix::unistd::dup2(null.as_raw_fd(), to).map_err(IsolateError::Dup)?;
     }
-    task_dir.try_clone_to_owned().map_err(IsolateError::LogDir)
+    Ok(())
 }

@@ -5,17 +5,17 @@
 //! SIGKILL), reaps it with its resource usage, and writes
 //! `tasks/<id>/result.json` atomically.
 //!
-//! [`script::run`] is the launch, step by step; [`host::Host`] does each
-//! step for real. Files the shim owns in `tasks/<id>/`: `shim.claim`,
-//! `control`, `shim.log`, `workspace/`, `result.json`.
+//! It reports to nobody: the runtime reads what happened in the task
+//! directory. [`script::run`] is the launch, step by step; [`host::Host`]
+//! does each step for real. Files the shim owns in `tasks/<id>/`:
+//! `shim.claim`, `result.json.tmp`, `control`, `workspace/`, `started`,
+//! `shim.log`, `result.json`.
 
 pub mod claim;
 pub mod control;
 pub mod host;
 pub mod isolate;
 pub mod monitor;
-pub mod procstat;
-pub mod report;
 pub mod resolve;
 pub mod result;
 pub mod script;
@@ -48,7 +48,7 @@ const PANICKED: i32 = 70;
 /// Runs the shim in the freshly forked process and never returns to the
 /// helper code it was forked from: a panic is caught here and ends the
 /// process, like every other path, with `_exit`.
-pub fn run(ctx: ShimContext, report: OwnedFd) -> ! {
+pub fn run(ctx: ShimContext) -> ! {
     // Every line of the shim carries its task (`TASK_ID` in journald;
     // shim.log adds `task_id` itself). An error span: enabled whenever any
     // line of ours is. Never exited: the shim ends with `_exit`.
@@ -64,7 +64,7 @@ pub fn run(ctx: ShimContext, report: OwnedFd) -> ! {
         |info| tracing::error!(target: crate::logging::TARGET, panic = %info, "the shim panicked"),
     ));
     let code = catch_unwind(AssertUnwindSafe(move || {
-        let mut host = host::Host::new(ctx, report);
+        let mut host = host::Host::new(ctx);
         script::run(&mut host)
     }))
     .unwrap_or(PANICKED);

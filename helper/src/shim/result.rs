@@ -26,7 +26,7 @@
 //! whole body that may not be durable yet, so that reader fdatasyncs the
 //! temp file, renames it and fsyncs the directory itself before relying on
 //! it. Compared with temp file, fsync, rename, directory fsync, this saves
-//! the directory fsync (0.125 ms per task on the development VMs).
+//! the directory fsync.
 //!
 //! Not chosen: writing `result.json` itself in place (created empty at
 //! claim time, then one write and an fdatasync, no rename). It saves the

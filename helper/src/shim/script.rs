@@ -1,21 +1,23 @@
 //! The shim's launch, as a script: [`run`] calls the named steps of
-//! [`Steps`] in order, and owns every decision between them (when to report,
-//! when a failure becomes a `launch_failed` result, when to stop). The real
-//! steps are in [`super::host`]; the tests below drive the script with a
+//! [`Steps`] in order, and owns every decision between them (when a
+//! failure becomes a `launch_failed` result, when to stop). The real steps
+//! are in [`super::host`]; the tests below drive the script with a
 //! recording fake, so its order and failure paths are checked without
 //! forking anything.
 //!
+//! The shim tells the runtime everything through the task directory: the
+//! claim (`shim.claim`), the start (`started`), the end (`result.json`).
 //! The rules the script keeps: the task never execs before its claim is
-//! durable; once the claim is taken and durable, every way out leaves a
-//! `result.json` that says why.
+//! durable; `started` exists only for a task that exec'd; once the claim
+//! and the result's temp file exist, every way out leaves a `result.json`
+//! that says why.
 
-use execgo_runtime_protocol::{HelperError, HelperErrorKind, Launched, Outcome, TaskErrorCode};
+use execgo_runtime_protocol::{Outcome, TaskErrorCode};
 
 use super::claim::{Claim, ClaimError, ClaimRecord};
 use super::control::ControlError;
 use super::isolate::IsolateError;
 use super::monitor::{Ended, MonitorError};
-use super::report::ShimReport;
 use super::resolve::ResolveError;
 use super::result::{self, ResultError};
 use super::spawn::{SpawnError, Started};
@@ -24,7 +26,7 @@ use super::workspace::WorkspaceError;
 use crate::logging;
 
 /// A failed step; the message (with its sources) is what `result.json` or
-/// the helper's error reply shows.
+/// `shim.log` shows.
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
     #[error("isolating the shim failed")]
@@ -45,6 +47,8 @@ pub enum ShimError {
     Watch(#[source] nix::errno::Errno),
     #[error(transparent)]
     Spawn(#[from] SpawnError),
+    #[error("creating the started record failed")]
+    Started(#[source] nix::errno::Errno),
     #[error("the shim lost track of the task")]
     Monitor(#[from] MonitorError),
     #[error("writing result.json failed")]
@@ -60,18 +64,30 @@ pub struct Finished {
     pub finished_at: String,
 }
 
+/// Exit codes of the shim. Nobody waits for it (it is nobody's child); they
+/// are for whoever traces it, and the tests.
+pub mod exit {
+    /// The task ran and `result.json` says how it ended, or it could not be
+    /// started and `result.json` says why, or an earlier shim claimed it.
+    pub const DONE: i32 = 0;
+    /// No `result.json` could be written, or the shim failed before it
+    /// claimed the task; `shim.log` says why.
+    pub const FAILED: i32 = 1;
+}
+
 /// One method per launch step, in the order [`run`] calls them.
 pub trait Steps {
-    /// Pid and start ticks of this shim, for the claim and the report.
+    /// Pid and start ticks of this shim, for the claim.
     fn identity(&self) -> ClaimRecord;
     /// The task's wall time, for the timeout message.
     fn wall_time_ms(&self) -> u64;
     fn now(&self) -> String;
 
     fn isolate(&mut self) -> Result<(), ShimError>;
-    /// Takes the claim and, when it is ours, prepares the result's file.
     fn claim(&mut self) -> Result<Claim, ShimError>;
-    /// The directory fsync that makes both durable.
+    /// Creates the result's temp file, which every later way out writes.
+    fn prepare_result(&mut self) -> Result<(), ShimError>;
+    /// The directory fsync that makes the claim and the temp file durable.
     fn make_claim_durable(&mut self) -> Result<(), ShimError>;
     fn become_subreaper(&mut self) -> Result<(), ShimError>;
     fn open_control(&mut self) -> Result<(), ShimError>;
@@ -81,87 +97,79 @@ pub trait Steps {
     fn watch_children(&mut self) -> Result<(), ShimError>;
     /// Starts the task; `Ok` once it has exec'd.
     fn spawn(&mut self) -> Result<Started, ShimError>;
-    /// Sends the one report to the helper and closes the pipe. Never fails:
-    /// a helper that went away does not stop the task.
-    fn report(&mut self, report: ShimReport);
+    /// Creates `started`, telling the runtime the task runs.
+    fn record_started(&mut self, started: &Started) -> Result<(), ShimError>;
     fn monitor(&mut self, started: &Started) -> Result<Finished, ShimError>;
     fn clean_up(&mut self);
     fn write_result(&mut self, outcome: &Outcome) -> Result<(), ShimError>;
 }
 
-/// The launch. Returns the shim's exit code.
+/// The launch. Returns the shim's exit code (see [`exit`]).
 pub fn run<S: Steps>(s: &mut S) -> i32 {
     let me = s.identity();
     // 1. Isolate first: nothing of the helper (its sockets, its data dir)
     //    may reach the task, and diagnostics need a home (shim.log, created
     //    by the first line that goes there).
     if let Err(e) = s.isolate() {
-        s.report(failed(HelperErrorKind::LaunchFailed, &e));
-        return 1;
+        return unclaimed(&e);
     }
     // 2. Claim before anything visible happens, so a repeated launch never
-    //    runs the task twice. Until the claim is durable (step 3), failures
-    //    are the helper's to report; after it, they are the task's, in
-    //    result.json.
+    //    runs the task twice. Until the claim exists, a failure leaves the
+    //    task directory as it was: the runtime sees this shim gone without
+    //    a claim.
     match s.claim() {
         Ok(Claim::Taken) => {}
-        Ok(Claim::Existing(earlier)) => {
-            s.report(ShimReport::Launched(Launched {
-                shim_pid: earlier.shim_pid,
-                shim_start_ticks: earlier.shim_start_ticks,
-                pid: None,
-                pgid: None,
-                started_at: None,
-                already_claimed: true,
-            }));
-            return 0;
-        }
-        Err(e) => {
-            s.report(failed(HelperErrorKind::LaunchFailed, &e));
-            return 1;
-        }
+        // An earlier shim has it: nothing else is touched.
+        Ok(Claim::Existing(_)) => return exit::DONE,
+        Err(e) => return unclaimed(&e),
     }
-    // 3. Durable before the task can exec, so that it runs exactly once
-    //    across a power loss too. Alone on purpose: overlapping it with the
-    //    set-up would take a second thread, which costs more here than it
-    //    hides (see `spawn`'s module documentation). A failure is a failed
-    //    claim: nothing runs, the helper reports it.
-    if let Err(e) = s.make_claim_durable() {
-        s.report(failed(HelperErrorKind::LaunchFailed, &e));
-        return 1;
+    // 3. The temp file every later way out writes its result into. Without
+    //    it none can be written: the runtime finds the claim of a shim
+    //    that is gone, with no result.
+    if let Err(e) = s.prepare_result() {
+        tracing::error!(
+            target: logging::TARGET,
+            error = %logging::chain(&e),
+            "preparing result.json failed; the task will not run"
+        );
+        return exit::FAILED;
     }
-    // 4-9. Set-up, in an order where each step only needs earlier ones:
-    //    subreaper before any child exists (so orphans of the task come to
-    //    us); the control FIFO before the task starts (so a kill is never
-    //    lost); workspace and stdio before the program is resolved; every
-    //    C string prepared and SIGCHLD blocked before the spawn (so the
-    //    child allocates nothing and its exit cannot be missed).
+    // 4. Durable before the task can exec, so that it runs exactly once
+    //    across a power loss too. Then the set-up, in an order where each
+    //    step only needs earlier ones: subreaper before any child exists
+    //    (so orphans of the task come to us); the control FIFO before the
+    //    task starts (so a kill is never lost); workspace and stdio before
+    //    the program is resolved; every C string prepared and SIGCHLD
+    //    blocked before the spawn (so the child allocates nothing and its
+    //    exit cannot be missed).
     let prepared = s
-        .become_subreaper()
+        .make_claim_durable()
+        .and_then(|()| s.become_subreaper())
         .and_then(|()| s.open_control())
         .and_then(|()| s.prepare_workspace())
         .and_then(|()| s.open_stdio())
         .and_then(|()| s.resolve_program())
         .and_then(|()| s.watch_children());
-    // 10. Spawn and exec the task.
+    // 5. Spawn and exec the task.
     let started = match prepared.and_then(|()| s.spawn()) {
         Ok(started) => started,
-        // 11. It never ran: result.json says why, then the report.
+        // It never ran: result.json says why, and there is no `started`.
         Err(e) => return fail_launch(s, me, &e),
     };
-    // 12. Running: tell the helper, which tells the runtime.
-    s.report(ShimReport::Launched(Launched {
-        shim_pid: me.shim_pid,
-        shim_start_ticks: me.shim_start_ticks,
-        pid: Some(started.pid),
-        pgid: Some(started.pid),
-        started_at: Some(started.started_at.clone()),
-        already_claimed: false,
-    }));
-    // 13-14. Follow it to its end, then leave nothing behind.
+    // 6. Running: the runtime learns it from `started`. Without it, the
+    //    task runs all the same (it cannot be un-run); result.json will
+    //    carry its pid and start.
+    if let Err(e) = s.record_started(&started) {
+        tracing::warn!(
+            target: logging::TARGET,
+            error = %logging::chain(&e),
+            "recording the start failed; the task runs on"
+        );
+    }
+    // 7-8. Follow it to its end, then leave nothing behind.
     let monitored = s.monitor(&started);
     s.clean_up();
-    // 15-16. Classify and record.
+    // 9-10. Classify and record.
     let outcome = match monitored {
         Ok(f) => result::finished(
             me.shim_pid,
@@ -172,28 +180,20 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
         ),
         Err(e) => result::lost(me.shim_pid, &started, logging::chain(&e), s.now()),
     };
-    match s.write_result(&outcome) {
-        Ok(()) => 0,
-        Err(e) => {
-            tracing::error!(
-                target: logging::TARGET,
-                error = %logging::chain(&e),
-                "writing result.json failed"
-            );
-            1
-        }
-    }
+    record(s, &outcome)
 }
 
-fn failed(kind: HelperErrorKind, e: &ShimError) -> ShimReport {
-    ShimReport::Failed(HelperError {
-        kind,
-        message: logging::chain(e),
-    })
+/// A failure before the task is claimed: logged, nothing else.
+fn unclaimed(e: &ShimError) -> i32 {
+    tracing::error!(
+        target: logging::TARGET,
+        error = %logging::chain(e),
+        "the shim failed before claiming the task"
+    );
+    exit::FAILED
 }
 
-/// Records a launch that failed after the claim, then reports it as
-/// launched without a pid (the runtime reads result.json).
+/// Records a launch that failed after the claim.
 fn fail_launch<S: Steps>(s: &mut S, me: ClaimRecord, e: &ShimError) -> i32 {
     let message = logging::chain(e);
     tracing::warn!(
@@ -202,21 +202,19 @@ fn fail_launch<S: Steps>(s: &mut S, me: ClaimRecord, e: &ShimError) -> i32 {
         "the task could not be started"
     );
     let outcome = result::not_started(me.shim_pid, TaskErrorCode::LaunchFailed, message, s.now());
-    match s.write_result(&outcome) {
-        Ok(()) => {
-            s.report(ShimReport::Launched(Launched {
-                shim_pid: me.shim_pid,
-                shim_start_ticks: me.shim_start_ticks,
-                pid: None,
-                pgid: None,
-                started_at: None,
-                already_claimed: false,
-            }));
-            0
-        }
-        Err(w) => {
-            s.report(failed(HelperErrorKind::Internal, &w));
-            1
+    record(s, &outcome)
+}
+
+fn record<S: Steps>(s: &mut S, outcome: &Outcome) -> i32 {
+    match s.write_result(outcome) {
+        Ok(()) => exit::DONE,
+        Err(e) => {
+            tracing::error!(
+                target: logging::TARGET,
+                error = %logging::chain(&e),
+                "writing result.json failed"
+            );
+            exit::FAILED
         }
     }
 }
@@ -228,18 +226,26 @@ mod tests {
     use execgo_runtime_protocol::{ExitKind, TaskStatus};
     use std::time::Instant;
 
-    /// Records each step; fails the one named in `fail`.
+    /// Records each step; fails the ones named in `fail`.
     #[derive(Default)]
     struct Fake {
         calls: Vec<&'static str>,
         fail: Vec<&'static str>,
         existing: bool,
         execd: bool,
-        reports: Vec<ShimReport>,
+        /// The pids `record_started` was given.
+        started: Vec<i32>,
         results: Vec<Outcome>,
     }
 
     impl Fake {
+        fn failing(steps: &[&'static str]) -> Fake {
+            Fake {
+                fail: steps.to_vec(),
+                ..Default::default()
+            }
+        }
+
         fn step(&mut self, name: &'static str) -> Result<(), ShimError> {
             self.calls.push(name);
             if self.fail.contains(&name) {
@@ -277,6 +283,9 @@ mod tests {
                 Claim::Taken
             })
         }
+        fn prepare_result(&mut self) -> Result<(), ShimError> {
+            self.step("prepare_result")
+        }
         fn make_claim_durable(&mut self) -> Result<(), ShimError> {
             self.step("sync_claim")
         }
@@ -307,9 +316,11 @@ mod tests {
                 at: Instant::now(),
             })
         }
-        fn report(&mut self, report: ShimReport) {
-            self.calls.push("report");
-            self.reports.push(report);
+        fn record_started(&mut self, started: &Started) -> Result<(), ShimError> {
+            assert!(self.execd, "started recorded before the exec");
+            self.step("record_started")?;
+            self.started.push(started.pid);
+            Ok(())
         }
         fn monitor(&mut self, started: &Started) -> Result<Finished, ShimError> {
             self.step("monitor")?;
@@ -334,9 +345,10 @@ mod tests {
         }
     }
 
-    const HAPPY: [&str; 14] = [
+    const HAPPY: [&str; 15] = [
         "isolate",
         "claim",
+        "prepare_result",
         "sync_claim",
         "subreaper",
         "control",
@@ -345,7 +357,7 @@ mod tests {
         "resolve",
         "watch",
         "spawn",
-        "report",
+        "record_started",
         "monitor",
         "clean_up",
         "write_result",
@@ -354,21 +366,13 @@ mod tests {
     #[test]
     fn happy_path_runs_every_step_in_order() {
         let mut f = Fake::default();
-        assert_eq!(run(&mut f), 0);
+        assert_eq!(run(&mut f), exit::DONE);
         assert_eq!(f.calls, HAPPY);
         assert!(f.execd);
-        match &f.reports[..] {
-            [ShimReport::Launched(l)] => {
-                assert_eq!(l.pid, Some(300));
-                assert_eq!(l.pgid, Some(300));
-                assert_eq!(l.shim_pid, 100);
-                assert_eq!(l.shim_start_ticks, 200);
-                assert!(!l.already_claimed);
-            }
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(f.started, [300], "started names the task's process");
         assert_eq!(f.results[0].status, TaskStatus::Success);
         assert_eq!(f.results[0].pid, Some(300));
+        assert_eq!(f.results[0].shim_pid, Some(100));
     }
 
     #[test]
@@ -377,44 +381,37 @@ mod tests {
             existing: true,
             ..Default::default()
         };
-        assert_eq!(run(&mut f), 0);
-        assert_eq!(f.calls, ["isolate", "claim", "report"]);
-        match &f.reports[..] {
-            [ShimReport::Launched(l)] => {
-                assert!(l.already_claimed);
-                assert_eq!((l.shim_pid, l.shim_start_ticks), (7, 8));
-                assert_eq!((l.pid, l.pgid, l.started_at.as_deref()), (None, None, None));
-            }
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(run(&mut f), exit::DONE);
+        assert_eq!(f.calls, ["isolate", "claim"]);
+        assert!(f.started.is_empty());
         assert!(f.results.is_empty());
     }
 
     #[test]
-    fn failures_before_the_claim_is_durable_are_reported_not_recorded() {
-        for step in ["isolate", "claim", "sync_claim"] {
-            let mut f = Fake {
-                fail: vec![step],
-                ..Default::default()
-            };
-            assert_eq!(run(&mut f), 1);
-            assert_eq!(f.calls.last(), Some(&"report"));
+    fn failures_before_the_claim_touch_nothing() {
+        for step in ["isolate", "claim"] {
+            let mut f = Fake::failing(&[step]);
+            assert_eq!(run(&mut f), exit::FAILED, "{step}");
+            assert_eq!(f.calls.last(), Some(&step));
             assert!(f.results.is_empty(), "{step}");
+            assert!(f.started.is_empty(), "{step}");
             assert!(!f.execd, "{step}");
-            assert!(!f.calls.contains(&"spawn"), "{step}");
-            assert!(matches!(
-                &f.reports[..],
-                [ShimReport::Failed(HelperError {
-                    kind: HelperErrorKind::LaunchFailed,
-                    ..
-                })]
-            ));
         }
     }
 
     #[test]
-    fn failures_after_the_claim_become_launch_failed_results() {
+    fn without_a_result_file_the_task_does_not_run() {
+        let mut f = Fake::failing(&["prepare_result"]);
+        assert_eq!(run(&mut f), exit::FAILED);
+        assert_eq!(f.calls, ["isolate", "claim", "prepare_result"]);
+        assert!(f.results.is_empty());
+        assert!(!f.execd);
+    }
+
+    #[test]
+    fn failures_after_the_claim_become_launch_failed_results_without_a_start() {
         for step in [
+            "sync_claim",
             "subreaper",
             "control",
             "workspace",
@@ -423,59 +420,49 @@ mod tests {
             "watch",
             "spawn",
         ] {
-            let mut f = Fake {
-                fail: vec![step],
-                ..Default::default()
-            };
-            assert_eq!(run(&mut f), 0, "{step}");
+            let mut f = Fake::failing(&[step]);
+            assert_eq!(run(&mut f), exit::DONE, "{step}");
             let at = HAPPY.iter().position(|s| *s == step).unwrap();
             let mut want: Vec<&str> = HAPPY[..=at].to_vec();
-            want.extend(["write_result", "report"]);
+            want.push("write_result");
             assert_eq!(f.calls, want, "{step}");
+            assert!(f.started.is_empty(), "no started after {step} failed");
+            assert!(!f.calls.contains(&"record_started"), "{step}");
             let o = &f.results[0];
             assert_eq!(o.status, TaskStatus::Failed);
             assert_eq!(o.error.as_ref().unwrap().code, TaskErrorCode::LaunchFailed);
             assert_eq!(o.started_at, None);
             assert_eq!(o.pid, None);
             assert_eq!(o.shim_pid, Some(100));
-            match &f.reports[..] {
-                [ShimReport::Launched(l)] => {
-                    assert_eq!(l.pid, None);
-                    assert!(!l.already_claimed);
-                }
-                other => panic!("{other:?}"),
-            }
         }
     }
 
     #[test]
-    fn an_unwritable_result_is_reported_as_internal() {
-        let mut f = Fake {
-            fail: vec!["resolve", "write_result"],
-            ..Default::default()
-        };
-        assert_eq!(run(&mut f), 1);
-        assert!(matches!(
-            &f.reports[..],
-            [ShimReport::Failed(HelperError {
-                kind: HelperErrorKind::Internal,
-                ..
-            })]
-        ));
-        let mut f = Fake {
-            fail: vec!["write_result"],
-            ..Default::default()
-        };
-        assert_eq!(run(&mut f), 1, "a task that ran but left no result");
+    fn a_start_that_cannot_be_recorded_still_runs_to_a_result() {
+        let mut f = Fake::failing(&["record_started"]);
+        assert_eq!(run(&mut f), exit::DONE);
+        assert_eq!(f.calls, HAPPY);
+        assert_eq!(f.results[0].status, TaskStatus::Success);
+        assert_eq!(f.results[0].pid, Some(300));
+    }
+
+    #[test]
+    fn an_unwritable_result_fails_the_shim() {
+        let mut f = Fake::failing(&["resolve", "write_result"]);
+        assert_eq!(run(&mut f), exit::FAILED, "a launch failure left no result");
+        let mut f = Fake::failing(&["write_result"]);
+        assert_eq!(
+            run(&mut f),
+            exit::FAILED,
+            "a task that ran but left no result"
+        );
+        assert_eq!(f.started, [300]);
     }
 
     #[test]
     fn a_lost_task_is_recorded_as_internal() {
-        let mut f = Fake {
-            fail: vec!["monitor"],
-            ..Default::default()
-        };
-        assert_eq!(run(&mut f), 0);
+        let mut f = Fake::failing(&["monitor"]);
+        assert_eq!(run(&mut f), exit::DONE);
         assert_eq!(
             f.calls[f.calls.len() - 3..],
             ["monitor", "clean_up", "write_result"]

@@ -6,30 +6,13 @@
 //! (which one, and its errno).
 //!
 //! The child is started posix_spawn-style, not forked: clone with
-//! `CLONE_VM | CLONE_VFORK` on a stack of its own. A fork of the shim
-//! copied its page tables and then took copy-on-write faults in both
-//! processes until the exec (and in the shim after it).
+//! `CLONE_VM | CLONE_VFORK` on a stack of its own, so no page table is
+//! copied and no copy-on-write fault follows in either process.
 //!
-//! The claim's directory fsync stays *before* the spawn, on the shim's
-//! only thread, where it overlaps nothing. Overlapping it with the task's
-//! set-up was built and measured: `/bin/true` launched through the helper
-//! until its shim exits, the variants' helpers interleaved task by task,
-//! 2 × 600 tasks on the 2-vCPU development VM, p50 in ms:
-//!
-//! | spawn | claim fsync | p50 |
-//! |---|---|---|
-//! | fork | first, alone | 1.65, 1.62 |
-//! | fork | by the shim while the child, set up, waits on a "go" pipe | 1.58, 1.56 |
-//! | this clone | on a thread started at the claim, which sends the go | 1.55, 1.53 |
-//! | this clone | first, alone (kept) | 1.52, 1.48 |
-//!
-//! With CLONE_VFORK the shim is suspended while its child waits, so only a
-//! second thread could fsync meanwhile, and that thread costs more than it
-//! hides: glibc and std set it up with some fifteen system calls (a stack,
-//! a malloc arena, a signal stack, glibc's handlers for its own signals)
-//! before its fsync starts, and the scheduler ran it on the shim's CPU only
-//! once the shim blocked. An overlap could hide at most the set-up (about
-//! 0.08 ms), whatever the disk; the fork it needs costs more than that.
+//! The claim's directory fsync comes before the spawn, on the shim's only
+//! thread, where it overlaps nothing: with CLONE_VFORK the shim is
+//! suspended while its child sets up, so only a second thread could fsync
+//! meanwhile, and starting one costs more than the set-up it would hide.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use execgo_runtime_protocol::taskdir::{ClaimRecord, StartedRecord, CLAIM, STARTED};
 use execgo_runtime_protocol::{
     read_frame, write_frame, Hello, HelloReply, LaunchLimits, LaunchProfile, LaunchSpec, Request,
     Response,
@@ -110,7 +111,21 @@ impl Helper {
     }
 
     pub fn raw(&self) -> UnixStream {
-        let s = UnixStream::connect(&self.socket).unwrap();
+        // The socket file appears at bind(2), a moment before listen(2):
+        // refused until then.
+        let until = Instant::now() + Duration::from_secs(10);
+        let s = loop {
+            match UnixStream::connect(&self.socket) {
+                Ok(s) => break s,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && Instant::now() < until =>
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("connecting failed: {e}\n{}", self.log()),
+            }
+        };
         s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
         s.set_write_timeout(Some(Duration::from_secs(15))).unwrap();
         s
@@ -178,7 +193,8 @@ impl Client {
         read_frame(&mut self.stream).unwrap()
     }
 
-    /// Launches and expects `Launched`.
+    /// Launches and expects `Launched`, which comes as soon as the shim is
+    /// started.
     pub fn launch(&mut self, spec: LaunchSpec) -> execgo_runtime_protocol::Launched {
         match self.call(&Request::Launch(spec)) {
             Response::Launched(l) => l,
@@ -222,6 +238,51 @@ pub fn wait_result(task_dir: &Path, timeout: Duration) -> serde_json::Value {
             task_dir.display(),
             std::fs::read_to_string(task_dir.join("shim.log")).unwrap_or_default()
         );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits for the shim's `started` record: the task's process is running
+/// (or was).
+pub fn wait_started(task_dir: &Path, timeout: Duration) -> StartedRecord {
+    let until = Instant::now() + timeout;
+    loop {
+        if let Ok(target) = std::fs::read_link(task_dir.join(STARTED)) {
+            return StartedRecord::parse(target.as_os_str().as_encoded_bytes())
+                .unwrap_or_else(|| panic!("a malformed started record: {target:?}"));
+        }
+        assert!(
+            Instant::now() < until,
+            "no started in {} after {timeout:?}; shim.log: {}",
+            task_dir.display(),
+            std::fs::read_to_string(task_dir.join("shim.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether the shim recorded a start.
+pub fn has_started(task_dir: &Path) -> bool {
+    task_dir.join(STARTED).symlink_metadata().is_ok()
+}
+
+/// The claim's record (the target of the `shim.claim` symlink).
+pub fn read_claim(task_dir: &Path) -> ClaimRecord {
+    let target = std::fs::read_link(task_dir.join(CLAIM)).unwrap();
+    ClaimRecord::parse(target.as_os_str().as_encoded_bytes())
+        .unwrap_or_else(|| panic!("a malformed claim: {target:?}"))
+}
+
+/// Waits until `pid` is gone or a zombie (its reaper may be slow, or none).
+pub fn wait_gone(pid: i32, timeout: Duration) {
+    let until = Instant::now() + timeout;
+    loop {
+        match stat_fields(pid) {
+            None => return,
+            Some(f) if f[0] == "Z" => return,
+            Some(_) => {}
+        }
+        assert!(Instant::now() < until, "process {pid} is still running");
         std::thread::sleep(Duration::from_millis(10));
     }
 }

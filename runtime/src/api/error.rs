@@ -3,6 +3,9 @@
 
 use serde::Serialize;
 
+use crate::engine::{error_chain, EngineError};
+use crate::store::StoreError;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ApiErrorCode {
@@ -139,6 +142,45 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// The engine's failures as the contract spells them.
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        use ApiErrorCode as C;
+        let msg = e.to_string();
+        match e {
+            EngineError::NotFound(_) => ApiError::verbatim(C::NotFound, msg),
+            EngineError::Conflict(_) => ApiError::verbatim(C::Conflict, msg),
+            EngineError::QueueFull => ApiError::verbatim(C::ResourceLimitExceeded, msg),
+            EngineError::NotOwner(_) => ApiError::verbatim(C::PermissionDenied, msg),
+            EngineError::InsufficientResources(_) => ApiError::new(C::InsufficientResources, msg),
+            EngineError::Unsupported { missing } => ApiError::new(C::UnsupportedCapability, msg)
+                .with_details(serde_json::json!({ "missing": missing })),
+            EngineError::StorageUnavailable { .. } => {
+                tracing::error!(error = %error_chain(&e), "storage unavailable");
+                ApiError::new(C::StorageUnavailable, msg)
+            }
+            EngineError::Store(s) => {
+                let chain = error_chain(&s);
+                if s.is_storage_unavailable() {
+                    tracing::error!(error = %chain, "storage unavailable");
+                    ApiError::new(C::StorageUnavailable, chain)
+                } else {
+                    tracing::error!(error = %chain, "store failure");
+                    ApiError::internal(chain)
+                }
+            }
+            EngineError::NotReady(_) => ApiError::new(C::NotReady, msg),
+            EngineError::Internal(_) => ApiError::internal(msg),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        EngineError::Store(e).into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +195,54 @@ mod tests {
         );
         assert_eq!(e.status(), 400);
         assert_eq!(ApiError::not_found("x").message, "task not found: x");
+    }
+
+    #[test]
+    fn engine_errors_keep_the_contracts_phrasing() {
+        let cases = [
+            (
+                EngineError::NotFound("t".into()),
+                "not_found",
+                404,
+                "task not found: t",
+            ),
+            (
+                EngineError::Conflict("t".into()),
+                "conflict",
+                409,
+                "task already exists: t",
+            ),
+            (
+                EngineError::QueueFull,
+                "resource_limit_exceeded",
+                429,
+                "queue is full",
+            ),
+            (
+                EngineError::NotOwner("alice".into()),
+                "permission_denied",
+                403,
+                "permission denied: kill requires owner 'alice'",
+            ),
+            (
+                EngineError::Unsupported {
+                    missing: vec!["memory_limit"],
+                },
+                "unsupported_capability",
+                400,
+                "unsupported capability: this runtime cannot provide: memory_limit",
+            ),
+            (
+                EngineError::storage("writing result.json", std::io::Error::other("disk full")),
+                "storage_unavailable",
+                503,
+                "storage unavailable: writing result.json: disk full",
+            ),
+        ];
+        for (e, code, status, message) in cases {
+            let a = ApiError::from(e);
+            assert_eq!(a.body()["error"]["code"], code);
+            assert_eq!((a.status(), a.message.as_str()), (status, message));
+        }
     }
 }

@@ -1,7 +1,7 @@
-//! The public HTTP API: bodies ([`model`]), errors ([`error`]), submit
-//! validation ([`validate`]) and the router ([`routes`]).
+//! The public HTTP API: errors ([`error`]), submit
+//! validation ([`validate`]) and the router ([`routes`]); the bodies are
+//! `crate::model`.
 
 pub mod error;
-pub mod model;
 pub mod routes;
 pub mod validate;

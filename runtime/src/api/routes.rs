@@ -11,6 +11,7 @@ use warp::http::{header, HeaderMap, Method, Response, StatusCode};
 use warp::{Buf, Filter};
 
 use super::error::{ApiError, ApiErrorCode};
+use super::validate;
 use crate::engine::Engine;
 
 /// Largest accepted request body (1 MiB).
@@ -93,6 +94,11 @@ fn method_check(
     }
 }
 
+/// A path id that no task can have is a 404 before any lookup.
+fn known_id(id: &str) -> Result<(), ApiError> {
+    validate::task_id(id).map_err(|_| ApiError::not_found(id))
+}
+
 async fn handle<S, B>(
     engine: Arc<Engine>,
     method: &Method,
@@ -126,15 +132,18 @@ where
         ["api", "v1", "tasks"] => {
             method_check(method, post, path, "POST")?;
             let bytes = read_body(body).await?;
-            let resp = engine.submit(&bytes).await?;
+            let req = validate::parse_submit(&bytes)?;
+            let resp = engine.submit(req).await?;
             Ok(json_reply(200, &resp))
         }
         ["api", "v1", "tasks", id] if !id.is_empty() => {
             method_check(method, get, path, "GET")?;
+            known_id(id)?;
             Ok(json_reply(200, &engine.status(id).await?))
         }
         ["api", "v1", "tasks", id, "kill"] if !id.is_empty() => {
             method_check(method, post, path, "POST")?;
+            known_id(id)?;
             let owner = headers
                 .get("x-execgo-owner")
                 .map(|v| {
@@ -146,6 +155,7 @@ where
         }
         ["api", "v1", "tasks", id, "events"] if !id.is_empty() => {
             method_check(method, get, path, "GET")?;
+            known_id(id)?;
             Ok(json_reply(200, &engine.events(id).await?))
         }
         ["api", "v1", "runtime", "info"] => {

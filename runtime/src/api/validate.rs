@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use execgo_runtime_protocol::{valid_relative_path, valid_task_id};
 
 use super::error::ApiError;
-use super::model::{ControlContext, ExecutionKind, SubmitTaskRequest};
+use crate::model::{ControlContext, ExecutionKind, SubmitTaskRequest};
 
 type Result<T = ()> = std::result::Result<T, ApiError>;
 
@@ -55,6 +55,15 @@ pub fn task_id(id: &str) -> Result {
 }
 
 /// Validates a whole submit request.
+/// Parses a submit body strictly and validates it: the one way a request
+/// reaches the engine.
+pub fn parse_submit(body: &[u8]) -> std::result::Result<SubmitTaskRequest, ApiError> {
+    let req: SubmitTaskRequest = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("request body: {e}")))?;
+    submit(&req)?;
+    Ok(req)
+}
+
 pub fn submit(req: &SubmitTaskRequest) -> Result {
     if let Some(id) = &req.task_id {
         task_id(id)?;
@@ -152,7 +161,7 @@ fn limits(req: &SubmitTaskRequest) -> Result {
 }
 
 fn sandbox(req: &SubmitTaskRequest) -> Result {
-    use super::model::SandboxProfile;
+    use crate::model::SandboxProfile;
     let s = &req.sandbox;
     if let Some(sub) = &s.workspace_subdir {
         if !valid_relative_path(sub) {

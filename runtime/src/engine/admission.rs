@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::transition::persist;
+use super::EngineError;
 use super::{now, Engine};
-use crate::api::error::ApiError;
 use crate::ledger::Candidate;
 use crate::store;
 use crate::task::{self, Change, Input};
@@ -29,14 +29,14 @@ impl Engine {
         }
     }
 
-    async fn dispatch_once(self: &Arc<Self>) -> Result<(), ApiError> {
+    async fn dispatch_once(self: &Arc<Self>) -> Result<(), EngineError> {
         if self.with_ledger(|l| l.slots_free()) == 0 {
             return Ok(());
         }
         let me = Arc::clone(self);
         let admitted = self
             .store
-            .call(move |conn| -> Result<Vec<Change>, ApiError> {
+            .call(move |conn| -> Result<Vec<Change>, EngineError> {
                 let scan = me.with_ledger(|l| l.scan_limit(me.cfg.args.max_queued_tasks));
                 let candidates = store::waiting(conn, scan)?;
                 if candidates.is_empty() {
@@ -66,7 +66,7 @@ impl Engine {
         &self,
         tx: &rusqlite::Transaction<'_>,
         candidates: &[Candidate],
-    ) -> Result<Vec<Change>, ApiError> {
+    ) -> Result<Vec<Change>, EngineError> {
         let chosen = self.with_ledger(|l| l.admit(candidates, Instant::now()));
         let mut changes = Vec::with_capacity(chosen.len());
         let ts = now();

@@ -1,8 +1,10 @@
-//! Results seen as they arrive. The shim's last act before it exits is to
-//! rename `result.json` into its task dir; one inotify instance watches the
-//! dirs of running tasks for that rename, so a task is finalized without
-//! waiting for its shim's exit teardown. The shim's exit stays the event
-//! for shims that die without a result (see `Engine::watch`).
+//! A launched task's milestones seen as they arrive: the shim creates
+//! `started` once the task's process is exec'd, and its last act before it
+//! exits is to rename `result.json` in. One inotify instance watches the
+//! dirs of launched tasks for both, so a start is recorded at once and a
+//! task is finalized without waiting for its shim's exit teardown. The
+//! shim's exit stays the event for shims that die without a result (see
+//! `Engine::watch`).
 //!
 //! One instance for the whole runtime, not one per task: inotify instances
 //! are few per user (`fs.inotify.max_user_instances`, often 128), watches
@@ -16,12 +18,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, WatchDescriptor};
 use tokio::io::unix::AsyncFd;
-use tokio::sync::oneshot;
+use tokio::sync::Notify;
 
+use super::files::{RESULT, STARTED};
 use crate::sys::{self, InotifyFd};
-
-/// The watched name: the shim's final rename target.
-const RESULT: &str = super::files::RESULT;
 
 /// The runtime's result watcher. Cheap to clone.
 #[derive(Clone)]
@@ -32,6 +32,8 @@ pub struct Arrivals {
 struct Shared {
     fd: AsyncFd<InotifyFd>,
     watches: Mutex<Watches>,
+    /// The reader stopped: no watch tells anything any more.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -46,16 +48,17 @@ struct Watches {
 struct Watched {
     token: u64,
     users: usize,
-    waiters: Vec<oneshot::Sender<()>>,
+    waiters: Vec<Arc<Notify>>,
 }
 
-/// One wait for a directory's result; the watch goes when the last wait on
-/// that directory is dropped.
+/// One watch on a task directory, woken each time something of note
+/// arrives; the inotify watch goes when the last one on that directory is
+/// dropped.
 pub struct Arrival {
     shared: Arc<Shared>,
     wd: WatchDescriptor,
     token: u64,
-    rx: oneshot::Receiver<()>,
+    woken: Arc<Notify>,
 }
 
 impl Arrivals {
@@ -65,19 +68,22 @@ impl Arrivals {
         let shared = Arc::new(Shared {
             fd: sys::async_inotify()?,
             watches: Mutex::default(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(read_events(Arc::clone(&shared)));
         Ok(Arrivals { shared })
     }
 
-    /// Starts watching `dir` for its `result.json`. A result already in
-    /// place is not reported: check for it after this returns.
+    /// Starts watching `dir` for its `started` and its `result.json`.
+    /// What is in place already is not reported: check after this returns.
     pub fn watch(&self, dir: &Path) -> io::Result<Arrival> {
-        let flags =
-            AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_ONLYDIR | AddWatchFlags::IN_DONT_FOLLOW;
+        let flags = AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_ONLYDIR
+            | AddWatchFlags::IN_DONT_FOLLOW;
         let mut watches = self.shared.lock();
         let wd = self.shared.fd.get_ref().0.add_watch(dir, flags)?;
-        let (tx, rx) = oneshot::channel();
+        let woken = Arc::new(Notify::new());
         let next = watches.next_token;
         let entry = watches.by_wd.entry(wd).or_insert_with(|| Watched {
             token: next,
@@ -85,7 +91,7 @@ impl Arrivals {
             waiters: Vec::new(),
         });
         entry.users += 1;
-        entry.waiters.push(tx);
+        entry.waiters.push(Arc::clone(&woken));
         let token = entry.token;
         if token == next {
             watches.next_token += 1;
@@ -94,20 +100,27 @@ impl Arrivals {
             shared: Arc::clone(&self.shared),
             wd,
             token,
-            rx,
+            woken,
         })
     }
 }
 
 impl Arrival {
-    /// Returns when the result may have arrived: it was renamed in, the
-    /// directory went away, or events were lost (queue overflow). The
-    /// caller checks for the result itself. An error means this watch can
-    /// tell nothing more.
+    /// Returns when something may have arrived since the last call: the
+    /// shim created `started` or renamed `result.json` in, the directory
+    /// went away, or events were lost (queue overflow). The caller looks
+    /// for itself. An error means this watch can tell nothing more.
     pub async fn arrived(&mut self) -> io::Result<()> {
-        (&mut self.rx)
-            .await
-            .map_err(|_| io::Error::other("the result watcher stopped"))
+        use std::sync::atomic::Ordering;
+        let stopped = || io::Error::other("the task dir watcher stopped");
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(stopped());
+        }
+        self.woken.notified().await;
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(stopped());
+        }
+        Ok(())
     }
 }
 
@@ -121,6 +134,7 @@ impl Drop for Arrival {
             return;
         }
         w.users -= 1;
+        w.waiters.retain(|n| !Arc::ptr_eq(n, &self.woken));
         if w.users == 0 {
             watches.by_wd.remove(&self.wd);
             // EINVAL: the kernel dropped the watch already (dir removed).
@@ -136,29 +150,24 @@ impl Shared {
         self.watches.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Wakes the waiters of `wd`; `gone` also forgets it (the kernel has).
+    /// Wakes the waiters of `wd` (a wake while nobody waits is kept for
+    /// the next wait); `gone` also forgets it (the kernel has).
     fn wake(&self, wd: WatchDescriptor, gone: bool) {
         let mut watches = self.lock();
+        if let Some(w) = watches.by_wd.get(&wd) {
+            w.waiters.iter().for_each(|n| n.notify_one());
+        }
         if gone {
-            if let Some(w) = watches.by_wd.remove(&wd) {
-                w.waiters.into_iter().for_each(|tx| {
-                    let _ = tx.send(());
-                });
-            }
-        } else if let Some(w) = watches.by_wd.get_mut(&wd) {
-            w.waiters.drain(..).for_each(|tx| {
-                let _ = tx.send(());
-            });
+            watches.by_wd.remove(&wd);
         }
     }
 
-    /// After a queue overflow: any result may have been missed.
+    /// After a queue overflow, or when the reader stops: anything may
+    /// have been missed.
     fn wake_all(&self) {
-        let mut watches = self.lock();
-        for w in watches.by_wd.values_mut() {
-            w.waiters.drain(..).for_each(|tx| {
-                let _ = tx.send(());
-            });
+        let watches = self.lock();
+        for w in watches.by_wd.values() {
+            w.waiters.iter().for_each(|n| n.notify_one());
         }
     }
 }
@@ -183,7 +192,11 @@ async fn read_events(shared: Arc<Shared>) {
                         shared.wake_all();
                     } else if e.mask.contains(AddWatchFlags::IN_IGNORED) {
                         shared.wake(e.wd, true);
-                    } else if e.name.as_deref() == Some(RESULT.as_ref()) {
+                    } else if e
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n == RESULT || n == STARTED)
+                    {
                         shared.wake(e.wd, false);
                     }
                 }
@@ -197,10 +210,9 @@ async fn read_events(shared: Arc<Shared>) {
     }
     // Fail every wait now rather than leave it to the shim's exit alone.
     shared
-        .lock()
-        .by_wd
-        .values_mut()
-        .for_each(|w| w.waiters.clear());
+        .closed
+        .store(true, std::sync::atomic::Ordering::Release);
+    shared.wake_all();
 }
 
 #[cfg(test)]
@@ -231,6 +243,9 @@ mod tests {
         let mut wb = arrivals.watch(&b).unwrap();
         put(&a, "stdout.log");
         assert!(!within(&mut wa, 50).await, "another name is not the result");
+        std::os::unix::fs::symlink("{}", a.join(STARTED)).unwrap();
+        assert!(within(&mut wa, 5000).await, "the start wakes");
+        assert!(!within(&mut wa, 50).await, "once");
         put(&a, RESULT);
         assert!(within(&mut wa, 5000).await);
         assert!(!within(&mut wb, 50).await, "b's result has not come");

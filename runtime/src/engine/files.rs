@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use super::log_cache::LogCache;
 
-use crate::api::model::Artifacts;
+use crate::model::Artifacts;
 
 pub use execgo_runtime_protocol::taskdir::{
-    ClaimRecord, CLAIM, CONTROL, KILL_BYTE, REQUEST, RESULT, RESULT_TMP, RUNTIME_RESULT_TMP,
-    SCRIPT, STDERR, STDOUT,
+    ClaimRecord, StartedRecord, CLAIM, CONTROL, KILL_BYTE, REQUEST, RESULT, RESULT_TMP,
+    RUNTIME_RESULT_TMP, SCRIPT, STARTED, STDERR, STDOUT,
 };
 
 /// Paths of one task.
@@ -177,6 +177,13 @@ impl TaskDir {
         }
     }
 
+    /// The task's process as its shim recorded it once exec'd, if it was.
+    /// Anything but a record in `started`'s place reads as not started.
+    pub fn read_started(&self) -> Option<StartedRecord> {
+        let target = fs::read_link(self.path(STARTED)).ok()?;
+        StartedRecord::parse(target.as_os_str().as_encoded_bytes())
+    }
+
     /// Asks the shim to kill the task: one byte on its control FIFO.
     /// `Ok(false)` when no shim is listening.
     pub fn send_kill(&self) -> io::Result<bool> {
@@ -248,6 +255,14 @@ mod tests {
         fs::remove_file(td.path(CLAIM)).unwrap();
         fs::write(td.path(CLAIM), b"{}").unwrap();
         assert_eq!(td.read_claim().unwrap(), Some(nobody));
+        assert_eq!(td.read_started(), None);
+        let started = StartedRecord {
+            pid: 7,
+            pgid: 7,
+            started_at: "2026-01-01T00:00:00.000Z".into(),
+        };
+        std::os::unix::fs::symlink(started.encode(), td.path(STARTED)).unwrap();
+        assert_eq!(td.read_started(), Some(started));
         td.remove().unwrap();
         assert!(!td.dir.exists());
     }

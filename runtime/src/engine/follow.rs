@@ -1,16 +1,19 @@
-//! Following a launched task to its end: finding its shim again (from the
-//! row, or from the claim in its task directory, as `task::reconcile`
-//! decides), watching for its result or its exit, and finishing it from
-//! what it left on disk.
+//! Following a launched task to its end: watching its shim's task
+//! directory for `started` and `result.json` and the shim for its exit,
+//! finding the shim again (from the row, or from the claim, as
+//! `task::reconcile` decides), and finishing the task from what its shim
+//! left on disk.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use execgo_runtime_protocol::taskdir;
-use execgo_runtime_protocol::Outcome;
+use execgo_runtime_protocol::taskdir::{self, ClaimRecord};
+use execgo_runtime_protocol::{Outcome, TaskErrorCode};
 
+use super::files::TaskDir;
+
+use super::EngineError;
 use super::{now, Engine};
-use crate::api::error::ApiError;
 use crate::store::{self, TaskRow};
 use crate::sys;
 use crate::task::reconcile::{reconcile, Action};
@@ -21,7 +24,7 @@ impl Engine {
     /// to answer).
     pub(super) async fn record(self: &Arc<Self>, task_id: &str, input: Input) {
         if let Err(e) = self.transition(task_id, input).await {
-            tracing::error!(task_id, error = %e.message, "recording a task's change failed");
+            tracing::error!(task_id, error = %super::error_chain(&e), "recording a task's change failed");
         }
     }
 
@@ -32,13 +35,13 @@ impl Engine {
         let id = task_id.to_string();
         let row = match self
             .store
-            .call(move |conn| store::get(conn, &id).map_err(ApiError::from))
+            .call(move |conn| store::get(conn, &id).map_err(EngineError::from))
             .await
         {
             Ok(Some(row)) => row,
             Ok(None) => return None,
             Err(e) => {
-                tracing::error!(task_id, error = %e.message, "reading a task to reconcile failed");
+                tracing::error!(task_id, error = %super::error_chain(&e), "reading a task to reconcile failed");
                 return None;
             }
         };
@@ -50,22 +53,7 @@ impl Engine {
         tracing::info!(task_id, message, "recovered");
         self.record(task_id, Input::Recovered(message)).await;
         match action {
-            Action::Follow {
-                shim,
-                start,
-                resend_kill,
-            } => {
-                if start {
-                    let s = Start {
-                        shim_pid: shim.shim_pid,
-                        shim_start_ticks: shim.shim_start_ticks,
-                        pid: None,
-                        pgid: None,
-                        started_at: None,
-                        by: StartedBy::ClaimAtRecovery,
-                    };
-                    self.record(task_id, Input::Start(s)).await;
-                }
+            Action::Follow { shim, resend_kill } => {
                 if resend_kill {
                     // The kill may have been recorded but never reached the
                     // shim before a crash; a repeat is harmless.
@@ -73,9 +61,7 @@ impl Engine {
                 }
                 let me = Arc::clone(self);
                 let id = task_id.to_string();
-                tokio::spawn(
-                    async move { me.watch(id, shim.shim_pid, shim.shim_start_ticks).await },
-                );
+                tokio::spawn(async move { me.watch(id, shim, StartedBy::ClaimAtRecovery).await });
             }
             Action::FinishFromDisk => self.finish_from_disk(task_id).await,
             Action::Unclaimed => return Some(row),
@@ -94,50 +80,113 @@ impl Engine {
         self.record(task_id, input).await;
     }
 
-    /// Waits for the task's end, then finishes it. The end is whichever
-    /// comes first: `result.json` renamed into the task dir (the shim's last
-    /// act), or the shim's exit (a shim that dies without a result is a
-    /// lost monitor).
-    pub async fn watch(self: &Arc<Self>, task_id: String, shim_pid: i32, start_ticks: u64) {
-        let td = self.task_dir(&task_id);
-        let arrival = self.arrivals.as_ref().map(|a| a.watch(&td.dir));
-        let exit = self.shim_exit(&task_id, shim_pid, start_ticks);
-        tokio::pin!(exit);
-        let mut exited = false;
-        match arrival {
-            _ if td.result_in_place() => {}
-            Some(Ok(mut arrival)) => {
-                tokio::select! {
-                    r = arrival.arrived() => {
-                        if let Err(e) = r {
-                            tracing::warn!(task_id, error = %e, "waiting for the shim's exit instead");
-                        }
-                    }
-                    () = &mut exit => exited = true,
-                }
+    /// Follows a launched task to its end. Its start is recorded when its
+    /// shim's `started` appears (`by` says how the shim was found); the
+    /// end is whichever comes first: `result.json` renamed in (the shim's
+    /// last act) or the shim's exit. A shim that exits without starting
+    /// the task found it claimed by another (followed in turn), or failed
+    /// before claiming it (the launch failed).
+    pub async fn watch(self: &Arc<Self>, task_id: String, shim: ClaimRecord, by: StartedBy) {
+        let (mut shim, mut by) = (shim, by);
+        loop {
+            if self.watch_shim(&task_id, shim, by).await {
+                return self.finish_from_disk(&task_id).await;
             }
-            Some(Err(e)) => {
-                // Out of watches affects every task alike: say it once.
-                static WARNED: std::sync::atomic::AtomicBool =
-                    std::sync::atomic::AtomicBool::new(false);
-                if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                    tracing::debug!(task_id, error = %e, "watching for the result failed");
-                } else {
-                    tracing::warn!(
-                        task_id,
-                        error = %e,
-                        "watching for the result failed; tasks end when their shims exit"
+            match self.task_dir(&task_id).read_claim() {
+                Ok(Some(c)) if c != shim && taskdir::is_alive(c.shim_pid, c.shim_start_ticks) => {
+                    let message = "re-attached to the shim that claimed the task";
+                    tracing::info!(task_id, message, "recovered");
+                    self.record(&task_id, Input::Recovered(message)).await;
+                    (shim, by) = (c, StartedBy::ClaimAtRecovery);
+                }
+                Ok(Some(_)) => return self.finish_from_disk(&task_id).await,
+                Ok(None) => {
+                    let o = outcome::launch_refused(
+                        TaskErrorCode::LaunchFailed,
+                        "the task's shim exited before it claimed the task (see shim.log)".into(),
+                        &now(),
                     );
+                    return self
+                        .record(&task_id, Input::Finish(o, DecidedBy::Runtime))
+                        .await;
+                }
+                Err(e) => {
+                    tracing::error!(task_id, error = %e, "reading the task's claim failed");
+                    return self.finish_from_disk(&task_id).await;
                 }
             }
-            None => {}
         }
-        // Woken without a result (lost events, a failed watch): the exit
-        // decides.
-        if !exited && !td.result_in_place() {
-            exit.await;
+    }
+
+    /// Waits until the task's result is in or its shim has exited, recording
+    /// the start on the way; whether the shim started the task or left a
+    /// result.
+    async fn watch_shim(self: &Arc<Self>, task_id: &str, shim: ClaimRecord, by: StartedBy) -> bool {
+        let td = self.task_dir(task_id);
+        let mut arrival = match self.arrivals.as_ref().map(|a| a.watch(&td.dir)) {
+            Some(Ok(a)) => Some(a),
+            Some(Err(e)) => {
+                watch_failed(task_id, &e);
+                None
+            }
+            None => None,
+        };
+        let exit = self.shim_exit(task_id, shim.shim_pid, shim.shim_start_ticks);
+        tokio::pin!(exit);
+        let poll = Duration::from_millis(self.cfg.args.dispatch_poll_interval_ms);
+        let mut started = false;
+        let mut exited = false;
+        loop {
+            if !started {
+                started = self.note_start(&td, task_id, shim, by).await;
+            }
+            if exited || td.result_in_place() {
+                break;
+            }
+            match arrival.as_mut() {
+                Some(a) => tokio::select! {
+                    r = a.arrived() => if let Err(e) = r {
+                        tracing::warn!(task_id, error = %e, "waiting for the shim's exit instead");
+                        arrival = None;
+                    },
+                    () = &mut exit => exited = true,
+                },
+                // Without a watch, the start is looked for now and then;
+                // the end is the shim's exit.
+                None if started => {
+                    (&mut exit).await;
+                    exited = true;
+                }
+                None => tokio::select! {
+                    () = tokio::time::sleep(poll) => {}
+                    () = &mut exit => exited = true,
+                },
+            }
         }
-        self.finish_from_disk(&task_id).await;
+        started || td.has_result()
+    }
+
+    /// Records the start if the shim's `started` is there; whether it is.
+    async fn note_start(
+        self: &Arc<Self>,
+        td: &TaskDir,
+        task_id: &str,
+        shim: ClaimRecord,
+        by: StartedBy,
+    ) -> bool {
+        let Some(rec) = td.read_started() else {
+            return false;
+        };
+        let start = Start {
+            shim_pid: shim.shim_pid,
+            shim_start_ticks: shim.shim_start_ticks,
+            pid: Some(rec.pid),
+            pgid: Some(rec.pgid),
+            started_at: Some(rec.started_at),
+            by,
+        };
+        self.record(task_id, Input::Start(start)).await;
+        true
     }
 
     /// Returns once the shim has exited.
@@ -170,7 +219,21 @@ impl Engine {
     }
 }
 
-fn read_outcome(td: &super::files::TaskDir) -> Option<Outcome> {
+/// Out of watches affects every task alike: said once.
+fn watch_failed(task_id: &str, e: &std::io::Error) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::debug!(task_id, error = %e, "watching the task dir failed");
+    } else {
+        tracing::warn!(
+            task_id,
+            error = %e,
+            "watching the task dir failed; starts are polled and tasks end when their shims exit"
+        );
+    }
+}
+
+fn read_outcome(td: &TaskDir) -> Option<Outcome> {
     let bytes = td.read_result().ok()??;
     serde_json::from_slice(&bytes).ok()
 }

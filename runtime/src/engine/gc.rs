@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::files::TaskDir;
 use super::Engine;
-use crate::api::error::ApiError;
+use super::EngineError;
 use crate::store;
 
 /// Rows deleted per transaction, so a large backlog never holds the
@@ -21,13 +21,13 @@ impl Engine {
             match self.gc_once().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "expired tasks collected"),
-                Err(e) => tracing::error!(error = %e.message, "gc pass failed"),
+                Err(e) => tracing::error!(error = %super::error_chain(&e), "gc pass failed"),
             }
         }
     }
 
     /// Deletes every expired task; returns how many.
-    pub async fn gc_once(&self) -> Result<usize, ApiError> {
+    pub async fn gc_once(&self) -> Result<usize, EngineError> {
         let retention_ms = self.cfg.args.result_retention_secs.saturating_mul(1000);
         let cutoff =
             chrono::Utc::now().timestamp_millis() - retention_ms.min(i64::MAX as u64) as i64;
@@ -37,7 +37,7 @@ impl Engine {
             let logs = std::sync::Arc::clone(&self.logs);
             let n = self
                 .store
-                .call(move |conn| -> Result<usize, ApiError> {
+                .call(move |conn| -> Result<usize, EngineError> {
                     let ids = store::expired(conn, cutoff, BATCH)?;
                     let tx = store::begin_relaxed(conn)?;
                     for id in &ids {

@@ -13,14 +13,15 @@ use execgo_runtime_protocol::{
 };
 
 use super::files::SCRIPT;
+use super::EngineError;
 use super::{error_chain, now, view, Engine};
-use crate::api::error::ApiError;
-use crate::api::model::ExecutionKind;
+use crate::model::ExecutionKind;
 use crate::store::TaskRow;
-use crate::task::{outcome, DecidedBy, Input, Start, StartedBy};
+use crate::task::{outcome, DecidedBy, Input, StartedBy};
+use execgo_runtime_protocol::taskdir::ClaimRecord;
 
 impl Engine {
-    fn launch_spec(&self, row: &TaskRow) -> Result<LaunchSpec, ApiError> {
+    fn launch_spec(&self, row: &TaskRow) -> Result<LaunchSpec, EngineError> {
         let req = &row.request;
         let td = self.task_dir(&row.task_id);
         let e = &req.execution;
@@ -48,7 +49,7 @@ impl Engine {
         env.extend(e.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         let template = view::status_body(&td, row)?;
         let result_template = serde_json::to_string(&template)
-            .map_err(|e| ApiError::internal(format!("encoding the result template: {e}")))?;
+            .map_err(|e| EngineError::Internal(format!("encoding the result template: {e}")))?;
         let l = &req.limits;
         let enforced = &row.plan.resource_enforcement;
         Ok(LaunchSpec {
@@ -77,7 +78,7 @@ impl Engine {
             Ok(s) => s,
             Err(e) => {
                 return self
-                    .refused(&task_id, TaskErrorCode::Internal, e.message)
+                    .refused(&task_id, TaskErrorCode::Internal, e.to_string())
                     .await
             }
         };
@@ -87,13 +88,15 @@ impl Engine {
             tracing::debug!(task_id, "helper replied to the launch");
             let transport_error = match reply {
                 Ok(Response::Launched(l)) => return self.launched(&task_id, l).await,
+                // The helper lost track of a shim it may have started: like
+                // a lost reply, the claim (or a retry) tells.
+                Ok(Response::Error(err)) if err.kind == HelperErrorKind::Internal => {
+                    format!("helper failed the launch: {}", err.message)
+                }
                 Ok(Response::Error(err)) => {
                     let code = match err.kind {
                         HelperErrorKind::SandboxSetupFailed => TaskErrorCode::SandboxSetupFailed,
-                        HelperErrorKind::LaunchFailed | HelperErrorKind::InvalidRequest => {
-                            TaskErrorCode::LaunchFailed
-                        }
-                        HelperErrorKind::Internal => TaskErrorCode::Internal,
+                        _ => TaskErrorCode::LaunchFailed,
                     };
                     // The shim may have claimed the task before failing.
                     if self.task_dir(&task_id).has_result() {
@@ -123,26 +126,12 @@ impl Engine {
     }
 
     async fn launched(self: &Arc<Self>, task_id: &str, l: Launched) {
-        if l.already_claimed {
-            // An earlier launch's shim owns the task (this one ran nothing);
-            // its claim is there, so the task is never launched again.
-            let _ = self.find_shim(task_id).await;
-            return;
-        }
-        if l.pid.is_none() {
-            // Exec failed: the shim already wrote result.json saying why.
-            return self.finish_from_disk(task_id).await;
-        }
-        let start = Start {
+        tracing::debug!(task_id, shim_pid = l.shim_pid, "shim started");
+        let shim = ClaimRecord {
             shim_pid: l.shim_pid,
             shim_start_ticks: l.shim_start_ticks,
-            pid: l.pid,
-            pgid: l.pgid,
-            started_at: l.started_at,
-            by: StartedBy::LaunchReply,
         };
-        self.record(task_id, Input::Start(start)).await;
-        self.watch(task_id.to_string(), l.shim_pid, l.shim_start_ticks)
+        self.watch(task_id.to_string(), shim, StartedBy::LaunchReply)
             .await;
     }
 
@@ -158,7 +147,7 @@ impl Engine {
     async fn kill_requested(&self, task_id: &str) -> bool {
         let id = task_id.to_string();
         self.store
-            .call(move |conn| crate::store::get(conn, &id).map_err(ApiError::from))
+            .call(move |conn| crate::store::get(conn, &id).map_err(EngineError::from))
             .await
             .ok()
             .flatten()

@@ -5,6 +5,7 @@
 
 mod admission;
 pub mod arrivals;
+pub mod error;
 pub mod files;
 mod follow;
 pub mod gc;
@@ -19,42 +20,17 @@ use std::sync::{Arc, Mutex};
 use execgo_runtime_protocol::TaskStatus;
 use tokio::sync::Notify;
 
-use crate::api::error::{ApiError, ApiErrorCode};
-use crate::api::model::{
-    EventRecord, ExecutionKind, SubmitTaskRequest, SubmitTaskResponse, TaskStatusResponse,
-};
-use crate::api::validate;
 use crate::config::Config;
 use crate::helper_link::HelperLink;
 use crate::ledger::{Amounts, Ledger};
+use crate::model::{
+    EventRecord, ExecutionKind, SubmitTaskRequest, SubmitTaskResponse, TaskStatusResponse,
+};
 use crate::plan::{self, HostCaps};
-use crate::store::{self, Store, StoreError, TaskRow};
+use crate::store::{self, Store, TaskRow};
 use crate::task::{self, Input, Phase, Unchanged};
+pub use error::{error_chain, EngineError};
 use files::TaskDir;
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        if e.is_storage_unavailable() {
-            tracing::error!(error = %error_chain(&e), "storage unavailable");
-            ApiError::new(ApiErrorCode::StorageUnavailable, error_chain(&e))
-        } else {
-            tracing::error!(error = %error_chain(&e), "store failure");
-            ApiError::internal(error_chain(&e))
-        }
-    }
-}
-
-/// `a: b: c` from an error and its sources.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
 
 pub use execgo_runtime_protocol::taskdir::{now_rfc3339 as now, unix_ms};
 
@@ -65,9 +41,6 @@ pub struct Engine {
     pub cfg: Config,
     pub store: Arc<Store>,
     pub helper: Arc<HelperLink>,
-    pub caps: HostCaps,
-    /// The helper's probe of the host, and when it was taken.
-    pub probe: execgo_runtime_protocol::HelperCapabilities,
     pub started_at: String,
     pub platform: crate::platform::Platform,
     pub metrics: crate::metrics::Metrics,
@@ -82,13 +55,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(
-        cfg: Config,
-        store: Arc<Store>,
-        helper: Arc<HelperLink>,
-        caps: HostCaps,
-        probe: execgo_runtime_protocol::HelperCapabilities,
-    ) -> Self {
+    pub fn new(cfg: Config, store: Arc<Store>, helper: Arc<HelperLink>) -> Self {
         let capacity = Amounts {
             task_slots: cfg.args.max_running_tasks,
             memory_bytes: cfg.args.capacity_memory_bytes.or_else(physical_memory),
@@ -103,8 +70,6 @@ impl Engine {
             cfg,
             store,
             helper,
-            caps,
-            probe,
             started_at: now(),
             platform: crate::platform::Platform::detect(),
             metrics: crate::metrics::Metrics::new(),
@@ -129,15 +94,24 @@ impl Engine {
         self.wake.notify_one();
     }
 
-    /// `POST /api/v1/tasks`.
-    pub async fn submit(self: &Arc<Self>, body: &[u8]) -> Result<SubmitTaskResponse, ApiError> {
-        let mut req: SubmitTaskRequest = serde_json::from_slice(body)
-            .map_err(|e| ApiError::invalid(format!("request body: {e}")))?;
-        validate::submit(&req)?;
+    /// What tasks can be given on this host: from the helper's latest
+    /// probe (taken at each connect), or the process profile's minimum
+    /// while the helper has not been reached.
+    pub fn host_caps(&self) -> HostCaps {
+        self.helper
+            .with_probe(|p| HostCaps::from_probe(p, &self.cfg.args))
+    }
+
+    /// `POST /api/v1/tasks`, for a request the API layer parsed and
+    /// validated.
+    pub async fn submit(
+        self: &Arc<Self>,
+        mut req: SubmitTaskRequest,
+    ) -> Result<SubmitTaskResponse, EngineError> {
         let plan = plan::resolve(
             &req,
             self.cfg.args.default_capability_mode.into(),
-            &self.caps,
+            &self.host_caps(),
         )?;
         self.check_capacity(&req)?;
 
@@ -151,7 +125,7 @@ impl Engine {
             ExecutionKind::Command => None,
         };
         let request_json = serde_json::to_vec_pretty(&req)
-            .map_err(|e| ApiError::internal(format!("encoding request.json: {e}")))?;
+            .map_err(|e| EngineError::Internal(format!("encoding request.json: {e}")))?;
         let ts = now();
         let created = task::create(task_id.clone(), req, plan, &ts);
         let td = self.task_dir(&task_id);
@@ -160,19 +134,13 @@ impl Engine {
         let admitted = self
             .store
             .durable(
-                move |tx| -> Result<store::Committed<Option<task::Change>>, ApiError> {
+                move |tx| -> Result<store::Committed<Option<task::Change>>, EngineError> {
                     if store::count_status(tx, TaskStatus::Accepted)? >= max_queued {
-                        return Err(ApiError::verbatim(
-                            ApiErrorCode::ResourceLimitExceeded,
-                            "queue is full",
-                        ));
+                        return Err(EngineError::QueueFull);
                     }
                     let row = &created.row;
                     if store::exists(tx, &row.task_id)? {
-                        return Err(ApiError::verbatim(
-                            ApiErrorCode::Conflict,
-                            format!("task already exists: {}", row.task_id),
-                        ));
+                        return Err(EngineError::Conflict(row.task_id.clone()));
                     }
                     let nothing_older = store::waiting(tx, 1)?.is_empty();
                     store::insert(tx, row)?;
@@ -181,7 +149,7 @@ impl Engine {
                     }
                     if let Err(e) = td.create(&request_json, script.as_deref()) {
                         let _ = td.remove();
-                        return Err(io_unavailable("writing the task directory", &e));
+                        return Err(EngineError::storage("writing the task directory", e));
                     }
                     // Nothing older waits: admission joins this transaction,
                     // and the launch follows the commit without a dispatch
@@ -219,7 +187,7 @@ impl Engine {
     }
 
     /// One task's reservation can never fit this runtime or its tenant.
-    fn check_capacity(&self, req: &SubmitTaskRequest) -> Result<(), ApiError> {
+    fn check_capacity(&self, req: &SubmitTaskRequest) -> Result<(), EngineError> {
         let reservation =
             crate::ledger::Reservation::for_limits(req.limits.memory_bytes, req.limits.pids_max);
         let tenant = req
@@ -228,40 +196,36 @@ impl Engine {
             .and_then(|c| c.tenant.as_deref());
         self.with_ledger(|l| l.could_ever_fit(tenant, &reservation))
             .map_err(|pool| {
-                ApiError::new(
-                    ApiErrorCode::InsufficientResources,
-                    format!(
-                        "the task's reservation (task_slots 1{}{}) exceeds {pool}",
-                        reservation
-                            .memory_bytes
-                            .map(|m| format!(", memory_bytes {m}"))
-                            .unwrap_or_default(),
-                        reservation
-                            .pids
-                            .map(|p| format!(", pids {p}"))
-                            .unwrap_or_default(),
-                    ),
-                )
+                EngineError::InsufficientResources(format!(
+                    "the task's reservation (task_slots 1{}{}) exceeds {pool}",
+                    reservation
+                        .memory_bytes
+                        .map(|m| format!(", memory_bytes {m}"))
+                        .unwrap_or_default(),
+                    reservation
+                        .pids
+                        .map(|p| format!(", pids {p}"))
+                        .unwrap_or_default(),
+                ))
             })
     }
 
-    async fn row(&self, task_id: &str) -> Result<TaskRow, ApiError> {
-        validate::task_id(task_id).map_err(|_| ApiError::not_found(task_id))?;
+    async fn row(&self, task_id: &str) -> Result<TaskRow, EngineError> {
         let id = task_id.to_string();
         self.store
             .call(move |conn| store::get(conn, &id))
             .await?
-            .ok_or_else(|| ApiError::not_found(task_id))
+            .ok_or_else(|| EngineError::NotFound(task_id.to_string()))
     }
 
     /// `GET /api/v1/tasks/:id`.
-    pub async fn status(&self, task_id: &str) -> Result<TaskStatusResponse, ApiError> {
+    pub async fn status(&self, task_id: &str) -> Result<TaskStatusResponse, EngineError> {
         let row = self.row(task_id).await?;
         view::status_body(&self.task_dir(task_id), &row)
     }
 
     /// `GET /api/v1/tasks/:id/events`.
-    pub async fn events(&self, task_id: &str) -> Result<Vec<EventRecord>, ApiError> {
+    pub async fn events(&self, task_id: &str) -> Result<Vec<EventRecord>, EngineError> {
         let _ = self.row(task_id).await?;
         let id = task_id.to_string();
         let rows = self
@@ -276,14 +240,11 @@ impl Engine {
         self: &Arc<Self>,
         task_id: &str,
         owner: Option<&str>,
-    ) -> Result<TaskStatusResponse, ApiError> {
+    ) -> Result<TaskStatusResponse, EngineError> {
         let row = self.row(task_id).await?;
         if let Some(required) = &row.owner {
             if owner != Some(required.as_str()) {
-                return Err(ApiError::verbatim(
-                    ApiErrorCode::PermissionDenied,
-                    format!("permission denied: kill requires owner '{required}'"),
-                ));
+                return Err(EngineError::NotOwner(required.clone()));
             }
         }
         match self.transition(task_id, Input::Kill).await? {
@@ -299,27 +260,24 @@ impl Engine {
     }
 
     /// Readiness: storage answers and the helper answers.
-    pub async fn ready(&self) -> Result<(), ApiError> {
+    pub async fn ready(&self) -> Result<(), EngineError> {
         self.store
-            .call(|conn| store::ping(conn).map_err(ApiError::from))
+            .call(|conn| store::ping(conn).map_err(EngineError::from))
             .await
-            .map_err(|e| {
-                ApiError::new(ApiErrorCode::NotReady, format!("storage: {}", e.message))
-            })?;
+            .map_err(|e| EngineError::NotReady(format!("storage: {}", error_chain(&e))))?;
         let pong = self
             .helper
             .call(execgo_runtime_protocol::Request::Ping)
             .await;
         match pong {
             Ok(execgo_runtime_protocol::Response::Pong) => Ok(()),
-            Ok(_) => Err(ApiError::new(
-                ApiErrorCode::NotReady,
-                "helper answered a ping out of protocol",
+            Ok(_) => Err(EngineError::NotReady(
+                "helper answered a ping out of protocol".into(),
             )),
-            Err(e) => Err(ApiError::new(
-                ApiErrorCode::NotReady,
-                format!("helper: {}", error_chain(&e)),
-            )),
+            Err(e) => Err(EngineError::NotReady(format!(
+                "helper: {}",
+                error_chain(&e)
+            ))),
         }
     }
 
@@ -331,10 +289,10 @@ impl Engine {
     }
 
     /// `GET /metrics`: refreshes the gauges from the store, then renders.
-    pub async fn metrics_text(&self) -> Result<String, ApiError> {
+    pub async fn metrics_text(&self) -> Result<String, EngineError> {
         let (running, queued) = self
             .store
-            .call(|conn| -> Result<(u64, u64), ApiError> {
+            .call(|conn| -> Result<(u64, u64), EngineError> {
                 Ok((
                     store::count_status(conn, TaskStatus::Running)?,
                     store::count_status(conn, TaskStatus::Accepted)?,
@@ -364,13 +322,6 @@ fn candidate(row: &store::TaskRow) -> crate::ledger::Candidate {
         tenant: row.tenant.clone(),
         reservation: crate::ledger::Reservation::for_limits(limits.memory_bytes, limits.pids_max),
     }
-}
-
-/// An environment failure on the data dir (disk full, read-only) is a 503
-/// the client can retry, never a 500.
-pub(crate) fn io_unavailable(what: &str, e: &std::io::Error) -> ApiError {
-    tracing::error!(error = %e, "{what} failed");
-    ApiError::new(ApiErrorCode::StorageUnavailable, format!("{what}: {e}"))
 }
 
 fn physical_memory() -> Option<u64> {

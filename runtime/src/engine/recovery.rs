@@ -9,19 +9,19 @@ use std::sync::Arc;
 use execgo_runtime_protocol::TaskStatus;
 
 use super::Engine;
-use crate::api::error::ApiError;
+use super::EngineError;
 use crate::ledger::Reservation;
 use crate::store;
 use crate::task::Phase;
 
 impl Engine {
     /// Runs once at start, before the dispatcher.
-    pub async fn recover(self: &Arc<Self>) -> Result<(), ApiError> {
+    pub async fn recover(self: &Arc<Self>) -> Result<(), EngineError> {
         let mut held = Vec::new();
         for status in [TaskStatus::Running, TaskStatus::Accepted] {
             let rows = self
                 .store
-                .call(move |conn| store::list_status(conn, status).map_err(ApiError::from))
+                .call(move |conn| store::list_status(conn, status).map_err(EngineError::from))
                 .await?;
             held.extend(rows.into_iter().filter(|r| Phase::of(r) != Phase::Queued));
         }

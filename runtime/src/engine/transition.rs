@@ -8,8 +8,8 @@ use std::sync::Arc;
 use execgo_runtime_protocol::TaskStatus;
 
 use super::files::TaskDir;
+use super::EngineError;
 use super::{now, unix_ms, view, Engine};
-use crate::api::error::ApiError;
 use crate::store::{self, TaskRow};
 use crate::task::{self, Change, Durability, Effect, Input, Unchanged};
 
@@ -20,12 +20,12 @@ impl Engine {
         self: &Arc<Self>,
         task_id: &str,
         input: Input,
-    ) -> Result<Result<Change, Unchanged>, ApiError> {
+    ) -> Result<Result<Change, Unchanged>, EngineError> {
         let durability = input.durability();
         let starting = matches!(input, Input::Start(_));
         let id = task_id.to_string();
         let td = self.task_dir(task_id);
-        type Recorded = Result<store::Committed<Result<Change, Unchanged>>, ApiError>;
+        type Recorded = Result<store::Committed<Result<Change, Unchanged>>, EngineError>;
         let record = move |tx: &rusqlite::Transaction<'_>| -> Recorded {
             let done = |value| store::Committed { value, undo: None };
             let Some(row) = store::get(tx, &id)? else {
@@ -115,13 +115,13 @@ pub(super) fn persist(
     td: &TaskDir,
     change: &Change,
     ts: &str,
-) -> Result<(), ApiError> {
+) -> Result<(), EngineError> {
     if change.has(Effect::WriteResult) {
         let body = view::status_body(td, &change.row)?;
         let bytes = serde_json::to_vec_pretty(&body)
-            .map_err(|e| ApiError::internal(format!("encoding result.json: {e}")))?;
+            .map_err(|e| EngineError::Internal(format!("encoding result.json: {e}")))?;
         td.write_result(&bytes)
-            .map_err(|e| super::io_unavailable("writing result.json", &e))?;
+            .map_err(|e| EngineError::storage("writing result.json", e))?;
     }
     for ev in &change.events {
         store::append_event(tx, &change.row.task_id, ts, ev)?;

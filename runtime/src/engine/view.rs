@@ -3,8 +3,8 @@
 use execgo_runtime_protocol::{ResourceUsage, TaskStatus};
 
 use super::files::{TaskDir, STDERR, STDOUT};
-use crate::api::error::ApiError;
-use crate::api::model::{EventRecord, ExecutionKind, TaskStatusResponse};
+use super::EngineError;
+use crate::model::{EventRecord, ExecutionKind, TaskStatusResponse};
 use crate::store::{EventRow, TaskRow};
 
 /// The ExecGo client's name for an event type (it reads only `type`).
@@ -40,14 +40,14 @@ fn since_ms(start: &str) -> Option<u64> {
 }
 
 /// The status body of `row`, with the head of its logs.
-pub fn status_body(td: &TaskDir, row: &TaskRow) -> Result<TaskStatusResponse, ApiError> {
+pub fn status_body(td: &TaskDir, row: &TaskRow) -> Result<TaskStatusResponse, EngineError> {
     let limits = &row.request.limits;
     let (stdout, stdout_truncated) = td
         .read_log(STDOUT, limits.stdout_max_bytes)
-        .map_err(|e| ApiError::internal(format!("reading stdout.log: {e}")))?;
+        .map_err(|e| EngineError::Internal(format!("reading stdout.log: {e}")))?;
     let (stderr, stderr_truncated) = td
         .read_log(STDERR, limits.stderr_max_bytes)
-        .map_err(|e| ApiError::internal(format!("reading stderr.log: {e}")))?;
+        .map_err(|e| EngineError::Internal(format!("reading stderr.log: {e}")))?;
     let running = row.status == TaskStatus::Running;
     let live_ms = if running {
         row.started_at.as_deref().and_then(since_ms)

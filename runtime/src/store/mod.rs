@@ -13,9 +13,9 @@ mod worker;
 
 pub use worker::Committed;
 
-use crate::api::model::{ExecutionPlan, SubmitTaskRequest};
 use crate::ledger::Candidate;
 use crate::ledger::Reservation;
+use crate::model::{ExecutionPlan, SubmitTaskRequest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

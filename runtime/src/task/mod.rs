@@ -22,8 +22,8 @@ pub mod reconcile;
 
 use execgo_runtime_protocol::{Outcome, TaskStatus};
 
-use crate::api::model::{ExecutionPlan, SubmitTaskRequest};
 use crate::ledger::Reservation;
+use crate::model::{ExecutionPlan, SubmitTaskRequest};
 use crate::store::{NewEvent, TaskRow};
 
 /// Where a task is in its life. Derived from the stored row.

@@ -10,12 +10,11 @@ use crate::store::TaskRow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// Its shim lives: record the start first when `start` (the row does
-    /// not know the shim yet), then watch it; `resend_kill` when a kill was
-    /// recorded that the shim may never have received.
+    /// Its shim lives: watch it (its `started` records the start, if the
+    /// row does not have it yet); `resend_kill` when a kill was recorded
+    /// that the shim may never have received.
     Follow {
         shim: ClaimRecord,
-        start: bool,
         resend_kill: bool,
     },
     /// Its shim is gone: finish from its `result.json`, or as a lost
@@ -43,7 +42,6 @@ pub fn reconcile(
                 (
                     Action::Follow {
                         shim,
-                        start: false,
                         resend_kill: row.kill_requested,
                     },
                     "runtime restarted; re-attached to the running shim",
@@ -59,7 +57,6 @@ pub fn reconcile(
             Some(c) if alive(c.shim_pid, c.shim_start_ticks) => (
                 Action::Follow {
                     shim: c,
-                    start: true,
                     resend_kill: false,
                 },
                 "re-attached to the shim that claimed the task",

@@ -25,7 +25,7 @@ fn queued() -> TaskRow {
         cgroup_memory: false,
         oom_detection: false,
     };
-    let plan = plan::resolve(&req, crate::api::model::CapabilityMode::Adaptive, &caps).unwrap();
+    let plan = plan::resolve(&req, crate::model::CapabilityMode::Adaptive, &caps).unwrap();
     create("t1".into(), req, plan, T0).row
 }
 
@@ -310,7 +310,6 @@ fn recovery_follows_a_running_shim_or_finishes() {
         a,
         Action::Follow {
             shim: claim(10),
-            start: false,
             resend_kill: false
         }
     );
@@ -337,7 +336,6 @@ fn recovery_of_a_launch_follows_its_claim() {
         a,
         Action::Follow {
             shim: claim(10),
-            start: true,
             resend_kill: false
         }
     );

@@ -1,4 +1,4 @@
-//! Request and response bodies of the public HTTP API, with the exact field
+//! The task model: request and response bodies of the public HTTP API, with the exact field
 //! names, defaults and omission rules of the contract.
 
 use std::collections::BTreeMap;

@@ -1,0 +1,291 @@
+//! The task child: its posix_spawn-style start from the shim
+//! ([`spawn_task`]) and the code it runs, in the shim's memory, until
+//! execve ([`exec_child`]).
+#![allow(unsafe_code)]
+
+use std::ffi::{c_char, CString, NulError};
+use std::os::fd::RawFd;
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::sys::resource::Resource;
+use nix::unistd::Pid;
+
+use super::process::exit_now;
+use super::signals::{HANDLED_BY_STD, IGNORED_BY_US};
+use super::stack::ChildStack;
+
+/// A program, its argv and its envp as C strings, with the pointer arrays
+/// execve(2) wants, all built before the spawn so the child allocates
+/// nothing.
+pub struct ExecImage {
+    path: CString,
+    _argv: Vec<CString>,
+    _envp: Vec<CString>,
+    argv_ptrs: Vec<*const c_char>,
+    envp_ptrs: Vec<*const c_char>,
+}
+
+impl ExecImage {
+    pub fn new(path: &Path, argv: &[String], env: &[(String, String)]) -> Result<Self, NulError> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = CString::new(path.as_os_str().as_bytes())?;
+        let argv = argv
+            .iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let envp = env
+            .iter()
+            .map(|(k, v)| CString::new(format!("{k}={v}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        // The pointers stay valid while the CStrings live: a CString's bytes
+        // are on the heap and do not move when the vectors holding them do.
+        let argv_ptrs = argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let envp_ptrs = envp
+            .iter()
+            .map(|e| e.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        Ok(ExecImage {
+            path,
+            _argv: argv,
+            _envp: envp,
+            argv_ptrs,
+            envp_ptrs,
+        })
+    }
+}
+
+/// The step of the task child's set-up that failed, sent to the shim over
+/// the exec-status pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ChildStep {
+    SetPgid = 1,
+    SignalMask = 2,
+    RlimitCpu = 3,
+    RlimitAs = 4,
+    Stdio = 5,
+    Chdir = 6,
+    Exec = 7,
+}
+
+impl ChildStep {
+    pub fn from_u8(b: u8) -> Option<Self> {
+        [
+            ChildStep::SetPgid,
+            ChildStep::SignalMask,
+            ChildStep::RlimitCpu,
+            ChildStep::RlimitAs,
+            ChildStep::Stdio,
+            ChildStep::Chdir,
+            ChildStep::Exec,
+        ]
+        .into_iter()
+        .find(|s| *s as u8 == b)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ChildStep::SetPgid => "setpgid",
+            ChildStep::SignalMask => "signal reset (sigaction, sigprocmask)",
+            ChildStep::RlimitCpu => "setrlimit RLIMIT_CPU",
+            ChildStep::RlimitAs => "setrlimit RLIMIT_AS",
+            ChildStep::Stdio => "dup2",
+            ChildStep::Chdir => "fchdir",
+            ChildStep::Exec => "execve",
+        }
+    }
+}
+
+/// Length of a message on the exec-status pipe: the step, then the errno
+/// as 4 little-endian bytes.
+pub const CHILD_STATUS_LEN: usize = 5;
+
+/// Everything the task child needs, prepared before [`spawn_task`].
+pub struct ChildSetup<'a> {
+    pub image: &'a ExecImage,
+    pub stdin: RawFd,
+    pub stdout: RawFd,
+    pub stderr: RawFd,
+    pub cwd: RawFd,
+    /// (soft, hard) RLIMIT_CPU in seconds.
+    pub cpu: Option<(u64, u64)>,
+    /// (soft, hard) RLIMIT_AS in bytes.
+    pub address_space: Option<(u64, u64)>,
+    /// Write end of the close-on-exec exec-status pipe.
+    pub status_fd: RawFd,
+}
+
+/// Writes the failed step and errno to the exec-status pipe and exits 127.
+fn child_fail(status_fd: RawFd, step: ChildStep) -> ! {
+    let errno = Errno::last_raw().to_le_bytes();
+    let msg: [u8; CHILD_STATUS_LEN] = [step as u8, errno[0], errno[1], errno[2], errno[3]];
+    // SAFETY: write(2) reads CHILD_STATUS_LEN bytes from a live stack array.
+    unsafe { libc::write(status_fd, msg.as_ptr().cast(), msg.len()) };
+    exit_now(127)
+}
+
+/// Size of the stack the task child runs on until its exec: [`exec_child`]
+/// and the libc wrappers it calls need a few KiB; debug builds more.
+const CHILD_STACK: usize = 64 * 1024;
+
+/// Starts the task child the way posix_spawn does: clone(2) with
+/// `CLONE_VM | CLONE_VFORK` on a stack of its own, so no page table is
+/// copied and no copy-on-write fault follows. The child runs
+/// [`exec_child`] in the shim's memory, and this returns once it has
+/// exec'd or exited (the calling thread is suspended until then); its
+/// outcome is on the exec-status pipe.
+///
+/// Why this is sound: the child touches no memory but its own stack, the
+/// prepared `setup` (read only) and the calling thread's `errno` (that
+/// thread is suspended, and the shim has no other), and makes only
+/// async-signal-safe libc calls, which are thin wrappers of system calls:
+/// no allocation, no lock, no unwinding (nothing in it can panic), so
+/// nothing it could leave half-changed in memory the shim then uses. Every
+/// signal is blocked across the clone, so no handler of ours ever runs in
+/// the child, which puts the dispositions back before it unblocks them
+/// (glibc leaves its own two real-time signals unblocked; the shim has no
+/// handler for them, see [`HANDLED_BY_STD`]). It has its own descriptor
+/// table, signal dispositions, rlimits and working directory (no
+/// `CLONE_FILES`, `CLONE_SIGHAND`, `CLONE_FS`), so its set-up changes
+/// nothing of ours. Its stack is ours to free once this returns: the child
+/// has exec'd (a new address space) or exited by then.
+pub fn spawn_task(setup: &ChildSetup<'_>) -> nix::Result<Pid> {
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+    let stack = ChildStack::new(CHILD_STACK)?;
+    let mut old = SigSet::empty();
+    pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut old),
+    )?;
+    let arg: *const ChildSetup<'_> = setup;
+    // SAFETY: see above. `child_main` never returns; `stack` and `setup`
+    // outlive the child's use of them, since CLONE_VFORK returns only once
+    // the child has exec'd or exited.
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            stack.top(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            arg.cast_mut().cast(),
+        )
+    };
+    let cloned = if pid < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(Pid::from_raw(pid))
+    };
+    // The old mask is valid, so this cannot fail.
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    drop(stack);
+    cloned
+}
+
+/// The task child's entry point, on its own stack.
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `&ChildSetup` that `spawn_task` passed to clone;
+    // its thread is suspended until we exec or exit, so it is alive and
+    // unchanged.
+    let setup = unsafe { &*arg.cast_const().cast::<ChildSetup<'_>>() };
+    exec_child(setup)
+}
+
+/// Runs in the task child, started by [`spawn_task`] with every signal
+/// blocked: own process group, default dispositions ([`IGNORED_BY_US`],
+/// [`HANDLED_BY_STD`]), rlimits, stdio, working directory, an empty signal
+/// mask, then execve. Only async-signal-safe calls on prepared values; no
+/// allocation, no logging. On failure the step and errno go to the
+/// exec-status pipe.
+fn exec_child(s: &ChildSetup<'_>) -> ! {
+    // Own group first, so a group-wide kill by the shim covers the task even
+    // if it dies in a later step.
+    if nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).is_err() {
+        child_fail(s.status_fd, ChildStep::SetPgid);
+    }
+    // Dispositions set to "ignore" survive execve. The helper started with
+    // none but its own (start-up undid whatever its parent ignored), so
+    // only those go back to the default; and the handlers, which execve
+    // would reset, are reset now, so that none can run here.
+    // SAFETY: sigaction is plain old data; all-zero is a valid value, and
+    // SIG_DFL with no flags and an empty mask is what we install.
+    let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
+    dfl.sa_sigaction = libc::SIG_DFL;
+    for sig in IGNORED_BY_US.into_iter().chain(HANDLED_BY_STD) {
+        // SAFETY: installs the default action from a live local struct.
+        if unsafe { libc::sigaction(sig, &dfl, std::ptr::null_mut()) } != 0 {
+            child_fail(s.status_fd, ChildStep::SignalMask);
+        }
+    }
+    if let Some((soft, hard)) = s.cpu {
+        if nix::sys::resource::setrlimit(Resource::RLIMIT_CPU, soft, hard).is_err() {
+            child_fail(s.status_fd, ChildStep::RlimitCpu);
+        }
+    }
+    if let Some((soft, hard)) = s.address_space {
+        if nix::sys::resource::setrlimit(Resource::RLIMIT_AS, soft, hard).is_err() {
+            child_fail(s.status_fd, ChildStep::RlimitAs);
+        }
+    }
+    for (from, to) in [(s.stdin, 0), (s.stdout, 1), (s.stderr, 2)] {
+        if nix::unistd::dup2(from, to).is_err() {
+            child_fail(s.status_fd, ChildStep::Stdio);
+        }
+    }
+    if nix::unistd::fchdir(s.cwd).is_err() {
+        child_fail(s.status_fd, ChildStep::Chdir);
+    }
+    // The task starts with an empty mask (the shim blocks SIGCHLD, and
+    // everything was blocked for the way here). Last, so that no signal is
+    // handled in the shim's memory: the handlers were reset above, and
+    // execve follows.
+    let empty = nix::sys::signal::SigSet::empty();
+    if nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&empty),
+        None,
+    )
+    .is_err()
+    {
+        child_fail(s.status_fd, ChildStep::SignalMask);
+    }
+    // SAFETY: path, argv and envp are NUL-terminated C strings and
+    // NULL-terminated pointer arrays owned by `s.image`, alive for the call.
+    unsafe {
+        libc::execve(
+            s.image.path.as_ptr(),
+            s.image.argv_ptrs.as_ptr(),
+            s.image.envp_ptrs.as_ptr(),
+        )
+    };
+    child_fail(s.status_fd, ChildStep::Exec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn child_steps_round_trip() {
+        for b in 1..=7u8 {
+            let step = ChildStep::from_u8(b).unwrap();
+            assert_eq!(step as u8, b);
+            assert!(!step.name().is_empty());
+        }
+        assert_eq!(ChildStep::from_u8(0), None);
+        assert_eq!(ChildStep::from_u8(8), None);
+    }
+
+    #[test]
+    fn exec_image_refuses_nul() {
+        let ok = ExecImage::new(Path::new("/bin/true"), &["true".into()], &[]);
+        assert!(ok.is_ok());
+        let bad = ExecImage::new(Path::new("/bin/true"), &["a\0b".into()], &[]);
+        assert!(bad.is_err());
+    }
+}

@@ -1,0 +1,53 @@
+//! What the engine's operations can fail with. The API layer maps each to
+//! its code and HTTP status (`api::error`).
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("task not found: {0}")]
+    NotFound(String),
+    #[error("task already exists: {0}")]
+    Conflict(String),
+    #[error("queue is full")]
+    QueueFull,
+    #[error("permission denied: kill requires owner '{0}'")]
+    NotOwner(String),
+    /// The task's reservation can never fit; the message says where.
+    #[error("{0}")]
+    InsufficientResources(String),
+    /// Strict mode, and the host cannot provide these.
+    #[error("this runtime cannot provide: {}", .missing.join(", "))]
+    Unsupported { missing: Vec<&'static str> },
+    /// The data dir refused a write (full, read-only): retry later.
+    #[error("{what}: {source}")]
+    StorageUnavailable {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    NotReady(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    pub fn storage(what: &'static str, source: std::io::Error) -> EngineError {
+        EngineError::StorageUnavailable { what, source }
+    }
+}
+
+/// `a: b: c` from an error and its sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
