@@ -72,7 +72,11 @@ pub struct ServerBuilder {
     data_dir: Option<PathBuf>,
     envs: Vec<(String, String)>,
     port: Option<u16>,
+    hooks: Vec<CommandHook>,
 }
+
+/// A change to the runtime's `Command` before it is spawned.
+type CommandHook = Box<dyn FnOnce(&mut Command)>;
 
 impl ServerBuilder {
     pub fn arg(mut self, a: impl Into<String>) -> Self {
@@ -104,6 +108,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Changes the runtime's `Command` just before it is spawned (to add
+    /// a `pre_exec`, say); hooks run in the order they were added.
+    pub fn configure(mut self, f: impl FnOnce(&mut Command) + 'static) -> Self {
+        self.hooks.push(Box::new(f));
+        self
+    }
+
     pub fn start(self) -> Server {
         let (tmp, data_dir) = match self.data_dir {
             Some(d) => (None, d),
@@ -129,6 +140,9 @@ impl ServerBuilder {
             .stderr(stderr);
         for (k, v) in &self.envs {
             cmd.env(k, v);
+        }
+        for hook in self.hooks {
+            hook(&mut cmd);
         }
         let child = cmd.spawn().expect("spawn execgo-runtime");
         let mut s = Server {
@@ -232,6 +246,7 @@ impl Server {
             data_dir: None,
             envs: Vec::new(),
             port: None,
+            hooks: Vec::new(),
         }
     }
 

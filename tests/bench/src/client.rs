@@ -6,6 +6,7 @@
 //! end). Polling then costs one request on an open socket.
 
 use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use execgo_runtime_tests::{Value, TERMINAL};
@@ -13,6 +14,8 @@ use execgo_runtime_tests::{Value, TERMINAL};
 pub struct Client {
     agent: ureq::Agent,
     base: String,
+    /// `GET /api/v1/tasks/:id` sent so far.
+    status_gets: AtomicU64,
 }
 
 /// A non-2xx answer.
@@ -30,6 +33,7 @@ impl Client {
                 .max_idle_connections_per_host(4)
                 .build(),
             base: base.to_string(),
+            status_gets: AtomicU64::new(0),
         }
     }
 
@@ -79,7 +83,13 @@ impl Client {
     }
 
     pub fn status(&self, id: &str) -> Value {
+        self.status_gets.fetch_add(1, Ordering::Relaxed);
         self.json("GET", &format!("/api/v1/tasks/{id}"), None)
+    }
+
+    /// Status reads (polls included) sent so far.
+    pub fn status_gets(&self) -> u64 {
+        self.status_gets.load(Ordering::Relaxed)
     }
 
     pub fn events(&self, id: &str) -> Vec<Value> {

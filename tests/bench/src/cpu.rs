@@ -1,6 +1,7 @@
 //! CPU time per task: the runtime, its helper, this client, and the whole
 //! machine (which also covers shims, tasks and kernel threads, which are
-//! nobody's children we can read), from /proc in clock ticks.
+//! nobody's children we can read), from /proc in clock ticks. The whole
+//! tree's CPU without the rest of the machine is `tree_cpu`'s figure.
 
 /// USER_HZ, the unit of /proc/*/stat and /proc/stat times; 100 on every
 /// Linux ABI this runs on.

@@ -1,12 +1,15 @@
 //! What every scenario shares: the data root its servers live under, the
 //! poll interval, and the summary table the figures are collected in.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::ops::Deref;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use execgo_runtime_tests::Server;
 
+use crate::cgroup_cpu::CpuCgroup;
+use crate::cgroup_mounts::{self, Hierarchy};
 use crate::{fsprobe, procfs};
 
 /// One line of the summary table.
@@ -32,17 +35,78 @@ pub struct Env {
     waited: std::cell::Cell<Duration>,
     /// The data dir each scenario's server got.
     dirs: RefCell<Vec<(String, PathBuf)>>,
+    /// Where this run's cgroups go (see `tree_cpu.rs`), or why nowhere.
+    cpu: Result<Hierarchy, String>,
+    /// Cgroups created so far (their names are unique in the run).
+    cgroups: Cell<u32>,
+}
+
+/// A started runtime, and the cgroup it and all it starts run in (or why
+/// there is none).
+pub struct Runtime {
+    // Declared first, so dropped first: the runtime is stopped before its
+    // cgroup is emptied and removed.
+    server: Server,
+    tree: Result<CpuCgroup, String>,
+}
+
+impl Deref for Runtime {
+    type Target = Server;
+
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
+impl Runtime {
+    /// CPU time of the runtime's whole tree so far, in ns.
+    pub fn tree_cpu_ns(&self) -> Result<u64, String> {
+        self.tree.as_ref().map_err(Clone::clone)?.usage_ns()
+    }
 }
 
 impl Env {
     pub fn new(root: PathBuf, poll: Duration, spread: bool) -> Env {
-        Env {
+        let mut env = Env {
             root,
             poll,
             spread,
             rows: RefCell::default(),
             waited: std::cell::Cell::default(),
             dirs: RefCell::default(),
+            cpu: cgroup_mounts::detect(),
+            cgroups: Cell::new(0),
+        };
+        // Whether this process may create one (root, a delegated subtree).
+        if let Err(e) = env.cpu_cgroup("check") {
+            env.cpu = Err(format!(
+                "no cgroup of our own: {e}; it needs root or a cgroup delegated to this user"
+            ));
+        }
+        env
+    }
+
+    pub fn cpu_hierarchy(&self) -> Result<&Hierarchy, String> {
+        self.cpu.as_ref().map_err(Clone::clone)
+    }
+
+    /// A new cgroup of this run, named after `label`.
+    pub fn cpu_cgroup(&self, label: &str) -> Result<CpuCgroup, String> {
+        let n = self.cgroups.get() + 1;
+        self.cgroups.set(n);
+        let name = format!("execgo-bench-{}-{n}-{label}", std::process::id());
+        CpuCgroup::create(self.cpu_hierarchy()?, &name)
+    }
+
+    /// How the tree's CPU time is counted, for the header.
+    pub fn cpu_method(&self) -> String {
+        match &self.cpu {
+            Ok(h) => format!(
+                "cpu per task of the whole tree: from {} of a cgroup per runtime under {}",
+                h.version.counter(),
+                h.own_dir.display()
+            ),
+            Err(e) => format!("cpu per task of the whole tree: unavailable ({e})"),
         }
     }
 
@@ -50,7 +114,7 @@ impl Env {
     /// `root/<name>-<n>` when file creates in the first places tried are
     /// slow (see [`fsprobe`]; the data root spreads its subdirectories over
     /// block groups, so each try lands somewhere else).
-    pub fn server(&self, name: &str, args: &[String]) -> Server {
+    pub fn server(&self, name: &str, args: &[String]) -> Runtime {
         let mut best: Option<(f64, PathBuf)> = None;
         for attempt in 0..fsprobe::PLACEMENT_TRIES {
             let dir = match attempt {
@@ -89,10 +153,12 @@ impl Env {
         }
         let dir = best.map(|(_, d)| d).unwrap_or_else(|| self.root.join(name));
         self.dirs.borrow_mut().push((name.to_string(), dir.clone()));
-        let s = Server::builder()
-            .data_dir(&dir)
-            .args(args.iter().cloned())
-            .start();
+        let tree = self.cpu_cgroup(name);
+        let mut builder = Server::builder().data_dir(&dir).args(args.iter().cloned());
+        if let Ok(cg) = &tree {
+            builder = builder.configure(cg.join_on_exec());
+        }
+        let s = builder.start();
         println!(
             "  server: runtime pid {}, helper pid {}, data dir {}{}",
             s.pid(),
@@ -106,7 +172,17 @@ impl Env {
                 format!(", flags {}", args.join(" "))
             }
         );
-        s
+        let tree = tree.and_then(|cg| match cg.contains(s.pid()) {
+            true => Ok(cg),
+            false => Err(format!("the runtime did not join {}", cg.dir().display())),
+        });
+        match &tree {
+            Ok(cg) => println!("  cgroup of its tree: {}", cg.dir().display()),
+            // Said once in the header when there are none at all.
+            Err(e) if self.cpu.is_ok() => println!("  cgroup of its tree: none ({e})"),
+            Err(_) => {}
+        }
+        Runtime { server: s, tree }
     }
 
     /// The file-system probe again, after a scenario: creates slowed down

@@ -2,14 +2,14 @@
 //! bare fork/exec + wait; then where the time goes, from the task's own
 //! timestamps.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use execgo_runtime_tests::json;
 
 use crate::client::{epoch_ms, Client};
-use crate::env::{Env, Row};
+use crate::env::{Env, Row, Runtime};
 use crate::stats::{ms, ratio, Stats};
-use crate::{baseline, cpu};
+use crate::{baseline, cpu, tree_cpu};
 
 fn epoch_now_ms() -> f64 {
     SystemTime::now()
@@ -43,6 +43,8 @@ pub fn run(env: &Env, n: usize) {
     let mut base = Vec::with_capacity(n);
     let mut samples = Vec::with_capacity(n);
     let cpu0 = cpu::snapshot(s.pid(), s.helper_pid());
+    let tree0 = s.tree_cpu_ns();
+    let polls0 = c.status_gets();
     for _ in 0..n {
         // Interleaved, so both see the same moments of a noisy machine.
         base.push(baseline::true_once());
@@ -63,7 +65,22 @@ pub fn run(env: &Env, n: usize) {
             seen_at,
         });
     }
+    let tree1 = s.tree_cpu_ns();
+    let polls = (c.status_gets() - polls0) as f64 / n.max(1) as f64;
     let cpu1 = cpu::snapshot(s.pid(), s.helper_pid());
+    // The same number of bare fork/exec + waits, one at a time, in a
+    // cgroup of their own.
+    let tree = tree_cpu::Figure::new(
+        env,
+        tree_cpu::per_task(&tree0, &tree1, n),
+        tree_cpu::bare_true(env, n, 1),
+        1,
+    );
+    let per_poll = match samples.last() {
+        Some(last) => poll_cost(&s, &c, &last.id, env.poll, POLLS),
+        None => Err("no tasks".into()),
+    };
+    let less_polls = tree.less(per_poll.clone().map(|p| p * polls));
     let base = Stats::of_durations(&base);
     let rt = Stats::of(samples.iter().map(|x| x.total).collect());
     println!("{}", base.line("baseline fork/exec+wait"));
@@ -76,6 +93,17 @@ pub fn run(env: &Env, n: usize) {
     let r = ratio(rt.p50, base.p50);
     println!("  ratio p50 {r:.1}x (target <= 4x)");
     println!("{}", cpu::per_task(&cpu0, &cpu1, n));
+    println!("{}", tree.line());
+    if let (Ok(p), Ok(rest)) = (&per_poll, &less_polls.tree) {
+        println!(
+            "    of which answering the client's {polls:.1} status polls per task: {:.3} ms \
+             ({p:.3} ms each, from {POLLS} polls of a finished task); without them {rest:.3} ms, ratio {}",
+            p * polls,
+            less_polls.ratio().map(|r| format!("{r:.1}x")).unwrap_or_else(|| "-".into())
+        );
+    } else if let (Err(e), Ok(_)) = (&per_poll, &tree.tree) {
+        println!("    cpu per status poll: unavailable ({e})");
+    }
     env.row(Row {
         figure: "submit->terminal /bin/true p50 (p90, max)".into(),
         measured: format!("{:.2} ms ({:.2}, {:.2})", rt.p50, rt.p90, rt.max),
@@ -84,7 +112,30 @@ pub fn run(env: &Env, n: usize) {
         target: "<= 4x".into(),
         met: Some(r <= 4.0),
     });
+    env.row(tree.row("cpu per task, whole tree (latency)".into()));
+    env.row(less_polls.row("cpu per task, whole tree, less status polls (latency)".into()));
     stages(&c, &samples);
+}
+
+/// Status reads timed for [`poll_cost`].
+const POLLS: usize = 1000;
+
+/// CPU of the runtime's tree per status read of a finished task, sent as
+/// the latency loop sends them: the loop's polls (every `every` while a
+/// task runs, so more of them the longer it takes) cost it about that.
+fn poll_cost(
+    s: &Runtime,
+    c: &Client,
+    id: &str,
+    every: Duration,
+    polls: usize,
+) -> Result<f64, String> {
+    let a = s.tree_cpu_ns();
+    for _ in 0..polls {
+        c.status(id);
+        std::thread::sleep(every);
+    }
+    tree_cpu::per_task(&a, &s.tree_cpu_ns(), polls)
 }
 
 /// Means of the stages between the task's timestamps (ms resolution, so

@@ -4,9 +4,12 @@
 //!
 //! Scenarios (all by default): `latency`, `throughput`, `timeout`, `kill`,
 //! `rss`, `output`. Each starts its own runtime under a unique directory of
-//! `--data-root`, which is removed at the end.
+//! `--data-root`, which is removed at the end, and runs in a cgroup of
+//! its own that counts the CPU time of its whole tree (see `tree_cpu`).
 
 mod baseline;
+mod cgroup_cpu;
+mod cgroup_mounts;
 mod client;
 mod cpu;
 mod env;
@@ -19,6 +22,7 @@ mod rss;
 mod stats;
 mod throughput;
 mod timeout;
+mod tree_cpu;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -121,6 +125,8 @@ struct Args {
 }
 
 fn main() {
+    // When this process is the bare loop `tree_cpu` measures, it ends here.
+    tree_cpu::bare_true_child();
     let args = Args::parse();
     let all = [
         Scenario::Latency,
@@ -158,6 +164,7 @@ fn main() {
         Duration::from_micros(args.poll_us),
         !args.no_spread,
     );
+    println!("{}", env.cpu_method());
     let started = Instant::now();
     for s in chosen {
         let t = Instant::now();

@@ -11,7 +11,7 @@ use crate::client::{tasks_total, Client};
 use crate::env::{Env, Row};
 use crate::procfs;
 use crate::stats::{ms, ratio, Stats};
-use crate::{baseline, cpu};
+use crate::{baseline, cpu, tree_cpu};
 
 const TERMINAL: [&str; 3] = ["success", "failed", "cancelled"];
 
@@ -54,11 +54,21 @@ pub fn run(env: &Env, p: &Params) {
     }
     let mut rounds = vec![];
     let mut bases = vec![];
+    let mut trees = vec![];
     for i in 0..p.rounds {
         let b = baseline::true_parallel(p.tasks, p.clients);
+        let bare = tree_cpu::bare_true(env, p.tasks, p.clients);
         let cpu0 = cpu::snapshot(s.pid(), s.helper_pid());
+        let tree0 = s.tree_cpu_ns();
         let r = round(&s.base, &c, &body, p);
+        let tree1 = s.tree_cpu_ns();
         let cpu1 = cpu::snapshot(s.pid(), s.helper_pid());
+        let tree = tree_cpu::Figure::new(
+            env,
+            tree_cpu::per_task(&tree0, &tree1, p.tasks),
+            bare,
+            p.clients,
+        );
         println!(
             "  round {}: runtime {:7.1} tasks/s ({:8.1} ms; submits answered after {:8.1} ms, {} retries on 429, {} not success)  baseline {:7.1} tasks/s ({:6.1} ms)",
             i + 1,
@@ -71,6 +81,8 @@ pub fn run(env: &Env, p: &Params) {
             ms(b)
         );
         println!("  {}", cpu::per_task(&cpu0, &cpu1, p.tasks));
+        println!("  {}", tree.line());
+        trees.push(tree);
         rounds.push(r);
         bases.push(b);
     }
@@ -92,6 +104,10 @@ pub fn run(env: &Env, p: &Params) {
     );
     let r = ratio(rt.p50, base.p50);
     println!("  ratio runtime/baseline {r:.2} (target >= 1000 tasks/s)");
+    let tree = tree_cpu::Figure::median(&trees);
+    if let Some(tree) = &tree {
+        println!("  p50 over rounds: {}", tree.line().trim_start());
+    }
     if let Some(rss) = procfs::rss(s.pid()) {
         println!("{}", rss.line("runtime RSS after the rounds"));
     }
@@ -106,6 +122,12 @@ pub fn run(env: &Env, p: &Params) {
         target: ">= 1000 tasks/s".into(),
         met: Some(rt.p50 >= 1000.0),
     });
+    if let Some(tree) = tree {
+        env.row(tree.row(format!(
+            "cpu per task, whole tree (throughput, {} clients)",
+            p.clients
+        )));
+    }
 }
 
 fn rate(n: usize, d: Duration) -> f64 {
