@@ -70,9 +70,11 @@ pub fn payload_len(prefix: [u8; 4]) -> Result<usize, FrameError> {
     Ok(len as usize)
 }
 
-/// Reads one frame and decodes it. A clean end of stream before the first
-/// byte is [`FrameError::Closed`].
+/// Reads exactly one frame, blocking, and decodes it: bytes past the frame
+/// stay unread for whoever reads next. A clean end of stream before the
+/// first byte is [`FrameError::Closed`].
 pub fn read_frame<T: DeserializeOwned, R: Read>(reader: &mut R) -> Result<T, FrameError> {
+    let mut frames = FrameDecoder::default();
     let mut prefix = [0u8; 4];
     let mut got = 0;
     while got < prefix.len() {
@@ -84,10 +86,14 @@ pub fn read_frame<T: DeserializeOwned, R: Read>(reader: &mut R) -> Result<T, Fra
             Err(e) => return Err(FrameError::Io(e)),
         }
     }
-    let len = payload_len(prefix)?;
-    let mut payload = vec![0u8; len];
+    frames.push(&prefix);
+    // The cap is checked before the payload is read or allocated.
+    let mut payload = vec![0u8; payload_len(prefix)?];
     reader.read_exact(&mut payload).map_err(FrameError::Io)?;
-    decode(&payload)
+    frames.push(&payload);
+    frames
+        .next_frame()?
+        .ok_or_else(|| FrameError::Io(io::ErrorKind::UnexpectedEof.into()))
 }
 
 /// Frames out of a byte stream that arrives in pieces: every reader of

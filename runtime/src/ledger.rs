@@ -192,25 +192,32 @@ impl Ledger {
     }
 
     /// Picks, in order, the candidates that start now and reserves for them.
-    pub fn admit(&mut self, candidates: &[Candidate], now: Instant) -> Vec<Candidate> {
+    /// Candidates are taken one at a time and none once every slot is
+    /// used, so a lazy scan of the queue reads only what a pass needs.
+    pub fn admit(
+        &mut self,
+        candidates: impl IntoIterator<Item = Candidate>,
+        now: Instant,
+    ) -> Vec<Candidate> {
         let mut chosen = Vec::new();
         let mut held_back: Vec<Pool> = Vec::new();
-        for c in candidates {
-            // No slot left: nothing further could start, so nothing
-            // further is being passed over.
-            if self.slots_free() == 0 {
+        let mut candidates = candidates.into_iter();
+        // No slot left: nothing further could start, so nothing further is
+        // being passed over (or read).
+        while self.slots_free() > 0 {
+            let Some(c) = candidates.next() else {
                 break;
-            }
+            };
             let tenant_pool = c.tenant.clone().map(Pool::Tenant);
             let competes = |p: &Pool| *p == Pool::Runtime || Some(p) == tenant_pool.as_ref();
             if held_back.iter().any(competes) {
                 continue;
             }
-            match self.blocked_on(c) {
+            match self.blocked_on(&c) {
                 None => {
                     self.reserve(&c.task_id, c.tenant.clone(), c.reservation.clone());
                     self.passed_over.remove(&c.task_id);
-                    chosen.push(c.clone());
+                    chosen.push(c);
                 }
                 Some(pool) => {
                     let since = *self.passed_over.entry(c.task_id.clone()).or_insert(now);
@@ -353,6 +360,31 @@ mod tests {
     }
 
     #[test]
+    fn a_pass_reads_only_the_candidates_it_needs() {
+        let mut l = ledger(3, 100, &[]);
+        let queue: Vec<Candidate> = (0..64)
+            .map(|i| cand(&format!("t{i}"), None, Some(if i == 1 { 500 } else { 1 })))
+            .collect();
+        let mut pulled = 0;
+        let chosen = l.admit(
+            queue.iter().cloned().inspect(|_| pulled += 1),
+            Instant::now(),
+        );
+        // t1 never fits and is passed over; the third slot goes to t3, and
+        // nothing past it is read.
+        assert_eq!(ids(&chosen), ["t0", "t2", "t3"]);
+        assert_eq!(pulled, 4);
+        let mut pulled = 0;
+        assert!(l
+            .admit(
+                queue.iter().cloned().inspect(|_| pulled += 1),
+                Instant::now()
+            )
+            .is_empty());
+        assert_eq!(pulled, 0, "no slot free: nothing read");
+    }
+
+    #[test]
     fn fifo_within_slots() {
         let mut l = ledger(2, 100, &[]);
         let now = Instant::now();
@@ -361,11 +393,11 @@ mod tests {
             cand("b", None, None),
             cand("c", None, None),
         ];
-        assert_eq!(ids(&l.admit(&c, now)), ["a", "b"]);
+        assert_eq!(ids(&l.admit(c.clone(), now)), ["a", "b"]);
         assert_eq!(l.slots_free(), 0);
         assert!(l.release("a"));
         assert!(!l.release("a"));
-        assert_eq!(ids(&l.admit(&c[2..], now)), ["c"]);
+        assert_eq!(ids(&l.admit(c[2..].to_vec(), now)), ["c"]);
     }
 
     #[test]
@@ -373,7 +405,7 @@ mod tests {
         let mut l = ledger(1, 100, &[]);
         let now = Instant::now();
         let c = [cand("a", None, None), cand("b", None, None)];
-        assert_eq!(ids(&l.admit(&c, now)), ["a"]);
+        assert_eq!(ids(&l.admit(c.clone(), now)), ["a"]);
         // b could not have started: it is not "passed over", so no
         // starvation clock runs for it.
         assert!(l.passed_over.is_empty());
@@ -398,7 +430,7 @@ mod tests {
             cand("a2", Some("a"), None),
             cand("b1", Some("b"), None),
         ];
-        assert_eq!(ids(&l.admit(&c, now)), ["a1", "b1"]);
+        assert_eq!(ids(&l.admit(c.clone(), now)), ["a1", "b1"]);
         let views = l.tenants();
         assert_eq!(views.len(), 2);
         assert_eq!(views[0].tenant, "a");
@@ -414,13 +446,13 @@ mod tests {
         let big = cand("big", None, Some(80));
         let small = cand("small", None, Some(10));
         // Within the limit, small tasks backfill past the big one.
-        assert_eq!(ids(&l.admit(&[big.clone(), small.clone()], t0)), ["small"]);
+        assert_eq!(ids(&l.admit([big.clone(), small.clone()], t0)), ["small"]);
         l.release("small");
         // After the limit, nothing competing starts before it.
         let later = t0 + STARVATION_LIMIT;
-        assert!(l.admit(&[big.clone(), small.clone()], later).is_empty());
+        assert!(l.admit([big.clone(), small.clone()], later).is_empty());
         l.release("running");
-        assert_eq!(ids(&l.admit(&[big, small], later)), ["big", "small"]);
+        assert_eq!(ids(&l.admit([big, small], later)), ["big", "small"]);
         assert_eq!(l.reserved().memory_bytes, Some(90));
         assert_eq!(l.available().memory_bytes, Some(10));
     }

@@ -441,7 +441,6 @@ fn a_live_claimer_found_at_restart_is_followed() {
     assert_eq!(s.status(&id)["status"], "accepted");
     let started = execgo_runtime_protocol::taskdir::StartedRecord {
         pid,
-        pgid: pid,
         started_at: "2026-01-01T00:00:00.000Z".into(),
     };
     std::os::unix::fs::symlink(started.encode(), task_dir.join("started")).unwrap();

@@ -197,7 +197,6 @@ impl Steps for Host {
         // A symlink, like the claim: it appears with its record, whole.
         let record = StartedRecord {
             pid: started.pid,
-            pgid: started.pid,
             started_at: started.started_at.clone(),
         };
         nix::unistd::symlinkat(

@@ -38,12 +38,28 @@ impl Engine {
             .store
             .call(move |conn| -> Result<Vec<Change>, EngineError> {
                 let scan = me.with_ledger(|l| l.scan_limit(me.cfg.args.max_queued_tasks));
-                let candidates = store::waiting(conn, scan)?;
-                if candidates.is_empty() {
+                // The ledger pulls queued rows one at a time and stops when
+                // the slots are used: a pass reads what it admits, plus the
+                // rows it passes over.
+                let now = Instant::now();
+                let (chosen, failed) = store::with_waiting(conn, scan, |queue| {
+                    me.with_ledger(|l| l.admit(queue, now))
+                });
+                if let Some(e) = failed {
+                    me.give_back_all(&chosen);
+                    return Err(e.into());
+                }
+                if chosen.is_empty() {
                     return Ok(Vec::new());
                 }
-                let tx = store::begin_relaxed(conn)?;
-                let changes = me.admit(&tx, &candidates)?;
+                let tx = match store::begin_relaxed(conn) {
+                    Ok(tx) => tx,
+                    Err(e) => {
+                        me.give_back_all(&chosen);
+                        return Err(e.into());
+                    }
+                };
+                let changes = me.record_admitted(&tx, &chosen)?;
                 store::commit(tx).inspect_err(|_| me.give_back(&changes))?;
                 Ok(changes)
             })
@@ -60,29 +76,39 @@ impl Engine {
     }
 
     /// Asks the ledger which `candidates` start now and admits those in
-    /// `tx`. A chosen task that is no longer queued (killed meanwhile)
-    /// gives its reservation back; so does every one on error.
+    /// `tx` (see [`Self::record_admitted`]).
     pub(super) fn admit(
         &self,
         tx: &rusqlite::Transaction<'_>,
-        candidates: &[Candidate],
+        candidates: Vec<Candidate>,
     ) -> Result<Vec<Change>, EngineError> {
         let chosen = self.with_ledger(|l| l.admit(candidates, Instant::now()));
+        self.record_admitted(tx, &chosen)
+    }
+
+    /// Applies `Admit` in `tx` to each task the ledger chose (it holds
+    /// their reservations). A chosen task that is no longer queued (killed
+    /// meanwhile) gives its reservation back; so does every one on error.
+    fn record_admitted(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        chosen: &[Candidate],
+    ) -> Result<Vec<Change>, EngineError> {
         let mut changes = Vec::with_capacity(chosen.len());
         let ts = now();
-        for c in &chosen {
+        for c in chosen {
             let step = match store::get(tx, &c.task_id) {
                 Ok(Some(row)) => task::step(&row, Input::Admit(c.reservation.clone()), &ts).ok(),
                 Ok(None) => None,
                 Err(e) => {
-                    self.give_back_all(&chosen);
+                    self.give_back_all(chosen);
                     return Err(e.into());
                 }
             };
             match step {
                 Some(change) => {
                     if let Err(e) = persist(tx, &self.task_dir(&c.task_id), &change, &ts) {
-                        self.give_back_all(&chosen);
+                        self.give_back_all(chosen);
                         return Err(e);
                     }
                     changes.push(change);

@@ -258,7 +258,6 @@ mod tests {
         assert_eq!(td.read_started(), None);
         let started = StartedRecord {
             pid: 7,
-            pgid: 7,
             started_at: "2026-01-01T00:00:00.000Z".into(),
         };
         std::os::unix::fs::symlink(started.encode(), td.path(STARTED)).unwrap();

@@ -181,7 +181,7 @@ impl Engine {
             shim_pid: shim.shim_pid,
             shim_start_ticks: shim.shim_start_ticks,
             pid: Some(rec.pid),
-            pgid: Some(rec.pgid),
+            pgid: Some(rec.pid),
             started_at: Some(rec.started_at),
             by,
         };

@@ -155,7 +155,7 @@ impl Engine {
                     // and the launch follows the commit without a dispatch
                     // pass.
                     let admitted = if nothing_older {
-                        me.admit(tx, &[candidate(row)])?.pop()
+                        me.admit(tx, vec![candidate(row)])?.pop()
                     } else {
                         None
                     };

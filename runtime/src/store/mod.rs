@@ -438,29 +438,55 @@ pub fn list_status(conn: &Connection, status: TaskStatus) -> Result<Vec<TaskRow>
 /// Up to `limit` `accepted` tasks not yet handed to the helper, FIFO, with
 /// what they would reserve.
 pub fn waiting(conn: &Connection, limit: u64) -> Result<Vec<Candidate>> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT task_id, tenant, memory_request, pids_request FROM tasks
-             WHERE status = 'accepted' AND launch_attempted = 0 AND kill_requested = 0
-             ORDER BY rowid LIMIT ?1",
-        )
-        .map_err(sql("preparing the queue scan"))?;
-    let rows = stmt
-        .query_map([limit as i64], |r| {
-            Ok(Candidate {
-                task_id: r.get(0)?,
-                tenant: r.get(1)?,
-                reservation: Reservation {
-                    task_slots: 1,
-                    memory_bytes: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
-                    pids: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
-                },
-            })
+    let (rows, failed) = with_waiting(conn, limit, |it| it.collect());
+    failed.map_or(Ok(rows), Err)
+}
+
+/// Runs `f` on the queue, oldest first, read lazily: rows `f` does not
+/// take are never read. A row that fails to read ends the iteration; the
+/// error comes back beside what `f` returned.
+pub fn with_waiting<T>(
+    conn: &Connection,
+    limit: u64,
+    f: impl FnOnce(&mut dyn Iterator<Item = Candidate>) -> T,
+) -> (T, Option<StoreError>) {
+    let mut stmt = match conn.prepare_cached(
+        "SELECT task_id, tenant, memory_request, pids_request FROM tasks
+         WHERE status = 'accepted' AND launch_attempted = 0 AND kill_requested = 0
+         ORDER BY rowid LIMIT ?1",
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            let failed = StoreError::Sqlite("preparing the queue scan", e);
+            return (f(&mut std::iter::empty()), Some(failed));
+        }
+    };
+    let rows = stmt.query_map([limit as i64], |r| {
+        Ok(Candidate {
+            task_id: r.get(0)?,
+            tenant: r.get(1)?,
+            reservation: Reservation::for_limits(
+                r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
+                r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+            ),
         })
-        .map_err(sql("scanning the queue"))?
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(sql("scanning the queue"))?;
-    Ok(rows)
+    });
+    let mut rows = match rows {
+        Ok(r) => r,
+        Err(e) => {
+            let failed = StoreError::Sqlite("scanning the queue", e);
+            return (f(&mut std::iter::empty()), Some(failed));
+        }
+    };
+    let mut error = None;
+    let out = f(&mut std::iter::from_fn(|| match rows.next()? {
+        Ok(c) => Some(c),
+        Err(e) => {
+            error = Some(StoreError::Sqlite("scanning the queue", e));
+            None
+        }
+    }));
+    (out, error)
 }
 
 /// An unreleased reservation, for the resources view.
