@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use execgo_runtime_protocol::taskdir::MAX_OUTPUT_HEAD_BYTES;
 use execgo_runtime_protocol::{
     valid_relative_path, valid_task_id, LaunchLimits, LaunchProfile, LaunchSpec,
 };
@@ -42,9 +43,9 @@ pub enum ValidateError {
     TemplateNotObject,
     #[error("limits.wall_time_ms must be greater than 0")]
     WallTime,
-    #[error("limits.stdout_max_bytes must be greater than 0")]
+    #[error("limits.stdout_max_bytes must be between 1 and {MAX_OUTPUT_HEAD_BYTES}")]
     StdoutMax,
-    #[error("limits.stderr_max_bytes must be greater than 0")]
+    #[error("limits.stderr_max_bytes must be between 1 and {MAX_OUTPUT_HEAD_BYTES}")]
     StderrMax,
     #[error("limits.cpu_time_sec must be greater than 0 when given")]
     CpuTime,
@@ -118,10 +119,10 @@ pub fn validate(spec: LaunchSpec) -> Result<ValidatedLaunch, ValidateError> {
     if l.wall_time_ms == 0 {
         return Err(ValidateError::WallTime);
     }
-    if l.stdout_max_bytes == 0 {
+    if !(1..=MAX_OUTPUT_HEAD_BYTES).contains(&l.stdout_max_bytes) {
         return Err(ValidateError::StdoutMax);
     }
-    if l.stderr_max_bytes == 0 {
+    if !(1..=MAX_OUTPUT_HEAD_BYTES).contains(&l.stderr_max_bytes) {
         return Err(ValidateError::StderrMax);
     }
     if l.cpu_time_sec == Some(0) {
@@ -223,6 +224,11 @@ mod tests {
         assert!(err(|s| s.limits.wall_time_ms = 0).contains("wall_time_ms"));
         assert!(err(|s| s.limits.stdout_max_bytes = 0).contains("stdout_max_bytes"));
         assert!(err(|s| s.limits.stderr_max_bytes = 0).contains("stderr_max_bytes"));
+        assert!(
+            err(|s| s.limits.stdout_max_bytes = MAX_OUTPUT_HEAD_BYTES + 1)
+                .contains("stdout_max_bytes")
+        );
+        assert!(err(|s| s.limits.stderr_max_bytes = u64::MAX).contains("stderr_max_bytes"));
         assert!(err(|s| s.limits.cpu_time_sec = Some(0)).contains("cpu_time_sec"));
         assert!(err(|s| s.limits.memory_bytes = Some(0)).contains("memory_bytes"));
     }

@@ -31,6 +31,10 @@ pub const RESULT_TMP: &str = "result.json.tmp";
 /// The runtime's temp name for a [`RESULT`] it writes itself.
 pub const RUNTIME_RESULT_TMP: &str = "result.json.runtime-tmp";
 
+/// The most of a log's head a status body or `result.json` carries
+/// (`limits.stdout_max_bytes`, `limits.stderr_max_bytes`): 64 MiB.
+pub const MAX_OUTPUT_HEAD_BYTES: u64 = 64 * 1024 * 1024;
+
 /// The byte written to [`CONTROL`] to ask the shim to kill the task.
 pub const KILL_BYTE: u8 = b'K';
 

@@ -245,6 +245,10 @@ pub struct TaskStatusResponse {
     pub artifacts: Artifacts,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// Why some of the above is missing, e.g. a log that could not be read
+    /// (replaced by a FIFO or a directory): omitted when there is none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// One entry of `GET /api/v1/tasks/:id/events`.

@@ -278,3 +278,79 @@ fn fifo_order_with_one_slot() {
     }
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "0\n1\n2\n3\n4\n");
 }
+
+#[test]
+fn a_task_that_replaces_its_logs_cannot_block_or_fail_a_status_read() {
+    let s = Server::start();
+    // The task dir is the workspace's parent: the task swaps its stdout log
+    // for a FIFO and its stderr log for a directory, then waits.
+    let id = s.submit(&sh(
+        "cd .. && rm stdout.log stderr.log && mkfifo stdout.log && mkdir stderr.log \
+         && touch swapped && sleep 30",
+    ));
+    let dir = s.task_dir(&id);
+    let start = Instant::now();
+    while !dir.join("swapped").exists() {
+        assert!(start.elapsed() < T, "the task never swapped its logs");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let asked = Instant::now();
+    let st = s.status(&id);
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "the status read blocked"
+    );
+    assert_eq!(st["status"], "running", "{st}");
+    assert_eq!(
+        (st["stdout"].as_str(), st["stderr"].as_str()),
+        (Some(""), Some(""))
+    );
+    let warnings = st["warnings"].to_string();
+    assert!(
+        warnings.contains("stdout.log") && warnings.contains("stderr.log"),
+        "{st}"
+    );
+    // The end is recorded all the same, by the shim, with the same warnings.
+    s.kill(&id, None);
+    let st = s.wait_terminal(&id, T);
+    assert_eq!(st["status"], "cancelled", "{st}");
+    let result: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("result.json")).unwrap()).unwrap();
+    assert_eq!(result["status"], "cancelled", "{result}");
+    assert!(
+        result["warnings"].to_string().contains("stdout.log"),
+        "{result}"
+    );
+}
+
+#[test]
+fn a_fifo_in_place_of_the_result_neither_ends_nor_blocks_the_task() {
+    let s = Server::start();
+    let id = s.submit(&sh("cd .. && mkfifo result.json && sleep 1 && echo done"));
+    let st = s.wait_terminal(&id, T);
+    // The shim's result replaced the FIFO; the runtime never read it.
+    assert_eq!(st["status"], "success", "{st}");
+    assert_eq!(st["stdout"], "done\n", "{st}");
+    assert!(s.get("/readyz").status == 200);
+}
+
+#[test]
+fn output_limits_over_64_mib_are_refused() {
+    let s = Server::start();
+    for field in ["stdout_max_bytes", "stderr_max_bytes"] {
+        let r = s.post(
+            "/api/v1/tasks",
+            &json!({"execution": {"kind": "command", "program": "/bin/true"},
+                    "limits": {field: 67_108_865_u64}}),
+        );
+        assert_eq!(r.status, 400, "{}", r.text);
+        assert_eq!(r.code(), "invalid_input");
+        assert!(r.text.contains(field), "{}", r.text);
+    }
+    let ok = s.post(
+        "/api/v1/tasks",
+        &json!({"execution": {"kind": "command", "program": "/bin/true"},
+                "limits": {"stdout_max_bytes": 67_108_864_u64}}),
+    );
+    assert_eq!(ok.status, 200, "{}", ok.text);
+}

@@ -241,7 +241,7 @@ impl Steps for Host {
         let dir = self.ctx.task_dir.as_fd();
         let limits = &self.ctx.launch.limits;
         let (stdout, stderr) =
-            result::read_logs(dir, limits.stdout_max_bytes, limits.stderr_max_bytes)?;
+            result::read_logs(dir, limits.stdout_max_bytes, limits.stderr_max_bytes);
         let body = result::merge(&self.ctx.launch.result_template, outcome, stdout, stderr)?;
         let file = self.result.take().ok_or(missing("result file"))?;
         result::write(dir, file, &body)?;

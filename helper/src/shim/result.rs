@@ -74,8 +74,6 @@ pub const OUTCOME_KEYS: [&str; 13] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResultError {
-    #[error("reading the output logs failed")]
-    Logs(#[source] AtError),
     #[error("encoding the result failed")]
     Encode(#[source] serde_json::Error),
     #[error("removing a stale {RESULT_TMP} failed")]
@@ -169,11 +167,13 @@ pub fn lost(shim_pid: i32, started: &Started, message: String, finished_at: Stri
     }
 }
 
-/// The head of one output log, as the status body shows it.
+/// The head of one output log, as the status body shows it; `warning`
+/// says why it is empty when the log could not be read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogHead {
     pub text: String,
     pub truncated: bool,
+    pub warning: Option<String>,
 }
 
 /// Builds the result body: template, minus outcome keys, plus the outcome,
@@ -196,6 +196,15 @@ pub fn merge(
             ))))
         }
     }
+    let warnings: Vec<Value> = [&stdout.warning, &stderr.warning]
+        .into_iter()
+        .flatten()
+        .map(|w| Value::String(w.clone()))
+        .collect();
+    body.remove("warnings");
+    if !warnings.is_empty() {
+        body.insert("warnings".into(), Value::Array(warnings));
+    }
     body.insert("stdout".into(), Value::String(stdout.text));
     body.insert("stderr".into(), Value::String(stderr.text));
     body.insert("stdout_truncated".into(), Value::Bool(stdout.truncated));
@@ -207,18 +216,27 @@ pub fn merge(
     Ok(body)
 }
 
-/// Reads the heads of both logs under the task directory.
-pub fn read_logs(
-    dir: BorrowedFd<'_>,
-    stdout_max: u64,
-    stderr_max: u64,
-) -> Result<(LogHead, LogHead), ResultError> {
-    let head = |name, max| {
-        fs_at::read_head(dir, name, max)
-            .map(|(text, truncated)| LogHead { text, truncated })
-            .map_err(ResultError::Logs)
+/// Reads the heads of both logs under the task directory. A log that
+/// cannot be read (the task replaced it with a FIFO, a directory, a
+/// symlink...) is empty, with a warning: the result is written all the
+/// same.
+pub fn read_logs(dir: BorrowedFd<'_>, stdout_max: u64, stderr_max: u64) -> (LogHead, LogHead) {
+    let head = |name, max| match fs_at::read_head(dir, name, max) {
+        Ok((text, truncated)) => LogHead {
+            text,
+            truncated,
+            warning: None,
+        },
+        Err(e) => {
+            let warning = format!("{}; output not captured", crate::logging::chain(&e));
+            tracing::warn!(target: crate::logging::TARGET, warning, "reading a log failed");
+            LogHead {
+                warning: Some(warning),
+                ..LogHead::default()
+            }
+        }
     };
-    Ok((head(STDOUT_LOG, stdout_max)?, head(STDERR_LOG, stderr_max)?))
+    (head(STDOUT_LOG, stdout_max), head(STDERR_LOG, stderr_max))
 }
 
 /// The empty `result.json.tmp` a claimed task's result will be written
@@ -358,11 +376,12 @@ mod tests {
             &o,
             LogHead {
                 text: "hi\n".into(),
-                truncated: false,
+                ..LogHead::default()
             },
             LogHead {
-                text: String::new(),
                 truncated: true,
+                warning: Some("stderr.log is not a regular file".into()),
+                ..LogHead::default()
             },
         )
         .unwrap();
@@ -375,6 +394,10 @@ mod tests {
         assert_eq!(body["shim_pid"], 9);
         assert_eq!(body["stdout"], "hi\n");
         assert_eq!(body["stderr_truncated"], true);
+        assert_eq!(
+            body["warnings"],
+            serde_json::json!(["stderr.log is not a regular file"])
+        );
         assert_eq!(body["updated_at"], "2026-01-01T00:00:01.000Z");
         // The runtime reads the outcome back from the whole body.
         let back: Outcome = serde_json::from_value(Value::Object(body)).unwrap();
@@ -395,15 +418,31 @@ mod tests {
             Mode::empty(),
         )
         .unwrap();
-        let (out, err) = read_logs(d.as_fd(), 3, 3).unwrap();
+        let (out, err) = read_logs(d.as_fd(), 3, 3);
         assert_eq!(
             out,
             LogHead {
                 text: "abc".into(),
-                truncated: true
+                truncated: true,
+                warning: None,
             }
         );
         assert_eq!(err, LogHead::default());
+        // Logs the task replaced with what cannot be read: empty, with a
+        // warning each, and no blocking on the FIFO.
+        std::fs::remove_file(tmp.path().join("stdout.log")).unwrap();
+        nix::unistd::mkfifo(
+            &tmp.path().join("stdout.log"),
+            Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        std::fs::create_dir(tmp.path().join("stderr.log")).unwrap();
+        let (out, err) = read_logs(d.as_fd(), 3, 3);
+        assert_eq!((out.text.as_str(), out.truncated), ("", false));
+        assert!(out.warning.unwrap().contains("stdout.log"));
+        assert!(err.warning.unwrap().contains("stderr.log"));
+        std::fs::remove_file(tmp.path().join("stdout.log")).unwrap();
+        std::fs::remove_dir(tmp.path().join("stderr.log")).unwrap();
         let file = create(d.as_fd()).unwrap();
         // Until the end: an empty temp file, no result.json.
         assert_eq!(std::fs::read(tmp.path().join(RESULT_TMP)).unwrap(), b"");

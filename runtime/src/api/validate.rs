@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use execgo_runtime_protocol::taskdir::MAX_OUTPUT_HEAD_BYTES;
 use execgo_runtime_protocol::{valid_relative_path, valid_task_id};
 
 use super::error::ApiError;
@@ -136,15 +137,15 @@ fn limits(req: &SubmitTaskRequest) -> Result {
             "limits.wall_time_ms must be greater than 0",
         ));
     }
-    if l.stdout_max_bytes == 0 {
-        return Err(ApiError::invalid(
-            "limits.stdout_max_bytes must be greater than 0",
-        ));
-    }
-    if l.stderr_max_bytes == 0 {
-        return Err(ApiError::invalid(
-            "limits.stderr_max_bytes must be greater than 0",
-        ));
+    for (name, v) in [
+        ("stdout_max_bytes", l.stdout_max_bytes),
+        ("stderr_max_bytes", l.stderr_max_bytes),
+    ] {
+        if !(1..=MAX_OUTPUT_HEAD_BYTES).contains(&v) {
+            return Err(ApiError::invalid(format!(
+                "limits.{name} must be between 1 and {MAX_OUTPUT_HEAD_BYTES} (64 MiB)"
+            )));
+        }
     }
     for (name, v) in [
         ("cpu_time_sec", l.cpu_time_sec),
@@ -269,6 +270,16 @@ mod tests {
             "limits":{"stdout_max_bytes":0}})
         )
         .contains("stdout_max_bytes"));
+        assert!(msg(
+            serde_json::json!({"execution":{"kind":"command","program":"x"},
+            "limits":{"stderr_max_bytes":67_108_865_u64}})
+        )
+        .contains("between 1 and 67108864"));
+        assert!(submit(&req(
+            serde_json::json!({"execution":{"kind":"command","program":"x"},
+            "limits":{"stdout_max_bytes":67_108_864_u64}})
+        ))
+        .is_ok());
         assert!(msg(
             serde_json::json!({"execution":{"kind":"command","program":"x"},
             "sandbox":{"workspace_subdir":"../x"}})

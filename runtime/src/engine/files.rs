@@ -117,23 +117,19 @@ impl TaskDir {
     /// and the directory fsynced here, before anyone relies on it. Anything
     /// else under the temp name is no result.
     pub fn read_result(&self) -> io::Result<Option<Vec<u8>>> {
-        match fs::read(self.path(RESULT)) {
-            Ok(bytes) => return Ok(Some(bytes)),
+        let path = self.path(RESULT);
+        match open_regular(&path) {
+            Ok(f) => return read_bounded(f, &path, MAX_RESULT_BYTES).map(Some),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
         let tmp = self.path(RESULT_TMP);
-        let mut f = match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-        {
+        let f = match open_regular(&tmp) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let mut bytes = Vec::new();
-        f.read_to_end(&mut bytes)?;
+        let bytes = read_bounded(f.try_clone()?, &tmp, MAX_RESULT_BYTES)?;
         if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
             return Ok(None);
         }
@@ -151,8 +147,10 @@ impl TaskDir {
     /// Whether `result.json` itself is in place: what a live shim's final
     /// rename makes true. Unlike [`Self::has_result`], a complete temp file
     /// does not count (its shim may still be making it durable).
+    /// Only a regular file counts: a task that puts something else under
+    /// the name does not end its task early (the shim's rename replaces it).
     pub fn result_in_place(&self) -> bool {
-        self.path(RESULT).exists()
+        fs::symlink_metadata(self.path(RESULT)).is_ok_and(|m| m.is_file())
     }
 
     /// Whether a terminal status body was recorded ([`Self::read_result`]).
@@ -208,6 +206,41 @@ impl TaskDir {
         }
     }
 }
+
+/// Opens a file a task could have replaced: never through a symlink, never
+/// blocking (a FIFO in its place), and only a regular file.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    Ok(f)
+}
+
+/// Reads a whole file opened with [`open_regular`], refusing one over
+/// `max` bytes.
+fn read_bounded(f: File, path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    f.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is larger than {max} bytes", path.display()),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The largest `result.json` read: two log heads at their limit, plus the
+/// rest of the body.
+const MAX_RESULT_BYTES: u64 =
+    2 * execgo_runtime_protocol::taskdir::MAX_OUTPUT_HEAD_BYTES + (1 << 20);
 
 fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut f = OpenOptions::new()

@@ -46,7 +46,7 @@ impl LogCache {
     /// whether the log is longer. A missing log is empty.
     pub fn read(&self, path: &Path, max: u64) -> io::Result<(Arc<str>, bool)> {
         use std::io::Read;
-        let f = match std::fs::File::open(path) {
+        let f = match super::files::open_regular(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Arc::from(""), false)),
             Err(e) => return Err(e),

@@ -221,7 +221,12 @@ impl Engine {
     /// `GET /api/v1/tasks/:id`.
     pub async fn status(&self, task_id: &str) -> Result<TaskStatusResponse, EngineError> {
         let row = self.row(task_id).await?;
-        view::status_body(&self.task_dir(task_id), &row)
+        // Log files a task may have tampered with are read off the
+        // executor (the reads never block, but a slow disk may).
+        let td = self.task_dir(task_id);
+        tokio::task::spawn_blocking(move || view::status_body(&td, &row))
+            .await
+            .map_err(|e| EngineError::Internal(format!("reading the task's logs: {e}")))
     }
 
     /// `GET /api/v1/tasks/:id/events`.

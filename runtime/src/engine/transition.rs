@@ -117,7 +117,7 @@ pub(super) fn persist(
     ts: &str,
 ) -> Result<(), EngineError> {
     if change.has(Effect::WriteResult) {
-        let body = view::status_body(td, &change.row)?;
+        let body = view::status_body(td, &change.row);
         let bytes = serde_json::to_vec_pretty(&body)
             .map_err(|e| EngineError::Internal(format!("encoding result.json: {e}")))?;
         td.write_result(&bytes)

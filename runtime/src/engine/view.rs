@@ -3,7 +3,6 @@
 use execgo_runtime_protocol::{ResourceUsage, TaskStatus};
 
 use super::files::{TaskDir, STDERR, STDOUT};
-use super::EngineError;
 use crate::model::{EventRecord, ExecutionKind, TaskStatusResponse};
 use crate::store::{EventRow, TaskRow};
 
@@ -40,14 +39,17 @@ fn since_ms(start: &str) -> Option<u64> {
 }
 
 /// The status body of `row`, with the head of its logs.
-pub fn status_body(td: &TaskDir, row: &TaskRow) -> Result<TaskStatusResponse, EngineError> {
+pub fn status_body(td: &TaskDir, row: &TaskRow) -> TaskStatusResponse {
     let limits = &row.request.limits;
-    let (stdout, stdout_truncated) = td
-        .read_log(STDOUT, limits.stdout_max_bytes)
-        .map_err(|e| EngineError::Internal(format!("reading stdout.log: {e}")))?;
-    let (stderr, stderr_truncated) = td
-        .read_log(STDERR, limits.stderr_max_bytes)
-        .map_err(|e| EngineError::Internal(format!("reading stderr.log: {e}")))?;
+    let mut warnings = Vec::new();
+    let mut head = |name: &str, max| {
+        td.read_log(name, max).unwrap_or_else(|e| {
+            warnings.push(format!("reading {name} failed: {e}; output not shown"));
+            (String::new(), false)
+        })
+    };
+    let (stdout, stdout_truncated) = head(STDOUT, limits.stdout_max_bytes);
+    let (stderr, stderr_truncated) = head(STDERR, limits.stderr_max_bytes);
     let running = row.status == TaskStatus::Running;
     let live_ms = if running {
         row.started_at.as_deref().and_then(since_ms)
@@ -63,7 +65,7 @@ pub fn status_body(td: &TaskDir, row: &TaskRow) -> Result<TaskStatusResponse, En
     } else {
         row.usage.clone()
     };
-    Ok(TaskStatusResponse {
+    TaskStatusResponse {
         task_id: row.task_id.clone(),
         handle_id: row.task_id.clone(),
         status: row.status,
@@ -87,7 +89,8 @@ pub fn status_body(td: &TaskDir, row: &TaskRow) -> Result<TaskStatusResponse, En
         execution_plan: row.plan.clone(),
         artifacts: td.artifacts(row.request.execution.kind == ExecutionKind::Script),
         metadata: row.request.metadata.clone(),
-    })
+        warnings,
+    }
 }
 
 #[cfg(test)]
