@@ -43,6 +43,12 @@ pub enum LaunchError {
     },
     #[error("starting the shim failed")]
     Start(#[source] DetachError),
+    /// The shim is a copy of our memory made without fork handlers: sound
+    /// only while we have one thread.
+    #[error("the helper has {0} threads; a shim is only started from a single-threaded helper")]
+    Threaded(usize),
+    #[error("counting the helper's threads failed")]
+    ThreadCount(#[source] std::io::Error),
 }
 
 impl LaunchError {
@@ -55,6 +61,7 @@ impl LaunchError {
             // launch failure (see docs/helper.md).
             LaunchError::Start(DetachError::Lost(_)) => HelperErrorKind::Internal,
             LaunchError::TaskDir { .. } | LaunchError::Start(_) => HelperErrorKind::LaunchFailed,
+            LaunchError::Threaded(_) | LaunchError::ThreadCount(_) => HelperErrorKind::LaunchFailed,
         }
     }
 }
@@ -102,6 +109,10 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, Launc
         peer_gid: peer.gid,
         privileged: ctx.capabilities.privileged,
     };
+    let threads = sys::thread_count().map_err(LaunchError::ThreadCount)?;
+    if threads != 1 {
+        return Err(LaunchError::Threaded(threads));
+    }
     // The shim runs in a copy of our memory, owning its own copy of the
     // context; ours is dropped when this returns.
     let shim = sys::spawn_detached(move || shim::run(shim_ctx)).map_err(LaunchError::Start)?;

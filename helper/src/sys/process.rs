@@ -28,10 +28,50 @@ pub fn fork() -> nix::Result<Forked> {
     }
 }
 
+/// How many threads this process has (`Threads:` of `/proc/self/status`).
+pub fn thread_count() -> std::io::Result<usize> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    parse_threads(&status).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "/proc/self/status has no Threads line",
+        )
+    })
+}
+
+fn parse_threads(status: &str) -> Option<usize> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// _exit(2): ends the process at once, without unwinding, destructors or
 /// atexit handlers, all of which belong to the process we were forked from.
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit takes an int and never returns; it touches no memory of
     // ours.
     unsafe { libc::_exit(code) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_are_counted() {
+        assert_eq!(
+            parse_threads("Name:\tx\nThreads:\t1\nSigQ:\t0/1\n"),
+            Some(1)
+        );
+        assert_eq!(parse_threads("Name:\tx\n"), None);
+        // The harness's main thread, this test's thread and one more.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || rx.recv());
+        assert!(thread_count().unwrap() >= 3);
+        drop(tx);
+        let _ = t.join();
+    }
 }
