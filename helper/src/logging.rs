@@ -120,6 +120,11 @@ pub fn init(rust_log: Option<&str>, format: Format) {
             .log_internal_errors(false)
             .with_timer(Millis)
             .with_writer(std::io::stderr)
+            // A shim's stderr is /dev/null: its lines go to shim.log (or
+            // journald) only, and none is formatted for nothing.
+            .with_filter(tracing_subscriber::filter::filter_fn(|_| {
+                SHIM.get().is_none()
+            }))
     });
     let subscriber = tracing_subscriber::registry()
         .with(filter(rust_log))

@@ -49,15 +49,18 @@ const PANICKED: i32 = 70;
 /// helper code it was forked from: a panic is caught here and ends the
 /// process, like every other path, with `_exit`.
 pub fn run(ctx: ShimContext) -> ! {
-    // Every line of the shim carries its task (`TASK_ID` in journald;
-    // shim.log adds `task_id` itself). An error span: enabled whenever any
-    // line of ours is. Never exited: the shim ends with `_exit`.
-    let _span = tracing::error_span!(
-        target: crate::logging::TARGET,
-        "shim",
-        task_id = ctx.launch.task_id.as_str()
-    )
-    .entered();
+    // Every journald line of the shim carries its task (`TASK_ID`; shim.log
+    // adds `task_id` itself, and JSON lines of a shim go nowhere, so
+    // without journald no span is kept). An error span: enabled whenever
+    // any line of ours is. Never exited: the shim ends with `_exit`.
+    let _span = crate::logging::journal_fd().map(|_| {
+        tracing::error_span!(
+            target: crate::logging::TARGET,
+            "shim",
+            task_id = ctx.launch.task_id.as_str()
+        )
+        .entered()
+    });
     // The shim's stderr is /dev/null: a panic message is logged instead
     // (an error, so it reaches shim.log).
     std::panic::set_hook(Box::new(
