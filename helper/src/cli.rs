@@ -19,11 +19,16 @@ use clap::{ArgGroup, Parser};
         <data-dir>/tasks/<task_id>/result.json.\n\n\
         Standalone: --socket PATH --allowed-uid UID [--allowed-gid GID].\n\
         Embedded: started by `execgo-runtime serve` itself over a socketpair.\n\n\
+        Tasks never run as root by accident: as root the helper needs \
+        --task-user (the unprivileged user tasks run as), refuses uid 0 \
+        without --allow-root-tasks and refuses a uid allowed to connect. \
+        Unprivileged, it runs tasks as itself.\n\n\
         Logs are JSON lines on stderr, or journald entries with --log-format \
         journald (the default when JOURNAL_STREAM is set); RUST_LOG sets the \
         level.",
-    override_usage = "execgo-runtime-helper --data-dir <PATH> --socket <PATH> --allowed-uid <UID> \
-        [--allowed-gid <GID>] [--cgroup-root <PATH>] [--log-format <FORMAT>]"
+    override_usage = "execgo-runtime-helper --data-dir <PATH> --socket <PATH> --allowed-uid <UID>... \
+        [--allowed-gid <GID>] [--task-user <USER>] [--allow-root-tasks] [--cgroup-root <PATH>] \
+        [--log-format <FORMAT>]"
 )]
 #[command(group(
     ArgGroup::new("mode")
@@ -44,15 +49,15 @@ pub struct Args {
     #[arg(long, value_name = "PATH", requires = "allowed_uid")]
     pub socket: Option<PathBuf>,
 
-    /// Standalone mode: the only uid allowed to connect (checked with
-    /// SO_PEERCRED; uid 0 is not implicitly allowed).
+    /// Standalone mode: a uid allowed to connect (checked with
+    /// SO_PEERCRED; uid 0 is not implicitly allowed). Repeatable.
     #[arg(
         long,
         value_name = "UID",
         requires = "socket",
         conflicts_with = "inherited_fd"
     )]
-    pub allowed_uid: Option<u32>,
+    pub allowed_uid: Vec<u32>,
 
     /// Standalone mode: also require this gid of every peer.
     #[arg(
@@ -62,6 +67,19 @@ pub struct Args {
         conflicts_with = "inherited_fd"
     )]
     pub allowed_gid: Option<u32>,
+
+    /// The user tasks run as: NAME (with its primary group), UID (with the
+    /// group of its passwd entry, else the same number) or UID:GID.
+    /// Required when running as root; it may not be uid 0 (see
+    /// --allow-root-tasks) nor a uid allowed to connect. Unprivileged, the
+    /// helper runs tasks as itself and accepts only its own uid here.
+    #[arg(long, value_name = "USER")]
+    pub task_user: Option<String>,
+
+    /// Allow --task-user to be uid 0. Root tasks still run with every
+    /// capability set empty and no new privileges.
+    #[arg(long)]
+    pub allow_root_tasks: bool,
 
     /// Parent cgroup of per-task cgroups. Where the unified (v2) hierarchy
     /// is mounted at or above PATH it is used as given; in any other
@@ -132,7 +150,24 @@ mod tests {
     #[test]
     fn modes() {
         let a = parse(&["--data-dir", "d", "--socket", "s", "--allowed-uid", "7"]).unwrap();
-        assert_eq!(a.allowed_uid, Some(7));
+        assert_eq!(a.allowed_uid, vec![7]);
+        let a = parse(&[
+            "--data-dir",
+            "d",
+            "--socket",
+            "s",
+            "--allowed-uid",
+            "7",
+            "--allowed-uid",
+            "8",
+            "--task-user",
+            "nobody",
+            "--allow-root-tasks",
+        ])
+        .unwrap();
+        assert_eq!(a.allowed_uid, vec![7, 8]);
+        assert_eq!(a.task_user.as_deref(), Some("nobody"));
+        assert!(a.allow_root_tasks);
         let a = parse(&["--data-dir", "d", "--inherited-fd", "5"]).unwrap();
         assert_eq!(a.inherited_fd, Some(5));
         assert_eq!(

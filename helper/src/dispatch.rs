@@ -18,6 +18,8 @@ pub struct Context {
     pub data_fd: OwnedFd,
     /// What the probe at start found.
     pub capabilities: HelperCapabilities,
+    /// Who tasks run as, when not as the helper itself.
+    pub task_identity: Option<crate::identity::TaskIdentity>,
 }
 
 pub struct Dispatcher {
@@ -63,8 +65,9 @@ impl Dispatcher {
             // derived from our own data dir and the validated id and opened
             // without following symlinks; the shim claims the task with an
             // exclusive symlinkat, so a repeated launch never runs it twice;
-            // the task runs with our privileges minus new ones
-            // (NO_NEW_PRIVS) and only the environment the request lists.
+            // the task runs as the operator's --task-user (or, unprivileged,
+            // as us) with no capabilities, NO_NEW_PRIVS and only the
+            // environment the request lists.
             Request::Launch(spec) => launch::launch(&self.ctx, peer, spec),
         }
     }
@@ -89,6 +92,7 @@ pub fn test_dispatcher() -> (tempfile::TempDir, Dispatcher) {
             process_group: true,
             ..Default::default()
         },
+        task_identity: None,
     };
     (tmp, Dispatcher::new(ctx))
 }

@@ -108,6 +108,7 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, Launc
         peer_uid: peer.uid,
         peer_gid: peer.gid,
         privileged: ctx.capabilities.privileged,
+        task_identity: ctx.task_identity,
     };
     let threads = sys::thread_count().map_err(LaunchError::ThreadCount)?;
     if threads != 1 {

@@ -15,6 +15,7 @@ mod conn;
 mod deadline;
 mod dispatch;
 mod fs_at;
+mod identity;
 mod launch;
 mod listener;
 mod logging;
@@ -69,6 +70,8 @@ enum MainError {
     Serve(#[from] server::ServeError),
     #[error("exactly one of --socket and --inherited-fd is required")]
     Usage,
+    #[error(transparent)]
+    TaskUser(#[from] identity::IdentityError),
 }
 
 fn main() -> ExitCode {
@@ -97,7 +100,7 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(target: logging::TARGET, error = %logging::chain(&e), "helper stopped");
             match e {
-                MainError::Usage => ExitCode::from(2),
+                MainError::Usage | MainError::TaskUser(_) => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
         }
@@ -105,6 +108,17 @@ fn main() -> ExitCode {
 }
 
 fn run(args: cli::Args) -> Result<(), MainError> {
+    let own_uid = nix::unistd::geteuid().as_raw();
+    let peers = match args.inherited_fd {
+        Some(_) => vec![own_uid],
+        None => args.allowed_uid.clone(),
+    };
+    let requested = args
+        .task_user
+        .as_deref()
+        .map(identity::resolve)
+        .transpose()?;
+    let task_identity = identity::decide(requested, args.allow_root_tasks, own_uid, &peers)?;
     let data_err = |source| MainError::DataDir {
         path: args.data_dir.clone(),
         source,
@@ -124,11 +138,12 @@ fn run(args: cli::Args) -> Result<(), MainError> {
     let capabilities = probe::probe(&probe_config, data_fd.as_fd());
     let mode = match (&args.socket, args.inherited_fd) {
         (Some(path), None) => {
+            let first = *peers.first().ok_or(MainError::Usage)?;
             let policy = PeerPolicy {
-                uid: args.allowed_uid.ok_or(MainError::Usage)?,
+                uids: peers,
                 gid: args.allowed_gid,
             };
-            let owner = capabilities.privileged.then_some((policy.uid, policy.gid));
+            let owner = capabilities.privileged.then_some((first, policy.gid));
             ServeMode::Standalone {
                 listener: listener::bind(path, owner)?,
                 policy,
@@ -137,7 +152,7 @@ fn run(args: cli::Args) -> Result<(), MainError> {
         (None, Some(fd)) => ServeMode::Embedded {
             stream: adopt_socket(fd)?,
             policy: PeerPolicy {
-                uid: nix::unistd::geteuid().as_raw(),
+                uids: peers,
                 gid: None,
             },
         },
@@ -153,6 +168,8 @@ fn run(args: cli::Args) -> Result<(), MainError> {
         },
         data_dir = %data_dir.display(),
         cgroup_root = %args.cgroup_root.display(),
+        task_uid = task_identity.map_or(own_uid, |t| t.uid),
+        task_gid = task_identity.map(|t| t.gid),
         capabilities = serde_json::to_string(&capabilities).ok(),
         "helper started"
     );
@@ -162,6 +179,7 @@ fn run(args: cli::Args) -> Result<(), MainError> {
     let dispatcher = Dispatcher::new(Context {
         data_fd,
         capabilities,
+        task_identity,
     });
     server::serve(mode, &dispatcher)?;
     Ok(())

@@ -1,7 +1,7 @@
 //! Who may talk to the helper: the kernel-reported credentials
 //! (SO_PEERCRED, see unix(7)) of every connection, checked against the one
-//! allowed uid and, optionally, gid. Root gets no exception: a root peer is
-//! refused unless uid 0 is the allowed uid.
+//! allowed uids and, optionally, gid. Root gets no exception: a root peer is
+//! refused unless uid 0 is an allowed uid.
 
 use std::os::unix::net::UnixStream;
 
@@ -22,16 +22,16 @@ pub struct Peer {
     pub gid: u32,
 }
 
-/// The allowed peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The allowed peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerPolicy {
-    pub uid: u32,
+    pub uids: Vec<u32>,
     pub gid: Option<u32>,
 }
 
 impl PeerPolicy {
     pub fn allows(&self, peer: &Peer) -> bool {
-        peer.uid == self.uid && self.gid.map_or(true, |gid| peer.gid == gid)
+        self.uids.contains(&peer.uid) && self.gid.map_or(true, |gid| peer.gid == gid)
     }
 }
 
@@ -55,19 +55,23 @@ mod tests {
     #[test]
     fn policy() {
         let p = PeerPolicy {
-            uid: 1000,
+            uids: vec![1000, 1002],
             gid: None,
         };
+        assert!(p.allows(&peer(1002, 5)));
         assert!(p.allows(&peer(1000, 5)));
         assert!(!p.allows(&peer(0, 0)), "root is not implicitly allowed");
         assert!(!p.allows(&peer(1001, 5)));
         let p = PeerPolicy {
-            uid: 1000,
+            uids: vec![1000],
             gid: Some(50),
         };
         assert!(p.allows(&peer(1000, 50)));
         assert!(!p.allows(&peer(1000, 51)));
-        let root = PeerPolicy { uid: 0, gid: None };
+        let root = PeerPolicy {
+            uids: vec![0],
+            gid: None,
+        };
         assert!(root.allows(&peer(0, 0)));
     }
 

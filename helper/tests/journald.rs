@@ -80,6 +80,7 @@ fn start_in_namespace(setup: &str, extra: &[&str], env: &[(&str, &str)]) -> Help
         "--allowed-uid".into(),
         "0".into(),
     ];
+    args.extend(common::task_user_args(0, common::my_uid(), extra));
     args.extend(extra.iter().map(|s| s.to_string()));
     let script = format!(
         "set -e
@@ -345,6 +346,11 @@ fn start_plain(env: &[(&str, &str)], extra: &[&str]) -> Child {
         .arg("--allowed-uid")
         .arg(common::my_uid().to_string())
         .args(extra)
+        .args(common::task_user_args(
+            common::my_uid(),
+            common::my_uid(),
+            extra,
+        ))
         .env_remove("JOURNAL_STREAM")
         .env_remove("EXECGO_RUNTIME_LOG_FORMAT")
         .stdin(Stdio::null())
@@ -372,6 +378,11 @@ fn the_environment_variable_chooses_the_format() {
         .arg(&socket)
         .arg("--allowed-uid")
         .arg(common::my_uid().to_string())
+        .args(common::task_user_args(
+            common::my_uid(),
+            common::my_uid(),
+            &[],
+        ))
         .env("JOURNAL_STREAM", "8:12345")
         .env("EXECGO_RUNTIME_LOG_FORMAT", "json")
         .stdin(Stdio::null())

@@ -362,7 +362,7 @@ fn a_task_ignoring_sigterm_is_killed_after_the_grace() {
 #[test]
 fn a_second_launch_finds_the_claim_and_runs_nothing() {
     let h = Helper::start();
-    let dir = h.task("once");
+    let dir = h.task_with_ledger("once");
     let mut c = h.client();
     let s = spec("once", &["sh", "-c", "echo run >> ../ran"]);
     let first = c.launch(s.clone());
@@ -376,7 +376,7 @@ fn a_second_launch_finds_the_claim_and_runs_nothing() {
     assert_eq!(already_claimed_lines(&dir), [first.shim_pid]);
     // And two launches at once: their shims race for the claim, one runs
     // the task and the other finds it claimed.
-    let dir2 = h.task("once-running");
+    let dir2 = h.task_with_ledger("once-running");
     let s2 = spec("once-running", &["sh", "-c", "echo run >> ../ran; sleep 1"]);
     let a = c.launch(s2.clone());
     let b = c.launch(s2);

@@ -219,6 +219,11 @@ fn embedded_mode_serves_one_connection_and_exits_on_eof() {
         .arg(dir.path())
         .arg("--inherited-fd")
         .arg(theirs.as_raw_fd().to_string())
+        .args(common::task_user_args(
+            common::my_uid(),
+            common::my_uid(),
+            &[],
+        ))
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -279,23 +284,35 @@ fn command_line() {
     let help = run(&["--help"]);
     assert_eq!(help.status.code(), Some(0));
     let text = String::from_utf8_lossy(&help.stdout);
-    for flag in ["--data-dir", "--socket", "--allowed-uid", "--allowed-gid"] {
+    for flag in [
+        "--data-dir",
+        "--socket",
+        "--allowed-uid",
+        "--allowed-gid",
+        "--task-user",
+        "--allow-root-tasks",
+    ] {
         assert!(text.contains(flag), "{flag} missing from help:\n{text}");
     }
     assert!(
         !text.contains("--inherited-fd"),
         "internal flag shown:\n{text}"
     );
+    let me = common::my_uid();
+    let task_user = common::task_user_args(1, me, &[]);
+    let task_user: Vec<&str> = task_user.iter().map(String::as_str).collect();
     // A missing data dir is an error at start, not a usage error.
     let missing = dir.path().join("missing");
-    let out = run(&[
+    let mut args = vec![
         "--data-dir",
         missing.to_str().unwrap(),
         "--socket",
         sock,
         "--allowed-uid",
         "1",
-    ]);
+    ];
+    args.extend(&task_user);
+    let out = run(&args);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     let line: serde_json::Value = serde_json::from_str(err.lines().last().unwrap()).unwrap();
@@ -305,6 +322,51 @@ fn command_line() {
         "{line}"
     );
     // An inherited fd that is not open.
-    let out = run(&["--data-dir", d, "--inherited-fd", "999"]);
+    let mut args = vec!["--data-dir", d, "--inherited-fd", "999"];
+    args.extend(&task_user);
+    let out = run(&args);
     assert_eq!(out.status.code(), Some(1));
+}
+
+/// Who tasks run as is settled at start: a root helper without a task
+/// user, with uid 0 not allowed, or with a uid that may connect refuses to
+/// start (exit 2, saying what to add); an unprivileged one accepts only
+/// itself. Nothing is bound.
+#[test]
+fn task_user_is_checked_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let sock = dir.path().join("s");
+    let s = sock.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["--data-dir", d, "--socket", s, "--allowed-uid", "1000"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), err)
+    };
+    let cases: Vec<(Vec<&str>, &str)> = if common::my_uid() == 0 {
+        vec![
+            (vec![], "needs --task-user"),
+            (vec!["--task-user", "root"], "add --allow-root-tasks"),
+            (vec!["--task-user", "0:0"], "add --allow-root-tasks"),
+            (vec!["--task-user", "1000"], "may connect to the helper"),
+            (vec!["--task-user", "no-such-user-x"], "no such user"),
+            (vec!["--task-user", "1:x"], "expected NAME, UID or UID:GID"),
+        ]
+    } else {
+        vec![(
+            vec!["--task-user", "4000000000"],
+            "can run tasks only as itself",
+        )]
+    };
+    for (extra, want) in cases {
+        let (code, err) = run(&extra);
+        assert_eq!(code, Some(2), "{extra:?}: {err}");
+        assert!(err.contains(want), "{extra:?}: {err}");
+        assert!(!sock.exists(), "{extra:?} bound the socket");
+    }
 }

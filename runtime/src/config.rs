@@ -78,7 +78,26 @@ pub struct ServeArgs {
     /// next to this executable].
     #[arg(long)]
     pub helper_path: Option<PathBuf>,
+    /// Embedded mode: the user tasks run as, NAME|UID[:GID], passed to the
+    /// helper [default: nobody when running as root; otherwise tasks run
+    /// as this user and only its own uid is accepted here].
+    #[arg(
+        long,
+        env = "EXECGO_RUNTIME_TASK_USER",
+        value_name = "USER",
+        conflicts_with = "helper_socket"
+    )]
+    pub task_user: Option<String>,
+    /// Embedded mode: allow --task-user to be uid 0 (passed to the helper;
+    /// tasks then still run without capabilities).
+    #[arg(long, env = "EXECGO_RUNTIME_ALLOW_ROOT_TASKS", action = ArgAction::SetTrue,
+          value_parser = clap::builder::BoolValueParser::new(), conflicts_with = "helper_socket")]
+    pub allow_root_tasks: bool,
 }
+
+/// The embedded helper's task user when `serve` runs as root and names
+/// none: tasks never run as root by default.
+pub const ROOT_DEFAULT_TASK_USER: &str = "nobody";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModeArg {

@@ -68,6 +68,9 @@ pub enum HelperMode {
         cgroup_root: PathBuf,
         /// `json` or `journald`, as the runtime resolved it.
         log_format: &'static str,
+        /// `--task-user` for the helper, if any.
+        task_user: Option<String>,
+        allow_root_tasks: bool,
     },
     Socket(PathBuf),
 }
@@ -236,8 +239,17 @@ impl HelperLink {
                 data_dir,
                 cgroup_root,
                 log_format,
+                task_user,
+                allow_root_tasks,
             } => {
-                let (stream, child) = spawn_embedded(binary, data_dir, cgroup_root, log_format)?;
+                let (stream, child) = spawn_embedded(
+                    binary,
+                    data_dir,
+                    cgroup_root,
+                    log_format,
+                    task_user.as_deref(),
+                    *allow_root_tasks,
+                )?;
                 (stream, Some(child))
             }
             HelperMode::Socket(path) => {
@@ -460,6 +472,8 @@ fn spawn_embedded(
     data_dir: &Path,
     cgroup_root: &Path,
     log_format: &str,
+    task_user: Option<&str>,
+    allow_root_tasks: bool,
 ) -> Result<(UnixStream, Child), LinkError> {
     let (ours, theirs) = UnixStream::pair().map_err(LinkError::Socketpair)?;
     // The helper's end must survive exec; ours stays close-on-exec.
@@ -468,8 +482,8 @@ fn spawn_embedded(
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
     )
     .map_err(|e| LinkError::Socketpair(e.into()))?;
-    let child = Command::new(binary)
-        .arg("--data-dir")
+    let mut cmd = Command::new(binary);
+    cmd.arg("--data-dir")
         .arg(data_dir)
         .arg("--cgroup-root")
         .arg(cgroup_root)
@@ -477,12 +491,17 @@ fn spawn_embedded(
         .arg(log_format)
         .arg("--inherited-fd")
         .arg(theirs.as_raw_fd().to_string())
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|source| LinkError::Spawn {
-            path: binary.to_path_buf(),
-            source,
-        })?;
+        .stdin(Stdio::null());
+    if let Some(user) = task_user {
+        cmd.arg("--task-user").arg(user);
+    }
+    if allow_root_tasks {
+        cmd.arg("--allow-root-tasks");
+    }
+    let child = cmd.spawn().map_err(|source| LinkError::Spawn {
+        path: binary.to_path_buf(),
+        source,
+    })?;
     drop(theirs);
     Ok((ours, child))
 }

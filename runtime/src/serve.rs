@@ -116,6 +116,12 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             data_dir: cfg.data_dir.clone(),
             cgroup_root: cfg.args.cgroup_root.clone(),
             log_format: LogFormat::resolve(cfg.args.log_format).as_str(),
+            task_user: cfg.args.task_user.clone().or_else(|| {
+                nix::unistd::geteuid()
+                    .is_root()
+                    .then(|| crate::config::ROOT_DEFAULT_TASK_USER.to_string())
+            }),
+            allow_root_tasks: cfg.args.allow_root_tasks,
         },
     };
     let embedded = matches!(mode, HelperMode::Embedded { .. });

@@ -485,8 +485,9 @@ fn concurrent_submits_of_one_id_accept_exactly_one() {
     // Submits arriving together share a commit; each still sees the
     // others' rows, so one id is accepted once and runs once.
     let s = Server::start();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let ledger = tmp.path().join("ran");
+    task_writable_file(&ledger);
     let body = json!({"task_id": "same", "execution": {"kind": "command",
         "program": "/bin/sh", "args": ["-c", format!("echo x >> {}", ledger.display())]}});
     let bytes = serde_json::to_vec(&body).unwrap();

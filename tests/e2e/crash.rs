@@ -40,10 +40,10 @@ fn chaos_kill_9_runs_every_accepted_task_exactly_once() {
         });
     println!("chaos seed {seed}");
     let mut rng = Rng(seed);
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let dir = tmp.path().join("data");
     let ledger = tmp.path().join("ledger.txt");
-    std::fs::write(&ledger, "").unwrap();
+    task_writable_file(&ledger);
     let accepted = Arc::new(Mutex::new(BTreeSet::new()));
     let attempted = Arc::new(Mutex::new(BTreeSet::new()));
 

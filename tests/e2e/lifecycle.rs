@@ -41,7 +41,7 @@ fn shim_is_not_a_descendant_of_the_runtime() {
 
 #[test]
 fn task_survives_kill_9_of_the_runtime_and_is_finished_after_restart() {
-    let data = tempfile::tempdir().unwrap();
+    let data = tempdir();
     let dir = data.path().join("data");
     let mut s = Server::builder().data_dir(&dir).start();
     let id = s.submit(&sh("sleep 1; echo survived"));
@@ -88,7 +88,7 @@ fn gc_deletes_expired_terminal_tasks() {
 /// of another task: the task ends with that outcome while its shim lives.
 #[test]
 fn a_result_renamed_in_ends_the_task_before_its_shim_exits() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let dir = tmp.path().join("data");
     let s = Server::builder().data_dir(&dir).start();
     let donor = s.submit(&sh("echo from-the-donor; exit 7"));

@@ -54,7 +54,7 @@ fn journald_receives_task_lines_with_task_id_field() {
         println!("skipped: {why}");
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let pidfile = tmp.path().join("journald.pid");

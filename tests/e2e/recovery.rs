@@ -31,7 +31,7 @@ fn wait_dead(pid: i32, timeout: Duration) -> bool {
 
 #[test]
 fn finished_while_down_is_finalized_from_result_json() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let dir = tmp.path().join("data");
     let mut s = Server::builder().data_dir(&dir).start();
     let id = s.submit(&sh("sleep 0.3; echo done; exit 4"));
@@ -61,7 +61,7 @@ fn finished_while_down_is_finalized_from_result_json() {
 /// on the files of finished tasks while the runtime is down.
 #[test]
 fn a_result_left_under_its_temp_name_counts_only_when_whole() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let dir = tmp.path().join("data");
     let mut s = Server::builder().data_dir(&dir).start();
     let whole = s.submit(&sh("sleep 0.3; echo done; exit 4"));
@@ -108,7 +108,7 @@ fn a_result_left_under_its_temp_name_counts_only_when_whole() {
 
 #[test]
 fn lost_monitor_is_failed_internal() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let dir = tmp.path().join("data");
     let mut s = Server::builder().data_dir(&dir).start();
     let id = s.submit(&command("/bin/sleep", &["30"]));
@@ -134,7 +134,7 @@ fn lost_monitor_is_failed_internal() {
 
 #[test]
 fn running_task_is_reattached_and_still_killable() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let dir = tmp.path().join("data");
     let mut s = Server::builder().data_dir(&dir).start();
     let id = s.submit(&command("/bin/sleep", &["30"]));
@@ -154,7 +154,7 @@ fn running_task_is_reattached_and_still_killable() {
 
 #[test]
 fn kill_escalation_survives_runtime_and_helper_death() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let dir = tmp.path().join("data");
     let mut s = Server::builder()
         .data_dir(&dir)
@@ -211,6 +211,7 @@ fn start_helper(socket: &Path, data: &Path) -> Child {
         .arg("--socket")
         .arg(socket)
         .args(["--allowed-uid", &uid])
+        .args(helper_task_user_args())
         .arg("--data-dir")
         .arg(data)
         .stdin(Stdio::null())
@@ -228,7 +229,7 @@ fn start_helper(socket: &Path, data: &Path) -> Child {
 
 #[test]
 fn standalone_helper_down_means_not_ready_and_tasks_wait() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let data = tmp.path().join("data");
     std::fs::create_dir_all(data.join("tasks")).unwrap();
     let sock = tmp.path().join("helper.sock");
@@ -305,7 +306,7 @@ fn full_or_read_only_data_dir_is_a_clean_503() {
         println!("skipped: mounting a small tmpfs needs root");
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let Some(fs) = Tmpfs::mount(&data, "4m") else {
@@ -374,7 +375,7 @@ fn full_or_read_only_data_dir_is_a_clean_503() {
 
 #[test]
 fn a_recorded_kill_that_never_reached_the_shim_is_resent_after_restart() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let dir = tmp.path().join("data");
     let mut s = Server::builder().data_dir(&dir).start();
     let id = s.submit(&command("/bin/sleep", &["30"]));
@@ -421,7 +422,7 @@ fn launch_recorded_never_claimed(tmp: &tempfile::TempDir) -> (std::path::PathBuf
 
 #[test]
 fn a_live_claimer_found_at_restart_is_followed() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let (dir, id) = launch_recorded_never_claimed(&tmp);
     let mut stand_in: Child = Command::new("/bin/sleep")
         .arg("3")
@@ -462,7 +463,7 @@ fn a_live_claimer_found_at_restart_is_followed() {
 
 #[test]
 fn a_claim_that_is_not_a_record_is_never_run_again() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempdir();
     let (dir, id) = launch_recorded_never_claimed(&tmp);
     // Something in the claim's place that no shim writes: the task counts
     // as claimed by a shim that is gone.

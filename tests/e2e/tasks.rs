@@ -269,6 +269,7 @@ fn running_status_has_live_duration() {
 fn fifo_order_with_one_slot() {
     let s = Server::builder().args(["--max-running-tasks", "1"]).start();
     let file = s.data_dir.join("order.txt");
+    task_writable_file(&file);
     let mut ids = vec![];
     for i in 0..5 {
         ids.push(s.submit(&sh(&format!("echo {i} >> {}", file.display()))));
@@ -282,18 +283,25 @@ fn fifo_order_with_one_slot() {
 #[test]
 fn a_task_that_replaces_its_logs_cannot_block_or_fail_a_status_read() {
     let s = Server::start();
-    // The task dir is the workspace's parent: the task swaps its stdout log
-    // for a FIFO and its stderr log for a directory, then waits.
-    let id = s.submit(&sh(
-        "cd .. && rm stdout.log stderr.log && mkfifo stdout.log && mkdir stderr.log \
-         && touch swapped && sleep 30",
-    ));
+    // Whoever can write the task dir (the task itself, when it runs as the
+    // runtime's user) swaps the stdout log for a FIFO and the stderr log
+    // for a directory while the task runs.
+    let id = s.submit(&sh("touch ready && sleep 30"));
     let dir = s.task_dir(&id);
     let start = Instant::now();
-    while !dir.join("swapped").exists() {
-        assert!(start.elapsed() < T, "the task never swapped its logs");
+    while !dir.join("workspace/ready").exists() {
+        assert!(start.elapsed() < T, "the task never started");
         std::thread::sleep(Duration::from_millis(10));
     }
+    for log in ["stdout.log", "stderr.log"] {
+        std::fs::remove_file(dir.join(log)).unwrap();
+    }
+    nix::unistd::mkfifo(
+        &dir.join("stdout.log"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.join("stderr.log")).unwrap();
     let asked = Instant::now();
     let st = s.status(&id);
     assert!(
@@ -326,7 +334,23 @@ fn a_task_that_replaces_its_logs_cannot_block_or_fail_a_status_read() {
 #[test]
 fn a_fifo_in_place_of_the_result_neither_ends_nor_blocks_the_task() {
     let s = Server::start();
-    let id = s.submit(&sh("cd .. && mkfifo result.json && sleep 1 && echo done"));
+    let id = s.submit(&sh(
+        "touch ready; while [ ! -e go ]; do sleep 0.02; done; echo done",
+    ));
+    let dir = s.task_dir(&id);
+    let start = Instant::now();
+    while !dir.join("workspace/ready").exists() {
+        assert!(start.elapsed() < T, "the task never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    nix::unistd::mkfifo(
+        &dir.join("result.json"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(s.status(&id)["status"], "running");
+    std::fs::write(dir.join("workspace/go"), "").unwrap();
     let st = s.wait_terminal(&id, T);
     // The shim's result replaced the FIFO; the runtime never read it.
     assert_eq!(st["status"], "success", "{st}");

@@ -51,6 +51,35 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// A temp dir for a test's data dir, searchable by others (mode 0755): as
+/// root, tasks run as an unprivileged task user, which must reach its
+/// workspace and scripts by path.
+pub fn tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod tempdir");
+    dir
+}
+
+/// Creates an empty file every user may write (mode 0666): a ledger that
+/// tasks, which run as the task user when the tests run as root, append
+/// to.
+pub fn task_writable_file(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, "").expect("create ledger");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).expect("chmod ledger");
+}
+
+/// `--task-user` for a standalone helper started by a root test.
+pub fn helper_task_user_args() -> Vec<&'static str> {
+    if is_root() {
+        vec!["--task-user", "nobody"]
+    } else {
+        Vec::new()
+    }
+}
+
 /// A free loopback port (bound and released; the small race is acceptable).
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind :0");
@@ -119,7 +148,7 @@ impl ServerBuilder {
         let (tmp, data_dir) = match self.data_dir {
             Some(d) => (None, d),
             None => {
-                let t = tempfile::tempdir().expect("tempdir");
+                let t = tempdir();
                 let d = t.path().join("data");
                 (Some(t), d)
             }

@@ -4,7 +4,6 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::PathBuf;
 
 use execgo_runtime_protocol::{LaunchProfile, Outcome};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
@@ -26,7 +25,6 @@ pub struct Host {
     control: Option<File>,
     workspace: Option<OwnedFd>,
     stdio: Option<TaskStdio>,
-    resolved: Option<PathBuf>,
     plan: Option<Plan>,
     sigchld: Option<SignalFd>,
     /// From the claim until the result is written.
@@ -45,7 +43,6 @@ impl Host {
             control: None,
             workspace: None,
             stdio: None,
-            resolved: None,
             plan: None,
             sigchld: None,
             result: None,
@@ -132,10 +129,16 @@ impl Steps for Host {
     }
 
     fn prepare_workspace(&mut self) -> Result<(), ShimError> {
+        // The task writes its workspace, so it owns what we create there;
+        // without a task user, the runtime does (when we are root).
+        let owner = match self.ctx.task_identity {
+            Some(t) => Some(t.nix()),
+            None => self.hand_over_to(),
+        };
         self.workspace = Some(workspace::prepare(
             self.ctx.task_dir.as_fd(),
             &self.ctx.launch.workspace_subdir,
-            self.hand_over_to(),
+            owner,
         )?);
         Ok(())
     }
@@ -149,14 +152,15 @@ impl Steps for Host {
         let l = &self.ctx.launch;
         let program = l.argv.first().ok_or(missing("argv"))?;
         let resolved = resolve::resolve(program, l.path_var())?;
-        self.plan = Some(Plan::new(
+        let mut plan = Plan::new(
             &resolved,
             &l.argv,
             &l.env,
             l.limits.cpu_time_sec,
             l.limits.memory_bytes,
-        )?);
-        self.resolved = Some(resolved);
+        )?;
+        plan.identity = self.ctx.task_identity.map(|t| (t.uid, t.gid));
+        self.plan = Some(plan);
         Ok(())
     }
 
@@ -167,6 +171,21 @@ impl Steps for Host {
         let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(ShimError::Watch)?;
         self.sigchld = Some(sfd);
+        Ok(())
+    }
+
+    fn narrow_capabilities(&mut self) -> Result<(), ShimError> {
+        use caps::{CapSet, Capability};
+        // Dropping from the bounding set needs CAP_SETPCAP; without it
+        // (unprivileged) there is nothing an exec could gain anyway, with
+        // NO_NEW_PRIVS set since start-up.
+        let can_drop = caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)
+            .map_err(ShimError::Capabilities)?;
+        if can_drop {
+            caps::clear(None, CapSet::Bounding).map_err(ShimError::Capabilities)?;
+        }
+        caps::clear(None, CapSet::Ambient).map_err(ShimError::Capabilities)?;
+        caps::clear(None, CapSet::Inheritable).map_err(ShimError::Capabilities)?;
         Ok(())
     }
 
@@ -187,7 +206,8 @@ impl Steps for Host {
             target: logging::TARGET,
             pid = started.pid,
             profile,
-            program = self.resolved.as_ref().map(|p| tracing::field::display(p.display())),
+            uid = self.ctx.task_identity.map(|t| t.uid),
+            program = self.ctx.launch.argv.first().map(String::as_str),
             "task started"
         );
         Ok(started)

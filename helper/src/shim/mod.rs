@@ -39,6 +39,8 @@ pub struct ShimContext {
     pub peer_gid: u32,
     /// Whether we run as root, so files for the runtime need handing over.
     pub privileged: bool,
+    /// Who the task runs as, when not as the shim itself.
+    pub task_identity: Option<crate::identity::TaskIdentity>,
 }
 
 /// Exit code of a shim that panicked (a bug); the panic message is in

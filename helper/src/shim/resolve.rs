@@ -3,6 +3,11 @@
 //! the task's own `PATH`, or [`DEFAULT_PATH`] when it has none. Empty and
 //! relative `PATH` entries are skipped rather than resolved against the
 //! workspace the task controls.
+//!
+//! The shim looks as itself, and the task may run as another user: so every
+//! match is kept, in `PATH` order, and the task child tries them in turn
+//! after its identity switch, going on past one it may not execute (as
+//! execvp(3) does).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -18,19 +23,24 @@ pub enum ResolveError {
     NotFound { program: String },
 }
 
-pub fn resolve(program: &str, path_var: Option<&str>) -> Result<PathBuf, ResolveError> {
+/// The paths to try, in order; never empty.
+pub fn resolve(program: &str, path_var: Option<&str>) -> Result<Vec<PathBuf>, ResolveError> {
     if program.contains('/') {
-        return Ok(PathBuf::from(program));
+        return Ok(vec![PathBuf::from(program)]);
     }
-    path_var
+    let found: Vec<PathBuf> = path_var
         .unwrap_or(DEFAULT_PATH)
         .split(':')
         .filter(|dir| dir.starts_with('/'))
         .map(|dir| Path::new(dir).join(program))
-        .find(|candidate| is_executable_file(candidate))
-        .ok_or_else(|| ResolveError::NotFound {
+        .filter(|candidate| is_executable_file(candidate))
+        .collect();
+    if found.is_empty() {
+        return Err(ResolveError::NotFound {
             program: program.to_string(),
-        })
+        });
+    }
+    Ok(found)
 }
 
 /// A regular file (after symlinks, as exec follows them) with an execute
@@ -56,8 +66,16 @@ mod tests {
         std::fs::create_dir(a.path().join("dir")).unwrap();
         std::fs::set_permissions(a.path().join("dir"), Permissions::from_mode(0o755)).unwrap();
         let path = format!("relative::{}:{}", a.path().display(), b.path().display());
-        // a/tool is not executable, so b/tool wins.
-        assert_eq!(resolve("tool", Some(&path)).unwrap(), b.path().join("tool"));
+        // a/tool is not executable, so b/tool is the one.
+        assert_eq!(
+            resolve("tool", Some(&path)).unwrap(),
+            [b.path().join("tool")]
+        );
+        std::fs::set_permissions(a.path().join("tool"), Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            resolve("tool", Some(&path)).unwrap(),
+            [a.path().join("tool"), b.path().join("tool")]
+        );
         // Directories never match.
         assert_eq!(
             resolve("dir", Some(&path)),
@@ -69,12 +87,12 @@ mod tests {
 
     #[test]
     fn slash_means_as_given_and_default_path_applies() {
-        assert_eq!(resolve("./x", None).unwrap(), PathBuf::from("./x"));
+        assert_eq!(resolve("./x", None).unwrap(), [PathBuf::from("./x")]);
         assert_eq!(
             resolve("/no/such", None).unwrap(),
-            PathBuf::from("/no/such")
+            [PathBuf::from("/no/such")]
         );
-        assert!(resolve("sh", None).unwrap().is_absolute());
+        assert!(resolve("sh", None).unwrap()[0].is_absolute());
         let e = resolve("no-such-program-here", Some("/bin")).unwrap_err();
         assert_eq!(
             e.to_string(),

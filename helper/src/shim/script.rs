@@ -45,6 +45,8 @@ pub enum ShimError {
     Resolve(#[from] ResolveError),
     #[error("watching for child exits failed")]
     Watch(#[source] nix::errno::Errno),
+    #[error("clearing the capability sets the task would inherit failed")]
+    Capabilities(#[source] caps::errors::CapsError),
     #[error(transparent)]
     Spawn(#[from] SpawnError),
     #[error("creating the started record failed")]
@@ -95,6 +97,9 @@ pub trait Steps {
     fn open_stdio(&mut self) -> Result<(), ShimError>;
     fn resolve_program(&mut self) -> Result<(), ShimError>;
     fn watch_children(&mut self) -> Result<(), ShimError>;
+    /// Empties the capability sets the task child inherits (bounding,
+    /// ambient, inheritable); the shim keeps its own.
+    fn narrow_capabilities(&mut self) -> Result<(), ShimError>;
     /// Starts the task; `Ok` once it has exec'd.
     fn spawn(&mut self) -> Result<Started, ShimError>;
     /// Creates `started`, telling the runtime the task runs.
@@ -141,7 +146,8 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
     //    task starts (so a kill is never lost); workspace and stdio before
     //    the program is resolved; every C string prepared and SIGCHLD
     //    blocked before the spawn (so the child allocates nothing and its
-    //    exit cannot be missed).
+    //    exit cannot be missed); last, the capability sets the task would
+    //    inherit emptied.
     let prepared = s
         .make_claim_durable()
         .and_then(|()| s.become_subreaper())
@@ -149,7 +155,8 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
         .and_then(|()| s.prepare_workspace())
         .and_then(|()| s.open_stdio())
         .and_then(|()| s.resolve_program())
-        .and_then(|()| s.watch_children());
+        .and_then(|()| s.watch_children())
+        .and_then(|()| s.narrow_capabilities());
     // 5. Spawn and exec the task.
     let started = match prepared.and_then(|()| s.spawn()) {
         Ok(started) => started,
@@ -307,6 +314,9 @@ mod tests {
         fn watch_children(&mut self) -> Result<(), ShimError> {
             self.step("watch")
         }
+        fn narrow_capabilities(&mut self) -> Result<(), ShimError> {
+            self.step("capabilities")
+        }
         fn spawn(&mut self) -> Result<Started, ShimError> {
             self.step("spawn")?;
             self.execd = true;
@@ -345,7 +355,7 @@ mod tests {
         }
     }
 
-    const HAPPY: [&str; 15] = [
+    const HAPPY: [&str; 16] = [
         "isolate",
         "claim",
         "prepare_result",
@@ -356,6 +366,7 @@ mod tests {
         "stdio",
         "resolve",
         "watch",
+        "capabilities",
         "spawn",
         "record_started",
         "monitor",
@@ -418,6 +429,7 @@ mod tests {
             "stdio",
             "resolve",
             "watch",
+            "capabilities",
             "spawn",
         ] {
             let mut f = Fake::failing(&[step]);

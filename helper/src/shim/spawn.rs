@@ -15,7 +15,7 @@
 //! meanwhile, and starting one costs more than the set-up it would hide.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use nix::errno::Errno;
@@ -59,11 +59,13 @@ pub struct Plan {
     pub program: String,
     pub cpu: Option<(u64, u64)>,
     pub address_space: Option<(u64, u64)>,
+    /// (uid, gid) the task runs as; `None`: as the shim.
+    pub identity: Option<(u32, u32)>,
 }
 
 impl Plan {
     pub fn new(
-        resolved: &Path,
+        resolved: &[PathBuf],
         argv: &[String],
         env: &[(String, String)],
         cpu_time_sec: Option<u64>,
@@ -77,6 +79,7 @@ impl Plan {
             address_space: memory_bytes.map(|b| {
                 rlimits::address_space_pair(b, rlimits::current_hard(Resource::RLIMIT_AS))
             }),
+            identity: None,
         })
     }
 }
@@ -100,6 +103,8 @@ pub fn spawn(
         cwd: cwd.as_raw_fd(),
         cpu: plan.cpu,
         address_space: plan.address_space,
+        identity: plan.identity,
+        parent: nix::unistd::getpid().as_raw(),
         status_fd: status_w.as_raw_fd(),
     };
     // Back here, the child has exec'd or exited.
@@ -162,6 +167,7 @@ pub fn decode_status(buf: &[u8; CHILD_STATUS_LEN]) -> (ChildStep, i32) {
 mod tests {
     use super::*;
     use nix::sys::stat::Mode;
+    use std::path::Path;
 
     /// Spawns `program` with `argv` in a fresh directory, its stdout in
     /// `out` there.
@@ -171,7 +177,7 @@ mod tests {
     ) -> (Result<Started, SpawnError>, tempfile::TempDir) {
         let tmp = tempfile::tempdir().unwrap();
         let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
-        let plan = Plan::new(Path::new(program), &argv, &[], None, None).unwrap();
+        let plan = Plan::new(&[PathBuf::from(program)], &argv, &[], None, None).unwrap();
         let open = |path: &Path, flags: OFlag| {
             sys::open(
                 path,

@@ -15,11 +15,12 @@ use super::process::exit_now;
 use super::signals::{HANDLED_BY_STD, IGNORED_BY_US};
 use super::stack::ChildStack;
 
-/// A program, its argv and its envp as C strings, with the pointer arrays
-/// execve(2) wants, all built before the spawn so the child allocates
-/// nothing.
+/// The program's candidate paths (tried in order, see
+/// [`exec_candidates`]), its argv and its envp as C strings, with the
+/// pointer arrays execve(2) wants, all built before the spawn so the child
+/// allocates nothing.
 pub struct ExecImage {
-    path: CString,
+    paths: Vec<CString>,
     _argv: Vec<CString>,
     _envp: Vec<CString>,
     argv_ptrs: Vec<*const c_char>,
@@ -27,9 +28,16 @@ pub struct ExecImage {
 }
 
 impl ExecImage {
-    pub fn new(path: &Path, argv: &[String], env: &[(String, String)]) -> Result<Self, NulError> {
+    pub fn new(
+        paths: &[impl AsRef<Path>],
+        argv: &[String],
+        env: &[(String, String)],
+    ) -> Result<Self, NulError> {
         use std::os::unix::ffi::OsStrExt;
-        let path = CString::new(path.as_os_str().as_bytes())?;
+        let paths = paths
+            .iter()
+            .map(|p| CString::new(p.as_ref().as_os_str().as_bytes()))
+            .collect::<Result<Vec<_>, _>>()?;
         let argv = argv
             .iter()
             .map(|a| CString::new(a.as_bytes()))
@@ -51,7 +59,7 @@ impl ExecImage {
             .chain(std::iter::once(std::ptr::null()))
             .collect();
         Ok(ExecImage {
-            path,
+            paths,
             _argv: argv,
             _envp: envp,
             argv_ptrs,
@@ -72,6 +80,12 @@ pub enum ChildStep {
     Stdio = 5,
     Chdir = 6,
     Exec = 7,
+    Groups = 8,
+    Gid = 9,
+    Uid = 10,
+    Capabilities = 11,
+    NoNewPrivs = 12,
+    ParentDeath = 13,
 }
 
 impl ChildStep {
@@ -84,6 +98,12 @@ impl ChildStep {
             ChildStep::Stdio,
             ChildStep::Chdir,
             ChildStep::Exec,
+            ChildStep::Groups,
+            ChildStep::Gid,
+            ChildStep::Uid,
+            ChildStep::Capabilities,
+            ChildStep::NoNewPrivs,
+            ChildStep::ParentDeath,
         ]
         .into_iter()
         .find(|s| *s as u8 == b)
@@ -98,6 +118,12 @@ impl ChildStep {
             ChildStep::Stdio => "dup2",
             ChildStep::Chdir => "fchdir",
             ChildStep::Exec => "execve",
+            ChildStep::Groups => "setgroups",
+            ChildStep::Gid => "setresgid",
+            ChildStep::Uid => "setresuid",
+            ChildStep::Capabilities => "capset",
+            ChildStep::NoNewPrivs => "prctl PR_SET_NO_NEW_PRIVS",
+            ChildStep::ParentDeath => "prctl PR_SET_PDEATHSIG (or the shim is gone)",
         }
     }
 }
@@ -117,6 +143,12 @@ pub struct ChildSetup<'a> {
     pub cpu: Option<(u64, u64)>,
     /// (soft, hard) RLIMIT_AS in bytes.
     pub address_space: Option<(u64, u64)>,
+    /// (uid, gid) to switch to, with no supplementary groups; `None`
+    /// keeps ours.
+    pub identity: Option<(u32, u32)>,
+    /// The shim's pid: the child dies with it (PR_SET_PDEATHSIG) and
+    /// checks it is still its parent once that is armed.
+    pub parent: i32,
     /// Write end of the close-on-exec exec-status pipe.
     pub status_fd: RawFd,
 }
@@ -198,8 +230,8 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
 
 /// Runs in the task child, started by [`spawn_task`] with every signal
 /// blocked: own process group, default dispositions ([`IGNORED_BY_US`],
-/// [`HANDLED_BY_STD`]), rlimits, stdio, working directory, an empty signal
-/// mask, then execve. Only async-signal-safe calls on prepared values; no
+/// [`HANDLED_BY_STD`]), rlimits, stdio, working directory, identity and
+/// privileges ([`drop_privileges`]), an empty signal mask, then execve. Only async-signal-safe calls on prepared values; no
 /// allocation, no logging. On failure the step and errno go to the
 /// exec-status pipe.
 fn exec_child(s: &ChildSetup<'_>) -> ! {
@@ -240,6 +272,9 @@ fn exec_child(s: &ChildSetup<'_>) -> ! {
     if nix::unistd::fchdir(s.cwd).is_err() {
         child_fail(s.status_fd, ChildStep::Chdir);
     }
+    if let Err(step) = drop_privileges(s) {
+        child_fail(s.status_fd, step);
+    }
     // The task starts with an empty mask (the shim blocks SIGCHLD, and
     // everything was blocked for the way here). Last, so that no signal is
     // handled in the shim's memory: the handlers were reset above, and
@@ -254,16 +289,113 @@ fn exec_child(s: &ChildSetup<'_>) -> ! {
     {
         child_fail(s.status_fd, ChildStep::SignalMask);
     }
-    // SAFETY: path, argv and envp are NUL-terminated C strings and
-    // NULL-terminated pointer arrays owned by `s.image`, alive for the call.
-    unsafe {
-        libc::execve(
-            s.image.path.as_ptr(),
-            s.image.argv_ptrs.as_ptr(),
-            s.image.envp_ptrs.as_ptr(),
-        )
-    };
+    exec_candidates(s.image);
     child_fail(s.status_fd, ChildStep::Exec)
+}
+
+/// execve of each candidate path in turn, returning only when none could
+/// be executed, with errno set as execvp(3) would: past a candidate that is
+/// missing or that the task's user may not execute to the next; EACCES
+/// when one was refused and no later one ran.
+fn exec_candidates(image: &ExecImage) {
+    let mut refused = false;
+    for path in &image.paths {
+        // SAFETY: path, argv and envp are NUL-terminated C strings and
+        // NULL-terminated pointer arrays owned by `image`, alive for the
+        // call.
+        unsafe {
+            libc::execve(
+                path.as_ptr(),
+                image.argv_ptrs.as_ptr(),
+                image.envp_ptrs.as_ptr(),
+            )
+        };
+        match Errno::last_raw() {
+            libc::EACCES => refused = true,
+            libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
+            _ => return,
+        }
+    }
+    if refused {
+        Errno::set_raw(libc::EACCES);
+    }
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3` and its two-word data, see capget(2).
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// The task child's identity, last before the signal mask and exec: the
+/// task user (no supplementary groups, then gid, then uid, each real,
+/// effective and saved), every capability set empty, no new privileges,
+/// and death with the shim. The shim cleared the bounding, ambient and
+/// inheritable sets before the spawn (see `shim::host`); the uid switch
+/// empties permitted and effective, and the capset here makes sure of it
+/// for a task that stays uid 0.
+///
+/// Raw system calls, not libc's wrappers: glibc's set*id wrappers may
+/// signal every thread of the process to apply the change, and in this
+/// child the process's threads are the shim's.
+fn drop_privileges(s: &ChildSetup<'_>) -> Result<(), ChildStep> {
+    // SAFETY (each call below): plain system calls on integers and on
+    // live stack values; none touches memory the shim uses.
+    if let Some((uid, gid)) = s.identity {
+        // SAFETY: see above; a zero-length list needs no pointer.
+        if unsafe { libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) } != 0 {
+            return Err(ChildStep::Groups);
+        }
+        // SAFETY: see above.
+        if unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) } != 0 {
+            return Err(ChildStep::Gid);
+        }
+        // SAFETY: see above.
+        if unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) } != 0 {
+            return Err(ChildStep::Uid);
+        }
+    }
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let none = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: see above; the header and the two data words are live.
+    if unsafe { libc::syscall(libc::SYS_capset, &mut header, none.as_ptr()) } != 0 {
+        return Err(ChildStep::Capabilities);
+    }
+    // SAFETY: see above.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(ChildStep::NoNewPrivs);
+    }
+    // After the uid switch, which clears the parent-death signal.
+    // SAFETY: see above.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
+        return Err(ChildStep::ParentDeath);
+    }
+    // The shim may have died before the signal was armed: then nobody
+    // would enforce the task's limits, so it must not start.
+    // SAFETY: see above.
+    if unsafe { libc::getppid() } != s.parent {
+        Errno::set_raw(libc::ESRCH);
+        return Err(ChildStep::ParentDeath);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -272,20 +404,22 @@ mod tests {
 
     #[test]
     fn child_steps_round_trip() {
-        for b in 1..=7u8 {
+        for b in 1..=13u8 {
             let step = ChildStep::from_u8(b).unwrap();
             assert_eq!(step as u8, b);
             assert!(!step.name().is_empty());
         }
         assert_eq!(ChildStep::from_u8(0), None);
-        assert_eq!(ChildStep::from_u8(8), None);
+        assert_eq!(ChildStep::from_u8(14), None);
     }
 
     #[test]
     fn exec_image_refuses_nul() {
-        let ok = ExecImage::new(Path::new("/bin/true"), &["true".into()], &[]);
+        let ok = ExecImage::new(&["/bin/true"], &["true".into()], &[]);
         assert!(ok.is_ok());
-        let bad = ExecImage::new(Path::new("/bin/true"), &["a\0b".into()], &[]);
+        let bad = ExecImage::new(&["/bin/true"], &["a\0b".into()], &[]);
+        assert!(bad.is_err());
+        let bad = ExecImage::new(&["/bin/tr\0ue"], &["true".into()], &[]);
         assert!(bad.is_err());
     }
 }

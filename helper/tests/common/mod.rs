@@ -22,6 +22,30 @@ pub fn my_uid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
 
+/// The `--task-user` a helper started by root needs: `nobody`, or a uid
+/// without a passwd entry when nobody is the allowed peer. Empty when the
+/// helper runs unprivileged, or when `extra` names one already.
+pub fn task_user_args(allowed: u32, helper_uid: u32, extra: &[&str]) -> Vec<String> {
+    if helper_uid != 0 || extra.contains(&"--task-user") {
+        return Vec::new();
+    }
+    let user = if allowed == 65534 {
+        "65533:65533"
+    } else {
+        "nobody"
+    };
+    vec!["--task-user".into(), user.into()]
+}
+
+/// A test's temp dir as root: searchable by the task user, so tasks reach
+/// their workspace and scripts by path.
+pub fn searchable_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
 pub struct Helper {
     pub child: Child,
     pub dir: tempfile::TempDir,
@@ -55,7 +79,7 @@ impl Helper {
         configure: impl FnOnce(&mut Command),
     ) -> Helper {
         use std::os::unix::process::CommandExt;
-        let dir = tempfile::tempdir().unwrap();
+        let dir = searchable_tempdir();
         let data = dir.path().join("data");
         std::fs::create_dir_all(data.join("tasks")).unwrap();
         let socket = dir.path().join("h.sock");
@@ -68,6 +92,7 @@ impl Helper {
             .arg("--allowed-uid")
             .arg(uid.to_string())
             .args(extra)
+            .args(task_user_args(uid, run_as.unwrap_or_else(my_uid), extra))
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -167,6 +192,16 @@ impl Helper {
         std::fs::create_dir_all(&d).unwrap();
         File::create(d.join("stdout.log")).unwrap();
         File::create(d.join("stderr.log")).unwrap();
+        d
+    }
+
+    /// [`Helper::task`], with an empty `ran` file in it that the task
+    /// (which may run as another user) can append to.
+    pub fn task_with_ledger(&self, id: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let d = self.task(id);
+        std::fs::write(d.join("ran"), "").unwrap();
+        std::fs::set_permissions(d.join("ran"), std::fs::Permissions::from_mode(0o666)).unwrap();
         d
     }
 

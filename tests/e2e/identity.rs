@@ -1,0 +1,289 @@
+//! Who a task runs as, through the real binaries: as root, tasks never run
+//! as root by accident nor as the runtime, and whatever uid they run as
+//! they hold no capability, cannot gain one, and die with their shim.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use execgo_runtime_tests::*;
+
+const T: Duration = Duration::from_secs(30);
+
+/// Prints the identity lines of the task's own /proc status.
+const STATUS_LINES: &str =
+    "grep -E '^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs):' /proc/self/status";
+
+/// The `Field:\tvalue` lines of a status dump, as (field, value).
+fn fields(stdout: &str) -> Vec<(String, String)> {
+    stdout
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+fn field<'a>(f: &'a [(String, String)], name: &str) -> &'a str {
+    f.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no {name} in {f:?}"))
+}
+
+/// No capability in any set, no new privileges, and real, effective,
+/// saved and file-system ids all `uid`/`gid`.
+fn assert_unprivileged(stdout: &str, uid: u32, gid: u32) {
+    let f = fields(stdout);
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(field(&f, set), "0000000000000000", "{set}: {stdout}");
+    }
+    assert_eq!(field(&f, "NoNewPrivs"), "1", "{stdout}");
+    let ids = |name| -> Vec<u32> {
+        field(&f, name)
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect()
+    };
+    assert_eq!(ids("Uid"), [uid; 4], "{stdout}");
+    assert_eq!(ids("Gid"), [gid; 4], "{stdout}");
+    assert_eq!(field(&f, "Groups"), "", "no supplementary groups: {stdout}");
+}
+
+fn nobody() -> (u32, u32) {
+    let u = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("a nobody user");
+    (u.uid.as_raw(), u.gid.as_raw())
+}
+
+#[test]
+fn as_root_the_embedded_helper_runs_tasks_as_nobody_without_privileges() {
+    if !is_root() {
+        println!("skipped: switching the task user needs root");
+        return;
+    }
+    let s = Server::start();
+    let script = format!(
+        "{STATUS_LINES}
+         echo data > written && cat written
+         touch ../planted 2>/dev/null && echo planted-in-task-dir
+         kill -0 $PPID 2>/dev/null && echo signalled-the-shim || echo shim-out-of-reach"
+    );
+    let id = s.submit(&sh(&script));
+    let st = s.wait_terminal(&id, T);
+    assert_eq!(st["status"], "success", "{st}");
+    let out = st["stdout"].as_str().unwrap();
+    let (uid, gid) = nobody();
+    assert_unprivileged(out, uid, gid);
+    assert!(out.contains("data\n"), "the workspace is writable: {out}");
+    assert!(!out.contains("planted"), "{out}");
+    assert!(out.contains("shim-out-of-reach"), "{out}");
+    assert!(!s.task_dir(&id).join("planted").exists());
+    let ws = s.task_dir(&id).join("workspace");
+    let meta = std::fs::metadata(&ws).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.uid(), meta.gid()), (uid, gid));
+    // An interpreter script is read by the task user too.
+    let id = s.submit(
+        &json!({"execution": {"kind": "script", "interpreter": ["/bin/sh"],
+        "script": "id -u"}}),
+    );
+    let st = s.wait_terminal(&id, T);
+    assert_eq!(st["stdout"], format!("{uid}\n"), "{st}");
+}
+
+#[test]
+fn serve_refuses_task_users_that_are_root_or_the_runtime() {
+    // Usage: the task user is the embedded helper's; a separate helper has
+    // its own.
+    let out = Command::new(runtime_bin())
+        .args([
+            "serve",
+            "--task-user",
+            "nobody",
+            "--helper-socket",
+            "/nonexistent",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    if !is_root() {
+        println!("skipped (the rest): the task user rules of a root runtime");
+        return;
+    }
+    for (extra, want) in [
+        (&["--task-user", "root"][..], "add --allow-root-tasks"),
+        (
+            &["--task-user", "root", "--allow-root-tasks"][..],
+            "a task must not be able to act as the runtime",
+        ),
+    ] {
+        let tmp = tempdir();
+        let out = Command::new(runtime_bin())
+            .arg("serve")
+            .arg("--listen-addr")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg("--data-dir")
+            .arg(tmp.path().join("data"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} started");
+        assert!(err.contains(want), "{extra:?}: {err}");
+    }
+}
+
+/// The uid the unprivileged runtime runs as in the separated tests (no
+/// passwd entry needed).
+const RUNTIME_UID: u32 = 65533;
+
+/// A root helper on a socket, allowing [`RUNTIME_UID`], with `extra`.
+fn start_root_helper(dir: &Path, extra: &[&str]) -> Child {
+    let socket = dir.join("helper.sock");
+    let child = Command::new(helper_bin())
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--allowed-uid", &RUNTIME_UID.to_string()])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("helper.log")).unwrap())
+        .spawn()
+        .expect("spawn helper");
+    let start = Instant::now();
+    while !socket.exists() {
+        assert!(
+            start.elapsed() < T,
+            "helper socket never appeared: {}",
+            std::fs::read_to_string(dir.join("helper.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+/// An unprivileged runtime (uid and gid [`RUNTIME_UID`]) using the helper
+/// in `dir`.
+fn start_unprivileged_runtime(dir: &Path) -> Server {
+    let data = dir.join("data");
+    std::os::unix::fs::chown(&data, Some(RUNTIME_UID), Some(RUNTIME_UID)).unwrap();
+    Server::builder()
+        .data_dir(&data)
+        .arg("--helper-socket")
+        .arg(dir.join("helper.sock").to_str().unwrap())
+        .configure(|cmd| {
+            cmd.uid(RUNTIME_UID).gid(RUNTIME_UID);
+        })
+        .start()
+}
+
+/// The separated production layout: helper as root on a socket, runtime
+/// as an unprivileged user without capabilities, tasks as a third user.
+#[test]
+fn separated_mode_keeps_runtime_and_tasks_unprivileged() {
+    if !is_root() {
+        println!("skipped: the separated layout needs a root helper");
+        return;
+    }
+    let tmp = tempdir();
+    std::fs::create_dir_all(tmp.path().join("data")).unwrap();
+    let mut helper = start_root_helper(tmp.path(), &["--task-user", "nobody"]);
+    let s = start_unprivileged_runtime(tmp.path());
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    assert_unprivileged_runtime(&status);
+    let sock = tmp.path().join("helper.sock");
+    let script = format!(
+        "{STATUS_LINES}
+         /usr/bin/python3 -c '
+import socket, sys
+try:
+    socket.socket(socket.AF_UNIX).connect(sys.argv[1])
+    print(\"reached-the-helper\")
+except OSError as e:
+    print(\"refused\", e.errno)' {}",
+        sock.display()
+    );
+    let id = s.submit(&sh(&script));
+    let st = s.wait_terminal(&id, T);
+    assert_eq!(st["status"], "success", "{st}");
+    let out = st["stdout"].as_str().unwrap();
+    let (uid, gid) = nobody();
+    assert_unprivileged(out, uid, gid);
+    assert!(
+        out.contains(&format!("refused {}", libc::EACCES)),
+        "the task reached the helper's socket: {out}"
+    );
+    drop(s);
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+}
+
+/// The runtime of the separated layout: its uid everywhere, no capability.
+fn assert_unprivileged_runtime(status: &str) {
+    let f = fields(status);
+    let uids: Vec<u32> = field(&f, "Uid")
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(uids, [RUNTIME_UID; 4]);
+    for set in ["CapPrm", "CapEff", "CapAmb"] {
+        assert_eq!(field(&f, set), "0000000000000000", "runtime {set}");
+    }
+}
+
+/// Root tasks, where the operator allows them, are root without power:
+/// every capability set empty, so mount(2) fails.
+#[test]
+fn allowed_root_tasks_still_have_no_capabilities() {
+    if !is_root() {
+        println!("skipped: root tasks need a root helper");
+        return;
+    }
+    let tmp = tempdir();
+    std::fs::create_dir_all(tmp.path().join("data")).unwrap();
+    let mut helper = start_root_helper(tmp.path(), &["--task-user", "root", "--allow-root-tasks"]);
+    let s = start_unprivileged_runtime(tmp.path());
+    let script = format!(
+        "{STATUS_LINES}
+         mkdir m && mount -t tmpfs t m 2>/dev/null && echo mounted || echo mount-refused
+         chown 1:1 m 2>/dev/null && echo chowned || echo chown-refused"
+    );
+    let id = s.submit(&sh(&script));
+    let st = s.wait_terminal(&id, T);
+    assert_eq!(st["status"], "success", "{st}");
+    let out = st["stdout"].as_str().unwrap();
+    assert_unprivileged(out, 0, 0);
+    assert!(out.contains("mount-refused\nchown-refused"), "{out}");
+    drop(s);
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+}
+
+/// The task dies with its shim (PR_SET_PDEATHSIG): nothing would enforce
+/// its limits otherwise.
+#[test]
+fn a_task_does_not_outlive_its_shim() {
+    let s = Server::start();
+    let id = s.submit(&sh("sleep 300"));
+    let st = s.wait_status(&id, "running", T);
+    let pid = st["pid"].as_i64().expect("pid") as i32;
+    let shim = st["shim_pid"].as_i64().expect("shim_pid") as i32;
+    assert!(alive(pid));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let start = Instant::now();
+    while alive(pid) {
+        assert!(start.elapsed() < T, "task {pid} outlived its shim {shim}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = s.wait_terminal(&id, T);
+    assert_eq!(st["status"], "failed", "{st}");
+}
