@@ -20,6 +20,8 @@ pub struct Context {
     pub capabilities: HelperCapabilities,
     /// Who tasks run as, when not as the helper itself.
     pub task_identity: Option<crate::identity::TaskIdentity>,
+    /// Where task cgroups go; `None` when the host has no usable one.
+    pub cgroups: Option<crate::cgroup::task::Placement>,
 }
 
 pub struct Dispatcher {
@@ -46,11 +48,51 @@ impl Dispatcher {
                 ),
             };
         }
+        self.sweep_cgroups();
         HelloReply::Accepted {
             version: PROTOCOL_VERSION,
             helper_version: env!("CARGO_PKG_VERSION").to_string(),
             helper_pid: std::process::id(),
         }
+    }
+
+    /// Kills and removes the cgroups of tasks whose shim is gone (it was
+    /// killed, or the host crashed): at start, and on every new runtime
+    /// connection, which is how a restarted runtime's recovery reaches us.
+    pub fn sweep_cgroups(&self) {
+        let Some(placement) = &self.ctx.cgroups else {
+            return;
+        };
+        let swept = placement.sweep(|id| self.shim_running(id), &crate::cgroup::HostFs);
+        if !swept.is_empty() {
+            tracing::info!(
+                target: crate::logging::TARGET,
+                tasks = ?swept,
+                "removed the cgroups of tasks whose shim is gone"
+            );
+        }
+    }
+
+    /// On the way out: removes this data dir's cgroup parents where no
+    /// task cgroup is left in them (a running task's keeps them).
+    pub fn release_cgroups(&self) {
+        if let Some(placement) = &self.ctx.cgroups {
+            placement.remove_empty_roots(&crate::cgroup::HostFs);
+        }
+    }
+
+    /// Whether the shim that claimed `task_id` is alive.
+    fn shim_running(&self, task_id: &str) -> bool {
+        use std::os::fd::AsFd;
+        let Ok(tasks) = crate::fs_at::open_dir(self.ctx.data_fd.as_fd(), "tasks") else {
+            return false;
+        };
+        let Ok(dir) = crate::fs_at::open_dir(tasks.as_fd(), task_id) else {
+            return false;
+        };
+        let claim = crate::shim::claim::read_existing(dir.as_fd());
+        claim != execgo_runtime_protocol::taskdir::ClaimRecord::UNKNOWN
+            && execgo_runtime_protocol::taskdir::is_alive(claim.shim_pid, claim.shim_start_ticks)
     }
 
     /// Serves one request to completion.
@@ -93,6 +135,7 @@ pub fn test_dispatcher() -> (tempfile::TempDir, Dispatcher) {
             ..Default::default()
         },
         task_identity: None,
+        cgroups: None,
     };
     (tmp, Dispatcher::new(ctx))
 }

@@ -109,6 +109,7 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, Launc
         peer_gid: peer.gid,
         privileged: ctx.capabilities.privileged,
         task_identity: ctx.task_identity,
+        cgroups: ctx.cgroups.clone(),
     };
     let threads = sys::thread_count().map_err(LaunchError::ThreadCount)?;
     if threads != 1 {

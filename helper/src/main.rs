@@ -136,6 +136,20 @@ fn run(args: cli::Args) -> Result<(), MainError> {
         mounts: PathBuf::from("/proc/self/mountinfo"),
     };
     let capabilities = probe::probe(&probe_config, data_fd.as_fd());
+    // The data dir's identity names its task cgroups' parent: runtimes
+    // with other data dirs never see each other's tasks there.
+    let data_stat = nix::sys::stat::fstat(data_fd.as_raw_fd()).map_err(|e| data_err(e.into()))?;
+    let scope = cgroup::task::scope_name(data_stat.st_dev, data_stat.st_ino);
+    let (cgroups, cgroup_warnings) =
+        match cgroup::Layout::detect(&probe_config.mounts, &cgroup::HostFs) {
+            Ok(layout) => cgroup::task::Placement::prepare(
+                &layout,
+                &args.cgroup_root,
+                &scope,
+                &cgroup::HostFs,
+            ),
+            Err(e) => (None, vec![format!("task cgroups: {}", logging::chain(&e))]),
+        };
     let mode = match (&args.socket, args.inherited_fd) {
         (Some(path), None) => {
             let first = *peers.first().ok_or(MainError::Usage)?;
@@ -176,12 +190,31 @@ fn run(args: cli::Args) -> Result<(), MainError> {
     for w in &capabilities.warnings {
         tracing::warn!(target: logging::TARGET, reason = w.as_str(), "capability missing");
     }
+    match &cgroups {
+        Some(p) => tracing::info!(
+            target: logging::TARGET,
+            roots = ?p.roots.iter().map(|r| r.root.display().to_string()).collect::<Vec<_>>(),
+            kill = ?p.kill,
+            "tasks get cgroups of their own"
+        ),
+        None => tracing::warn!(
+            target: logging::TARGET,
+            "no usable cgroup hierarchy: tasks are contained by their process group only"
+        ),
+    }
+    for w in &cgroup_warnings {
+        tracing::warn!(target: logging::TARGET, reason = w.as_str(), "task cgroups limited");
+    }
     let dispatcher = Dispatcher::new(Context {
         data_fd,
         capabilities,
         task_identity,
+        cgroups,
     });
-    server::serve(mode, &dispatcher)?;
+    dispatcher.sweep_cgroups();
+    let served = server::serve(mode, &dispatcher);
+    dispatcher.release_cgroups();
+    served?;
     Ok(())
 }
 

@@ -115,9 +115,26 @@ pub fn start_ticks(pid: i32) -> Option<u64> {
     parse_start_ticks(&stat)
 }
 
-/// Whether the process a record names is still the one that wrote it.
+/// Whether the process a record names is still the one that wrote it, and
+/// still running: a zombie (exited, not yet reaped by its parent, which
+/// for a shim is init and may take its time) is not.
 pub fn is_alive(pid: i32, start_ticks: u64) -> bool {
-    pid > 0 && self::start_ticks(pid) == Some(start_ticks)
+    if pid <= 0 {
+        return false;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    !is_zombie(&stat) && parse_start_ticks(&stat) == Some(start_ticks)
+}
+
+/// Whether a `/proc/<pid>/stat` line is of a process that has exited
+/// (state `Z` or `X`, field 3).
+fn is_zombie(stat: &str) -> bool {
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    matches!(state, Some("Z" | "X") | None)
 }
 
 /// A timestamp as the public contract spells them: RFC 3339, UTC,
@@ -204,6 +221,10 @@ mod tests {
         assert!(is_alive(me, ticks));
         assert!(!is_alive(me, ticks + 1));
         assert!(!is_alive(0, 0));
+        assert!(is_zombie("42 (a) b) Z 1 2"));
+        assert!(is_zombie("42 (x) X 1"));
+        assert!(!is_zombie("42 (x) S 1"));
+        assert!(is_zombie("garbage"));
     }
 
     #[test]

@@ -15,9 +15,13 @@
 //! `/sys/fs/cgroup/unified/execgo-runtime` for a hybrid host's v2 mount.
 //! Each controller is served by exactly one hierarchy: v2 when the unified
 //! mount lists it in `cgroup.controllers`, else the v1 mount that has it.
+//! Task cgroups sit one level further down, in a directory named after the
+//! data dir (see [`task`]), so runtimes with different data dirs never
+//! touch each other's tasks.
 
 pub mod mountinfo;
 pub mod probe;
+pub mod task;
 mod v1;
 mod v2;
 
@@ -293,12 +297,27 @@ impl Layout {
         cgroup_root: &Path,
         fs: &'a dyn CgroupFs,
     ) -> Option<Box<dyn CgroupBackend + 'a>> {
+        self.scoped_backend(c, cgroup_root, None, fs)
+    }
+
+    /// [`Layout::backend`], its root one level further down, in `scope`.
+    pub fn scoped_backend<'a>(
+        &self,
+        c: Controller,
+        cgroup_root: &Path,
+        scope: Option<&str>,
+        fs: &'a dyn CgroupFs,
+    ) -> Option<Box<dyn CgroupBackend + 'a>> {
+        let root_in = |mount: &Path| {
+            let root = root_under(mount, cgroup_root);
+            scope.map_or_else(|| root.clone(), |s| root.join(s))
+        };
         if let Some(h) = self.unified.as_ref().filter(|h| h.has(c)) {
-            let root = root_under(&h.mount_point, cgroup_root);
+            let root = root_in(&h.mount_point);
             return Some(Box::new(V2::new(fs, h.mount_point.clone(), root)));
         }
         let h = self.v1.iter().find(|h| h.has(c))?;
-        let root = root_under(&h.mount_point, cgroup_root);
+        let root = root_in(&h.mount_point);
         Some(Box::new(V1::new(fs, h.mount_point.clone(), root)))
     }
 }

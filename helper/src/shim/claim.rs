@@ -60,7 +60,9 @@ pub fn make_durable(dir: BorrowedFd<'_>) -> Result<(), ClaimError> {
     fs_at::sync_dir(dir).map_err(ClaimError::SyncDir)
 }
 
-fn read_existing(dir: BorrowedFd<'_>) -> ClaimRecord {
+/// The record of the claim in `dir`; [`ClaimRecord::UNKNOWN`] when there
+/// is none or it is not a record.
+pub fn read_existing(dir: BorrowedFd<'_>) -> ClaimRecord {
     nix::fcntl::readlinkat(Some(dir.as_raw_fd()), CLAIM)
         .ok()
         .and_then(|target| ClaimRecord::parse(target.as_encoded_bytes()))

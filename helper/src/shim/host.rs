@@ -16,6 +16,8 @@ use super::script::{Finished, ShimError, Steps};
 use super::spawn::{self, Plan, Started};
 use super::stdio::{self, TaskStdio};
 use super::{control, isolate, resolve, result, workspace, ShimContext};
+use crate::cgroup::task::TaskCgroups;
+use crate::cgroup::HostFs;
 use crate::logging;
 use execgo_runtime_protocol::taskdir::{self, now_rfc3339, StartedRecord, STARTED};
 
@@ -26,6 +28,9 @@ pub struct Host {
     workspace: Option<OwnedFd>,
     stdio: Option<TaskStdio>,
     plan: Option<Plan>,
+    cgroups: Option<TaskCgroups>,
+    /// `cgroup.procs` of each task cgroup, for the task child to join.
+    cgroup_procs: Vec<OwnedFd>,
     sigchld: Option<SignalFd>,
     /// From the claim until the result is written.
     result: Option<result::ResultFile>,
@@ -44,6 +49,8 @@ impl Host {
             workspace: None,
             stdio: None,
             plan: None,
+            cgroups: None,
+            cgroup_procs: Vec::new(),
             sigchld: None,
             result: None,
         }
@@ -148,6 +155,20 @@ impl Steps for Host {
         Ok(())
     }
 
+    fn create_cgroups(&mut self) -> Result<(), ShimError> {
+        let Some(placement) = &self.ctx.cgroups else {
+            return Ok(());
+        };
+        let cg = placement
+            .create(&self.ctx.launch.task_id, &HostFs)
+            .map_err(ShimError::Cgroup)?;
+        // Kept before the fds are opened, so a failure still removes them.
+        let procs = cg.procs_fds();
+        self.cgroups = Some(cg);
+        self.cgroup_procs = procs.map_err(ShimError::Cgroup)?;
+        Ok(())
+    }
+
     fn resolve_program(&mut self) -> Result<(), ShimError> {
         let l = &self.ctx.launch;
         let program = l.argv.first().ok_or(missing("argv"))?;
@@ -198,10 +219,18 @@ impl Steps for Host {
         let profile = match self.ctx.launch.profile {
             LaunchProfile::Process => "process",
         };
-        let started = spawn::spawn(plan, &io.stdin, &io.stdout, &io.stderr, cwd)?;
+        let started = spawn::spawn(
+            plan,
+            &io.stdin,
+            &io.stdout,
+            &io.stderr,
+            cwd,
+            &self.cgroup_procs,
+        )?;
         // The task has its own copies; ours are not needed any more.
         self.stdio = None;
         self.workspace = None;
+        self.cgroup_procs.clear();
         tracing::info!(
             target: logging::TARGET,
             pid = started.pid,
@@ -232,6 +261,7 @@ impl Steps for Host {
         let control = self.control.as_ref().ok_or(missing("control"))?;
         let m = Monitor {
             pid: nix::unistd::Pid::from_raw(started.pid),
+            cgroups: self.cgroups.as_ref(),
             started: started.at,
             wall_time: std::time::Duration::from_millis(self.ctx.launch.limits.wall_time_ms),
             grace: self.ctx.launch.termination_grace,
@@ -253,8 +283,29 @@ impl Steps for Host {
         }
     }
 
-    fn clean_up(&mut self) {
-        monitor::reap_leftovers();
+    fn clean_up(&mut self) -> Option<u64> {
+        let Some(cg) = self.cgroups.take() else {
+            monitor::reap_leftovers();
+            return None;
+        };
+        // Whatever of the task outlived its main process dies now, wherever
+        // it moved its group or session; we reap what comes to us.
+        if !cg.kill_all(&HostFs, monitor::reap_leftovers) {
+            tracing::warn!(
+                target: logging::TARGET,
+                pids = ?cg.pids(&HostFs),
+                "processes of the task survived the cgroup kill"
+            );
+        }
+        let peak = cg.memory_peak(&HostFs);
+        for e in cg.remove(&HostFs) {
+            tracing::warn!(
+                target: logging::TARGET,
+                error = %logging::chain(&e),
+                "removing a task cgroup failed; the next sweep retries"
+            );
+        }
+        peak
     }
 
     fn write_result(&mut self, outcome: &Outcome) -> Result<(), ShimError> {

@@ -41,6 +41,8 @@ pub struct ShimContext {
     pub privileged: bool,
     /// Who the task runs as, when not as the shim itself.
     pub task_identity: Option<crate::identity::TaskIdentity>,
+    /// Where the task's cgroups go, when the host has usable ones.
+    pub cgroups: Option<crate::cgroup::task::Placement>,
 }
 
 /// Exit code of a shim that panicked (a bug); the panic message is in

@@ -3,11 +3,12 @@
 //! deadline.
 //!
 //! * Wall deadline (exec + `wall_time_ms`): `timed_out`, SIGTERM (and
-//!   SIGCONT, so a stopped task can act on it) to the whole process group,
-//!   and the grace deadline starts.
+//!   SIGCONT, so a stopped task can act on it) to the whole process group
+//!   and every process in the task's cgroups, and the grace deadline
+//!   starts.
 //! * `K` on the FIFO: `kill_requested`, the same SIGTERM, and the grace
 //!   deadline unless one is already running.
-//! * Grace deadline: SIGKILL to the group.
+//! * Grace deadline: SIGKILL to the group and the cgroups.
 //! * SIGCHLD: reap everything reapable (we are the subreaper, so orphaned
 //!   grandchildren land here too) until the main process is among them.
 //!
@@ -29,6 +30,8 @@ use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::control::{self, ControlError};
+use crate::cgroup::task::TaskCgroups;
+use crate::cgroup::HostFs;
 use crate::sys::{self, Rusage};
 use crate::{deadline, logging};
 
@@ -59,6 +62,9 @@ pub struct Ended {
 
 pub struct Monitor<'a> {
     pub pid: Pid,
+    /// The task's cgroups, where it has them: every signal goes to all of
+    /// their processes too, wherever they moved their group or session.
+    pub cgroups: Option<&'a TaskCgroups>,
     pub started: Instant,
     pub wall_time: Duration,
     pub grace: Duration,
@@ -147,8 +153,15 @@ impl Monitor<'_> {
         st.grace_deadline = deadline::after(now, self.grace).or(Some(far_future(now)));
     }
 
-    /// Signals the task's process group. ESRCH (the group is gone) is fine.
+    /// Signals the task's process group and cgroups. ESRCH (the group is
+    /// gone) is fine.
     fn signal_group(&self, sig: Signal) {
+        if let Some(cg) = self.cgroups {
+            match sig {
+                Signal::SIGKILL => cg.kill_now(&HostFs),
+                sig => cg.signal(sig, &HostFs),
+            }
+        }
         if let Err(e) = killpg(self.pid, sig) {
             if e != Errno::ESRCH {
                 tracing::warn!(

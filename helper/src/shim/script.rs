@@ -41,6 +41,8 @@ pub enum ShimError {
     Workspace(#[from] WorkspaceError),
     #[error("opening the task's stdio failed")]
     Stdio(#[from] StdioError),
+    #[error("creating the task's cgroups failed")]
+    Cgroup(#[source] crate::cgroup::CgroupError),
     #[error(transparent)]
     Resolve(#[from] ResolveError),
     #[error("watching for child exits failed")]
@@ -95,6 +97,9 @@ pub trait Steps {
     fn open_control(&mut self) -> Result<(), ShimError>;
     fn prepare_workspace(&mut self) -> Result<(), ShimError>;
     fn open_stdio(&mut self) -> Result<(), ShimError>;
+    /// Creates the task's own cgroups, where the host has them; the task
+    /// child joins them before it execs.
+    fn create_cgroups(&mut self) -> Result<(), ShimError>;
     fn resolve_program(&mut self) -> Result<(), ShimError>;
     fn watch_children(&mut self) -> Result<(), ShimError>;
     /// Empties the capability sets the task child inherits (bounding,
@@ -105,7 +110,10 @@ pub trait Steps {
     /// Creates `started`, telling the runtime the task runs.
     fn record_started(&mut self, started: &Started) -> Result<(), ShimError>;
     fn monitor(&mut self, started: &Started) -> Result<Finished, ShimError>;
-    fn clean_up(&mut self);
+    /// Kills whatever of the task is left (its cgroups, else its group),
+    /// reaps it, removes the cgroups; returns their memory peak, if
+    /// measured. Also after a failed launch.
+    fn clean_up(&mut self) -> Option<u64>;
     fn write_result(&mut self, outcome: &Outcome) -> Result<(), ShimError>;
 }
 
@@ -154,6 +162,7 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
         .and_then(|()| s.open_control())
         .and_then(|()| s.prepare_workspace())
         .and_then(|()| s.open_stdio())
+        .and_then(|()| s.create_cgroups())
         .and_then(|()| s.resolve_program())
         .and_then(|()| s.watch_children())
         .and_then(|()| s.narrow_capabilities());
@@ -175,9 +184,9 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
     }
     // 7-8. Follow it to its end, then leave nothing behind.
     let monitored = s.monitor(&started);
-    s.clean_up();
+    let memory_peak = s.clean_up();
     // 9-10. Classify and record.
-    let outcome = match monitored {
+    let mut outcome = match monitored {
         Ok(f) => result::finished(
             me.shim_pid,
             &started,
@@ -187,6 +196,9 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
         ),
         Err(e) => result::lost(me.shim_pid, &started, logging::chain(&e), s.now()),
     };
+    if let Some(usage) = outcome.usage.as_mut() {
+        usage.memory_peak_bytes = memory_peak;
+    }
     record(s, &outcome)
 }
 
@@ -208,6 +220,8 @@ fn fail_launch<S: Steps>(s: &mut S, me: ClaimRecord, e: &ShimError) -> i32 {
         error = message.as_str(),
         "the task could not be started"
     );
+    // Nothing of it may stay behind: cgroups already made go.
+    s.clean_up();
     let outcome = result::not_started(me.shim_pid, TaskErrorCode::LaunchFailed, message, s.now());
     record(s, &outcome)
 }
@@ -345,8 +359,12 @@ mod tests {
                 finished_at: "2026-01-01T00:00:01.000Z".into(),
             })
         }
-        fn clean_up(&mut self) {
+        fn create_cgroups(&mut self) -> Result<(), ShimError> {
+            self.step("cgroups")
+        }
+        fn clean_up(&mut self) -> Option<u64> {
             self.calls.push("clean_up");
+            Some(4096)
         }
         fn write_result(&mut self, outcome: &Outcome) -> Result<(), ShimError> {
             self.step("write_result")?;
@@ -355,7 +373,7 @@ mod tests {
         }
     }
 
-    const HAPPY: [&str; 16] = [
+    const HAPPY: [&str; 17] = [
         "isolate",
         "claim",
         "prepare_result",
@@ -364,6 +382,7 @@ mod tests {
         "control",
         "workspace",
         "stdio",
+        "cgroups",
         "resolve",
         "watch",
         "capabilities",
@@ -384,6 +403,8 @@ mod tests {
         assert_eq!(f.results[0].status, TaskStatus::Success);
         assert_eq!(f.results[0].pid, Some(300));
         assert_eq!(f.results[0].shim_pid, Some(100));
+        let usage = f.results[0].usage.as_ref().unwrap();
+        assert_eq!(usage.memory_peak_bytes, Some(4096), "the cgroups' peak");
     }
 
     #[test]
@@ -427,6 +448,7 @@ mod tests {
             "control",
             "workspace",
             "stdio",
+            "cgroups",
             "resolve",
             "watch",
             "capabilities",
@@ -436,7 +458,7 @@ mod tests {
             assert_eq!(run(&mut f), exit::DONE, "{step}");
             let at = HAPPY.iter().position(|s| *s == step).unwrap();
             let mut want: Vec<&str> = HAPPY[..=at].to_vec();
-            want.push("write_result");
+            want.extend(["clean_up", "write_result"]);
             assert_eq!(f.calls, want, "{step}");
             assert!(f.started.is_empty(), "no started after {step} failed");
             assert!(!f.calls.contains(&"record_started"), "{step}");

@@ -14,7 +14,7 @@
 //! suspended while its child sets up, so only a second thread could fsync
 //! meanwhile, and starting one costs more than the set-up it would hide.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -93,7 +93,9 @@ pub fn spawn(
     stdout: &OwnedFd,
     stderr: &OwnedFd,
     cwd: &OwnedFd,
+    cgroup_procs: &[OwnedFd],
 ) -> Result<Started, SpawnError> {
+    let cgroup_procs: Vec<RawFd> = cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect();
     let (status_r, status_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
     let setup = ChildSetup {
         image: &plan.image,
@@ -105,6 +107,7 @@ pub fn spawn(
         address_space: plan.address_space,
         identity: plan.identity,
         parent: nix::unistd::getpid().as_raw(),
+        cgroup_procs: &cgroup_procs,
         status_fd: status_w.as_raw_fd(),
     };
     // Back here, the child has exec'd or exited.
@@ -189,7 +192,7 @@ mod tests {
         let null = || open(Path::new("/dev/null"), OFlag::O_RDWR);
         let out = open(&tmp.path().join("out"), OFlag::O_WRONLY | OFlag::O_CREAT);
         let cwd = open(tmp.path(), OFlag::O_RDONLY | OFlag::O_DIRECTORY);
-        (spawn(&plan, &null(), &out, &null(), &cwd), tmp)
+        (spawn(&plan, &null(), &out, &null(), &cwd, &[]), tmp)
     }
 
     fn exit_code(pid: i32) -> i32 {

@@ -86,6 +86,7 @@ pub enum ChildStep {
     Capabilities = 11,
     NoNewPrivs = 12,
     ParentDeath = 13,
+    Cgroup = 14,
 }
 
 impl ChildStep {
@@ -104,6 +105,7 @@ impl ChildStep {
             ChildStep::Capabilities,
             ChildStep::NoNewPrivs,
             ChildStep::ParentDeath,
+            ChildStep::Cgroup,
         ]
         .into_iter()
         .find(|s| *s as u8 == b)
@@ -124,6 +126,7 @@ impl ChildStep {
             ChildStep::Capabilities => "capset",
             ChildStep::NoNewPrivs => "prctl PR_SET_NO_NEW_PRIVS",
             ChildStep::ParentDeath => "prctl PR_SET_PDEATHSIG (or the shim is gone)",
+            ChildStep::Cgroup => "joining the task's cgroup (cgroup.procs)",
         }
     }
 }
@@ -149,6 +152,8 @@ pub struct ChildSetup<'a> {
     /// The shim's pid: the child dies with it (PR_SET_PDEATHSIG) and
     /// checks it is still its parent once that is armed.
     pub parent: i32,
+    /// `cgroup.procs` of each of the task's cgroups, open for writing.
+    pub cgroup_procs: &'a [RawFd],
     /// Write end of the close-on-exec exec-status pipe.
     pub status_fd: RawFd,
 }
@@ -229,13 +234,22 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
 }
 
 /// Runs in the task child, started by [`spawn_task`] with every signal
-/// blocked: own process group, default dispositions ([`IGNORED_BY_US`],
+/// blocked: its cgroups, own process group, default dispositions ([`IGNORED_BY_US`],
 /// [`HANDLED_BY_STD`]), rlimits, stdio, working directory, identity and
 /// privileges ([`drop_privileges`]), an empty signal mask, then execve. Only async-signal-safe calls on prepared values; no
 /// allocation, no logging. On failure the step and errno go to the
 /// exec-status pipe.
 fn exec_child(s: &ChildSetup<'_>) -> ! {
-    // Own group first, so a group-wide kill by the shim covers the task even
+    // Into the task's cgroups first, so nothing it ever starts is outside
+    // them ("0" is the writer itself).
+    for fd in s.cgroup_procs {
+        // SAFETY: write(2) of a one-byte static string to a descriptor
+        // owned by the shim, open for the duration of the spawn.
+        if unsafe { libc::write(*fd, b"0".as_ptr().cast(), 1) } != 1 {
+            child_fail(s.status_fd, ChildStep::Cgroup);
+        }
+    }
+    // Own group next, so a group-wide kill by the shim covers the task even
     // if it dies in a later step.
     if nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).is_err() {
         child_fail(s.status_fd, ChildStep::SetPgid);
@@ -404,13 +418,13 @@ mod tests {
 
     #[test]
     fn child_steps_round_trip() {
-        for b in 1..=13u8 {
+        for b in 1..=14u8 {
             let step = ChildStep::from_u8(b).unwrap();
             assert_eq!(step as u8, b);
             assert!(!step.name().is_empty());
         }
         assert_eq!(ChildStep::from_u8(0), None);
-        assert_eq!(ChildStep::from_u8(14), None);
+        assert_eq!(ChildStep::from_u8(15), None);
     }
 
     #[test]

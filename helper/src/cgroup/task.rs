@@ -1,0 +1,545 @@
+//! Each task's own cgroups: where they go ([`Placement`], decided once at
+//! start from the [`Layout`]), and what a shim does with them
+//! ([`TaskCgroups`]): create `<root>/<task_id>` in every hierarchy used, let
+//! the task child join them before it execs, signal and kill every process
+//! in them (a descendant that left the task's process group or session
+//! included), read the memory peak, remove them. A stale task cgroup (its
+//! shim gone) is killed and removed by [`Placement::sweep`].
+//!
+//! Hierarchies used: the ones serving memory and pids, and a way to kill
+//! all at once: v2's `cgroup.kill`, else v1's freezer (freeze, signal every
+//! pid, thaw), else repeated rounds of reading `cgroup.procs` and
+//! signalling, until it is empty.
+
+use std::fs::OpenOptions;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use execgo_runtime_protocol::CgroupVersion;
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::{mkdir_below, root_under, CgroupError, CgroupFs, Controller, Layout};
+
+/// The directory under the cgroup root that holds one data dir's task
+/// cgroups, named after the data dir's device and inode.
+pub fn scope_name(dev: u64, ino: u64) -> String {
+    format!("data-{dev:x}-{ino}")
+}
+
+/// How every process of a task is killed at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillVia {
+    /// v2 `cgroup.kill`, in the unified hierarchy's task cgroup.
+    CgroupKill,
+    /// v1 freezer: freeze, SIGKILL every pid, thaw.
+    Freezer,
+    /// Rounds of reading `cgroup.procs` and SIGKILLing each pid.
+    Signals,
+}
+
+/// One hierarchy tasks are placed in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedRoot {
+    pub version: CgroupVersion,
+    /// The parent of the task cgroups.
+    pub root: PathBuf,
+    /// The controllers tasks use there (`memory`, `pids`, `freezer`).
+    pub controllers: Vec<&'static str>,
+}
+
+/// Where task cgroups go on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub roots: Vec<PlacedRoot>,
+    pub kill: KillVia,
+}
+
+impl Placement {
+    /// The hierarchies to use, each prepared (created, controllers
+    /// enabled) down to `<root>/<scope>`, the parent of this data dir's
+    /// task cgroups; one that cannot be is left out with a warning. `None`
+    /// when no hierarchy is usable.
+    pub fn prepare(
+        layout: &Layout,
+        cgroup_root: &Path,
+        scope: &str,
+        fs: &dyn CgroupFs,
+    ) -> (Option<Placement>, Vec<String>) {
+        let mut roots: Vec<PlacedRoot> = Vec::new();
+        let mut warnings = Vec::new();
+        for c in [Controller::Memory, Controller::Pids] {
+            let Some(backend) = layout.scoped_backend(c, cgroup_root, Some(scope), fs) else {
+                continue;
+            };
+            match backend.prepare(c) {
+                Ok(()) => add(
+                    &mut roots,
+                    backend.version(),
+                    backend.root().to_path_buf(),
+                    Some(c.name()),
+                ),
+                Err(e) => warnings.push(format!(
+                    "task cgroups: {} controller: {}",
+                    c.name(),
+                    crate::logging::chain(&e)
+                )),
+            }
+        }
+        let unified_used = roots.iter().any(|r| r.version == CgroupVersion::V2);
+        let mut kill = if unified_used {
+            KillVia::CgroupKill
+        } else {
+            KillVia::Signals
+        };
+        if !unified_used {
+            // The unified hierarchy kills without any controller (pure v2
+            // hosts always serve memory and pids, so this is a hybrid
+            // host's); else the v1 freezer.
+            let freezer = layout
+                .v1
+                .iter()
+                .find(|h| h.controllers.iter().any(|c| c == "freezer"));
+            let killer = match (&layout.unified, freezer) {
+                (_, Some(h)) => Some((CgroupVersion::V1, &h.mount_point, KillVia::Freezer)),
+                (Some(h), None) => Some((CgroupVersion::V2, &h.mount_point, KillVia::CgroupKill)),
+                (None, None) => None,
+            };
+            if let Some((version, mount, via)) = killer {
+                let root = root_under(mount, cgroup_root).join(scope);
+                let controller = (via == KillVia::Freezer).then_some("freezer");
+                match mkdir_below(fs, mount, &root) {
+                    Ok(()) => {
+                        add(&mut roots, version, root, controller);
+                        kill = via;
+                    }
+                    Err(e) => warnings.push(format!(
+                        "task cgroups: {}: {}",
+                        controller.unwrap_or("cgroup.kill"),
+                        crate::logging::chain(&e)
+                    )),
+                }
+            }
+        }
+        if roots.is_empty() {
+            return (None, warnings);
+        }
+        (Some(Placement { roots, kill }), warnings)
+    }
+
+    /// Creates the task's cgroups (reused if they exist).
+    pub fn create(&self, task_id: &str, fs: &dyn CgroupFs) -> Result<TaskCgroups, CgroupError> {
+        let mut dirs = Vec::with_capacity(self.roots.len());
+        for r in &self.roots {
+            let dir = r.root.join(task_id);
+            match fs.mkdir(&dir) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => {
+                    // Leave nothing half made.
+                    TaskCgroups::new(self, dirs).remove(fs);
+                    return Err(CgroupError::Mkdir {
+                        path: dir,
+                        source: e.into(),
+                    });
+                }
+            }
+            dirs.push(dir);
+        }
+        Ok(TaskCgroups::new(self, dirs))
+    }
+
+    /// Removes each root that holds no task cgroup (rmdir refuses the
+    /// others, which is the test).
+    pub fn remove_empty_roots(&self, fs: &dyn CgroupFs) {
+        for r in &self.roots {
+            let _ = fs.rmdir(&r.root);
+        }
+    }
+
+    /// The task cgroups already present, by task id.
+    fn existing(&self, task_id: &str) -> TaskCgroups {
+        let dirs = self
+            .roots
+            .iter()
+            .map(|r| r.root.join(task_id))
+            .filter(|d| d.is_dir())
+            .collect();
+        TaskCgroups::new(self, dirs)
+    }
+
+    /// Kills and removes the cgroups of every task whose shim is not
+    /// running (`running(task_id)` says), as left by a shim that died.
+    /// Returns the task ids cleaned up.
+    pub fn sweep(&self, running: impl Fn(&str) -> bool, fs: &dyn CgroupFs) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for r in &self.roots {
+            let Ok(entries) = std::fs::read_dir(&r.root) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+                if is_dir
+                    && execgo_runtime_protocol::valid_task_id(&name)
+                    && !name.starts_with("probe-")
+                    && !names.contains(&name)
+                {
+                    names.push(name);
+                }
+            }
+        }
+        names.retain(|name| !running(name));
+        for name in &names {
+            let cg = self.existing(name);
+            cg.kill_all(fs, || {});
+            cg.remove(fs);
+        }
+        names
+    }
+}
+
+/// Adds `controller` to the entry for `root`, creating it.
+fn add(
+    roots: &mut Vec<PlacedRoot>,
+    version: CgroupVersion,
+    root: PathBuf,
+    controller: Option<&'static str>,
+) {
+    let controllers = Vec::from_iter(controller);
+    match roots.iter_mut().find(|r| r.root == root) {
+        Some(r) => r.controllers.extend(controllers),
+        None => roots.push(PlacedRoot {
+            version,
+            root,
+            controllers,
+        }),
+    }
+}
+
+/// One task's cgroups.
+#[derive(Debug)]
+pub struct TaskCgroups {
+    /// One per [`Placement::roots`] entry, in that order.
+    dirs: Vec<PathBuf>,
+    versions: Vec<CgroupVersion>,
+    controllers: Vec<Vec<&'static str>>,
+    kill: KillVia,
+}
+
+/// How long a kill waits for the cgroups to empty, and removal for the
+/// kernel to let go of them.
+const SETTLE: Duration = Duration::from_secs(2);
+
+impl TaskCgroups {
+    fn new(p: &Placement, dirs: Vec<PathBuf>) -> Self {
+        TaskCgroups {
+            versions: p.roots.iter().map(|r| r.version).collect(),
+            controllers: p.roots.iter().map(|r| r.controllers.clone()).collect(),
+            dirs,
+            kill: p.kill,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// `cgroup.procs` of each, opened for writing (close-on-exec): the task
+    /// child writes `0` to each to join before it execs.
+    pub fn procs_fds(&self) -> Result<Vec<OwnedFd>, CgroupError> {
+        self.dirs
+            .iter()
+            .map(|d| {
+                let path = d.join("cgroup.procs");
+                OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                    .open(&path)
+                    .map(OwnedFd::from)
+                    .map_err(|e| CgroupError::Write {
+                        path,
+                        value: "0".into(),
+                        source: crate::os_error::OsError::from_io(&e),
+                    })
+            })
+            .collect()
+    }
+
+    /// The pids in the task's cgroups (read from the first).
+    pub fn pids(&self, fs: &dyn CgroupFs) -> Vec<i32> {
+        let Some(dir) = self.dirs.first() else {
+            return Vec::new();
+        };
+        fs.read(&dir.join("cgroup.procs"))
+            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Sends `sig` to every process in the cgroups; gone ones are fine.
+    pub fn signal(&self, sig: Signal, fs: &dyn CgroupFs) {
+        for pid in self.pids(fs) {
+            let _ = kill(Pid::from_raw(pid), sig);
+        }
+    }
+
+    /// SIGKILLs every process in the cgroups at once, without waiting
+    /// for them to die.
+    pub fn kill_now(&self, fs: &dyn CgroupFs) {
+        let done = match self.kill {
+            KillVia::CgroupKill => self
+                .dir_of(CgroupVersion::V2)
+                .is_some_and(|d| fs.write(&d.join("cgroup.kill"), "1").is_ok()),
+            KillVia::Freezer => self.freeze_and_kill(fs),
+            KillVia::Signals => false,
+        };
+        if !done {
+            self.signal(Signal::SIGKILL, fs);
+        }
+    }
+
+    /// [`TaskCgroups::kill_now`], then waits (bounded) until no process is
+    /// left, calling `between` each round (the shim reaps there); true
+    /// when empty.
+    pub fn kill_all(&self, fs: &dyn CgroupFs, mut between: impl FnMut()) -> bool {
+        self.kill_now(fs);
+        let until = Instant::now() + SETTLE;
+        loop {
+            between();
+            if self.pids(fs).is_empty() {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            // What forked between the read and the kill of the last round.
+            self.signal(Signal::SIGKILL, fs);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn dir_of(&self, v: CgroupVersion) -> Option<&PathBuf> {
+        self.versions
+            .iter()
+            .position(|x| *x == v)
+            .map(|i| &self.dirs[i])
+    }
+
+    fn freezer_dir(&self) -> Option<&PathBuf> {
+        self.controllers
+            .iter()
+            .position(|c| c.contains(&"freezer"))
+            .and_then(|i| self.dirs.get(i))
+    }
+
+    /// v1: freezes the cgroup (no process can fork or exit meanwhile),
+    /// SIGKILLs every pid, thaws it so they die. False when freezing did
+    /// not take.
+    fn freeze_and_kill(&self, fs: &dyn CgroupFs) -> bool {
+        let Some(dir) = self.freezer_dir() else {
+            return false;
+        };
+        let state = dir.join("freezer.state");
+        if fs.write(&state, "FROZEN").is_err() {
+            return false;
+        }
+        let until = Instant::now() + SETTLE;
+        let frozen = loop {
+            match fs.read(&state) {
+                Ok(s) if s.trim() == "FROZEN" => break true,
+                Ok(_) if Instant::now() < until => std::thread::sleep(Duration::from_millis(1)),
+                _ => break false,
+            }
+        };
+        for pid in fs
+            .read(&dir.join("cgroup.procs"))
+            .map(|t| {
+                t.lines()
+                    .filter_map(|l| l.trim().parse::<i32>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+        {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let _ = fs.write(&state, "THAWED");
+        frozen
+    }
+
+    /// The memory high-water mark, where the memory controller reports
+    /// one (v1 `memory.max_usage_in_bytes`, v2 `memory.peak`).
+    pub fn memory_peak(&self, fs: &dyn CgroupFs) -> Option<u64> {
+        let i = self
+            .controllers
+            .iter()
+            .position(|c| c.contains(&"memory"))?;
+        let file = match self.versions[i] {
+            CgroupVersion::V2 => "memory.peak",
+            _ => "memory.max_usage_in_bytes",
+        };
+        fs.read(&self.dirs.get(i)?.join(file))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+    }
+
+    /// Removes the cgroups, retrying while the kernel still holds them
+    /// (EBUSY right after the last process died). Returns what could not
+    /// be removed.
+    pub fn remove(&self, fs: &dyn CgroupFs) -> Vec<CgroupError> {
+        let until = Instant::now() + SETTLE;
+        let mut failed = Vec::new();
+        for dir in &self.dirs {
+            loop {
+                match fs.rmdir(dir) {
+                    Ok(()) | Err(Errno::ENOENT) => break,
+                    Err(Errno::EBUSY) if Instant::now() < until => {
+                        std::thread::sleep(Duration::from_millis(2))
+                    }
+                    Err(e) => {
+                        failed.push(CgroupError::Rmdir {
+                            path: dir.clone(),
+                            source: e.into(),
+                        });
+                        break;
+                    }
+                }
+            }
+        }
+        failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::Fixture;
+    use super::*;
+
+    fn placement(f: &Fixture, root: &str) -> (Option<Placement>, Vec<String>) {
+        let layout = Layout::detect(&f.mounts, &f.kernel).unwrap();
+        Placement::prepare(&layout, Path::new(root), "d-1", &f.kernel)
+    }
+
+    #[test]
+    fn a_hybrid_host_uses_v1_memory_pids_and_the_freezer() {
+        let f = Fixture::hybrid();
+        let (p, warnings) = placement(&f, "/sys/fs/cgroup/execgo-runtime");
+        let p = p.unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(p.kill, KillVia::Freezer);
+        let roots: Vec<(PathBuf, Vec<&str>)> = p
+            .roots
+            .iter()
+            .map(|r| (r.root.clone(), r.controllers.clone()))
+            .collect();
+        assert_eq!(
+            roots,
+            [
+                (f.path("cgroup/memory/execgo-runtime/d-1"), vec!["memory"]),
+                (f.path("cgroup/pids/execgo-runtime/d-1"), vec!["pids"]),
+                (f.path("cgroup/freezer/execgo-runtime/d-1"), vec!["freezer"]),
+            ]
+        );
+        for (root, _) in &roots {
+            assert!(root.is_dir(), "{}", root.display());
+        }
+        let cg = p.create("t-1", &f.kernel).unwrap();
+        assert_eq!(cg.dirs().len(), 3);
+        assert!(f
+            .path("cgroup/pids/execgo-runtime/d-1/t-1/pids.max")
+            .exists());
+        // Made again (a relaunch): reused.
+        p.create("t-1", &f.kernel).unwrap();
+        assert!(cg.remove(&f.kernel).is_empty());
+        assert!(!f.path("cgroup/memory/execgo-runtime/d-1/t-1").exists());
+    }
+
+    #[test]
+    fn a_v2_host_uses_one_directory_and_cgroup_kill() {
+        let f = Fixture::v2(&["memory", "pids", "cpu"]);
+        let parent = f.path("cgroup/execgo-runtime");
+        let (p, _) = placement(&f, parent.to_str().unwrap());
+        let root = parent.join("d-1");
+        let p = p.unwrap();
+        assert_eq!(p.kill, KillVia::CgroupKill);
+        assert_eq!(p.roots.len(), 1);
+        assert_eq!(p.roots[0].controllers, ["memory", "pids"]);
+        assert_eq!(
+            std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(),
+            "memory pids\n"
+        );
+        let cg = p.create("t", &f.kernel).unwrap();
+        assert!(root.join("t/memory.max").exists());
+        assert!(root.join("t/pids.max").exists());
+        assert!(cg.remove(&f.kernel).is_empty());
+    }
+
+    #[test]
+    fn without_pids_or_freezer_the_kill_is_by_signals_and_without_cgroups_none() {
+        let f = Fixture::v1_only();
+        let (p, _) = placement(&f, "/sys/fs/cgroup/execgo-runtime");
+        let p = p.unwrap();
+        assert_eq!(p.kill, KillVia::Signals);
+        assert_eq!(p.roots.len(), 1);
+        assert_eq!(p.roots[0].controllers, ["memory"]);
+        let f = Fixture::none();
+        assert_eq!(placement(&f, "/sys/fs/cgroup/execgo-runtime").0, None);
+    }
+
+    #[test]
+    fn an_unwritable_hierarchy_is_left_out_with_a_warning() {
+        let mut f = Fixture::hybrid();
+        f.kernel.deny_mkdir = vec![f.path("cgroup/pids/execgo-runtime/d-1")];
+        let (p, warnings) = placement(&f, "/sys/fs/cgroup/execgo-runtime");
+        let p = p.unwrap();
+        assert!(p.roots.iter().all(|r| r.controllers != ["pids"]));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("pids"), "{warnings:?}");
+    }
+
+    #[test]
+    fn sweep_removes_the_cgroups_of_tasks_not_running() {
+        let f = Fixture::hybrid();
+        let p = placement(&f, "/sys/fs/cgroup/execgo-runtime").0.unwrap();
+        p.create("gone", &f.kernel).unwrap();
+        p.create("alive", &f.kernel).unwrap();
+        // Another data dir's task, next to ours: not ours to judge.
+        let other = Placement::prepare(
+            &Layout::detect(&f.mounts, &f.kernel).unwrap(),
+            Path::new("/sys/fs/cgroup/execgo-runtime"),
+            "d-2",
+            &f.kernel,
+        )
+        .0
+        .unwrap();
+        other.create("gone", &f.kernel).unwrap();
+        let swept = p.sweep(|id| id == "alive", &f.kernel);
+        assert_eq!(swept, ["gone"]);
+        assert!(!f.path("cgroup/memory/execgo-runtime/d-1/gone").exists());
+        assert!(!f.path("cgroup/freezer/execgo-runtime/d-1/gone").exists());
+        assert!(f.path("cgroup/memory/execgo-runtime/d-1/alive").exists());
+        assert!(f.path("cgroup/memory/execgo-runtime/d-2/gone").exists());
+        // On the way out, a root with a task cgroup left stays.
+        p.remove_empty_roots(&f.kernel);
+        assert!(f.path("cgroup/memory/execgo-runtime/d-1/alive").exists());
+        p.existing("alive").remove(&f.kernel);
+        p.remove_empty_roots(&f.kernel);
+        assert!(!f.path("cgroup/memory/execgo-runtime/d-1").exists());
+    }
+
+    #[test]
+    fn memory_peak_is_read_from_the_memory_hierarchy() {
+        let f = Fixture::hybrid();
+        let p = placement(&f, "/sys/fs/cgroup/execgo-runtime").0.unwrap();
+        let cg = p.create("t", &f.kernel).unwrap();
+        assert_eq!(cg.memory_peak(&f.kernel), None);
+        std::fs::write(
+            f.path("cgroup/memory/execgo-runtime/d-1/t/memory.max_usage_in_bytes"),
+            "4096\n",
+        )
+        .unwrap();
+        assert_eq!(cg.memory_peak(&f.kernel), Some(4096));
+    }
+}
