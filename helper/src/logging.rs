@@ -17,9 +17,11 @@
 //! once isolated ([`enter_shim`]), writes its warnings and errors (every
 //! line, at debug level) to `tasks/<id>/shim.log` as JSON ([`ShimLog`]).
 //! `shim.log` is created by the first line it takes, so a task that ran
-//! without trouble has none. Nothing here starts a thread or keeps a lock
-//! between events, so a fork from the helper inherits no held lock; the
-//! task child of [`crate::sys::spawn_task`] logs nothing.
+//! without trouble has none. A shim's progress lines ([`shim_info!`]) are
+//! skipped outright when no sink would take them. Nothing here starts a
+//! thread or keeps a lock between events, so a fork from the helper
+//! inherits no held lock; the task child of [`crate::sys::spawn_task`]
+//! logs nothing.
 
 use std::error::Error;
 use std::fmt;
@@ -27,6 +29,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use nix::errno::Errno;
@@ -96,6 +99,10 @@ enum JournalError {
 static JOURNAL_FD: OnceLock<RawFd> = OnceLock::new();
 /// In a shim, once isolated: where its `shim.log` lines go.
 static SHIM: OnceLock<ShimFile> = OnceLock::new();
+/// Whether the helper logs at debug level, as [`init`] found it: decided
+/// in the helper, so a shim inherits the answer instead of registering a
+/// callsite with the subscriber to ask.
+static DEBUG: AtomicBool = AtomicBool::new(false);
 
 /// Installs the global subscriber: `rust_log` is `RUST_LOG` (read before
 /// start-up cleared the environment). Called once, after start-up clean-up,
@@ -133,6 +140,10 @@ pub fn init(rust_log: Option<&str>, format: Format) {
         .with(ShimLog);
     // Fails only when one is set already: the first one stays.
     let _ = tracing::subscriber::set_global_default(subscriber);
+    DEBUG.store(
+        tracing::enabled!(target: TARGET, Level::DEBUG),
+        Ordering::Relaxed,
+    );
     if let Some(e) = failure {
         tracing::warn!(
             target: TARGET,
@@ -215,11 +226,32 @@ pub fn journal_fd() -> Option<RawFd> {
 pub fn enter_shim(task_id: &str, task_dir: OwnedFd) {
     let _ = SHIM.set(ShimFile {
         task_id: task_id.to_string(),
-        everything: tracing::enabled!(target: TARGET, Level::DEBUG),
+        everything: DEBUG.load(Ordering::Relaxed),
         dir: task_dir,
         file: OnceLock::new(),
     });
 }
+
+/// Whether a shim's info lines can reach a sink: journald, or `shim.log`
+/// at debug level. Otherwise they go nowhere (a shim's stderr is
+/// /dev/null, and `shim.log` takes warnings and errors only).
+pub fn shim_info_wanted() -> bool {
+    JOURNAL_FD.get().is_some() || DEBUG.load(Ordering::Relaxed)
+}
+
+/// `tracing::info!` with the helper's target, for a shim's progress lines:
+/// skipped when [`shim_info_wanted`] says they would go nowhere. A shim is
+/// forked per task and every page of helper code it runs becomes resident
+/// in it; for an event nobody takes, the subscriber's callsite
+/// registration and filtering would be most of that code.
+macro_rules! shim_info {
+    ($($arg:tt)+) => {
+        if $crate::logging::shim_info_wanted() {
+            tracing::info!(target: $crate::logging::TARGET, $($arg)+)
+        }
+    };
+}
+pub(crate) use shim_info;
 
 struct ShimFile {
     task_id: String,

@@ -135,16 +135,13 @@ impl Placement {
         let mut dirs = Vec::with_capacity(self.roots.len());
         for r in &self.roots {
             let dir = r.root.join(task_id);
-            match fs.mkdir(&dir) {
-                Ok(()) | Err(Errno::EEXIST) => {}
-                Err(e) => {
-                    // Leave nothing half made.
-                    TaskCgroups::new(self, dirs).remove(fs);
-                    return Err(CgroupError::Mkdir {
-                        path: dir,
-                        source: e.into(),
-                    });
-                }
+            if let Err(e) = make_task_dir(r, &dir, fs) {
+                // Leave nothing half made.
+                TaskCgroups::new(self, dirs).remove(fs);
+                return Err(CgroupError::Mkdir {
+                    path: dir,
+                    source: e.into(),
+                });
             }
             dirs.push(dir);
         }
@@ -198,6 +195,32 @@ impl Placement {
             cg.remove(fs);
         }
         names
+    }
+}
+
+/// mkdir of a task cgroup. Its parent may be gone: an exiting helper of
+/// the same data dir removes it when empty (see
+/// [`Placement::remove_empty_roots`]), so it is made again (on v2 with the
+/// controllers enabled for its children), a few times at most.
+fn make_task_dir(r: &PlacedRoot, dir: &Path, fs: &dyn CgroupFs) -> Result<(), Errno> {
+    let mut tries = 0;
+    loop {
+        match fs.mkdir(dir) {
+            Ok(()) | Err(Errno::EEXIST) => return Ok(()),
+            Err(Errno::ENOENT) if tries < 3 => {
+                tries += 1;
+                match fs.mkdir(&r.root) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(e),
+                }
+                if r.version == CgroupVersion::V2 {
+                    for c in &r.controllers {
+                        let _ = fs.write(&r.root.join("cgroup.subtree_control"), &format!("+{c}"));
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -470,6 +493,9 @@ mod tests {
             std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(),
             "memory pids\n"
         );
+        // Gone and made again: the controllers are enabled again too.
+        p.remove_empty_roots(&f.kernel);
+        assert!(!root.exists());
         let cg = p.create("t", &f.kernel).unwrap();
         assert!(root.join("t/memory.max").exists());
         assert!(root.join("t/pids.max").exists());
@@ -527,6 +553,10 @@ mod tests {
         p.existing("alive").remove(&f.kernel);
         p.remove_empty_roots(&f.kernel);
         assert!(!f.path("cgroup/memory/execgo-runtime/d-1").exists());
+        // A helper of the same data dir that started meanwhile makes the
+        // parent again when it needs it.
+        p.create("next", &f.kernel).unwrap();
+        assert!(f.path("cgroup/memory/execgo-runtime/d-1/next").is_dir());
     }
 
     #[test]

@@ -38,11 +38,10 @@ pub struct Host {
 
 impl Host {
     pub fn new(ctx: ShimContext) -> Host {
-        let shim_pid = nix::unistd::getpid().as_raw();
         Host {
             me: ClaimRecord {
-                shim_pid,
-                shim_start_ticks: taskdir::start_ticks(shim_pid).unwrap_or(0),
+                shim_pid: nix::unistd::getpid().as_raw(),
+                shim_start_ticks: taskdir::own_start_ticks().unwrap_or(0),
             },
             ctx,
             control: None,
@@ -96,15 +95,14 @@ impl Steps for Host {
             logging::enter_shim(&self.ctx.launch.task_id, log_dir);
         }
         isolated?;
-        tracing::info!(target: logging::TARGET, shim_pid = self.me.shim_pid, "shim started");
+        logging::shim_info!(shim_pid = self.me.shim_pid, "shim started");
         Ok(())
     }
 
     fn claim(&mut self) -> Result<Claim, ShimError> {
         let c = claim::take(self.ctx.task_dir.as_fd(), self.me)?;
         if let Claim::Existing(earlier) = c {
-            tracing::info!(
-                target: logging::TARGET,
+            logging::shim_info!(
                 claimed_by = earlier.shim_pid,
                 "task already claimed; not running it again"
             );
@@ -231,8 +229,7 @@ impl Steps for Host {
         self.stdio = None;
         self.workspace = None;
         self.cgroup_procs.clear();
-        tracing::info!(
-            target: logging::TARGET,
+        logging::shim_info!(
             pid = started.pid,
             profile,
             uid = self.ctx.task_identity.map(|t| t.uid),
@@ -316,8 +313,7 @@ impl Steps for Host {
         let body = result::merge(&self.ctx.launch.result_template, outcome, stdout, stderr)?;
         let file = self.result.take().ok_or(missing("result file"))?;
         result::write(dir, file, &body)?;
-        tracing::info!(
-            target: logging::TARGET,
+        logging::shim_info!(
             status = outcome.status.as_str(),
             error_code = outcome.error.as_ref().map(|e| e.code.as_str()),
             "result recorded"

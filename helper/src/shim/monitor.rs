@@ -205,7 +205,7 @@ impl Monitor<'_> {
     }
 
     fn log(&self, message: &str) {
-        tracing::info!(target: logging::TARGET, "{message}");
+        logging::shim_info!("{message}");
     }
 }
 
