@@ -102,6 +102,7 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, Launc
     // Validation first: a refused request has no side effect at all.
     let launch = validate(spec)?;
     let task_dir = open_task_dir(ctx, &launch.task_id)?;
+    let cgroups = ctx.cgroups.clone().filter(|_| launch.task_cgroups);
     let shim_ctx = ShimContext {
         launch,
         task_dir,
@@ -109,7 +110,7 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, Launc
         peer_gid: peer.gid,
         privileged: ctx.capabilities.privileged,
         task_identity: ctx.task_identity,
-        cgroups: ctx.cgroups.clone(),
+        cgroups,
     };
     let threads = sys::thread_count().map_err(LaunchError::ThreadCount)?;
     if threads != 1 {

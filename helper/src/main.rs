@@ -135,11 +135,12 @@ fn run(args: cli::Args) -> Result<(), MainError> {
         cgroup_root: args.cgroup_root.clone(),
         mounts: PathBuf::from("/proc/self/mountinfo"),
     };
-    let capabilities = probe::probe(&probe_config, data_fd.as_fd());
+    let mut capabilities = probe::probe(&probe_config, data_fd.as_fd());
     // The data dir's identity names its task cgroups' parent: runtimes
     // with other data dirs never see each other's tasks there.
     let data_stat = nix::sys::stat::fstat(data_fd.as_raw_fd()).map_err(|e| data_err(e.into()))?;
     let scope = cgroup::task::scope_name(data_stat.st_dev, data_stat.st_ino);
+    capabilities.task_uid = task_identity.map_or(own_uid, |t| t.uid);
     let (cgroups, cgroup_warnings) =
         match cgroup::Layout::detect(&probe_config.mounts, &cgroup::HostFs) {
             Ok(layout) => cgroup::task::Placement::prepare(
@@ -150,6 +151,7 @@ fn run(args: cli::Args) -> Result<(), MainError> {
             ),
             Err(e) => (None, vec![format!("task cgroups: {}", logging::chain(&e))]),
         };
+    capabilities.task_cgroups = cgroups.is_some();
     let mode = match (&args.socket, args.inherited_fd) {
         (Some(path), None) => {
             let first = *peers.first().ok_or(MainError::Usage)?;

@@ -65,6 +65,7 @@ pub struct ValidatedLaunch {
     pub limits: LaunchLimits,
     pub termination_grace: Duration,
     pub result_template: Map<String, Value>,
+    pub task_cgroups: bool,
 }
 
 impl ValidatedLaunch {
@@ -145,6 +146,7 @@ pub fn validate(spec: LaunchSpec) -> Result<ValidatedLaunch, ValidateError> {
         limits: spec.limits,
         termination_grace: Duration::from_millis(spec.termination_grace_ms),
         result_template,
+        task_cgroups: spec.task_cgroups,
     })
 }
 
@@ -169,6 +171,7 @@ mod tests {
             },
             termination_grace_ms: 50,
             result_template: r#"{"task_id":"t-1"}"#.into(),
+            task_cgroups: true,
         }
     }
 

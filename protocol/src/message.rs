@@ -42,6 +42,9 @@ pub enum HelloReply {
 }
 
 /// A request, runtime → helper. One reply follows each.
+// One request is decoded and served at a time; boxing the launch would buy
+// nothing but an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Liveness check; safe: touches nothing.
@@ -118,6 +121,12 @@ pub struct HelperCapabilities {
     /// failed and why, e.g. `cgroup memory controller: mkdir
     /// /sys/fs/cgroup/memory/execgo-runtime: permission denied`.
     pub warnings: Vec<String>,
+    // Protocol version 4.
+    /// Tasks get cgroups of their own (see [`LaunchSpec::task_cgroups`]):
+    /// every process of a task is signalled and killed through them.
+    pub task_cgroups: bool,
+    /// The uid tasks run as (a root helper's `--task-user`, else its own).
+    pub task_uid: u32,
 }
 
 /// Namespaces a throwaway child could create with unshare(2).
@@ -194,6 +203,11 @@ pub struct LaunchSpec {
     /// adds its outcome fields (see [`crate::Outcome`]) and writes the result
     /// as `tasks/<id>/result.json`.
     pub result_template: String,
+    // Protocol version 4.
+    /// Put the task in cgroups of its own, where the helper has them
+    /// ([`HelperCapabilities::task_cgroups`]); false keeps it out of them
+    /// (the operator disabled cgroups).
+    pub task_cgroups: bool,
 }
 
 /// Limits the shim enforces.

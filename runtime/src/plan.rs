@@ -17,7 +17,23 @@ pub struct HostCaps {
     pub cgroup_pids: bool,
     pub cgroup_memory: bool,
     pub oom_detection: bool,
+    /// Every task gets cgroups of its own (any profile), through which a
+    /// kill and the wall time reach all of its processes.
+    pub task_cgroups: bool,
 }
+
+/// A host that runs the process profile with rlimits and task cgroups, for
+/// unit tests.
+#[cfg(test)]
+pub const PROCESS_HOST: HostCaps = HostCaps {
+    linux_sandbox: false,
+    rlimit_cpu: true,
+    rlimit_memory: true,
+    cgroup_pids: false,
+    cgroup_memory: false,
+    oom_detection: false,
+    task_cgroups: true,
+};
 
 /// The `linux_sandbox` profile (namespaces, cgroups, chroot in the shim)
 /// is not built yet; until it is, requests for it degrade or are refused.
@@ -41,6 +57,7 @@ impl HostCaps {
             cgroup_pids: cgroup && probe.pids_limit,
             cgroup_memory: cgroup && probe.memory_limit,
             oom_detection: cgroup && probe.oom_detection,
+            task_cgroups: probe.task_cgroups && !args.disable_cgroup,
         }
     }
 }
@@ -106,7 +123,8 @@ pub fn resolve(
             caps.rlimit_memory
         };
     let pids_enforced = l.pids_max.is_some() && sandboxed && caps.cgroup_pids;
-    let cgroup_enforced = sandboxed && (caps.cgroup_memory || caps.cgroup_pids);
+    let cgroup_enforced = caps.task_cgroups;
+    let oom_detection = sandboxed && caps.cgroup_memory && caps.oom_detection;
 
     if l.cpu_time_sec.is_some() && !cpu_time_enforced {
         missing.push("rlimit_cpu");
@@ -120,6 +138,14 @@ pub fn resolve(
         missing.push("pids_limit");
         warnings.push(
             "limits.pids_max needs a cgroup pids controller under linux_sandbox; it is not enforced"
+                .to_string(),
+        );
+    }
+
+    if !cgroup_enforced {
+        warnings.push(
+            "no task cgroup on this host: a kill or the wall time reaches the task's process \
+             group only, so a descendant that leaves it can outlive the task"
                 .to_string(),
         );
     }
@@ -141,7 +167,7 @@ pub fn resolve(
             pids_max: l.pids_max,
             pids_enforced,
             cgroup_enforced,
-            oom_detection: cgroup_enforced && caps.oom_detection,
+            oom_detection,
         },
         degraded: !fallback_reasons.is_empty(),
         fallback_reasons,
@@ -152,15 +178,6 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const PROCESS_HOST: HostCaps = HostCaps {
-        linux_sandbox: false,
-        rlimit_cpu: true,
-        rlimit_memory: true,
-        cgroup_pids: false,
-        cgroup_memory: false,
-        oom_detection: false,
-    };
 
     fn req(v: serde_json::Value) -> SubmitTaskRequest {
         serde_json::from_value(v).unwrap()
@@ -216,5 +233,28 @@ mod tests {
         let p = resolve(&r, CapabilityMode::Adaptive, &PROCESS_HOST).unwrap();
         assert!(!p.resource_enforcement.pids_enforced);
         assert_eq!(p.capability_warnings.len(), 1);
+    }
+
+    #[test]
+    fn task_cgroups_are_reported_and_their_absence_warned_of() {
+        let r = req(serde_json::json!({"execution":{"kind":"command","program":"x"}}));
+        let p = resolve(&r, CapabilityMode::Strict, &PROCESS_HOST).unwrap();
+        assert!(p.resource_enforcement.cgroup_enforced);
+        assert!(!p.resource_enforcement.oom_detection);
+        assert!(
+            p.capability_warnings.is_empty(),
+            "{:?}",
+            p.capability_warnings
+        );
+        let bare = HostCaps {
+            task_cgroups: false,
+            ..PROCESS_HOST
+        };
+        // Not a degradation of what was asked: strict still runs it.
+        let p = resolve(&r, CapabilityMode::Strict, &bare).unwrap();
+        assert!(!p.resource_enforcement.cgroup_enforced);
+        assert!(!p.degraded);
+        assert_eq!(p.capability_warnings.len(), 1);
+        assert!(p.capability_warnings[0].contains("no task cgroup"));
     }
 }

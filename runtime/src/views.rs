@@ -128,6 +128,9 @@ pub fn capabilities(e: &Engine) -> Value {
     if caps.oom_detection {
         enhanced.push("oom_detection");
     }
+    if caps.task_cgroups {
+        enhanced.push("task_cgroups");
+    }
     let mut v = json!({
         "runtime_id": e.cfg.runtime_id,
         "snapshot_version": SNAPSHOT_VERSION,
@@ -144,6 +147,7 @@ pub fn capabilities(e: &Engine) -> Value {
             "chroot": p.chroot,
             "pivot_root": p.pivot_root,
             "seccomp": p.seccomp,
+            "task_uid": p.task_uid,
             "namespaces": {
                 "mount": p.namespaces.mount,
                 "pid": p.namespaces.pid,
@@ -165,6 +169,7 @@ pub fn capabilities(e: &Engine) -> Value {
             "pids_limit": cgroup_on && p.pids_limit,
             "oom_detection": cgroup_on && p.oom_detection,
             "cpu_quota": cgroup_on && p.cpu_quota,
+            "task_cgroups": caps.task_cgroups,
             "ledger": true,
             "capacity": capacity,
         },

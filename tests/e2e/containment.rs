@@ -102,6 +102,13 @@ fn escapees_die_on_kill() {
     let id = s.submit(&escape("sleep 300"));
     let pids = escapee_pids(&s, &id);
     assert!(!task_cgroups(&id).is_empty(), "the task has no cgroup");
+    let plan = &s.status(&id)["execution_plan"];
+    assert_eq!(
+        plan["resource_enforcement"]["cgroup_enforced"], true,
+        "{plan}"
+    );
+    let caps = s.get("/api/v1/runtime/capabilities").json();
+    assert_eq!(caps["resources"]["task_cgroups"], true, "{caps}");
     s.kill(&id, None);
     let st = s.wait_terminal(&id, T);
     assert_eq!(st["status"], "cancelled", "{st}");
@@ -184,4 +191,36 @@ fn a_dead_shims_cgroups_are_swept_on_recovery() {
         assert!(start.elapsed() < T, "cgroups left: {:?}", task_cgroups(&id));
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// `--disable-cgroup`: no task cgroup, and the plan says what that costs.
+#[test]
+fn disabled_cgroups_are_not_used_and_the_plan_says_so() {
+    if let Some(why) = cgroups_available() {
+        println!("skipped: {why}");
+        return;
+    }
+    let s = Server::builder().arg("--disable-cgroup").start();
+    let id = s.submit(&sh("touch escaped; sleep 300"));
+    let ws = s.task_dir(&id).join("workspace");
+    let start = Instant::now();
+    while !ws.join("escaped").exists() {
+        assert!(start.elapsed() < T, "the task never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(task_cgroups(&id), Vec::<PathBuf>::new());
+    let st = s.status(&id);
+    let plan = &st["execution_plan"];
+    assert_eq!(
+        plan["resource_enforcement"]["cgroup_enforced"], false,
+        "{plan}"
+    );
+    assert!(
+        plan["capability_warnings"]
+            .to_string()
+            .contains("no task cgroup"),
+        "{plan}"
+    );
+    s.kill(&id, None);
+    s.wait_terminal(&id, T);
 }

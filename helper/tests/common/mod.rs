@@ -256,6 +256,7 @@ pub fn spec(id: &str, argv: &[&str]) -> LaunchSpec {
         termination_grace_ms: 500,
         result_template: serde_json::json!({"task_id": id, "status": "accepted", "handle_id": id})
             .to_string(),
+        task_cgroups: true,
     }
 }
 

@@ -5,7 +5,7 @@ use execgo_runtime_protocol::{Outcome, TaskErrorCode, TaskStatus};
 
 use super::reconcile::{reconcile, Action};
 use super::*;
-use crate::plan::{self, HostCaps};
+use crate::plan;
 
 const T0: &str = "2026-01-01T00:00:00.000Z";
 const T1: &str = "2026-01-01T00:00:01.000Z";
@@ -17,15 +17,12 @@ fn queued() -> TaskRow {
         "control_context": {"tenant": "a", "owner": "o"}
     }))
     .unwrap();
-    let caps = HostCaps {
-        linux_sandbox: false,
-        rlimit_cpu: true,
-        rlimit_memory: true,
-        cgroup_pids: false,
-        cgroup_memory: false,
-        oom_detection: false,
-    };
-    let plan = plan::resolve(&req, crate::model::CapabilityMode::Adaptive, &caps).unwrap();
+    let plan = plan::resolve(
+        &req,
+        crate::model::CapabilityMode::Adaptive,
+        &plan::PROCESS_HOST,
+    )
+    .unwrap();
     create("t1".into(), req, plan, T0).row
 }
 
