@@ -9,7 +9,7 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag};
+use nix::fcntl::OFlag;
 use nix::sys::stat::{fstat, Mode, SFlag};
 use nix::unistd::{Uid, UnlinkatFlags};
 
@@ -31,7 +31,7 @@ pub enum ControlError {
     },
     #[error("opening {CONTROL} failed")]
     Open(#[source] Errno),
-    #[error("{CONTROL} was replaced by something that is not a fifo")]
+    #[error("{CONTROL} was replaced by something that is not our fifo")]
     NotFifo,
     #[error("reading {CONTROL} failed")]
     Read(#[source] std::io::Error),
@@ -55,13 +55,8 @@ pub fn create(dir: BorrowedFd<'_>, owner: Option<Uid>) -> Result<File, ControlEr
         }
         Err(e) => return Err(ControlError::Create(e)),
     }
-    if let Some(uid) = owner {
-        nix::unistd::fchownat(raw, CONTROL, Some(uid), None, AtFlags::AT_SYMLINK_NOFOLLOW)
-            .map_err(|source| ControlError::Chown {
-                uid: uid.as_raw(),
-                source,
-            })?;
-    }
+    // Opened, checked, then handed over by descriptor: never chowned by
+    // name, so a name swapped in meanwhile is never what root changes.
     let fd = sys::openat(
         dir,
         CONTROL,
@@ -70,8 +65,17 @@ pub fn create(dir: BorrowedFd<'_>, owner: Option<Uid>) -> Result<File, ControlEr
     )
     .map_err(ControlError::Open)?;
     let st = fstat(fd.as_raw_fd()).map_err(ControlError::Open)?;
-    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFIFO {
+    let ours = st.st_uid == nix::unistd::geteuid().as_raw() && st.st_nlink == 1;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFIFO || !ours {
         return Err(ControlError::NotFifo);
+    }
+    if let Some(uid) = owner {
+        nix::unistd::fchown(fd.as_raw_fd(), Some(uid), None).map_err(|source| {
+            ControlError::Chown {
+                uid: uid.as_raw(),
+                source,
+            }
+        })?;
     }
     Ok(File::from(fd))
 }
