@@ -287,3 +287,21 @@ fn a_task_does_not_outlive_its_shim() {
     let st = s.wait_terminal(&id, T);
     assert_eq!(st["status"], "failed", "{st}");
 }
+
+/// Nothing of the helper's, the shim's or the runtime's reaches a task: its
+/// only descriptors are 0, 1 and 2 (plus the one `ls` opens to list them).
+#[test]
+fn a_task_gets_only_stdin_stdout_and_stderr() {
+    let s = Server::start();
+    let id = s.submit(&sh("exec ls /proc/self/fd"));
+    let st = s.wait_terminal(&id, T);
+    assert_eq!(st["status"], "success", "{st}");
+    let fds: Vec<u32> = st["stdout"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    // ls's own descriptor for the directory is the lowest free one, 3.
+    assert_eq!(fds, [0, 1, 2, 3], "{st}");
+}
