@@ -130,22 +130,50 @@ impl Placement {
         (Some(Placement { roots, kill }), warnings)
     }
 
-    /// Creates the task's cgroups (reused if they exist).
-    pub fn create(&self, task_id: &str, fs: &dyn CgroupFs) -> Result<TaskCgroups, CgroupError> {
-        let mut dirs = Vec::with_capacity(self.roots.len());
-        for r in &self.roots {
+    /// Creates the task's cgroups (reused if they exist): in every
+    /// hierarchy for [`Need::Limits`]; for [`Need::Containment`] only in
+    /// the one that kills (each hierarchy joined costs the task child a
+    /// `cgroup.procs` write, about half a millisecond on v1).
+    pub fn create(
+        &self,
+        task_id: &str,
+        need: Need,
+        fs: &dyn CgroupFs,
+    ) -> Result<TaskCgroups, CgroupError> {
+        let mut cg = TaskCgroups {
+            entries: Vec::new(),
+            kill: self.kill,
+        };
+        let killer = self.killer();
+        for (i, r) in self.roots.iter().enumerate() {
+            if need == Need::Containment && i != killer {
+                continue;
+            }
             let dir = r.root.join(task_id);
             if let Err(e) = make_task_dir(r, &dir, fs) {
                 // Leave nothing half made.
-                TaskCgroups::new(self, dirs).remove(fs);
+                cg.remove(fs);
                 return Err(CgroupError::Mkdir {
                     path: dir,
                     source: e.into(),
                 });
             }
-            dirs.push(dir);
+            cg.entries.push(Entry::new(r, dir));
         }
-        Ok(TaskCgroups::new(self, dirs))
+        Ok(cg)
+    }
+
+    /// The index of the root that kills: v2's, v1's freezer, else the
+    /// first.
+    fn killer(&self) -> usize {
+        self.roots
+            .iter()
+            .position(|r| match self.kill {
+                KillVia::CgroupKill => r.version == CgroupVersion::V2,
+                KillVia::Freezer => r.controllers.contains(&"freezer"),
+                KillVia::Signals => true,
+            })
+            .unwrap_or(0)
     }
 
     /// Removes each root that holds no task cgroup (rmdir refuses the
@@ -158,13 +186,16 @@ impl Placement {
 
     /// The task cgroups already present, by task id.
     fn existing(&self, task_id: &str) -> TaskCgroups {
-        let dirs = self
+        let entries = self
             .roots
             .iter()
-            .map(|r| r.root.join(task_id))
-            .filter(|d| d.is_dir())
+            .map(|r| Entry::new(r, r.root.join(task_id)))
+            .filter(|e| e.dir.is_dir())
             .collect();
-        TaskCgroups::new(self, dirs)
+        TaskCgroups {
+            entries,
+            kill: self.kill,
+        }
     }
 
     /// Kills and removes the cgroups of every task whose shim is not
@@ -242,14 +273,40 @@ fn add(
     }
 }
 
+/// Which of a task's cgroups it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// One cgroup to find and kill every process of the task.
+    Containment,
+    /// Every hierarchy: limits and the memory peak too (the
+    /// `linux_sandbox` profile's; tested here until it lands).
+    #[allow(dead_code)]
+    Limits,
+}
+
 /// One task's cgroups.
 #[derive(Debug)]
 pub struct TaskCgroups {
-    /// One per [`Placement::roots`] entry, in that order.
-    dirs: Vec<PathBuf>,
-    versions: Vec<CgroupVersion>,
-    controllers: Vec<Vec<&'static str>>,
+    entries: Vec<Entry>,
     kill: KillVia,
+}
+
+/// A task's cgroup in one hierarchy.
+#[derive(Debug)]
+struct Entry {
+    version: CgroupVersion,
+    controllers: Vec<&'static str>,
+    dir: PathBuf,
+}
+
+impl Entry {
+    fn new(r: &PlacedRoot, dir: PathBuf) -> Self {
+        Entry {
+            version: r.version,
+            controllers: r.controllers.clone(),
+            dir,
+        }
+    }
 }
 
 /// How long a kill waits for the cgroups to empty, and removal for the
@@ -257,27 +314,18 @@ pub struct TaskCgroups {
 const SETTLE: Duration = Duration::from_secs(2);
 
 impl TaskCgroups {
-    fn new(p: &Placement, dirs: Vec<PathBuf>) -> Self {
-        TaskCgroups {
-            versions: p.roots.iter().map(|r| r.version).collect(),
-            controllers: p.roots.iter().map(|r| r.controllers.clone()).collect(),
-            dirs,
-            kill: p.kill,
-        }
-    }
-
     #[cfg(test)]
-    pub fn dirs(&self) -> &[PathBuf] {
-        &self.dirs
+    pub fn dirs(&self) -> Vec<&Path> {
+        self.entries.iter().map(|e| e.dir.as_path()).collect()
     }
 
     /// `cgroup.procs` of each, opened for writing (close-on-exec): the task
     /// child writes `0` to each to join before it execs.
     pub fn procs_fds(&self) -> Result<Vec<OwnedFd>, CgroupError> {
-        self.dirs
+        self.entries
             .iter()
-            .map(|d| {
-                let path = d.join("cgroup.procs");
+            .map(|e| {
+                let path = e.dir.join("cgroup.procs");
                 OpenOptions::new()
                     .write(true)
                     .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -294,10 +342,10 @@ impl TaskCgroups {
 
     /// The pids in the task's cgroups (read from the first).
     pub fn pids(&self, fs: &dyn CgroupFs) -> Vec<i32> {
-        let Some(dir) = self.dirs.first() else {
+        let Some(e) = self.entries.first() else {
             return Vec::new();
         };
-        fs.read(&dir.join("cgroup.procs"))
+        fs.read(&e.dir.join("cgroup.procs"))
             .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
             .unwrap_or_default()
     }
@@ -328,6 +376,11 @@ impl TaskCgroups {
     /// left, calling `between` each round (the shim reaps there); true
     /// when empty.
     pub fn kill_all(&self, fs: &dyn CgroupFs, mut between: impl FnMut()) -> bool {
+        // Usually nothing outlives the main process: no freeze then.
+        between();
+        if self.pids(fs).is_empty() {
+            return true;
+        }
         self.kill_now(fs);
         let until = Instant::now() + SETTLE;
         loop {
@@ -345,17 +398,14 @@ impl TaskCgroups {
     }
 
     fn dir_of(&self, v: CgroupVersion) -> Option<&PathBuf> {
-        self.versions
-            .iter()
-            .position(|x| *x == v)
-            .map(|i| &self.dirs[i])
+        self.entries.iter().find(|e| e.version == v).map(|e| &e.dir)
     }
 
     fn freezer_dir(&self) -> Option<&PathBuf> {
-        self.controllers
+        self.entries
             .iter()
-            .position(|c| c.contains(&"freezer"))
-            .and_then(|i| self.dirs.get(i))
+            .find(|e| e.controllers.contains(&"freezer"))
+            .map(|e| &e.dir)
     }
 
     /// v1: freezes the cgroup (no process can fork or exit meanwhile),
@@ -395,15 +445,15 @@ impl TaskCgroups {
     /// The memory high-water mark, where the memory controller reports
     /// one (v1 `memory.max_usage_in_bytes`, v2 `memory.peak`).
     pub fn memory_peak(&self, fs: &dyn CgroupFs) -> Option<u64> {
-        let i = self
-            .controllers
+        let e = self
+            .entries
             .iter()
-            .position(|c| c.contains(&"memory"))?;
-        let file = match self.versions[i] {
+            .find(|e| e.controllers.contains(&"memory"))?;
+        let file = match e.version {
             CgroupVersion::V2 => "memory.peak",
             _ => "memory.max_usage_in_bytes",
         };
-        fs.read(&self.dirs.get(i)?.join(file))
+        fs.read(&e.dir.join(file))
             .ok()
             .and_then(|t| t.trim().parse().ok())
     }
@@ -414,7 +464,7 @@ impl TaskCgroups {
     pub fn remove(&self, fs: &dyn CgroupFs) -> Vec<CgroupError> {
         let until = Instant::now() + SETTLE;
         let mut failed = Vec::new();
-        for dir in &self.dirs {
+        for dir in self.entries.iter().map(|e| &e.dir) {
             loop {
                 match fs.rmdir(dir) {
                     Ok(()) | Err(Errno::ENOENT) => break,
@@ -468,13 +518,17 @@ mod tests {
         for (root, _) in &roots {
             assert!(root.is_dir(), "{}", root.display());
         }
-        let cg = p.create("t-1", &f.kernel).unwrap();
+        let cg = p.create("t-1", Need::Limits, &f.kernel).unwrap();
         assert_eq!(cg.dirs().len(), 3);
         assert!(f
             .path("cgroup/pids/execgo-runtime/d-1/t-1/pids.max")
             .exists());
+        // Containment alone: the freezer only.
+        let c = p.create("t-2", Need::Containment, &f.kernel).unwrap();
+        assert_eq!(c.dirs(), [f.path("cgroup/freezer/execgo-runtime/d-1/t-2")]);
+        assert!(c.remove(&f.kernel).is_empty());
         // Made again (a relaunch): reused.
-        p.create("t-1", &f.kernel).unwrap();
+        p.create("t-1", Need::Limits, &f.kernel).unwrap();
         assert!(cg.remove(&f.kernel).is_empty());
         assert!(!f.path("cgroup/memory/execgo-runtime/d-1/t-1").exists());
     }
@@ -496,7 +550,7 @@ mod tests {
         // Gone and made again: the controllers are enabled again too.
         p.remove_empty_roots(&f.kernel);
         assert!(!root.exists());
-        let cg = p.create("t", &f.kernel).unwrap();
+        let cg = p.create("t", Need::Limits, &f.kernel).unwrap();
         assert!(root.join("t/memory.max").exists());
         assert!(root.join("t/pids.max").exists());
         assert!(cg.remove(&f.kernel).is_empty());
@@ -529,8 +583,8 @@ mod tests {
     fn sweep_removes_the_cgroups_of_tasks_not_running() {
         let f = Fixture::hybrid();
         let p = placement(&f, "/sys/fs/cgroup/execgo-runtime").0.unwrap();
-        p.create("gone", &f.kernel).unwrap();
-        p.create("alive", &f.kernel).unwrap();
+        p.create("gone", Need::Limits, &f.kernel).unwrap();
+        p.create("alive", Need::Limits, &f.kernel).unwrap();
         // Another data dir's task, next to ours: not ours to judge.
         let other = Placement::prepare(
             &Layout::detect(&f.mounts, &f.kernel).unwrap(),
@@ -540,7 +594,7 @@ mod tests {
         )
         .0
         .unwrap();
-        other.create("gone", &f.kernel).unwrap();
+        other.create("gone", Need::Limits, &f.kernel).unwrap();
         let swept = p.sweep(|id| id == "alive", &f.kernel);
         assert_eq!(swept, ["gone"]);
         assert!(!f.path("cgroup/memory/execgo-runtime/d-1/gone").exists());
@@ -555,7 +609,7 @@ mod tests {
         assert!(!f.path("cgroup/memory/execgo-runtime/d-1").exists());
         // A helper of the same data dir that started meanwhile makes the
         // parent again when it needs it.
-        p.create("next", &f.kernel).unwrap();
+        p.create("next", Need::Limits, &f.kernel).unwrap();
         assert!(f.path("cgroup/memory/execgo-runtime/d-1/next").is_dir());
     }
 
@@ -563,7 +617,7 @@ mod tests {
     fn memory_peak_is_read_from_the_memory_hierarchy() {
         let f = Fixture::hybrid();
         let p = placement(&f, "/sys/fs/cgroup/execgo-runtime").0.unwrap();
-        let cg = p.create("t", &f.kernel).unwrap();
+        let cg = p.create("t", Need::Limits, &f.kernel).unwrap();
         assert_eq!(cg.memory_peak(&f.kernel), None);
         std::fs::write(
             f.path("cgroup/memory/execgo-runtime/d-1/t/memory.max_usage_in_bytes"),

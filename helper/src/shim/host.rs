@@ -16,7 +16,7 @@ use super::script::{Finished, ShimError, Steps};
 use super::spawn::{self, Plan, Started};
 use super::stdio::{self, TaskStdio};
 use super::{control, isolate, resolve, result, workspace, ShimContext};
-use crate::cgroup::task::TaskCgroups;
+use crate::cgroup::task::{Need, TaskCgroups};
 use crate::cgroup::HostFs;
 use crate::logging;
 use execgo_runtime_protocol::taskdir::{self, now_rfc3339, StartedRecord, STARTED};
@@ -158,7 +158,7 @@ impl Steps for Host {
             return Ok(());
         };
         let cg = placement
-            .create(&self.ctx.launch.task_id, &HostFs)
+            .create(&self.ctx.launch.task_id, Need::Containment, &HostFs)
             .map_err(ShimError::Cgroup)?;
         // Kept before the fds are opened, so a failure still removes them.
         let procs = cg.procs_fds();
@@ -281,7 +281,7 @@ impl Steps for Host {
     }
 
     fn clean_up(&mut self) -> Option<u64> {
-        let Some(cg) = self.cgroups.take() else {
+        let Some(cg) = self.cgroups.as_ref() else {
             monitor::reap_leftovers();
             return None;
         };
@@ -294,7 +294,13 @@ impl Steps for Host {
                 "processes of the task survived the cgroup kill"
             );
         }
-        let peak = cg.memory_peak(&HostFs);
+        cg.memory_peak(&HostFs)
+    }
+
+    fn remove_cgroups(&mut self) {
+        let Some(cg) = self.cgroups.take() else {
+            return;
+        };
         for e in cg.remove(&HostFs) {
             tracing::warn!(
                 target: logging::TARGET,
@@ -302,7 +308,6 @@ impl Steps for Host {
                 "removing a task cgroup failed; the next sweep retries"
             );
         }
-        peak
     }
 
     fn write_result(&mut self, outcome: &Outcome) -> Result<(), ShimError> {

@@ -115,6 +115,9 @@ pub trait Steps {
     /// measured. Also after a failed launch.
     fn clean_up(&mut self) -> Option<u64>;
     fn write_result(&mut self, outcome: &Outcome) -> Result<(), ShimError>;
+    /// Removes the task's cgroups, emptied by [`Steps::clean_up`]: after
+    /// the result, which does not wait for it.
+    fn remove_cgroups(&mut self);
 }
 
 /// The launch. Returns the shim's exit code (see [`exit`]).
@@ -199,7 +202,9 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
     if let Some(usage) = outcome.usage.as_mut() {
         usage.memory_peak_bytes = memory_peak;
     }
-    record(s, &outcome)
+    let code = record(s, &outcome);
+    s.remove_cgroups();
+    code
 }
 
 /// A failure before the task is claimed: logged, nothing else.
@@ -223,7 +228,9 @@ fn fail_launch<S: Steps>(s: &mut S, me: ClaimRecord, e: &ShimError) -> i32 {
     // Nothing of it may stay behind: cgroups already made go.
     s.clean_up();
     let outcome = result::not_started(me.shim_pid, TaskErrorCode::LaunchFailed, message, s.now());
-    record(s, &outcome)
+    let code = record(s, &outcome);
+    s.remove_cgroups();
+    code
 }
 
 fn record<S: Steps>(s: &mut S, outcome: &Outcome) -> i32 {
@@ -371,9 +378,12 @@ mod tests {
             self.results.push(outcome.clone());
             Ok(())
         }
+        fn remove_cgroups(&mut self) {
+            self.calls.push("remove_cgroups");
+        }
     }
 
-    const HAPPY: [&str; 17] = [
+    const HAPPY: [&str; 18] = [
         "isolate",
         "claim",
         "prepare_result",
@@ -391,6 +401,7 @@ mod tests {
         "monitor",
         "clean_up",
         "write_result",
+        "remove_cgroups",
     ];
 
     #[test]
@@ -458,7 +469,7 @@ mod tests {
             assert_eq!(run(&mut f), exit::DONE, "{step}");
             let at = HAPPY.iter().position(|s| *s == step).unwrap();
             let mut want: Vec<&str> = HAPPY[..=at].to_vec();
-            want.extend(["clean_up", "write_result"]);
+            want.extend(["clean_up", "write_result", "remove_cgroups"]);
             assert_eq!(f.calls, want, "{step}");
             assert!(f.started.is_empty(), "no started after {step} failed");
             assert!(!f.calls.contains(&"record_started"), "{step}");
@@ -498,8 +509,8 @@ mod tests {
         let mut f = Fake::failing(&["monitor"]);
         assert_eq!(run(&mut f), exit::DONE);
         assert_eq!(
-            f.calls[f.calls.len() - 3..],
-            ["monitor", "clean_up", "write_result"]
+            f.calls[f.calls.len() - 4..],
+            ["monitor", "clean_up", "write_result", "remove_cgroups"]
         );
         let o = &f.results[0];
         assert_eq!(o.error.as_ref().unwrap().code, TaskErrorCode::Internal);
