@@ -132,11 +132,8 @@ pub fn validate(spec: LaunchSpec) -> Result<ValidatedLaunch, ValidateError> {
     if l.memory_bytes == Some(0) {
         return Err(ValidateError::Memory);
     }
-    // The only profile so far; new ones are appended to the protocol and
-    // get their own checks here.
-    let profile = match spec.profile {
-        LaunchProfile::Process => LaunchProfile::Process,
-    };
+    // Every field of every profile is a plain flag: nothing to refuse.
+    let profile = spec.profile;
     Ok(ValidatedLaunch {
         task_id: spec.task_id,
         argv: spec.argv,

@@ -179,6 +179,21 @@ impl CgroupVersion {
 pub enum LaunchProfile {
     /// Plain process: own process group, rlimits, minimal env.
     Process,
+    // Protocol version 4.
+    /// The namespaces asked for, a read-only host root with the workspace
+    /// and a private `/tmp` writable, cgroup limits and a seccomp
+    /// deny-list.
+    LinuxSandbox(SandboxSpec),
+}
+
+/// The namespaces of a `linux_sandbox` task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    pub mount: bool,
+    pub pid: bool,
+    pub uts: bool,
+    pub ipc: bool,
+    pub net: bool,
 }
 
 /// Everything the shim needs to run one task.

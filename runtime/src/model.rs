@@ -114,6 +114,7 @@ fn yes() -> bool {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NamespaceConfig {
+    // Per-field defaults as the contract gives them; see [`NamespaceConfig::DEFAULT`].
     #[serde(default = "yes")]
     pub mount: bool,
     #[serde(default = "yes")]
@@ -124,6 +125,17 @@ pub struct NamespaceConfig {
     pub ipc: bool,
     #[serde(default)]
     pub net: bool,
+}
+
+impl NamespaceConfig {
+    /// What a `linux_sandbox` task gets when it names no namespaces.
+    pub const DEFAULT: NamespaceConfig = NamespaceConfig {
+        mount: true,
+        pid: true,
+        uts: true,
+        ipc: true,
+        net: false,
+    };
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

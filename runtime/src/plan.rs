@@ -3,8 +3,8 @@
 //! capabilities; strict mode refuses any gap, adaptive mode records it.
 
 use crate::model::{
-    CapabilityMode, ExecutionPlan, ResourceEnforcement, SandboxPolicy, SandboxProfile,
-    SubmitTaskRequest,
+    CapabilityMode, ExecutionPlan, NamespaceConfig, ResourceEnforcement, SandboxPolicy,
+    SandboxProfile, SubmitTaskRequest,
 };
 
 /// What the host can enforce, from the helper's probe and the operator's
@@ -35,21 +35,24 @@ pub const PROCESS_HOST: HostCaps = HostCaps {
     task_cgroups: true,
 };
 
-/// The `linux_sandbox` profile (namespaces, cgroups, chroot in the shim)
-/// is not built yet; until it is, requests for it degrade or are refused.
-pub const LINUX_SANDBOX_IMPLEMENTED: bool = false;
-
 impl HostCaps {
     /// What tasks can be given, from the helper's probe and the operator's
-    /// overrides. `linux_sandbox` is not offered by this version whatever
-    /// the host supports, so cgroup enforcement (which only that profile
-    /// uses) is not offered either.
+    /// overrides. `linux_sandbox` needs every namespace it may be asked for
+    /// and seccomp; its cgroup limits need task cgroups with the
+    /// controller.
     pub fn from_probe(
         probe: &execgo_runtime_protocol::HelperCapabilities,
         args: &crate::config::ServeArgs,
     ) -> Self {
-        let linux_sandbox = LINUX_SANDBOX_IMPLEMENTED && !args.disable_linux_sandbox;
-        let cgroup = linux_sandbox && !args.disable_cgroup;
+        let ns = &probe.namespaces;
+        let linux_sandbox = !args.disable_linux_sandbox
+            && ns.mount
+            && ns.pid
+            && ns.uts
+            && ns.ipc
+            && ns.net
+            && probe.seccomp;
+        let cgroup = linux_sandbox && !args.disable_cgroup && probe.task_cgroups;
         HostCaps {
             linux_sandbox,
             rlimit_cpu: probe.rlimit_cpu,
@@ -113,6 +116,19 @@ pub fn resolve(
         };
     }
     let sandboxed = effective.profile == SandboxProfile::LinuxSandbox;
+    if sandboxed && (requested.rootfs.is_some() || requested.chroot) {
+        missing.push("rootfs");
+        fallback_reasons.push(
+            "sandbox.rootfs and chroot are not supported by this runtime version yet; \
+             the task runs on the host's root, read-only"
+                .to_string(),
+        );
+        effective.rootfs = None;
+        effective.chroot = false;
+    }
+    if sandboxed && effective.namespaces.is_none() {
+        effective.namespaces = Some(NamespaceConfig::DEFAULT);
+    }
 
     let l = &req.limits;
     let cpu_time_enforced = l.cpu_time_sec.is_some() && caps.rlimit_cpu;

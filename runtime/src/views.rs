@@ -93,13 +93,6 @@ pub fn capabilities(e: &Engine) -> Value {
                 .to_string(),
         );
     }
-    if !crate::plan::LINUX_SANDBOX_IMPLEMENTED {
-        warnings.push(
-            "linux_sandbox: this runtime version does not implement the profile yet; \
-             tasks asking for it run as process (adaptive) or are refused (strict)"
-                .to_string(),
-        );
-    }
     let mut overrides = serde_json::Map::new();
     if a.disable_linux_sandbox {
         overrides.insert("linux_sandbox".into(), json!("disabled"));

@@ -209,8 +209,13 @@ fn unknown_fields_are_ignored_and_no_content_type_is_json() {
 
 #[test]
 fn capability_errors() {
+    // linux_sandbox switched off, so that it is missing on every host.
     let s = Server::builder()
-        .args(["--capacity-memory-bytes", "1048576"])
+        .args([
+            "--capacity-memory-bytes",
+            "1048576",
+            "--disable-linux-sandbox",
+        ])
         .start();
     let strict = json!({"execution": {"kind": "command", "program": "/bin/true"},
         "sandbox": {"profile": "linux_sandbox"}, "policy": {"capability_mode": "strict"}});
@@ -250,6 +255,7 @@ fn capability_errors() {
 fn strict_default_mode_from_env() {
     let s = Server::builder()
         .env("EXECGO_RUNTIME_DEFAULT_CAPABILITY_MODE", "strict")
+        .arg("--disable-linux-sandbox")
         .start();
     let r = s.post(
         "/api/v1/tasks",

@@ -293,6 +293,8 @@ fn a_task_that_replaces_its_logs_cannot_block_or_fail_a_status_read() {
         assert!(start.elapsed() < T, "the task never started");
         std::thread::sleep(Duration::from_millis(10));
     }
+    // The runtime learns of the start on its own: wait until it has.
+    s.wait_status(&id, "running", T);
     for log in ["stdout.log", "stderr.log"] {
         std::fs::remove_file(dir.join(log)).unwrap();
     }

@@ -279,8 +279,7 @@ pub enum Need {
     /// One cgroup to find and kill every process of the task.
     Containment,
     /// Every hierarchy: limits and the memory peak too (the
-    /// `linux_sandbox` profile's; tested here until it lands).
-    #[allow(dead_code)]
+    /// `linux_sandbox` profile's).
     Limits,
 }
 
@@ -440,6 +439,56 @@ impl TaskCgroups {
         }
         let _ = fs.write(&state, "THAWED");
         frozen
+    }
+
+    /// Writes the limits into the cgroups that have their controllers:
+    /// memory (and, on v1, memory+swap, so the limit is not dodged into
+    /// swap; on v2 no swap at all) and pids.
+    pub fn set_limits(
+        &self,
+        memory_bytes: Option<u64>,
+        pids_max: Option<u64>,
+        fs: &dyn CgroupFs,
+    ) -> Result<(), CgroupError> {
+        for e in &self.entries {
+            let v2 = e.version == CgroupVersion::V2;
+            if let (Some(bytes), true) = (memory_bytes, e.controllers.contains(&"memory")) {
+                let value = bytes.to_string();
+                if v2 {
+                    super::write(fs, &e.dir.join("memory.max"), &value)?;
+                    let _ = fs.write(&e.dir.join("memory.swap.max"), "0");
+                } else {
+                    super::write(fs, &e.dir.join("memory.limit_in_bytes"), &value)?;
+                    // Absent without swap accounting; the limit holds then.
+                    let _ = fs.write(&e.dir.join("memory.memsw.limit_in_bytes"), &value);
+                }
+            }
+            if let (Some(max), true) = (pids_max, e.controllers.contains(&"pids")) {
+                super::write(fs, &e.dir.join("pids.max"), &max.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the OOM killer killed a process of the memory cgroup (v1
+    /// `memory.oom_control`, v2 `memory.events`: `oom_kill`).
+    pub fn oom_killed(&self, fs: &dyn CgroupFs) -> bool {
+        let Some(e) = self
+            .entries
+            .iter()
+            .find(|e| e.controllers.contains(&"memory"))
+        else {
+            return false;
+        };
+        let file = match e.version {
+            CgroupVersion::V2 => "memory.events",
+            _ => "memory.oom_control",
+        };
+        let path = e.dir.join(file);
+        fs.read(&path)
+            .ok()
+            .and_then(|t| super::keyed(&path, &t, "oom_kill").ok())
+            .is_some_and(|n| n > 0)
     }
 
     /// The memory high-water mark, where the memory controller reports

@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use execgo_runtime_protocol::{LaunchProfile, Outcome};
+use execgo_runtime_protocol::{LaunchProfile, Outcome, SandboxSpec};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::{Gid, Uid};
@@ -13,7 +13,7 @@ use nix::unistd::{Gid, Uid};
 use super::claim::{self, Claim, ClaimRecord};
 use super::monitor::{self, Monitor};
 use super::script::{Finished, ShimError, Steps};
-use super::spawn::{self, Plan, Started};
+use super::spawn::{self, Plan, SandboxPlan, Started};
 use super::stdio::{self, TaskStdio};
 use super::{control, isolate, resolve, result, workspace, ShimContext};
 use crate::cgroup::task::{Need, TaskCgroups};
@@ -31,6 +31,8 @@ pub struct Host {
     cgroups: Option<TaskCgroups>,
     /// `cgroup.procs` of each task cgroup, for the task child to join.
     cgroup_procs: Vec<OwnedFd>,
+    /// Read end of the sandbox init's report of the task's wait status.
+    report: Option<OwnedFd>,
     sigchld: Option<SignalFd>,
     /// From the claim until the result is written.
     result: Option<result::ResultFile>,
@@ -50,8 +52,17 @@ impl Host {
             plan: None,
             cgroups: None,
             cgroup_procs: Vec::new(),
+            report: None,
             sigchld: None,
             result: None,
+        }
+    }
+
+    /// The sandbox's namespaces, for a `linux_sandbox` task.
+    fn sandbox(&self) -> Option<SandboxSpec> {
+        match self.ctx.launch.profile {
+            LaunchProfile::Process => None,
+            LaunchProfile::LinuxSandbox(spec) => Some(spec),
         }
     }
 
@@ -157,9 +168,22 @@ impl Steps for Host {
         let Some(placement) = &self.ctx.cgroups else {
             return Ok(());
         };
+        // A sandbox's limits live in its cgroups; a process task needs one
+        // to be contained.
+        let need = match self.sandbox() {
+            Some(_) => Need::Limits,
+            None => Need::Containment,
+        };
         let cg = placement
-            .create(&self.ctx.launch.task_id, Need::Containment, &HostFs)
+            .create(&self.ctx.launch.task_id, need, &HostFs)
             .map_err(ShimError::Cgroup)?;
+        if self.sandbox().is_some() {
+            let l = &self.ctx.launch.limits;
+            if let Err(e) = cg.set_limits(l.memory_bytes, l.pids_max, &HostFs) {
+                cg.remove(&HostFs);
+                return Err(ShimError::Cgroup(e));
+            }
+        }
         // Kept before the fds are opened, so a failure still removes them.
         let procs = cg.procs_fds();
         self.cgroups = Some(cg);
@@ -171,14 +195,23 @@ impl Steps for Host {
         let l = &self.ctx.launch;
         let program = l.argv.first().ok_or(missing("argv"))?;
         let resolved = resolve::resolve(program, l.path_var())?;
+        let sandbox = self.sandbox();
+        // In a sandbox the memory limit is its cgroup's, not RLIMIT_AS.
+        let address_space = l.limits.memory_bytes.filter(|_| sandbox.is_none());
         let mut plan = Plan::new(
             &resolved,
             &l.argv,
             &l.env,
             l.limits.cpu_time_sec,
-            l.limits.memory_bytes,
+            address_space,
         )?;
         plan.identity = self.ctx.task_identity.map(|t| (t.uid, t.gid));
+        if let Some(spec) = sandbox {
+            plan.sandbox = Some(SandboxPlan {
+                spec,
+                seccomp: crate::seccomp::task_filters().map_err(ShimError::Seccomp)?,
+            });
+        }
         self.plan = Some(plan);
         Ok(())
     }
@@ -216,6 +249,16 @@ impl Steps for Host {
         // profiles will add their set-up around the spawn here.
         let profile = match self.ctx.launch.profile {
             LaunchProfile::Process => "process",
+            LaunchProfile::LinuxSandbox(_) => "linux_sandbox",
+        };
+        // A pid namespace's init reports how the task ended on a pipe: its
+        // own exit says nothing.
+        let report = match self.sandbox() {
+            Some(spec) if spec.pid => Some(
+                nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .map_err(|e| ShimError::Spawn(spawn::SpawnError::Pipe(e)))?,
+            ),
+            _ => None,
         };
         let started = spawn::spawn(
             plan,
@@ -224,7 +267,9 @@ impl Steps for Host {
             &io.stderr,
             cwd,
             &self.cgroup_procs,
+            report.as_ref().map(|(_, w)| w),
         )?;
+        self.report = report.map(|(r, _)| r);
         // The task has its own copies; ours are not needed any more.
         self.stdio = None;
         self.workspace = None;
@@ -266,10 +311,18 @@ impl Steps for Host {
             control,
         };
         match m.run() {
-            Ok(ended) => Ok(Finished {
-                ended,
-                finished_at: now_rfc3339(),
-            }),
+            Ok(mut ended) => {
+                if let Some(status) = self.report.as_ref().and_then(read_report) {
+                    ended.exit = monitor::exit_kind(status);
+                }
+                if let Some(cg) = self.cgroups.as_ref() {
+                    ended.oom_killed = cg.oom_killed(&HostFs);
+                }
+                Ok(Finished {
+                    ended,
+                    finished_at: now_rfc3339(),
+                })
+            }
             Err(e) => {
                 // Never leave the task unwatched: kill its group and wait
                 // for it, so what result.json says is final.
@@ -324,5 +377,15 @@ impl Steps for Host {
             "result recorded"
         );
         Ok(())
+    }
+}
+
+/// The sandbox init's report: the task's raw wait status, 4 little-endian
+/// bytes, written before init exited (so present once it is reaped).
+fn read_report(pipe: &OwnedFd) -> Option<i32> {
+    let mut buf = [0u8; 4];
+    match nix::unistd::read(pipe.as_raw_fd(), &mut buf) {
+        Ok(4) => Some(i32::from_le_bytes(buf)),
+        _ => None,
     }
 }

@@ -56,6 +56,9 @@ pub struct Ended {
     pub usage: Rusage,
     pub timed_out: bool,
     pub kill_requested: bool,
+    /// The OOM killer killed a process of the task's cgroup (set by the
+    /// shim from the cgroup, after the loop).
+    pub oom_killed: bool,
     /// Monotonic time of the reap.
     pub at: Instant,
 }
@@ -138,6 +141,7 @@ impl Monitor<'_> {
                         usage,
                         timed_out: st.timed_out,
                         kill_requested: st.kill_requested,
+                        oom_killed: false,
                         at: Instant::now(),
                     });
                 }

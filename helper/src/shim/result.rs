@@ -98,7 +98,7 @@ pub fn finished(
         exit: ended.exit,
         timed_out: ended.timed_out,
         kill_requested: ended.kill_requested,
-        oom_killed: false,
+        oom_killed: ended.oom_killed,
         wall_time_ms,
     });
     let duration_ms = duration_ms(started, ended);
@@ -310,6 +310,7 @@ mod tests {
             },
             timed_out: false,
             kill_requested: false,
+            oom_killed: false,
             at,
         }
     }

@@ -59,6 +59,19 @@ pub enum ShimError {
     Result(#[from] ResultError),
     #[error("a step ran out of order: {0}")]
     Order(&'static str),
+    #[error("compiling the sandbox's seccomp filters failed")]
+    Seccomp(#[source] crate::seccomp::SeccompError),
+}
+
+impl ShimError {
+    /// The error code of a launch that failed with this.
+    fn code(&self) -> TaskErrorCode {
+        match self {
+            ShimError::Spawn(e) if e.is_sandbox_setup() => TaskErrorCode::SandboxSetupFailed,
+            ShimError::Seccomp(_) => TaskErrorCode::SandboxSetupFailed,
+            _ => TaskErrorCode::LaunchFailed,
+        }
+    }
 }
 
 /// What the steps produce for the script to reason about.
@@ -227,7 +240,7 @@ fn fail_launch<S: Steps>(s: &mut S, me: ClaimRecord, e: &ShimError) -> i32 {
     );
     // Nothing of it may stay behind: cgroups already made go.
     s.clean_up();
-    let outcome = result::not_started(me.shim_pid, TaskErrorCode::LaunchFailed, message, s.now());
+    let outcome = result::not_started(me.shim_pid, e.code(), message, s.now());
     let code = record(s, &outcome);
     s.remove_cgroups();
     code
@@ -361,6 +374,7 @@ mod tests {
                     usage: Rusage::default(),
                     timed_out: false,
                     kill_requested: false,
+                    oom_killed: false,
                     at: started.at,
                 },
                 finished_at: "2026-01-01T00:00:01.000Z".into(),

@@ -24,6 +24,7 @@ use nix::sys::resource::Resource;
 
 use crate::rlimits;
 use crate::sys::{self, ChildSetup, ChildStep, ExecImage, CHILD_STATUS_LEN};
+use execgo_runtime_protocol::SandboxSpec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -40,6 +41,24 @@ pub enum SpawnError {
     Exec { program: String, errno: i32 },
     #[error("setting up the task process failed at {}: {}", step.name(), std::io::Error::from_raw_os_error(*errno))]
     Setup { step: ChildStep, errno: i32 },
+}
+
+impl SpawnError {
+    /// A step of the sandbox's own set-up failed (`sandbox_setup_failed`,
+    /// not `launch_failed`).
+    pub fn is_sandbox_setup(&self) -> bool {
+        matches!(
+            self,
+            SpawnError::Setup {
+                step: ChildStep::Mounts
+                    | ChildStep::Hostname
+                    | ChildStep::Loopback
+                    | ChildStep::Fork
+                    | ChildStep::Seccomp,
+                ..
+            }
+        )
+    }
 }
 
 /// What is known once the task runs.
@@ -61,6 +80,14 @@ pub struct Plan {
     pub address_space: Option<(u64, u64)>,
     /// (uid, gid) the task runs as; `None`: as the shim.
     pub identity: Option<(u32, u32)>,
+    /// `linux_sandbox`: its namespaces and seccomp filters.
+    pub sandbox: Option<SandboxPlan>,
+}
+
+/// What a `linux_sandbox` task gets beyond a process task's set-up.
+pub struct SandboxPlan {
+    pub spec: SandboxSpec,
+    pub seccomp: [seccompiler::BpfProgram; 2],
 }
 
 impl Plan {
@@ -80,6 +107,7 @@ impl Plan {
                 rlimits::address_space_pair(b, rlimits::current_hard(Resource::RLIMIT_AS))
             }),
             identity: None,
+            sandbox: None,
         })
     }
 }
@@ -94,6 +122,7 @@ pub fn spawn(
     stderr: &OwnedFd,
     cwd: &OwnedFd,
     cgroup_procs: &[OwnedFd],
+    report: Option<&OwnedFd>,
 ) -> Result<Started, SpawnError> {
     let cgroup_procs: Vec<RawFd> = cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect();
     let (status_r, status_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
@@ -108,10 +137,26 @@ pub fn spawn(
         identity: plan.identity,
         parent: nix::unistd::getpid().as_raw(),
         cgroup_procs: &cgroup_procs,
+        own_group: true,
+        seccomp: plan.sandbox.as_ref().map_or(&[], |s| &s.seccomp[..]),
         status_fd: status_w.as_raw_fd(),
     };
     // Back here, the child has exec'd or exited.
-    let pid = sys::spawn_task(&setup).map_err(SpawnError::Clone)?;
+    let pid = match &plan.sandbox {
+        None => sys::spawn_task(&setup),
+        Some(sb) => sys::spawn_sandboxed(
+            &setup,
+            &sys::SandboxSetup {
+                mount: sb.spec.mount,
+                pid: sb.spec.pid,
+                uts: sb.spec.uts,
+                ipc: sb.spec.ipc,
+                net: sb.spec.net,
+                report_fd: report.map_or(-1, AsRawFd::as_raw_fd),
+            },
+        ),
+    }
+    .map_err(SpawnError::Clone)?;
     drop(status_w);
     // Usually end-of-file at once; the exec closes the pipe a little after
     // the moment it lets us go on.
@@ -192,7 +237,7 @@ mod tests {
         let null = || open(Path::new("/dev/null"), OFlag::O_RDWR);
         let out = open(&tmp.path().join("out"), OFlag::O_WRONLY | OFlag::O_CREAT);
         let cwd = open(tmp.path(), OFlag::O_RDONLY | OFlag::O_DIRECTORY);
-        (spawn(&plan, &null(), &out, &null(), &cwd, &[]), tmp)
+        (spawn(&plan, &null(), &out, &null(), &cwd, &[], None), tmp)
     }
 
     fn exit_code(pid: i32) -> i32 {

@@ -9,6 +9,8 @@
 //! * [`detach`]: the shim's detached start (clone, `setsid`, `_Fork`).
 //! * [`task_child`]: the task's vfork-style start and its code until
 //!   execve.
+//! * [`sandbox`]: a `linux_sandbox` task's start: namespaces, mounts, the
+//!   namespace's init.
 //! * [`stack`]: the stacks those two clones run on.
 //!
 //! Neither the helper nor the shim ever starts a thread: the forks and
@@ -17,6 +19,7 @@
 pub mod detach;
 pub mod fd;
 pub mod process;
+pub mod sandbox;
 pub mod signals;
 mod stack;
 pub mod task_child;
@@ -25,6 +28,7 @@ pub mod wait;
 pub use detach::{spawn_detached, DetachError};
 pub use fd::{adopt_fd, close_fds_except, open, openat};
 pub use process::{exit_now, fork, thread_count, Forked};
+pub use sandbox::{spawn_sandboxed, SandboxSetup};
 pub use signals::{ignore_sigpipe, unignore_inherited_signals};
 pub use task_child::{spawn_task, ChildSetup, ChildStep, ExecImage, CHILD_STATUS_LEN};
 pub use wait::{wait4, Rusage};

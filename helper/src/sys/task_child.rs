@@ -87,6 +87,11 @@ pub enum ChildStep {
     NoNewPrivs = 12,
     ParentDeath = 13,
     Cgroup = 14,
+    Mounts = 15,
+    Hostname = 16,
+    Loopback = 17,
+    Fork = 18,
+    Seccomp = 19,
 }
 
 impl ChildStep {
@@ -106,6 +111,11 @@ impl ChildStep {
             ChildStep::NoNewPrivs,
             ChildStep::ParentDeath,
             ChildStep::Cgroup,
+            ChildStep::Mounts,
+            ChildStep::Hostname,
+            ChildStep::Loopback,
+            ChildStep::Fork,
+            ChildStep::Seccomp,
         ]
         .into_iter()
         .find(|s| *s as u8 == b)
@@ -127,6 +137,11 @@ impl ChildStep {
             ChildStep::NoNewPrivs => "prctl PR_SET_NO_NEW_PRIVS",
             ChildStep::ParentDeath => "prctl PR_SET_PDEATHSIG (or the shim is gone)",
             ChildStep::Cgroup => "joining the task's cgroup (cgroup.procs)",
+            ChildStep::Mounts => "setting up the sandbox's mounts",
+            ChildStep::Hostname => "sethostname",
+            ChildStep::Loopback => "bringing up lo",
+            ChildStep::Fork => "fork of the task by the sandbox's init",
+            ChildStep::Seccomp => "loading the seccomp filter",
         }
     }
 }
@@ -136,6 +151,7 @@ impl ChildStep {
 pub const CHILD_STATUS_LEN: usize = 5;
 
 /// Everything the task child needs, prepared before [`spawn_task`].
+#[derive(Clone, Copy)]
 pub struct ChildSetup<'a> {
     pub image: &'a ExecImage,
     pub stdin: RawFd,
@@ -154,12 +170,17 @@ pub struct ChildSetup<'a> {
     pub parent: i32,
     /// `cgroup.procs` of each of the task's cgroups, open for writing.
     pub cgroup_procs: &'a [RawFd],
+    /// Make a process group of its own (false: stay in the sandbox
+    /// init's, made before).
+    pub own_group: bool,
+    /// seccomp filters to load last, in order.
+    pub seccomp: &'a [seccompiler::BpfProgram],
     /// Write end of the close-on-exec exec-status pipe.
     pub status_fd: RawFd,
 }
 
 /// Writes the failed step and errno to the exec-status pipe and exits 127.
-fn child_fail(status_fd: RawFd, step: ChildStep) -> ! {
+pub(super) fn child_fail(status_fd: RawFd, step: ChildStep) -> ! {
     let errno = Errno::last_raw().to_le_bytes();
     let msg: [u8; CHILD_STATUS_LEN] = [step as u8, errno[0], errno[1], errno[2], errno[3]];
     // SAFETY: write(2) reads CHILD_STATUS_LEN bytes from a live stack array.
@@ -239,19 +260,15 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
 /// privileges ([`drop_privileges`]), an empty signal mask, then execve. Only async-signal-safe calls on prepared values; no
 /// allocation, no logging. On failure the step and errno go to the
 /// exec-status pipe.
-fn exec_child(s: &ChildSetup<'_>) -> ! {
+pub(super) fn exec_child(s: &ChildSetup<'_>) -> ! {
     // Into the task's cgroups first, so nothing it ever starts is outside
-    // them ("0" is the writer itself).
-    for fd in s.cgroup_procs {
-        // SAFETY: write(2) of a one-byte static string to a descriptor
-        // owned by the shim, open for the duration of the spawn.
-        if unsafe { libc::write(*fd, b"0".as_ptr().cast(), 1) } != 1 {
-            child_fail(s.status_fd, ChildStep::Cgroup);
-        }
+    // them.
+    if let Err(step) = join_cgroups(s) {
+        child_fail(s.status_fd, step);
     }
     // Own group next, so a group-wide kill by the shim covers the task even
     // if it dies in a later step.
-    if nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).is_err() {
+    if s.own_group && nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).is_err() {
         child_fail(s.status_fd, ChildStep::SetPgid);
     }
     // Dispositions set to "ignore" survive execve. The helper started with
@@ -288,6 +305,12 @@ fn exec_child(s: &ChildSetup<'_>) -> ! {
     }
     if let Err(step) = drop_privileges(s) {
         child_fail(s.status_fd, step);
+    }
+    // Last: from here on the filters refuse what they list, to us too.
+    for filter in s.seccomp {
+        if seccompiler::apply_filter(filter).is_err() {
+            child_fail(s.status_fd, ChildStep::Seccomp);
+        }
     }
     // The task starts with an empty mask (the shim blocks SIGCHLD, and
     // everything was blocked for the way here). Last, so that no signal is
@@ -333,6 +356,18 @@ fn exec_candidates(image: &ExecImage) {
     if refused {
         Errno::set_raw(libc::EACCES);
     }
+}
+
+/// Writes "0" (the writer itself) to each `cgroup.procs` of the setup.
+pub(super) fn join_cgroups(s: &ChildSetup<'_>) -> Result<(), ChildStep> {
+    for fd in s.cgroup_procs {
+        // SAFETY: write(2) of a one-byte static string to a descriptor
+        // owned by the shim, open for the duration of the spawn.
+        if unsafe { libc::write(*fd, b"0".as_ptr().cast(), 1) } != 1 {
+            return Err(ChildStep::Cgroup);
+        }
+    }
+    Ok(())
 }
 
 /// `_LINUX_CAPABILITY_VERSION_3` and its two-word data, see capget(2).
@@ -418,13 +453,13 @@ mod tests {
 
     #[test]
     fn child_steps_round_trip() {
-        for b in 1..=14u8 {
+        for b in 1..=19u8 {
             let step = ChildStep::from_u8(b).unwrap();
             assert_eq!(step as u8, b);
             assert!(!step.name().is_empty());
         }
         assert_eq!(ChildStep::from_u8(0), None);
-        assert_eq!(ChildStep::from_u8(15), None);
+        assert_eq!(ChildStep::from_u8(20), None);
     }
 
     #[test]

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use execgo_runtime_protocol::{
     HelperErrorKind, LaunchLimits, LaunchProfile, LaunchSpec, Launched, Request, Response,
-    TaskErrorCode,
+    SandboxSpec, TaskErrorCode,
 };
 
 use super::files::SCRIPT;
 use super::EngineError;
 use super::{error_chain, now, view, Engine};
-use crate::model::ExecutionKind;
+use crate::model::{ExecutionKind, NamespaceConfig, SandboxProfile};
 use crate::store::TaskRow;
 use crate::task::{outcome, DecidedBy, Input, StartedBy};
 use execgo_runtime_protocol::taskdir::ClaimRecord;
@@ -57,7 +57,23 @@ impl Engine {
             argv,
             env: env.into_iter().collect(),
             workspace_subdir: row.plan.effective_sandbox.workspace_subdir.clone(),
-            profile: LaunchProfile::Process,
+            profile: match row.plan.effective_sandbox.profile {
+                SandboxProfile::Process => LaunchProfile::Process,
+                SandboxProfile::LinuxSandbox => {
+                    let ns = row
+                        .plan
+                        .effective_sandbox
+                        .namespaces
+                        .unwrap_or(NamespaceConfig::DEFAULT);
+                    LaunchProfile::LinuxSandbox(SandboxSpec {
+                        mount: ns.mount,
+                        pid: ns.pid,
+                        uts: ns.uts,
+                        ipc: ns.ipc,
+                        net: ns.net,
+                    })
+                }
+            },
             limits: LaunchLimits {
                 wall_time_ms: l.wall_time_ms,
                 cpu_time_sec: l.cpu_time_sec.filter(|_| enforced.cpu_time_enforced),

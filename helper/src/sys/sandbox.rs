@@ -1,0 +1,301 @@
+//! The start of a `linux_sandbox` task: a child cloned into the namespaces
+//! asked for (a copy of the shim's memory, not shared: it may run while the
+//! shim goes on, and may allocate, being a process of its own), which joins the task's cgroups, sets up its mounts,
+//! hostname and loopback, and then either becomes the task or, with a pid
+//! namespace, is that namespace's init: it forks the task, reaps every
+//! process that ends up in the namespace, reports the task's wait status to
+//! the shim and exits, which kills whatever is left in the namespace.
+//!
+//! Mounts, in a mount namespace: every mount private; the workspace cloned
+//! as a detached mount (`open_tree`) while it is still writable; the whole
+//! tree made read-only (`mount_setattr`, recursive); the workspace clone
+//! attached on top of the workspace by descriptor (`move_mount`, never by
+//! path) and made the task's working directory; a tmpfs on `/tmp`; with a
+//! pid namespace, a fresh `/proc`.
+#![allow(unsafe_code)]
+
+use std::ffi::CStr;
+use std::os::fd::RawFd;
+
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+use super::process::exit_now;
+use super::task_child::{child_fail, exec_child, ChildSetup, ChildStep};
+
+/// The hostname inside a new UTS namespace.
+pub const HOSTNAME: &CStr = c"execgo-sandbox";
+
+/// What the sandbox child sets up, beyond the task child's own steps.
+#[derive(Debug, Clone, Copy)]
+pub struct SandboxSetup {
+    pub mount: bool,
+    pub pid: bool,
+    pub uts: bool,
+    pub ipc: bool,
+    pub net: bool,
+    /// Write end (close-on-exec) of the pipe the namespace's init reports
+    /// the task's wait status on, as 4 little-endian bytes.
+    pub report_fd: RawFd,
+}
+
+impl SandboxSetup {
+    fn clone_flags(&self) -> libc::c_int {
+        [
+            (self.mount, libc::CLONE_NEWNS),
+            (self.pid, libc::CLONE_NEWPID),
+            (self.uts, libc::CLONE_NEWUTS),
+            (self.ipc, libc::CLONE_NEWIPC),
+            (self.net, libc::CLONE_NEWNET),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .fold(0, |acc, (_, f)| acc | f)
+    }
+}
+
+/// Clones the sandbox child (fork-like: its own copy of our memory, every
+/// signal blocked across the clone and in it until the task's exec).
+/// Returns its pid in our namespace: the task itself, or the init of its
+/// pid namespace.
+pub fn spawn_sandboxed(setup: &ChildSetup<'_>, sb: &SandboxSetup) -> nix::Result<Pid> {
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+    let mut old = SigSet::empty();
+    pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut old),
+    )?;
+    let flags = (sb.clone_flags() | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: clone(2) without CLONE_VM and without a new stack behaves as
+    // fork(2) with namespace flags: the child gets a copy of our memory and
+    // goes on from here. We have one thread (the shim's rule), so no lock
+    // can be held by a thread that does not exist in the child.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0usize,
+        )
+    };
+    if pid == 0 {
+        sandbox_child(setup, sb);
+    }
+    let cloned = if pid < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(Pid::from_raw(pid as i32))
+    };
+    // The old mask is valid, so this cannot fail.
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    cloned
+}
+
+/// The sandbox child. Never returns: it execs the task, or exits.
+fn sandbox_child(s: &ChildSetup<'_>, sb: &SandboxSetup) -> ! {
+    if let Err(step) = super::task_child::join_cgroups(s) {
+        child_fail(s.status_fd, step);
+    }
+    // One group for the namespace: a signal to it reaches the task, which
+    // stays in it (init itself ignores what it has no handler for).
+    if nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).is_err() {
+        child_fail(s.status_fd, ChildStep::SetPgid);
+    }
+    let mut cwd = s.cwd;
+    if sb.mount {
+        match mounts(s.cwd, sb.pid) {
+            Ok(workspace) => cwd = workspace,
+            Err(step) => child_fail(s.status_fd, step),
+        }
+    }
+    if sb.uts {
+        // SAFETY: a NUL-terminated static string and its length.
+        let r = unsafe { libc::sethostname(HOSTNAME.as_ptr(), HOSTNAME.to_bytes().len()) };
+        if r != 0 {
+            child_fail(s.status_fd, ChildStep::Hostname);
+        }
+    }
+    if sb.net && loopback_up().is_err() {
+        child_fail(s.status_fd, ChildStep::Loopback);
+    }
+    let task = ChildSetup {
+        cgroup_procs: &[],
+        own_group: false,
+        cwd,
+        // In a new pid namespace our pid is 1; else we are the task, and
+        // the shim is the parent.
+        parent: if sb.pid { 1 } else { s.parent },
+        ..*s
+    };
+    if !sb.pid {
+        exec_child(&task);
+    }
+    // SAFETY: fork(2) of a single-threaded process; the child only makes
+    // the task child's async-signal-safe calls and execs.
+    match unsafe { libc::fork() } {
+        0 => exec_child(&task),
+        -1 => child_fail(s.status_fd, ChildStep::Fork),
+        child => init(child, s.status_fd, sb.report_fd),
+    }
+}
+
+/// The pid namespace's init: reaps everything until the task is reaped,
+/// reports its status and exits (the kernel then kills the rest of the
+/// namespace).
+fn init(task: libc::pid_t, status_fd: RawFd, report_fd: RawFd) -> ! {
+    // The shim learns of the exec when every write end is closed: ours too.
+    // SAFETY: closing a descriptor we own.
+    unsafe { libc::close(status_fd) };
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid(2) with a live local for the status.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid == task {
+            let bytes = status.to_le_bytes();
+            // SAFETY: write(2) of a live local array.
+            unsafe { libc::write(report_fd, bytes.as_ptr().cast(), bytes.len()) };
+            exit_now(0);
+        }
+        if pid < 0 && Errno::last_raw() != libc::EINTR {
+            exit_now(0);
+        }
+    }
+}
+
+/// `mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+
+/// The mount steps (see the module header). Returns the descriptor of the
+/// writable workspace mount, the task's working directory.
+fn mounts(workspace: RawFd, fresh_proc: bool) -> Result<RawFd, ChildStep> {
+    let check = |r: libc::c_long| if r < 0 { Err(ChildStep::Mounts) } else { Ok(r) };
+    // SAFETY: each call is a system call on static NUL-terminated strings,
+    // descriptors we own and live locals.
+    unsafe {
+        check(libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) as libc::c_long)?;
+        // The descriptor names the workspace in the shim's mount namespace,
+        // where the new mount calls refuse to work: the same directory is
+        // opened again here, by its path, and must be the same inode.
+        let workspace = reopen_here(workspace)?;
+        let tree = check(libc::syscall(
+            libc::SYS_open_tree,
+            workspace,
+            c"".as_ptr(),
+            OPEN_TREE_CLONE
+                | libc::O_CLOEXEC as libc::c_uint
+                | libc::AT_EMPTY_PATH as libc::c_uint
+                | libc::AT_RECURSIVE as libc::c_uint,
+        ))? as RawFd;
+        let ro = MountAttr {
+            attr_set: MOUNT_ATTR_RDONLY,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        check(libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c"/".as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &ro as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        ))?;
+        check(libc::syscall(
+            libc::SYS_move_mount,
+            tree,
+            c"".as_ptr(),
+            workspace,
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        ))?;
+        check(libc::mount(
+            c"tmpfs".as_ptr(),
+            c"/tmp".as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            c"mode=1777".as_ptr().cast(),
+        ) as libc::c_long)?;
+        if fresh_proc {
+            check(libc::mount(
+                c"proc".as_ptr(),
+                c"/proc".as_ptr(),
+                c"proc".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            ) as libc::c_long)?;
+        }
+        Ok(tree)
+    }
+}
+
+/// `fd`'s directory, opened by path in our (new) mount namespace; refused
+/// unless it is the same inode (a path swapped meanwhile is not followed).
+fn reopen_here(fd: RawFd) -> Result<RawFd, ChildStep> {
+    use std::os::unix::ffi::OsStrExt;
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).map_err(|_| ChildStep::Mounts)?;
+    let path =
+        std::ffi::CString::new(link.as_os_str().as_bytes()).map_err(|_| ChildStep::Mounts)?;
+    // SAFETY: open(2) of a NUL-terminated path we own.
+    let here = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if here < 0 {
+        return Err(ChildStep::Mounts);
+    }
+    let same = match (nix::sys::stat::fstat(fd), nix::sys::stat::fstat(here)) {
+        (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+        _ => false,
+    };
+    if !same {
+        Errno::set_raw(libc::ESTALE);
+        return Err(ChildStep::Mounts);
+    }
+    Ok(here)
+}
+
+/// Brings `lo` up in a new network namespace, where it starts down.
+fn loopback_up() -> Result<(), Errno> {
+    // SAFETY: socket(2), ioctl(2) on a zeroed, then filled, local ifreq,
+    // close(2) of the socket we made.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(Errno::last());
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo") {
+            *dst = *src as libc::c_char;
+        }
+        let mut r = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+        if r == 0 {
+            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            r = libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
+        }
+        let result = if r == 0 { Ok(()) } else { Err(Errno::last()) };
+        libc::close(fd);
+        result
+    }
+}

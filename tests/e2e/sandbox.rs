@@ -1,0 +1,210 @@
+//! The `linux_sandbox` profile through the real binaries, as root: what a
+//! task sees and may do inside it, and that its limits hold.
+
+use std::time::Duration;
+
+use execgo_runtime_tests::*;
+
+const T: Duration = Duration::from_secs(30);
+
+/// A runtime that offers linux_sandbox, or why the test is skipped.
+fn sandbox_server() -> Result<Server, &'static str> {
+    if !is_root() {
+        return Err("linux_sandbox needs a root helper");
+    }
+    let s = Server::start();
+    let caps = s.get("/api/v1/runtime/capabilities").json();
+    if caps["sandbox"]["linux_sandbox"] != true {
+        return Err("this host does not offer linux_sandbox");
+    }
+    Ok(s)
+}
+
+fn sandboxed(script: &str, extra: Value) -> Value {
+    let mut body = sh(script);
+    body["sandbox"] = json!({"profile": "linux_sandbox"});
+    if let Value::Object(m) = extra {
+        for (k, v) in m {
+            if k == "namespaces" {
+                body["sandbox"]["namespaces"] = v;
+            } else {
+                body[k] = v;
+            }
+        }
+    }
+    body
+}
+
+#[test]
+fn a_sandboxed_task_sees_only_itself_and_can_change_nothing_of_the_host() {
+    let s = match sandbox_server() {
+        Ok(s) => s,
+        Err(why) => return println!("skipped: {why}"),
+    };
+    let marker = format!("execgo-sandbox-tmp-{}", std::process::id());
+    let script = format!(
+        "grep -E '^(Uid|CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status
+         echo pids $(ls /proc | grep -c '^[0-9]')
+         echo host $(hostname)
+         mount -t tmpfs t /mnt 2>/dev/null && echo mounted || echo mount-refused
+         unshare -r true 2>/dev/null && echo unshared || echo unshare-refused
+         touch /etc/execgo-probe 2>/dev/null && echo etc-written || echo etc-read-only
+         echo data > written && cat written
+         echo x > /tmp/{marker} && echo tmp-written
+         ls /proc/self/fd > fds
+         echo fds $(tr '\\n' ' ' < fds)"
+    );
+    let id = s.submit(&sandboxed(&script, json!({})));
+    let st = s.wait_terminal(&id, T);
+    assert_eq!(st["status"], "success", "{st}");
+    let out = st["stdout"].as_str().unwrap();
+    for want in [
+        "CapEff:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+        "host execgo-sandbox",
+        "mount-refused",
+        "unshare-refused",
+        "etc-read-only",
+        "data\n",
+        "tmp-written",
+        "fds 0 1 2 3\n",
+    ] {
+        assert!(out.contains(want), "{want:?} missing: {out}");
+    }
+    let uid = nix::unistd::User::from_name("nobody").unwrap().unwrap().uid;
+    assert!(out.contains(&format!("Uid:\t{uid}\t")), "{out}");
+    // Its own processes only: init, the shell and what it runs.
+    let pids: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("pids "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(pids <= 6, "{pids} pids visible: {out}");
+    assert!(
+        !std::path::Path::new("/tmp").join(&marker).exists(),
+        "/tmp is not private"
+    );
+    let plan = &st["execution_plan"];
+    assert_eq!(
+        plan["effective_sandbox"]["profile"], "linux_sandbox",
+        "{plan}"
+    );
+    assert_eq!(plan["degraded"], false, "{plan}");
+}
+
+#[test]
+fn a_network_namespace_has_only_a_working_loopback() {
+    let s = match sandbox_server() {
+        Ok(s) => s,
+        Err(why) => return println!("skipped: {why}"),
+    };
+    let script = "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '
+        /usr/bin/python3 -c '
+import socket
+l = socket.socket(); l.bind((\"127.0.0.1\", 0)); l.listen()
+c = socket.create_connection(l.getsockname(), timeout=5)
+print(\"loopback-works\")'";
+    let ns = json!({"namespaces": {"net": true}});
+    let id = s.submit(&sandboxed(script, ns));
+    let st = s.wait_terminal(&id, T);
+    assert_eq!(st["stdout"], "lo\nloopback-works\n", "{st}");
+}
+
+#[test]
+fn the_memory_limit_ends_a_task_that_exceeds_it() {
+    let s = match sandbox_server() {
+        Ok(s) => s,
+        Err(why) => return println!("skipped: {why}"),
+    };
+    let script = "exec /usr/bin/python3 -c 'b = bytearray(256 * 1024 * 1024); print(len(b))'";
+    let limit: u64 = 64 * 1024 * 1024;
+    let id = s.submit(&sandboxed(
+        script,
+        json!({"limits": {"memory_bytes": limit}}),
+    ));
+    let st = s.wait_terminal(&id, T);
+    assert_eq!(st["status"], "failed", "{st}");
+    assert_eq!(st["error"]["code"], "memory_limit_exceeded", "{st}");
+    let peak = st["usage"]["memory_peak_bytes"].as_u64().expect("peak");
+    assert!(
+        peak > limit / 2 && peak <= limit + (1 << 20),
+        "peak {peak}: {st}"
+    );
+}
+
+#[test]
+fn a_fork_bomb_is_held_at_the_pids_limit() {
+    let s = match sandbox_server() {
+        Ok(s) => s,
+        Err(why) => return println!("skipped: {why}"),
+    };
+    let script = "exec /usr/bin/python3 -c '
+import os, time
+n = 0
+for i in range(200):
+    try:
+        if os.fork() == 0:
+            time.sleep(5); os._exit(0)
+        n += 1
+    except OSError:
+        break
+print(n)'";
+    let id = s.submit(&sandboxed(
+        script,
+        json!({"limits": {"pids_max": 16, "wall_time_ms": 20000}}),
+    ));
+    let st = s.wait_terminal(&id, T);
+    let forked: u32 = st["stdout"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .parse()
+        .expect("a count");
+    // init and python hold two of the sixteen.
+    assert!(forked <= 14, "{forked} forks under pids_max 16: {st}");
+    assert!(forked >= 10, "{st}");
+}
+
+#[test]
+fn a_sandboxed_task_times_out_and_its_namespace_dies() {
+    let s = match sandbox_server() {
+        Ok(s) => s,
+        Err(why) => return println!("skipped: {why}"),
+    };
+    let script = "setsid sleep 300 & sleep 300";
+    let id = s.submit(&sandboxed(
+        script,
+        json!({"limits": {"wall_time_ms": 1000}}),
+    ));
+    let st = s.wait_terminal(&id, T);
+    assert_eq!(st["error"]["code"], "timeout", "{st}");
+    let needle = s.task_dir(&id);
+    assert!(pids_mentioning(needle.to_str().unwrap()).is_empty());
+}
+
+#[test]
+fn a_rootfs_is_refused_in_strict_mode_and_dropped_in_adaptive() {
+    let s = match sandbox_server() {
+        Ok(s) => s,
+        Err(why) => return println!("skipped: {why}"),
+    };
+    let mut body = sandboxed("true", json!({}));
+    body["sandbox"]["rootfs"] = json!("/srv/rootfs");
+    body["sandbox"]["chroot"] = json!(true);
+    body["policy"] = json!({"capability_mode": "strict"});
+    let r = s.post("/api/v1/tasks", &body);
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.code(), "unsupported_capability");
+    assert!(r.text.contains("rootfs"), "{}", r.text);
+    body["policy"] = json!({"capability_mode": "adaptive"});
+    let id = s.submit(&body);
+    let st = s.wait_terminal(&id, T);
+    assert_eq!(st["status"], "success", "{st}");
+    let plan = &st["execution_plan"];
+    assert_eq!(plan["degraded"], true, "{plan}");
+    assert!(plan["effective_sandbox"].get("rootfs").is_none(), "{plan}");
+}
