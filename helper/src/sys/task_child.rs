@@ -87,6 +87,7 @@ pub enum ChildStep {
     NoNewPrivs = 12,
     ParentDeath = 13,
     Cgroup = 14,
+    RlimitNofile = 15,
 }
 
 impl ChildStep {
@@ -106,6 +107,7 @@ impl ChildStep {
             ChildStep::NoNewPrivs,
             ChildStep::ParentDeath,
             ChildStep::Cgroup,
+            ChildStep::RlimitNofile,
         ]
         .into_iter()
         .find(|s| *s as u8 == b)
@@ -127,6 +129,7 @@ impl ChildStep {
             ChildStep::NoNewPrivs => "prctl PR_SET_NO_NEW_PRIVS",
             ChildStep::ParentDeath => "prctl PR_SET_PDEATHSIG (or the shim is gone)",
             ChildStep::Cgroup => "joining the task's cgroup (cgroup.procs)",
+            ChildStep::RlimitNofile => "setrlimit RLIMIT_NOFILE",
         }
     }
 }
@@ -146,6 +149,9 @@ pub struct ChildSetup<'a> {
     pub cpu: Option<(u64, u64)>,
     /// (soft, hard) RLIMIT_AS in bytes.
     pub address_space: Option<(u64, u64)>,
+    /// (soft, hard) RLIMIT_NOFILE: the limit the helper found at start,
+    /// before it raised its own.
+    pub nofile: Option<(u64, u64)>,
     /// (uid, gid) to switch to, with no supplementary groups; `None`
     /// keeps ours.
     pub identity: Option<(u32, u32)>,
@@ -276,6 +282,11 @@ fn exec_child(s: &ChildSetup<'_>) -> ! {
     if let Some((soft, hard)) = s.address_space {
         if nix::sys::resource::setrlimit(Resource::RLIMIT_AS, soft, hard).is_err() {
             child_fail(s.status_fd, ChildStep::RlimitAs);
+        }
+    }
+    if let Some((soft, hard)) = s.nofile {
+        if nix::sys::resource::setrlimit(Resource::RLIMIT_NOFILE, soft, hard).is_err() {
+            child_fail(s.status_fd, ChildStep::RlimitNofile);
         }
     }
     for (from, to) in [(s.stdin, 0), (s.stdout, 1), (s.stderr, 2)] {
@@ -418,13 +429,13 @@ mod tests {
 
     #[test]
     fn child_steps_round_trip() {
-        for b in 1..=14u8 {
+        for b in 1..=15u8 {
             let step = ChildStep::from_u8(b).unwrap();
             assert_eq!(step as u8, b);
             assert!(!step.name().is_empty());
         }
         assert_eq!(ChildStep::from_u8(0), None);
-        assert_eq!(ChildStep::from_u8(15), None);
+        assert_eq!(ChildStep::from_u8(16), None);
     }
 
     #[test]
