@@ -111,6 +111,17 @@ pub struct Args {
     /// must have our own uid. Exits 0 when the peer closes.
     #[arg(long, value_name = "FD", hide = true)]
     pub inherited_fd: Option<i32>,
+
+    /// Internal (tests): close a handshaken standalone connection after
+    /// this many seconds without input, instead of the documented 10
+    /// minutes (`conn::IDLE_TIMEOUT`).
+    #[arg(
+        long,
+        value_name = "SECS",
+        hide = true,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub idle_timeout_secs: Option<u64>,
 }
 
 /// `--cgroup-root`: absolute, normalised, not `/`. Rejected, never
@@ -170,6 +181,28 @@ mod tests {
         assert!(a.allow_root_tasks);
         let a = parse(&["--data-dir", "d", "--inherited-fd", "5"]).unwrap();
         assert_eq!(a.inherited_fd, Some(5));
+        assert_eq!(a.idle_timeout_secs, None);
+        let a = parse(&[
+            "--data-dir",
+            "d",
+            "--socket",
+            "s",
+            "--allowed-uid",
+            "7",
+            "--idle-timeout-secs",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(a.idle_timeout_secs, Some(2));
+        assert!(parse(&[
+            "--data-dir",
+            "d",
+            "--inherited-fd",
+            "5",
+            "--idle-timeout-secs",
+            "0"
+        ])
+        .is_err());
         assert_eq!(
             a.cgroup_root,
             PathBuf::from("/sys/fs/cgroup/execgo-runtime")

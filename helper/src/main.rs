@@ -9,6 +9,7 @@
 //! fork relies on it); see `docs/helper.md`.
 #![deny(unsafe_code)]
 
+mod accept;
 mod cgroup;
 mod cli;
 mod conn;
@@ -21,6 +22,7 @@ mod listener;
 mod logging;
 mod namespaces;
 mod os_error;
+mod outbox;
 mod peer;
 mod probe;
 mod probe_child;
@@ -44,6 +46,7 @@ use nix::fcntl::{FcntlArg, FdFlag, OFlag};
 use nix::sys::socket::{getsockopt, sockopt::SockType as SockTypeOpt, SockType};
 use nix::sys::stat::Mode;
 
+use crate::conn::Limits;
 use crate::dispatch::{Context, Dispatcher};
 use crate::peer::PeerPolicy;
 use crate::server::Mode as ServeMode;
@@ -161,7 +164,7 @@ fn run(args: cli::Args) -> Result<(), MainError> {
             };
             let owner = capabilities.privileged.then_some((first, policy.gid));
             ServeMode::Standalone {
-                listener: listener::bind(path, owner)?,
+                listener: listener::bind(path, owner, policy.gid)?,
                 policy,
             }
         }
@@ -214,7 +217,16 @@ fn run(args: cli::Args) -> Result<(), MainError> {
         cgroups,
     });
     dispatcher.sweep_cgroups();
-    let served = server::serve(mode, &dispatcher);
+    // Embedded, the one connection is the runtime that started us, and its
+    // end is ours: it is never closed for being idle.
+    let limits = match mode {
+        ServeMode::Standalone { .. } => Limits::standard(Some(
+            args.idle_timeout_secs
+                .map_or(conn::IDLE_TIMEOUT, std::time::Duration::from_secs),
+        )),
+        ServeMode::Embedded { .. } => Limits::standard(None),
+    };
+    let served = server::serve(mode, &dispatcher, limits);
     dispatcher.release_cgroups();
     served?;
     Ok(())

@@ -7,8 +7,38 @@
 //! only with CAP_SYS_RESOURCE, so requested values are clamped to the hard
 //! limit the shim itself runs under: the task is never given more than
 //! asked, and the launch does not fail because the host is stricter.
+//!
+//! RLIMIT_NOFILE is the helper's own: it holds a descriptor per connection
+//! and per launch in flight, so start-up raises its soft limit to the hard
+//! one ([`raise_nofile`]). Tasks must not inherit that: the limit found at
+//! start is recorded here, and the task child puts the soft limit back
+//! before its exec. The record is a process global on purpose: every shim
+//! is a forked copy of the helper's memory and finds it there.
 
-use nix::sys::resource::{getrlimit, Resource};
+use std::sync::OnceLock;
+
+use nix::errno::Errno;
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+
+/// (soft, hard) RLIMIT_NOFILE as the helper found it at start.
+static TASK_NOFILE: OnceLock<(u64, u64)> = OnceLock::new();
+
+/// Raises our RLIMIT_NOFILE soft limit to the hard one (always allowed),
+/// recording the limit found for tasks. Returns the new limit.
+pub fn raise_nofile() -> Result<u64, Errno> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let _ = TASK_NOFILE.set((soft, hard));
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard)
+}
+
+/// (soft, hard) RLIMIT_NOFILE for a task: the soft limit the helper was
+/// started with. `None` when start-up did not record one (unit tests).
+pub fn task_nofile() -> Option<(u64, u64)> {
+    TASK_NOFILE.get().copied()
+}
 
 /// (soft, hard) RLIMIT_CPU for `seconds`, within `current_hard`.
 pub fn cpu_pair(seconds: u64, current_hard: u64) -> (u64, u64) {

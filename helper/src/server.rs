@@ -1,13 +1,14 @@
 //! The serve loop: one thread, one poll(2) over the listener (standalone
-//! mode) and every connection, with a timeout to the earliest partial
-//! frame's deadline. A readable connection's requests are served to
-//! completion and answered at once, in order (see [`crate::conn`]): a
-//! launch costs the time to start its shim, not the time its task takes to
-//! start.
+//! mode, unless accepting is paused, see [`crate::accept`]) and every
+//! connection, with a timeout to the earliest deadline. A connection is
+//! polled for input while its unsent replies are below their bound and
+//! for output while any wait (see [`crate::conn`]); its whole frames are
+//! served to completion and answered in order: a launch costs the time to
+//! start its shim, not the time its task takes to start. Nothing blocks,
+//! so no peer can hold up another.
 //!
-//! Each new connection's SO_PEERCRED is checked before a byte is read; a
-//! refused peer is closed without a reply. Embedded mode serves its single
-//! inherited connection and returns when the peer closes it.
+//! Embedded mode serves its single inherited connection and returns when
+//! it closes.
 
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -16,15 +17,12 @@ use std::time::Instant;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use crate::conn::{Conn, Flow};
+use crate::accept::{accept_all, AcceptGate};
+use crate::conn::{Conn, Flow, Limits};
 use crate::deadline;
 use crate::dispatch::Dispatcher;
 use crate::logging;
 use crate::peer::{peer_of, PeerError, PeerPolicy};
-
-/// At most this many open connections; more are closed at accept. The
-/// runtime uses one; the cap only bounds what a misbehaving peer can hold.
-pub const MAX_CONNECTIONS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -34,8 +32,6 @@ pub enum ServeError {
     InheritedPeerRefused,
     #[error("checking the inherited connection's peer failed")]
     InheritedPeer(#[source] PeerError),
-    #[error("setting up the inherited connection failed")]
-    InheritedSetup(#[source] std::io::Error),
 }
 
 pub enum Mode {
@@ -49,7 +45,7 @@ pub enum Mode {
     },
 }
 
-pub fn serve(mode: Mode, d: &Dispatcher) -> Result<(), ServeError> {
+pub fn serve(mode: Mode, d: &Dispatcher, limits: Limits) -> Result<(), ServeError> {
     let (listener, policy, mut conns) = match mode {
         Mode::Standalone { listener, policy } => (Some(listener), policy, Vec::new()),
         Mode::Embedded { stream, policy } => {
@@ -63,25 +59,32 @@ pub fn serve(mode: Mode, d: &Dispatcher) -> Result<(), ServeError> {
                 );
                 return Err(ServeError::InheritedPeerRefused);
             }
-            let conn = Conn::new(stream, peer).map_err(ServeError::InheritedSetup)?;
+            let conn = Conn::new(stream, peer, limits, Instant::now());
             (None, policy, vec![conn])
         }
     };
+    let mut gate = AcceptGate::default();
     loop {
         if listener.is_none() && conns.is_empty() {
             tracing::info!(target: logging::TARGET, "the runtime closed its connection; exiting");
             return Ok(());
         }
-        let next = conns.iter().filter_map(Conn::deadline).min();
-        let timeout = deadline::poll_timeout_ms(Instant::now(), next);
-        // Whether each descriptor had an event: the listener's first, if
-        // there is one, then each connection's in order.
-        let events: Vec<bool> = {
+        let now = Instant::now();
+        let accepting = listener.as_ref().filter(|_| gate.is_open(now));
+        let next = conns
+            .iter()
+            .filter_map(Conn::deadline)
+            .chain(gate.deadline())
+            .min();
+        let timeout = deadline::poll_timeout_ms(now, next);
+        // Each descriptor's events: the listener's first, if it is polled,
+        // then each connection's in order.
+        let events: Vec<PollFlags> = {
             let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(conns.len() + 1);
-            if let Some(l) = &listener {
+            if let Some(l) = accepting {
                 fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
             }
-            fds.extend(conns.iter().map(|c| PollFd::new(c.fd(), PollFlags::POLLIN)));
+            fds.extend(conns.iter().map(|c| PollFd::new(c.fd(), c.interest())));
             let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::NONE);
             match poll(&mut fds, timeout) {
                 Ok(_) => {}
@@ -89,93 +92,25 @@ pub fn serve(mode: Mode, d: &Dispatcher) -> Result<(), ServeError> {
                 Err(e) => return Err(ServeError::Poll(e)),
             }
             fds.iter()
-                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .map(|f| f.revents().unwrap_or(PollFlags::empty()))
                 .collect()
         };
-        let (accept_ready, conn_events) = match (&listener, events.split_first()) {
-            (Some(_), Some((first, rest))) => (*first, rest),
+        let (accept_ready, conn_events) = match (accepting, events.split_first()) {
+            (Some(_), Some((first, rest))) => (!first.is_empty(), rest),
             _ => (false, events.as_slice()),
         };
-        let now = Instant::now();
         let mut conn_events = conn_events.iter();
         conns.retain_mut(|c| {
-            // A hang-up or an error is an event too: the read finds it.
+            // A hang-up or an error is an event too: the read or the write
+            // finds it.
             let flow = match conn_events.next() {
-                Some(true) => c.on_readable(d),
+                Some(r) if !r.is_empty() => c.on_event(*r, d),
                 _ => Flow::Open,
             };
-            flow == Flow::Open && c.on_tick(now) == Flow::Open
+            flow == Flow::Open && c.on_tick(Instant::now()) == Flow::Open
         });
-        if accept_ready {
-            if let Some(l) = &listener {
-                accept_all(l, &policy, &mut conns);
-            }
-        }
-    }
-}
-
-/// Accepts every pending connection (the listener is non-blocking).
-fn accept_all(listener: &UnixListener, policy: &PeerPolicy, conns: &mut Vec<Conn>) {
-    loop {
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                // ECONNABORTED, EMFILE and the like: this attempt is lost,
-                // the listener is fine; poll will report the next one.
-                tracing::warn!(target: logging::TARGET, error = %e, "accept failed");
-                return;
-            }
-        };
-        let peer = match peer_of(&stream) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(
-                    target: logging::TARGET,
-                    error = %logging::chain(&e),
-                    "closing a connection whose peer is unknown"
-                );
-                continue;
-            }
-        };
-        let (peer_pid, peer_uid, peer_gid) = (peer.pid, peer.uid, peer.gid);
-        if !policy.allows(&peer) {
-            tracing::warn!(
-                target: logging::TARGET,
-                peer_pid,
-                peer_uid,
-                peer_gid,
-                "refused a connection from a peer that is not allowed"
-            );
-            continue;
-        }
-        if conns.len() >= MAX_CONNECTIONS {
-            tracing::warn!(
-                target: logging::TARGET,
-                peer_pid,
-                peer_uid,
-                peer_gid,
-                "refused a connection: too many open connections"
-            );
-            continue;
-        }
-        match Conn::new(stream, peer) {
-            Ok(c) => {
-                tracing::debug!(
-                    target: logging::TARGET,
-                    peer_pid,
-                    peer_uid,
-                    peer_gid,
-                    "accepted a connection"
-                );
-                conns.push(c);
-            }
-            Err(e) => tracing::warn!(
-                target: logging::TARGET,
-                error = %e,
-                "setting up a connection failed"
-            ),
+        if let (true, Some(l)) = (accept_ready, &listener) {
+            accept_all(l, &policy, limits, &mut gate, &mut conns);
         }
     }
 }

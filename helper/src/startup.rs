@@ -8,7 +8,7 @@ use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag};
 use nix::sys::stat::{umask, Mode};
 
-use crate::sys;
+use crate::{rlimits, sys};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -28,6 +28,8 @@ pub enum StartupError {
     Signals(#[source] Errno),
     #[error("ignoring SIGPIPE failed")]
     SigPipe(#[source] Errno),
+    #[error("raising RLIMIT_NOFILE to its hard limit failed")]
+    Nofile(#[source] Errno),
 }
 
 /// Runs the clean-up steps in order. `keep` is the inherited socket of
@@ -56,6 +58,10 @@ pub fn clean(keep: Option<RawFd>) -> Result<(), StartupError> {
     sys::unignore_inherited_signals().map_err(StartupError::Signals)?;
     // 7. A peer that hangs up must be an EPIPE, not our death.
     sys::ignore_sigpipe().map_err(StartupError::SigPipe)?;
+    // 8. As many descriptors as we may have: each connection and each
+    //    launch in flight holds some. The limit we found is recorded, and
+    //    every task gets it back (see `rlimits`).
+    rlimits::raise_nofile().map_err(StartupError::Nofile)?;
     Ok(())
 }
 

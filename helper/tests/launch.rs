@@ -548,3 +548,29 @@ fn cpu_limit_is_enforced_with_sigxcpu() {
     assert_eq!(r["error"]["code"], "cpu_limit_exceeded");
     assert_eq!(r["exit_signal"], 24);
 }
+
+/// The helper raises its own RLIMIT_NOFILE soft limit to the hard one at
+/// start; a task gets the limit the helper was started with.
+#[test]
+fn a_task_gets_the_descriptor_limit_the_helper_was_started_with() {
+    use nix::sys::resource::{getrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    // Ours, if the helper has room to raise it; else one below the hard.
+    let soft = if soft < hard { soft } else { hard / 2 };
+    let h = Helper::start_configured(common::my_uid(), None, &[], |cmd| {
+        common::limit_nofile(cmd, soft, hard)
+    });
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", h.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let nums: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(nums, [hard.to_string(), hard.to_string()], "{line}");
+    let dir = h.task("nofile");
+    h.client()
+        .launch(spec("nofile", &["sh", "-c", "ulimit -Sn; ulimit -Hn"]));
+    let r = wait_result(&dir, WAIT);
+    assert_eq!(r["status"], "success", "{r}");
+    assert_eq!(r["stdout"], format!("{soft}\n{hard}\n"), "{r}");
+}

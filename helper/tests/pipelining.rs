@@ -174,3 +174,55 @@ fn a_connection_that_goes_away_leaves_its_shims_running() {
     }
     h.assert_alive();
 }
+
+/// A connection's input is not read while its unsent replies are at their
+/// bound, so pipelining many requests before reading any reply costs the
+/// helper bounded memory, and every reply still comes, in order.
+#[test]
+fn thousands_of_pipelined_requests_cost_bounded_memory() {
+    const COUNT: usize = 200_000;
+    let hwm = |pid: u32| -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    };
+    let h = Helper::start();
+    let before = hwm(h.pid());
+    let mut c = h.client();
+    // Every 1000th request a probe, so that order shows.
+    let is_probe = |i: usize| i % 1000 == 999;
+    let mut bytes = Vec::new();
+    for i in 0..COUNT {
+        let req = if is_probe(i) {
+            Request::Probe
+        } else {
+            Request::Ping
+        };
+        bytes.extend(encode(&req).unwrap());
+    }
+    let mut writer = c.stream.try_clone().unwrap();
+    let t = Instant::now();
+    let pipelined = std::thread::spawn(move || writer.write_all(&bytes).unwrap());
+    // Nothing read for a while: the helper stops reading, the writer
+    // blocks.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!pipelined.is_finished(), "the helper took every request");
+    for i in 0..COUNT {
+        match read_frame::<Response, _>(&mut c.stream).unwrap() {
+            Response::Pong if !is_probe(i) => {}
+            Response::Probe(_) if is_probe(i) => {}
+            other => panic!("reply {i}: {other:?}"),
+        }
+    }
+    pipelined.join().unwrap();
+    assert_eq!(c.call(&Request::Ping), Response::Pong);
+    let grown = hwm(h.pid()).saturating_sub(before);
+    assert!(grown < 8 * 1024, "the helper grew by {grown} KiB");
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    println!(
+        "{COUNT} requests in {:?}, peak grew {grown} KiB",
+        t.elapsed()
+    );
+}

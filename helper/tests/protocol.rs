@@ -294,10 +294,9 @@ fn command_line() {
     ] {
         assert!(text.contains(flag), "{flag} missing from help:\n{text}");
     }
-    assert!(
-        !text.contains("--inherited-fd"),
-        "internal flag shown:\n{text}"
-    );
+    for internal in ["--inherited-fd", "--idle-timeout-secs"] {
+        assert!(!text.contains(internal), "internal flag shown:\n{text}");
+    }
     let me = common::my_uid();
     let task_user = common::task_user_args(1, me, &[]);
     let task_user: Vec<&str> = task_user.iter().map(String::as_str).collect();

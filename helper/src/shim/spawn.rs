@@ -134,6 +134,7 @@ pub fn spawn(
         cwd: cwd.as_raw_fd(),
         cpu: plan.cpu,
         address_space: plan.address_space,
+        nofile: rlimits::task_nofile(),
         identity: plan.identity,
         parent: nix::unistd::getpid().as_raw(),
         cgroup_procs: &cgroup_procs,

@@ -92,6 +92,7 @@ pub enum ChildStep {
     Loopback = 17,
     Fork = 18,
     Seccomp = 19,
+    RlimitNofile = 20,
 }
 
 impl ChildStep {
@@ -116,6 +117,7 @@ impl ChildStep {
             ChildStep::Loopback,
             ChildStep::Fork,
             ChildStep::Seccomp,
+            ChildStep::RlimitNofile,
         ]
         .into_iter()
         .find(|s| *s as u8 == b)
@@ -142,6 +144,7 @@ impl ChildStep {
             ChildStep::Loopback => "bringing up lo",
             ChildStep::Fork => "fork of the task by the sandbox's init",
             ChildStep::Seccomp => "loading the seccomp filter",
+            ChildStep::RlimitNofile => "setrlimit RLIMIT_NOFILE",
         }
     }
 }
@@ -162,6 +165,9 @@ pub struct ChildSetup<'a> {
     pub cpu: Option<(u64, u64)>,
     /// (soft, hard) RLIMIT_AS in bytes.
     pub address_space: Option<(u64, u64)>,
+    /// (soft, hard) RLIMIT_NOFILE: the limit the helper found at start,
+    /// before it raised its own.
+    pub nofile: Option<(u64, u64)>,
     /// (uid, gid) to switch to, with no supplementary groups; `None`
     /// keeps ours.
     pub identity: Option<(u32, u32)>,
@@ -293,6 +299,11 @@ pub(super) fn exec_child(s: &ChildSetup<'_>) -> ! {
     if let Some((soft, hard)) = s.address_space {
         if nix::sys::resource::setrlimit(Resource::RLIMIT_AS, soft, hard).is_err() {
             child_fail(s.status_fd, ChildStep::RlimitAs);
+        }
+    }
+    if let Some((soft, hard)) = s.nofile {
+        if nix::sys::resource::setrlimit(Resource::RLIMIT_NOFILE, soft, hard).is_err() {
+            child_fail(s.status_fd, ChildStep::RlimitNofile);
         }
     }
     for (from, to) in [(s.stdin, 0), (s.stdout, 1), (s.stderr, 2)] {
@@ -453,13 +464,13 @@ mod tests {
 
     #[test]
     fn child_steps_round_trip() {
-        for b in 1..=19u8 {
+        for b in 1..=20u8 {
             let step = ChildStep::from_u8(b).unwrap();
             assert_eq!(step as u8, b);
             assert!(!step.name().is_empty());
         }
         assert_eq!(ChildStep::from_u8(0), None);
-        assert_eq!(ChildStep::from_u8(20), None);
+        assert_eq!(ChildStep::from_u8(21), None);
     }
 
     #[test]

@@ -349,3 +349,17 @@ pub fn send_raw(s: &mut UnixStream, bytes: &[u8]) {
     // The helper may close after the first bytes; later ones may EPIPE.
     let _ = s.write_all(bytes);
 }
+
+/// Makes `cmd` start with RLIMIT_NOFILE at (soft, hard).
+#[allow(unsafe_code)]
+pub fn limit_nofile(cmd: &mut Command, soft: u64, hard: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and only calls
+    // setrlimit, which is async-signal-safe and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
