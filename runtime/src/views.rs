@@ -110,7 +110,7 @@ pub fn capabilities(e: &Engine) -> Value {
     let capacity = e.with_ledger(|l| l.capacity);
     let mut enhanced = vec!["resource_ledger"];
     if caps.linux_sandbox {
-        enhanced.extend(["linux_sandbox", "namespaces", "chroot"]);
+        enhanced.extend(["linux_sandbox", "namespaces"]);
     }
     if caps.cgroup_memory {
         enhanced.push("cgroup_memory");
