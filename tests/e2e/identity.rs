@@ -305,3 +305,46 @@ fn a_task_gets_only_stdin_stdout_and_stderr() {
     // ls's own descriptor for the directory is the lowest free one, 3.
     assert_eq!(fds, [0, 1, 2, 3], "{st}");
 }
+
+/// linux_sandbox in the separated layout: the unprivileged runtime asks, the
+/// root helper sandboxes, the task holds nothing and sees only itself.
+#[test]
+fn separated_mode_sandboxes_tasks() {
+    if !is_root() {
+        println!("skipped: the separated layout needs a root helper");
+        return;
+    }
+    let tmp = tempdir();
+    std::fs::create_dir_all(tmp.path().join("data")).unwrap();
+    let mut helper = start_root_helper(tmp.path(), &["--task-user", "nobody"]);
+    let s = start_unprivileged_runtime(tmp.path());
+    let caps = s.get("/api/v1/runtime/capabilities").json();
+    if caps["sandbox"]["linux_sandbox"] != true {
+        println!("skipped: this host does not offer linux_sandbox");
+        return;
+    }
+    let mut body = sh(&format!(
+        "{STATUS_LINES}
+         grep '^Seccomp:' /proc/self/status
+         echo pids $(ls /proc | grep -c '^[0-9]')"
+    ));
+    body["sandbox"] = json!({"profile": "linux_sandbox"});
+    body["policy"] = json!({"capability_mode": "strict"});
+    let id = s.submit(&body);
+    let st = s.wait_terminal(&id, T);
+    assert_eq!(st["status"], "success", "{st}");
+    let out = st["stdout"].as_str().unwrap();
+    let (uid, gid) = nobody();
+    assert_unprivileged(out, uid, gid);
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    let pids: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("pids "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(pids <= 6, "{out}");
+    drop(s);
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+}
