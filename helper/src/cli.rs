@@ -81,6 +81,12 @@ pub struct Args {
     #[arg(long)]
     pub allow_root_tasks: bool,
 
+    /// A directory whose subdirectories `linux_sandbox` tasks may use as
+    /// their root (`sandbox.rootfs` with `chroot: true`). Absolute and
+    /// normalised; repeatable. Without one, no task gets a rootfs.
+    #[arg(long, value_name = "DIR", value_parser = parse_cgroup_root)]
+    pub rootfs_dir: Vec<PathBuf>,
+
     /// Parent cgroup of per-task cgroups. Where the unified (v2) hierarchy
     /// is mounted at or above PATH it is used as given; in any other
     /// hierarchy (every v1 one, a hybrid host's /sys/fs/cgroup/unified) the
@@ -124,8 +130,8 @@ pub struct Args {
     pub idle_timeout_secs: Option<u64>,
 }
 
-/// `--cgroup-root`: absolute, normalised, not `/`. Rejected, never
-/// repaired.
+/// `--cgroup-root` and `--rootfs-dir`: absolute, normalised, not `/`.
+/// Rejected, never repaired.
 fn parse_cgroup_root(s: &str) -> Result<PathBuf, String> {
     let p = Path::new(s);
     if !p.is_absolute() {

@@ -22,6 +22,8 @@ pub struct Context {
     pub task_identity: Option<crate::identity::TaskIdentity>,
     /// Where task cgroups go; `None` when the host has no usable one.
     pub cgroups: Option<crate::cgroup::task::Placement>,
+    /// The `--rootfs-dir`s, as given and opened at start.
+    pub rootfs_dirs: Vec<(String, OwnedFd)>,
 }
 
 pub struct Dispatcher {
@@ -136,6 +138,7 @@ pub fn test_dispatcher() -> (tempfile::TempDir, Dispatcher) {
         },
         task_identity: None,
         cgroups: None,
+        rootfs_dirs: Vec::new(),
     };
     (tmp, Dispatcher::new(ctx))
 }

@@ -77,6 +77,25 @@ pub fn open_dir(dir: BorrowedFd<'_>, name: &str) -> Result<OwnedFd, Errno> {
     )
 }
 
+/// Opens the directory at the relative path `rel` beneath `dir`, never
+/// above it and never through a symlink: openat2 where the kernel has it,
+/// else one `O_NOFOLLOW` component at a time (refusing `.` and `..`).
+pub fn open_dir_beneath(dir: BorrowedFd<'_>, rel: &str) -> Result<OwnedFd, Errno> {
+    match sys::open_dir_beneath(dir, rel) {
+        Err(Errno::ENOSYS) => {}
+        other => return other,
+    }
+    let mut cur: Option<OwnedFd> = None;
+    for part in rel.split('/') {
+        if part.is_empty() || part == "." || part == ".." {
+            return Err(Errno::EXDEV);
+        }
+        let parent = cur.as_ref().map_or(dir, |f| f.as_fd());
+        cur = Some(open_dir(parent, part)?);
+    }
+    cur.ok_or(Errno::EINVAL)
+}
+
 /// Whether `name` under `dir` is itself a symlink (for error messages).
 pub fn is_symlink(dir: BorrowedFd<'_>, name: &str) -> bool {
     nix::sys::stat::fstatat(

@@ -17,7 +17,9 @@
 use std::os::fd::{AsFd, OwnedFd};
 
 use execgo_runtime_protocol::taskdir::start_ticks;
-use execgo_runtime_protocol::{HelperError, HelperErrorKind, LaunchSpec, Launched, Response};
+use execgo_runtime_protocol::{
+    HelperError, HelperErrorKind, LaunchProfile, LaunchSpec, Launched, Response,
+};
 use nix::errno::Errno;
 
 use crate::dispatch::Context;
@@ -49,6 +51,16 @@ pub enum LaunchError {
     Threaded(usize),
     #[error("counting the helper's threads failed")]
     ThreadCount(#[source] std::io::Error),
+    #[error("sandbox.rootfs {0:?} is not inside a --rootfs-dir of this helper, or chroot lacks the mount namespace")]
+    RootfsNotAllowed(String),
+    #[error(
+        "opening the rootfs {path:?} beneath its --rootfs-dir without following symlinks failed"
+    )]
+    Rootfs {
+        path: String,
+        #[source]
+        source: Errno,
+    },
 }
 
 impl LaunchError {
@@ -57,6 +69,9 @@ impl LaunchError {
             LaunchError::Invalid(_)
             | LaunchError::TaskDirMissing(_)
             | LaunchError::TaskDirNotADir(_) => HelperErrorKind::InvalidRequest,
+            LaunchError::RootfsNotAllowed(_) | LaunchError::Rootfs { .. } => {
+                HelperErrorKind::SandboxSetupFailed
+            }
             // A shim may be running, and nobody knows its pid: not a plain
             // launch failure (see docs/helper.md).
             LaunchError::Start(DetachError::Lost(_)) => HelperErrorKind::Internal,
@@ -101,6 +116,7 @@ pub fn launch(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Response {
 fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, LaunchError> {
     // Validation first: a refused request has no side effect at all.
     let launch = validate(spec)?;
+    let rootfs = open_rootfs(ctx, &launch.profile)?;
     let task_dir = open_task_dir(ctx, &launch.task_id)?;
     let cgroups = ctx.cgroups.clone().filter(|_| launch.task_cgroups);
     let shim_ctx = ShimContext {
@@ -111,6 +127,7 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, Launc
         privileged: ctx.capabilities.privileged,
         task_identity: ctx.task_identity,
         cgroups,
+        rootfs,
     };
     let threads = sys::thread_count().map_err(LaunchError::ThreadCount)?;
     if threads != 1 {
@@ -126,6 +143,36 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, Launc
         shim_pid,
         shim_start_ticks,
     })
+}
+
+/// A sandbox's rootfs, opened beneath the `--rootfs-dir` it lies in, no
+/// symlink followed on the way.
+fn open_rootfs(ctx: &Context, profile: &LaunchProfile) -> Result<Option<OwnedFd>, LaunchError> {
+    let LaunchProfile::LinuxSandbox(spec) = profile else {
+        return Ok(None);
+    };
+    let Some(path) = &spec.rootfs else {
+        return Ok(None);
+    };
+    let dirs: Vec<String> = ctx.rootfs_dirs.iter().map(|(d, _)| d.clone()).collect();
+    if !spec.mount || !execgo_runtime_protocol::rootfs_allowed(path, &dirs) {
+        return Err(LaunchError::RootfsNotAllowed(path.clone()));
+    }
+    let (dir, fd) = ctx
+        .rootfs_dirs
+        .iter()
+        .find(|(d, _)| {
+            path.strip_prefix(d.as_str())
+                .is_some_and(|r| r.starts_with('/'))
+        })
+        .ok_or_else(|| LaunchError::RootfsNotAllowed(path.clone()))?;
+    let rel = &path[dir.len() + 1..];
+    fs_at::open_dir_beneath(fd.as_fd(), rel)
+        .map(Some)
+        .map_err(|source| LaunchError::Rootfs {
+            path: path.clone(),
+            source,
+        })
 }
 
 /// `tasks/<id>`, resolved under the data dir descriptor one component at a

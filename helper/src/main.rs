@@ -73,6 +73,12 @@ enum MainError {
     Serve(#[from] server::ServeError),
     #[error("exactly one of --socket and --inherited-fd is required")]
     Usage,
+    #[error("--rootfs-dir {path}: cannot be opened as a directory")]
+    RootfsDir {
+        path: PathBuf,
+        #[source]
+        source: Errno,
+    },
     #[error(transparent)]
     TaskUser(#[from] identity::IdentityError),
 }
@@ -155,6 +161,21 @@ fn run(args: cli::Args) -> Result<(), MainError> {
             Err(e) => (None, vec![format!("task cgroups: {}", logging::chain(&e))]),
         };
     capabilities.task_cgroups = cgroups.is_some();
+    let mut rootfs_dirs = Vec::new();
+    for dir in &args.rootfs_dir {
+        let fd = sys::open(
+            dir,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|source| MainError::RootfsDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let text = dir.display().to_string();
+        capabilities.rootfs_dirs.push(text.clone());
+        rootfs_dirs.push((text, fd));
+    }
     let mode = match (&args.socket, args.inherited_fd) {
         (Some(path), None) => {
             let first = *peers.first().ok_or(MainError::Usage)?;
@@ -215,6 +236,7 @@ fn run(args: cli::Args) -> Result<(), MainError> {
         capabilities,
         task_identity,
         cgroups,
+        rootfs_dirs,
     });
     dispatcher.sweep_cgroups();
     // Embedded, the one connection is the runtime that started us, and its

@@ -127,6 +127,9 @@ pub struct HelperCapabilities {
     pub task_cgroups: bool,
     /// The uid tasks run as (a root helper's `--task-user`, else its own).
     pub task_uid: u32,
+    /// The operator's `--rootfs-dir`s: a sandbox's `rootfs` must lie
+    /// inside one of them.
+    pub rootfs_dirs: Vec<String>,
 }
 
 /// Namespaces a throwaway child could create with unshare(2).
@@ -175,7 +178,7 @@ impl CgroupVersion {
 }
 
 /// Sandbox profile the shim applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LaunchProfile {
     /// Plain process: own process group, rlimits, minimal env.
     Process,
@@ -186,14 +189,18 @@ pub enum LaunchProfile {
     LinuxSandbox(SandboxSpec),
 }
 
-/// The namespaces of a `linux_sandbox` task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The namespaces of a `linux_sandbox` task, and its root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxSpec {
     pub mount: bool,
     pub pid: bool,
     pub uts: bool,
     pub ipc: bool,
     pub net: bool,
+    /// Switch the task's root to this directory (pivot_root): an absolute,
+    /// normalised path inside one of the helper's `--rootfs-dir`s
+    /// ([`HelperCapabilities::rootfs_dirs`]); needs `mount`.
+    pub rootfs: Option<String>,
 }
 
 /// Everything the shim needs to run one task.
@@ -286,6 +293,27 @@ pub fn valid_task_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
+/// Whether `path` is absolute and normalised (no `.`, `..` or empty
+/// components, no trailing slash, not `/`) and strictly inside one of
+/// `dirs` (each itself such a path).
+pub fn rootfs_allowed(path: &str, dirs: &[String]) -> bool {
+    let normalised = |p: &str| {
+        p.len() > 1
+            && p.starts_with('/')
+            && !p.contains('\0')
+            && p[1..]
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != "..")
+    };
+    normalised(path)
+        && dirs.iter().any(|d| {
+            normalised(d)
+                && path
+                    .strip_prefix(d.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
+}
+
 /// Relative-path rule for `workspace_subdir`: non-empty, relative, no `..`,
 /// no empty or `.`-only components, no NUL.
 pub fn valid_relative_path(path: &str) -> bool {
@@ -353,5 +381,31 @@ mod tests {
         for bad in ["", "/a", "a/../b", "..", "a//b", "./a", "a/", "a\0b"] {
             assert!(!valid_relative_path(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn rootfs_must_be_normalised_and_inside_an_allowed_dir() {
+        let dirs = vec!["/srv/rootfs".to_string()];
+        assert!(rootfs_allowed("/srv/rootfs/debian", &dirs));
+        assert!(rootfs_allowed("/srv/rootfs/a/b", &dirs));
+        for bad in [
+            "/srv/rootfs",
+            "/srv/rootfs/",
+            "/srv/rootfsx/debian",
+            "/srv/rootfs/../etc",
+            "/srv/rootfs/./a",
+            "/srv/rootfs//a",
+            "srv/rootfs/a",
+            "/etc",
+            "/",
+            "",
+        ] {
+            assert!(!rootfs_allowed(bad, &dirs), "{bad:?}");
+        }
+        assert!(!rootfs_allowed("/srv/rootfs/a", &[]));
+        assert!(!rootfs_allowed(
+            "/srv/rootfs/a",
+            &["/srv/../srv/rootfs".into()]
+        ));
     }
 }

@@ -93,6 +93,11 @@ pub struct ServeArgs {
     #[arg(long, env = "EXECGO_RUNTIME_ALLOW_ROOT_TASKS", action = ArgAction::SetTrue,
           value_parser = clap::builder::BoolValueParser::new(), conflicts_with = "helper_socket")]
     pub allow_root_tasks: bool,
+    /// Embedded mode: a directory whose subdirectories linux_sandbox tasks
+    /// may use as their root (`sandbox.rootfs` with `chroot: true`);
+    /// repeatable, passed to the helper.
+    #[arg(long, value_name = "DIR", conflicts_with = "helper_socket")]
+    pub rootfs_dir: Vec<PathBuf>,
 }
 
 /// The embedded helper's task user when `serve` runs as root and names

@@ -71,6 +71,8 @@ pub enum HelperMode {
         /// `--task-user` for the helper, if any.
         task_user: Option<String>,
         allow_root_tasks: bool,
+        /// `--rootfs-dir`s for the helper.
+        rootfs_dirs: Vec<PathBuf>,
     },
     Socket(PathBuf),
 }
@@ -241,6 +243,7 @@ impl HelperLink {
                 log_format,
                 task_user,
                 allow_root_tasks,
+                rootfs_dirs,
             } => {
                 let (stream, child) = spawn_embedded(
                     binary,
@@ -249,6 +252,7 @@ impl HelperLink {
                     log_format,
                     task_user.as_deref(),
                     *allow_root_tasks,
+                    rootfs_dirs,
                 )?;
                 (stream, Some(child))
             }
@@ -474,6 +478,7 @@ fn spawn_embedded(
     log_format: &str,
     task_user: Option<&str>,
     allow_root_tasks: bool,
+    rootfs_dirs: &[PathBuf],
 ) -> Result<(UnixStream, Child), LinkError> {
     let (ours, theirs) = UnixStream::pair().map_err(LinkError::Socketpair)?;
     // The helper's end must survive exec; ours stays close-on-exec.
@@ -497,6 +502,9 @@ fn spawn_embedded(
     }
     if allow_root_tasks {
         cmd.arg("--allow-root-tasks");
+    }
+    for dir in rootfs_dirs {
+        cmd.arg("--rootfs-dir").arg(dir);
     }
     let child = cmd.spawn().map_err(|source| LinkError::Spawn {
         path: binary.to_path_buf(),

@@ -77,12 +77,35 @@ impl From<Unsupported> for crate::engine::EngineError {
     }
 }
 
-/// Resolves the plan of `req`, or refuses it with `unsupported_capability`.
+/// Why a plan cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// Strict mode, and the host cannot provide these.
+    Unsupported(Unsupported),
+    /// `sandbox.rootfs` is outside every `--rootfs-dir` of the helper.
+    RootfsNotAllowed(String),
+}
+
+impl From<Refused> for crate::engine::EngineError {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::Unsupported(u) => u.into(),
+            Refused::RootfsNotAllowed(path) => crate::engine::EngineError::InvalidInput(format!(
+                "sandbox.rootfs {path:?} is not an absolute, normalised path inside a \
+                 directory the helper allows (--rootfs-dir)"
+            )),
+        }
+    }
+}
+
+/// Resolves the plan of `req`, or refuses it. `rootfs_dirs`: the helper's
+/// `--rootfs-dir`s.
 pub fn resolve(
     req: &SubmitTaskRequest,
     default_mode: CapabilityMode,
     caps: &HostCaps,
-) -> Result<ExecutionPlan, Unsupported> {
+    rootfs_dirs: &[String],
+) -> Result<ExecutionPlan, Refused> {
     let mode = req
         .policy
         .as_ref()
@@ -116,18 +139,36 @@ pub fn resolve(
         };
     }
     let sandboxed = effective.profile == SandboxProfile::LinuxSandbox;
-    if sandboxed && (requested.rootfs.is_some() || requested.chroot) {
-        missing.push("rootfs");
-        fallback_reasons.push(
-            "sandbox.rootfs and chroot are not supported by this runtime version yet; \
-             the task runs on the host's root, read-only"
-                .to_string(),
-        );
-        effective.rootfs = None;
-        effective.chroot = false;
-    }
     if sandboxed && effective.namespaces.is_none() {
         effective.namespaces = Some(NamespaceConfig::DEFAULT);
+    }
+    if sandboxed {
+        let mount_ns = effective.namespaces.is_some_and(|n| n.mount);
+        match (&requested.rootfs, requested.chroot) {
+            (Some(path), true) if !execgo_runtime_protocol::rootfs_allowed(path, rootfs_dirs) => {
+                return Err(Refused::RootfsNotAllowed(path.clone()));
+            }
+            (Some(_), true) if mount_ns => {}
+            (Some(_), true) => {
+                missing.push("rootfs");
+                fallback_reasons.push(
+                    "sandbox.chroot needs the mount namespace; the task runs on the host's \
+                     root, read-only"
+                        .to_string(),
+                );
+                effective.rootfs = None;
+                effective.chroot = false;
+            }
+            (Some(_), false) => {
+                fallback_reasons.push(
+                    "sandbox.rootfs is used only with chroot: true; the task runs on the \
+                     host's root, read-only"
+                        .to_string(),
+                );
+                effective.rootfs = None;
+            }
+            (None, _) => {}
+        }
     }
 
     let l = &req.limits;
@@ -167,7 +208,7 @@ pub fn resolve(
     }
 
     if strict && !missing.is_empty() {
-        return Err(Unsupported { missing });
+        return Err(Refused::Unsupported(Unsupported { missing }));
     }
 
     Ok(ExecutionPlan {
@@ -205,7 +246,7 @@ mod tests {
             serde_json::json!({"execution":{"kind":"command","program":"x"},
             "limits":{"memory_bytes":1000,"cpu_time_sec":2}}),
         );
-        let p = resolve(&r, CapabilityMode::Adaptive, &PROCESS_HOST).unwrap();
+        let p = resolve(&r, CapabilityMode::Adaptive, &PROCESS_HOST, &[]).unwrap();
         assert!(!p.degraded);
         assert!(p.resource_enforcement.memory_enforced);
         assert!(p.resource_enforcement.cpu_time_enforced);
@@ -218,7 +259,7 @@ mod tests {
             serde_json::json!({"execution":{"kind":"command","program":"x"},
             "sandbox":{"profile":"linux_sandbox","workspace_subdir":"w"}}),
         );
-        let p = resolve(&r, CapabilityMode::Adaptive, &PROCESS_HOST).unwrap();
+        let p = resolve(&r, CapabilityMode::Adaptive, &PROCESS_HOST, &[]).unwrap();
         assert!(p.degraded);
         assert_eq!(p.effective_sandbox.profile, SandboxProfile::Process);
         assert_eq!(p.effective_sandbox.workspace_subdir.as_deref(), Some("w"));
@@ -231,22 +272,27 @@ mod tests {
             serde_json::json!({"execution":{"kind":"command","program":"x"},
             "sandbox":{"profile":"linux_sandbox"},"policy":{"capability_mode":"strict"}}),
         );
-        let e = resolve(&r, CapabilityMode::Adaptive, &PROCESS_HOST).unwrap_err();
-        assert_eq!(e.missing, ["linux_sandbox"]);
+        let e = resolve(&r, CapabilityMode::Adaptive, &PROCESS_HOST, &[]).unwrap_err();
+        assert_eq!(
+            e,
+            Refused::Unsupported(Unsupported {
+                missing: vec!["linux_sandbox"]
+            })
+        );
         let r = req(
             serde_json::json!({"execution":{"kind":"command","program":"x"},
             "sandbox":{"profile":"linux_sandbox"},
             "control_context":{"requires_strict_sandbox":true}}),
         );
-        assert!(resolve(&r, CapabilityMode::Adaptive, &PROCESS_HOST).is_err());
+        assert!(resolve(&r, CapabilityMode::Adaptive, &PROCESS_HOST, &[]).is_err());
         let r = req(serde_json::json!({"execution":{"kind":"command","program":"x"}}));
-        assert!(resolve(&r, CapabilityMode::Strict, &PROCESS_HOST).is_ok());
+        assert!(resolve(&r, CapabilityMode::Strict, &PROCESS_HOST, &[]).is_ok());
         let r = req(
             serde_json::json!({"execution":{"kind":"command","program":"x"},
             "limits":{"pids_max":5}}),
         );
-        assert!(resolve(&r, CapabilityMode::Strict, &PROCESS_HOST).is_err());
-        let p = resolve(&r, CapabilityMode::Adaptive, &PROCESS_HOST).unwrap();
+        assert!(resolve(&r, CapabilityMode::Strict, &PROCESS_HOST, &[]).is_err());
+        let p = resolve(&r, CapabilityMode::Adaptive, &PROCESS_HOST, &[]).unwrap();
         assert!(!p.resource_enforcement.pids_enforced);
         assert_eq!(p.capability_warnings.len(), 1);
     }
@@ -254,7 +300,7 @@ mod tests {
     #[test]
     fn task_cgroups_are_reported_and_their_absence_warned_of() {
         let r = req(serde_json::json!({"execution":{"kind":"command","program":"x"}}));
-        let p = resolve(&r, CapabilityMode::Strict, &PROCESS_HOST).unwrap();
+        let p = resolve(&r, CapabilityMode::Strict, &PROCESS_HOST, &[]).unwrap();
         assert!(p.resource_enforcement.cgroup_enforced);
         assert!(!p.resource_enforcement.oom_detection);
         assert!(
@@ -267,10 +313,56 @@ mod tests {
             ..PROCESS_HOST
         };
         // Not a degradation of what was asked: strict still runs it.
-        let p = resolve(&r, CapabilityMode::Strict, &bare).unwrap();
+        let p = resolve(&r, CapabilityMode::Strict, &bare, &[]).unwrap();
         assert!(!p.resource_enforcement.cgroup_enforced);
         assert!(!p.degraded);
         assert_eq!(p.capability_warnings.len(), 1);
         assert!(p.capability_warnings[0].contains("no task cgroup"));
+    }
+
+    #[test]
+    fn a_rootfs_must_be_inside_an_allowed_dir_and_needs_chroot() {
+        let sandbox_host = HostCaps {
+            linux_sandbox: true,
+            ..PROCESS_HOST
+        };
+        let dirs = vec!["/srv/rootfs".to_string()];
+        let with = |rootfs: &str, chroot: bool| {
+            req(
+                serde_json::json!({"execution":{"kind":"command","program":"x"},
+                "sandbox":{"profile":"linux_sandbox","rootfs":rootfs,"chroot":chroot}}),
+            )
+        };
+        let p = resolve(
+            &with("/srv/rootfs/deb", true),
+            CapabilityMode::Strict,
+            &sandbox_host,
+            &dirs,
+        )
+        .unwrap();
+        assert_eq!(
+            p.effective_sandbox.rootfs.as_deref(),
+            Some("/srv/rootfs/deb")
+        );
+        assert!(p.effective_sandbox.chroot);
+        for bad in ["/etc", "/srv/rootfs/../etc", "/srv/rootfs"] {
+            let e = resolve(
+                &with(bad, true),
+                CapabilityMode::Adaptive,
+                &sandbox_host,
+                &dirs,
+            );
+            assert_eq!(e, Err(Refused::RootfsNotAllowed(bad.into())), "{bad}");
+        }
+        // Without chroot the rootfs is not used, and the plan says so.
+        let p = resolve(
+            &with("/srv/rootfs/deb", false),
+            CapabilityMode::Adaptive,
+            &sandbox_host,
+            &dirs,
+        )
+        .unwrap();
+        assert_eq!(p.effective_sandbox.rootfs, None);
+        assert!(p.degraded);
     }
 }

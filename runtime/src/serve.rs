@@ -122,6 +122,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                     .then(|| crate::config::ROOT_DEFAULT_TASK_USER.to_string())
             }),
             allow_root_tasks: cfg.args.allow_root_tasks,
+            rootfs_dirs: cfg.args.rootfs_dir.clone(),
         },
     };
     let embedded = matches!(mode, HelperMode::Embedded { .. });

@@ -321,6 +321,9 @@ fn separated_mode_sandboxes_tasks() {
     let caps = s.get("/api/v1/runtime/capabilities").json();
     if caps["sandbox"]["linux_sandbox"] != true {
         println!("skipped: this host does not offer linux_sandbox");
+        drop(s);
+        helper.kill().unwrap();
+        helper.wait().unwrap();
         return;
     }
     let mut body = sh(&format!(

@@ -187,24 +187,104 @@ fn a_sandboxed_task_times_out_and_its_namespace_dies() {
 }
 
 #[test]
-fn a_rootfs_is_refused_in_strict_mode_and_dropped_in_adaptive() {
+fn a_rootfs_outside_the_allowlist_is_refused_and_one_without_chroot_dropped() {
     let s = match sandbox_server() {
         Ok(s) => s,
         Err(why) => return println!("skipped: {why}"),
     };
+    // No --rootfs-dir at all: every rootfs is outside.
     let mut body = sandboxed("true", json!({}));
     body["sandbox"]["rootfs"] = json!("/srv/rootfs");
     body["sandbox"]["chroot"] = json!(true);
-    body["policy"] = json!({"capability_mode": "strict"});
     let r = s.post("/api/v1/tasks", &body);
     assert_eq!(r.status, 400, "{}", r.text);
-    assert_eq!(r.code(), "unsupported_capability");
-    assert!(r.text.contains("rootfs"), "{}", r.text);
-    body["policy"] = json!({"capability_mode": "adaptive"});
+    assert_eq!(r.code(), "invalid_input");
+    assert!(r.text.contains("--rootfs-dir"), "{}", r.text);
+    body["sandbox"]["chroot"] = json!(false);
     let id = s.submit(&body);
     let st = s.wait_terminal(&id, T);
     assert_eq!(st["status"], "success", "{st}");
     let plan = &st["execution_plan"];
     assert_eq!(plan["degraded"], true, "{plan}");
     assert!(plan["effective_sandbox"].get("rootfs").is_none(), "{plan}");
+}
+
+/// A minimal root file system in `dir`: sh, cat and ls with their
+/// libraries (as `ldd` lists them), and the mount points the sandbox needs.
+fn make_rootfs(dir: &std::path::Path) {
+    for d in ["bin", "workspace", "proc", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    for bin in ["/bin/sh", "/bin/cat", "/bin/ls"] {
+        let real = std::fs::canonicalize(bin).unwrap();
+        std::fs::copy(&real, dir.join(&bin[1..])).unwrap();
+        let ldd = std::process::Command::new("ldd")
+            .arg(&real)
+            .output()
+            .unwrap();
+        for lib in String::from_utf8_lossy(&ldd.stdout)
+            .split_whitespace()
+            .filter(|w| w.starts_with('/'))
+        {
+            let to = dir.join(&lib[1..]);
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(lib, &to).unwrap();
+        }
+    }
+    std::fs::write(dir.join("etc/release"), "execgo test rootfs\n").unwrap();
+}
+
+#[test]
+fn a_rootfs_inside_an_allowed_dir_becomes_the_tasks_root() {
+    if !is_root() {
+        return println!("skipped: linux_sandbox needs a root helper");
+    }
+    let allowed = tempdir();
+    make_rootfs(&allowed.path().join("tiny"));
+    // Escapes: a symlink on the way, and a path outside the allowed dir.
+    std::os::unix::fs::symlink(allowed.path().join("tiny"), allowed.path().join("link")).unwrap();
+    let s = Server::builder()
+        .arg("--rootfs-dir")
+        .arg(allowed.path().to_str().unwrap())
+        .start();
+    let caps = s.get("/api/v1/runtime/capabilities").json();
+    if caps["sandbox"]["linux_sandbox"] != true {
+        return println!("skipped: this host does not offer linux_sandbox");
+    }
+    let root = |path: &str, script: &str| {
+        let mut body = sandboxed(script, json!({}));
+        body["sandbox"]["rootfs"] = json!(path);
+        body["sandbox"]["chroot"] = json!(true);
+        body["policy"] = json!({"capability_mode": "strict"});
+        body
+    };
+    let tiny = allowed.path().join("tiny");
+    let id = s.submit(&root(
+        tiny.to_str().unwrap(),
+        "cat /etc/release; pwd; ls /dev; echo hi > f && cat f; ls /tmp; ls /",
+    ));
+    let st = s.wait_terminal(&id, T);
+    assert_eq!(st["status"], "success", "{st}");
+    let out = st["stdout"].as_str().unwrap();
+    assert!(out.starts_with("execgo test rootfs\n/workspace\n"), "{out}");
+    assert!(
+        out.contains("full\nnull\nrandom\ntty\nurandom\nzero\n"),
+        "a minimal /dev: {out}"
+    );
+    assert!(out.contains("hi\n"), "{out}");
+    assert!(
+        s.task_dir(&id).join("workspace/f").exists(),
+        "the workspace is the task's"
+    );
+    // Outside the allowed dir, or with `..`: refused at submit.
+    for bad in ["/etc", &format!("{}/../x", allowed.path().display())] {
+        let r = s.post("/api/v1/tasks", &root(bad, "true"));
+        assert_eq!(r.status, 400, "{bad}: {}", r.text);
+        assert_eq!(r.code(), "invalid_input", "{bad}");
+    }
+    // A symlink on the way: the helper refuses to follow it.
+    let link = allowed.path().join("link");
+    let id = s.submit(&root(link.to_str().unwrap(), "true"));
+    let st = s.wait_terminal(&id, T);
+    assert_eq!(st["error"]["code"], "sandbox_setup_failed", "{st}");
 }

@@ -59,8 +59,8 @@ impl Host {
     }
 
     /// The sandbox's namespaces, for a `linux_sandbox` task.
-    fn sandbox(&self) -> Option<SandboxSpec> {
-        match self.ctx.launch.profile {
+    fn sandbox(&self) -> Option<&SandboxSpec> {
+        match &self.ctx.launch.profile {
             LaunchProfile::Process => None,
             LaunchProfile::LinuxSandbox(spec) => Some(spec),
         }
@@ -97,6 +97,7 @@ impl Steps for Host {
 
     fn isolate(&mut self) -> Result<(), ShimError> {
         let mut keep = vec![self.ctx.task_dir.as_raw_fd()];
+        keep.extend(self.ctx.rootfs.as_ref().map(AsRawFd::as_raw_fd));
         // The journal socket, in journald mode: the shim logs there too.
         keep.extend(logging::journal_fd());
         let isolated = isolate::isolate(&keep);
@@ -208,7 +209,8 @@ impl Steps for Host {
         plan.identity = self.ctx.task_identity.map(|t| (t.uid, t.gid));
         if let Some(spec) = sandbox {
             plan.sandbox = Some(SandboxPlan {
-                spec,
+                rootfs: self.ctx.rootfs.as_ref().map(AsRawFd::as_raw_fd),
+                spec: spec.clone(),
                 seccomp: crate::seccomp::task_filters().map_err(ShimError::Seccomp)?,
             });
         }
@@ -247,7 +249,7 @@ impl Steps for Host {
         let cwd = self.workspace.as_ref().ok_or(missing("workspace"))?;
         // The process profile needs nothing beyond the steps so far; sandbox
         // profiles will add their set-up around the spawn here.
-        let profile = match self.ctx.launch.profile {
+        let profile = match &self.ctx.launch.profile {
             LaunchProfile::Process => "process",
             LaunchProfile::LinuxSandbox(_) => "linux_sandbox",
         };

@@ -43,6 +43,8 @@ pub struct ShimContext {
     pub task_identity: Option<crate::identity::TaskIdentity>,
     /// Where the task's cgroups go, when the host has usable ones.
     pub cgroups: Option<crate::cgroup::task::Placement>,
+    /// A sandbox's root, opened by the helper (close-on-exec).
+    pub rootfs: Option<OwnedFd>,
 }
 
 /// Exit code of a shim that panicked (a bug); the panic message is in

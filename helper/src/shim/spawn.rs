@@ -88,6 +88,8 @@ pub struct Plan {
 pub struct SandboxPlan {
     pub spec: SandboxSpec,
     pub seccomp: [seccompiler::BpfProgram; 2],
+    /// The rootfs directory the helper opened, when the task has one.
+    pub rootfs: Option<RawFd>,
 }
 
 impl Plan {
@@ -154,6 +156,7 @@ pub fn spawn(
                 ipc: sb.spec.ipc,
                 net: sb.spec.net,
                 report_fd: report.map_or(-1, AsRawFd::as_raw_fd),
+                rootfs: sb.rootfs,
             },
         ),
     }

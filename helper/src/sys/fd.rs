@@ -17,6 +17,45 @@ pub fn openat(dir: BorrowedFd<'_>, name: &str, flags: OFlag, mode: Mode) -> nix:
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
+/// `struct open_how` of openat2(2).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+const RESOLVE_BENEATH: u64 = 0x08;
+
+/// openat2(2) of the directory `rel` beneath `dir`: never above `dir`,
+/// never through a symlink. ENOSYS on kernels without it (before 5.6).
+pub fn open_dir_beneath(dir: BorrowedFd<'_>, rel: &str) -> nix::Result<OwnedFd> {
+    let path = std::ffi::CString::new(rel).map_err(|_| Errno::EINVAL)?;
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: openat2(2) with a NUL-terminated path and a live open_how of
+    // the size passed.
+    let raw = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if raw < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: openat2 just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
+}
+
 /// open(2) of an absolute path, returning an owned descriptor.
 pub fn open(path: &Path, flags: OFlag, mode: Mode) -> nix::Result<OwnedFd> {
     let raw = nix::fcntl::open(path, flags, mode)?;

@@ -37,6 +37,8 @@ pub struct SandboxSetup {
     /// Write end (close-on-exec) of the pipe the namespace's init reports
     /// the task's wait status on, as 4 little-endian bytes.
     pub report_fd: RawFd,
+    /// The directory to make the task's root, opened by the helper.
+    pub rootfs: Option<RawFd>,
 }
 
 impl SandboxSetup {
@@ -106,7 +108,7 @@ fn sandbox_child(s: &ChildSetup<'_>, sb: &SandboxSetup) -> ! {
     }
     let mut cwd = s.cwd;
     if sb.mount {
-        match mounts(s.cwd, sb.pid) {
+        match mounts(s.cwd, sb.pid, sb.rootfs) {
             Ok(workspace) => cwd = workspace,
             Err(step) => child_fail(s.status_fd, step),
         }
@@ -181,7 +183,7 @@ const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
 
 /// The mount steps (see the module header). Returns the descriptor of the
 /// writable workspace mount, the task's working directory.
-fn mounts(workspace: RawFd, fresh_proc: bool) -> Result<RawFd, ChildStep> {
+fn mounts(workspace: RawFd, fresh_proc: bool, rootfs: Option<RawFd>) -> Result<RawFd, ChildStep> {
     let check = |r: libc::c_long| if r < 0 { Err(ChildStep::Mounts) } else { Ok(r) };
     // SAFETY: each call is a system call on static NUL-terminated strings,
     // descriptors we own and live locals.
@@ -206,6 +208,9 @@ fn mounts(workspace: RawFd, fresh_proc: bool) -> Result<RawFd, ChildStep> {
                 | libc::AT_EMPTY_PATH as libc::c_uint
                 | libc::AT_RECURSIVE as libc::c_uint,
         ))? as RawFd;
+        if let Some(root) = rootfs {
+            switch_root(root)?;
+        }
         let ro = MountAttr {
             attr_set: MOUNT_ATTR_RDONLY,
             attr_clr: 0,
@@ -220,14 +225,22 @@ fn mounts(workspace: RawFd, fresh_proc: bool) -> Result<RawFd, ChildStep> {
             &ro as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         ))?;
+        // Over the workspace itself, or at /workspace in a rootfs.
+        let (to, to_path, to_flags) = match rootfs {
+            None => (workspace, c"", MOVE_MOUNT_T_EMPTY_PATH),
+            Some(_) => (libc::AT_FDCWD, c"/workspace", 0),
+        };
         check(libc::syscall(
             libc::SYS_move_mount,
             tree,
             c"".as_ptr(),
-            workspace,
-            c"".as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+            to,
+            to_path.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | to_flags,
         ))?;
+        if rootfs.is_some() {
+            minimal_dev()?;
+        }
         check(libc::mount(
             c"tmpfs".as_ptr(),
             c"/tmp".as_ptr(),
@@ -246,6 +259,80 @@ fn mounts(workspace: RawFd, fresh_proc: bool) -> Result<RawFd, ChildStep> {
         }
         Ok(tree)
     }
+}
+
+/// Makes `root` (a rootfs directory, opened by the helper) the root of our
+/// mount namespace: reopened here and checked, cloned as a mount of its own
+/// attached over itself, entered, `pivot_root(".", ".")`, the old root
+/// detached.
+fn switch_root(root: RawFd) -> Result<(), ChildStep> {
+    let check = |r: libc::c_long| if r < 0 { Err(ChildStep::Mounts) } else { Ok(r) };
+    let here = reopen_here(root)?;
+    // SAFETY: each call is a system call on static NUL-terminated strings,
+    // descriptors we own and live locals.
+    unsafe {
+        let tree = check(libc::syscall(
+            libc::SYS_open_tree,
+            here,
+            c"".as_ptr(),
+            OPEN_TREE_CLONE
+                | libc::O_CLOEXEC as libc::c_uint
+                | libc::AT_EMPTY_PATH as libc::c_uint
+                | libc::AT_RECURSIVE as libc::c_uint,
+        ))? as RawFd;
+        check(libc::syscall(
+            libc::SYS_move_mount,
+            tree,
+            c"".as_ptr(),
+            here,
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        ))?;
+        check(libc::fchdir(tree) as libc::c_long)?;
+        check(libc::syscall(
+            libc::SYS_pivot_root,
+            c".".as_ptr(),
+            c".".as_ptr(),
+        ))?;
+        check(libc::umount2(c".".as_ptr(), libc::MNT_DETACH) as libc::c_long)?;
+        check(libc::chdir(c"/".as_ptr()) as libc::c_long)?;
+    }
+    Ok(())
+}
+
+/// A tmpfs on `/dev` with only null, zero, full, random, urandom and tty.
+fn minimal_dev() -> Result<(), ChildStep> {
+    const NODES: [(&CStr, u32, u32); 6] = [
+        (c"/dev/null", 1, 3),
+        (c"/dev/zero", 1, 5),
+        (c"/dev/full", 1, 7),
+        (c"/dev/random", 1, 8),
+        (c"/dev/urandom", 1, 9),
+        (c"/dev/tty", 5, 0),
+    ];
+    // SAFETY: mount(2), mknod(2) and chmod(2) on static NUL-terminated
+    // strings.
+    unsafe {
+        if libc::mount(
+            c"tmpfs".as_ptr(),
+            c"/dev".as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            c"mode=755".as_ptr().cast(),
+        ) != 0
+        {
+            return Err(ChildStep::Mounts);
+        }
+        for (path, major, minor) in NODES {
+            let dev = libc::makedev(major, minor);
+            if libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, dev) != 0
+                || libc::chmod(path.as_ptr(), 0o666) != 0
+            {
+                return Err(ChildStep::Mounts);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `fd`'s directory, opened by path in our (new) mount namespace; refused

@@ -170,6 +170,7 @@ impl From<EngineError> for ApiError {
                 }
             }
             EngineError::NotReady(_) => ApiError::new(C::NotReady, msg),
+            EngineError::InvalidInput(_) => ApiError::new(C::InvalidInput, msg),
             EngineError::Internal(_) => ApiError::internal(msg),
         }
     }

@@ -30,6 +30,10 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("{0}")]
     NotReady(String),
+    /// The request asks for something this host's configuration refuses
+    /// (the API layer cannot tell without the helper's answer).
+    #[error("{0}")]
+    InvalidInput(String),
     #[error("{0}")]
     Internal(String),
 }

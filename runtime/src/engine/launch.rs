@@ -71,6 +71,12 @@ impl Engine {
                         uts: ns.uts,
                         ipc: ns.ipc,
                         net: ns.net,
+                        rootfs: row
+                            .plan
+                            .effective_sandbox
+                            .rootfs
+                            .clone()
+                            .filter(|_| row.plan.effective_sandbox.chroot),
                     })
                 }
             },

@@ -108,10 +108,12 @@ impl Engine {
         self: &Arc<Self>,
         mut req: SubmitTaskRequest,
     ) -> Result<SubmitTaskResponse, EngineError> {
+        let rootfs_dirs = self.helper.with_probe(|p| p.rootfs_dirs.clone());
         let plan = plan::resolve(
             &req,
             self.cfg.args.default_capability_mode.into(),
             &self.host_caps(),
+            &rootfs_dirs,
         )?;
         self.check_capacity(&req)?;
 

@@ -21,6 +21,7 @@ fn queued() -> TaskRow {
         &req,
         crate::model::CapabilityMode::Adaptive,
         &plan::PROCESS_HOST,
+        &[],
     )
     .unwrap();
     create("t1".into(), req, plan, T0).row
