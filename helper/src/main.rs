@@ -33,7 +33,10 @@ mod server;
 mod shim;
 mod startup;
 mod sys;
-mod validate;
+
+// Compiled once, in the library (src/lib.rs); `crate::validate` still
+// names it here.
+use execgo_runtime_helper::validate;
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
