@@ -20,14 +20,35 @@ pub fn true_once() -> Duration {
     t.elapsed()
 }
 
+/// fork/exec + wait of `argv` (stdin and stdout `/dev/null`), which must
+/// succeed.
+pub fn command_once(argv: &[String]) -> Duration {
+    let t = Instant::now();
+    let st = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", argv[0]));
+    assert!(st.success(), "{argv:?}: {st}");
+    t.elapsed()
+}
+
 /// `n` runs of `/bin/true` spread over `threads` threads; the wall time.
 pub fn true_parallel(n: usize, threads: usize) -> Duration {
+    parallel(n, threads, &|| {
+        true_once();
+    })
+}
+
+/// `n` runs of `once` spread over `threads` threads; the wall time.
+pub fn parallel(n: usize, threads: usize, once: &(dyn Fn() + Sync)) -> Duration {
     let t = Instant::now();
     std::thread::scope(|s| {
         for share in shares(n, threads) {
             s.spawn(move || {
                 for _ in 0..share {
-                    true_once();
+                    once();
                 }
             });
         }

@@ -1,10 +1,11 @@
 //! Submit → terminal latency of `/bin/true`, one task at a time, against a
 //! bare fork/exec + wait; then where the time goes, from the task's own
-//! timestamps.
+//! timestamps. [`sequential`] is the measurement itself, shared with the
+//! `sandbox` scenario (other task bodies, other baselines).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use execgo_runtime_tests::json;
+use execgo_runtime_tests::{json, Value};
 
 use crate::client::{epoch_ms, Client};
 use crate::env::{Env, Row, Runtime};
@@ -18,7 +19,7 @@ fn epoch_now_ms() -> f64 {
         .unwrap_or(0.0)
 }
 
-struct Sample {
+pub struct Sample {
     id: String,
     submit_rtt: f64,
     total: f64,
@@ -28,31 +29,57 @@ struct Sample {
     seen_at: f64,
 }
 
-pub fn run(env: &Env, n: usize) {
-    println!();
-    println!("submit->terminal latency of /bin/true ({n} sequential tasks)");
-    let s = env.server("latency", &[]);
-    let c = Client::new(&s.base);
-    let body = json!({"execution": {"kind": "command", "program": "/bin/true"}});
+/// A baseline run once before each task: the time it took.
+pub type Baseline<'a> = &'a mut dyn FnMut() -> Duration;
+
+/// What [`sequential`] measured.
+pub struct Sequential {
+    pub samples: Vec<Sample>,
+    /// One column per baseline, in the order given.
+    pub baselines: Vec<Vec<Duration>>,
+    /// ms of the runtime tree's CPU per task.
+    pub tree: Result<f64, String>,
+    /// Status polls the client sent per task.
+    pub polls: f64,
+    /// ms of the tree's CPU per status read of a finished task.
+    pub per_poll: Result<f64, String>,
+    /// CPU per task of the runtime, helper, client and machine (`cpu.rs`).
+    pub cpu: String,
+}
+
+/// `n` tasks of `body`, one at a time, each submitted right after one run
+/// of every baseline (interleaved, so all see the same moments of a noisy
+/// machine), after 10 warm-up rounds of the same; every task must succeed.
+pub fn sequential(
+    env: &Env,
+    s: &Runtime,
+    c: &Client,
+    body: &Value,
+    n: usize,
+    baselines: &mut [Baseline<'_>],
+) -> Sequential {
     // Warm up the helper connection, SQLite's page cache, the allocator.
     for _ in 0..10 {
-        let id = c.submit(&body);
+        let id = c.submit(body);
         c.wait_terminal(&id, env.poll);
-        baseline::true_once();
+        for b in baselines.iter_mut() {
+            b();
+        }
     }
-    let mut base = Vec::with_capacity(n);
+    let mut base = vec![Vec::with_capacity(n); baselines.len()];
     let mut samples = Vec::with_capacity(n);
     let cpu0 = cpu::snapshot(s.pid(), s.helper_pid());
     let tree0 = s.tree_cpu_ns();
     let polls0 = c.status_gets();
     for _ in 0..n {
-        // Interleaved, so both see the same moments of a noisy machine.
-        base.push(baseline::true_once());
+        for (b, col) in baselines.iter_mut().zip(base.iter_mut()) {
+            col.push(b());
+        }
         // Floored like the runtime's ms timestamps, so differences between
         // the two are unbiased.
         let sent_at = epoch_now_ms().floor();
         let t = Instant::now();
-        let id = c.submit(&body);
+        let id = c.submit(body);
         let submit_rtt = t.elapsed();
         let (st, seen) = c.wait_terminal(&id, env.poll);
         let seen_at = epoch_now_ms().floor();
@@ -68,42 +95,80 @@ pub fn run(env: &Env, n: usize) {
     let tree1 = s.tree_cpu_ns();
     let polls = (c.status_gets() - polls0) as f64 / n.max(1) as f64;
     let cpu1 = cpu::snapshot(s.pid(), s.helper_pid());
-    // The same number of bare fork/exec + waits, one at a time, in a
-    // cgroup of their own.
-    let tree = tree_cpu::Figure::new(
-        env,
-        tree_cpu::per_task(&tree0, &tree1, n),
-        tree_cpu::bare_true(env, n, 1),
-        1,
-    );
     let per_poll = match samples.last() {
-        Some(last) => poll_cost(&s, &c, &last.id, env.poll, POLLS),
+        Some(last) => poll_cost(s, c, &last.id, env.poll, POLLS),
         None => Err("no tasks".into()),
     };
-    let less_polls = tree.less(per_poll.clone().map(|p| p * polls));
-    let base = Stats::of_durations(&base);
-    let rt = Stats::of(samples.iter().map(|x| x.total).collect());
+    Sequential {
+        samples,
+        baselines: base,
+        tree: tree_cpu::per_task(&tree0, &tree1, n),
+        polls,
+        per_poll,
+        cpu: cpu::per_task(&cpu0, &cpu1, n),
+    }
+}
+
+impl Sequential {
+    /// Submit → terminal seen, in ms.
+    pub fn stats(&self) -> Stats {
+        Stats::of(self.samples.iter().map(|x| x.total).collect())
+    }
+
+    /// Baseline `i`, in ms.
+    pub fn baseline(&self, i: usize) -> Stats {
+        Stats::of_durations(&self.baselines[i])
+    }
+
+    /// The tasks' lines: submit → terminal, and the submit's answer.
+    pub fn print_tasks(&self, label: &str) {
+        println!("{}", self.stats().line(label));
+        println!(
+            "{}",
+            Stats::of(self.samples.iter().map(|x| x.submit_rtt).collect())
+                .line("  of which POST /tasks answered")
+        );
+    }
+
+    /// The tree's CPU per task (`tree`, made of [`Sequential::tree`] and a
+    /// baseline's CPU), printed with the other CPU lines; returns the same
+    /// less the client's status polls.
+    pub fn print_cpu(&self, tree: &tree_cpu::Figure) -> tree_cpu::Figure {
+        let less_polls = tree.less(self.per_poll.clone().map(|p| p * self.polls));
+        println!("{}", self.cpu);
+        println!("{}", tree.line());
+        let polls = self.polls;
+        if let (Ok(p), Ok(rest)) = (&self.per_poll, &less_polls.tree) {
+            println!(
+                "    of which answering the client's {polls:.1} status polls per task: {:.3} ms \
+                 ({p:.3} ms each, from {POLLS} polls of a finished task); without them {rest:.3} ms, ratio {}",
+                p * polls,
+                less_polls.ratio().map(|r| format!("{r:.1}x")).unwrap_or_else(|| "-".into())
+            );
+        } else if let (Err(e), Ok(_)) = (&self.per_poll, &tree.tree) {
+            println!("    cpu per status poll: unavailable ({e})");
+        }
+        less_polls
+    }
+}
+
+pub fn run(env: &Env, n: usize) {
+    println!();
+    println!("submit->terminal latency of /bin/true ({n} sequential tasks)");
+    let s = env.server("latency", &[]);
+    let c = Client::new(&s.base);
+    let body = json!({"execution": {"kind": "command", "program": "/bin/true"}});
+    let seq = sequential(env, &s, &c, &body, n, &mut [&mut baseline::true_once]);
+    // The same number of bare fork/exec + waits, one at a time, in a
+    // cgroup of their own.
+    let tree = tree_cpu::Figure::new(env, seq.tree.clone(), tree_cpu::bare_true(env, n, 1), 1);
+    let base = seq.baseline(0);
+    let rt = seq.stats();
     println!("{}", base.line("baseline fork/exec+wait"));
-    println!("{}", rt.line("execgo-runtime submit->terminal"));
-    println!(
-        "{}",
-        Stats::of(samples.iter().map(|x| x.submit_rtt).collect())
-            .line("  of which POST /tasks answered")
-    );
+    seq.print_tasks("execgo-runtime submit->terminal");
     let r = ratio(rt.p50, base.p50);
     println!("  ratio p50 {r:.1}x (target <= 4x)");
-    println!("{}", cpu::per_task(&cpu0, &cpu1, n));
-    println!("{}", tree.line());
-    if let (Ok(p), Ok(rest)) = (&per_poll, &less_polls.tree) {
-        println!(
-            "    of which answering the client's {polls:.1} status polls per task: {:.3} ms \
-             ({p:.3} ms each, from {POLLS} polls of a finished task); without them {rest:.3} ms, ratio {}",
-            p * polls,
-            less_polls.ratio().map(|r| format!("{r:.1}x")).unwrap_or_else(|| "-".into())
-        );
-    } else if let (Err(e), Ok(_)) = (&per_poll, &tree.tree) {
-        println!("    cpu per status poll: unavailable ({e})");
-    }
+    let less_polls = seq.print_cpu(&tree);
     env.row(Row {
         figure: "submit->terminal /bin/true p50 (p90, max)".into(),
         measured: format!("{:.2} ms ({:.2}, {:.2})", rt.p50, rt.p90, rt.max),
@@ -114,7 +179,7 @@ pub fn run(env: &Env, n: usize) {
     });
     env.row(tree.row("cpu per task, whole tree (latency)".into()));
     env.row(less_polls.row("cpu per task, whole tree, less status polls (latency)".into()));
-    stages(&c, &samples);
+    stages(&c, &seq.samples);
 }
 
 /// Status reads timed for [`poll_cost`].
@@ -140,7 +205,7 @@ fn poll_cost(
 
 /// Means of the stages between the task's timestamps (ms resolution, so
 /// only the means say something; p50s of 0/1 ms steps would not).
-fn stages(c: &Client, samples: &[Sample]) {
+pub fn stages(c: &Client, samples: &[Sample]) {
     let mut names: Vec<&str> = vec![];
     let mut cols: Vec<Vec<f64>> = vec![];
     let mut push = |name: &'static str, v: Option<f64>| {

@@ -3,7 +3,7 @@
 //! It asserts nothing about speed: the figures go to `docs/benchmarks.md`.
 //!
 //! Scenarios (all by default): `latency`, `throughput`, `timeout`, `kill`,
-//! `rss`, `output`. Each starts its own runtime under a unique directory of
+//! `rss`, `output`, `sandbox` (root only: it skips with a reason elsewhere). Each starts its own runtime under a unique directory of
 //! `--data-root`, which is removed at the end, and runs in a cgroup of
 //! its own that counts the CPU time of its whole tree (see `tree_cpu`).
 
@@ -19,6 +19,7 @@ mod latency;
 mod output;
 mod procfs;
 mod rss;
+mod sandbox;
 mod stats;
 mod throughput;
 mod timeout;
@@ -37,6 +38,7 @@ enum Scenario {
     Kill,
     Rss,
     Output,
+    Sandbox,
 }
 
 impl Scenario {
@@ -49,6 +51,7 @@ impl Scenario {
             Scenario::Kill => "kill",
             Scenario::Rss => "rss",
             Scenario::Output => "output",
+            Scenario::Sandbox => "sandbox",
         }
     }
 }
@@ -122,6 +125,10 @@ struct Args {
     /// Runs of the output figure.
     #[arg(long, default_value_t = 5)]
     output_runs: usize,
+
+    /// Sequential linux_sandbox /bin/true tasks (and runs of each bwrap).
+    #[arg(long, default_value_t = 200)]
+    sandbox_tasks: usize,
 }
 
 fn main() {
@@ -135,6 +142,7 @@ fn main() {
         Scenario::Kill,
         Scenario::Rss,
         Scenario::Output,
+        Scenario::Sandbox,
     ];
     let chosen: Vec<Scenario> = if args.scenarios.is_empty() {
         all.to_vec()
@@ -183,6 +191,7 @@ fn main() {
             Scenario::Kill => kill::run(&env, args.kill_tasks),
             Scenario::Rss => rss::run(&env, args.rss_shims),
             Scenario::Output => output::run(&env, args.output_bytes, args.output_runs),
+            Scenario::Sandbox => sandbox::run(&env, args.sandbox_tasks),
         }
         env.probe_after(s.dir_name());
         println!("  ({s:?} took {:.1} s)", t.elapsed().as_secs_f64());

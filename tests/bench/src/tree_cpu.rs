@@ -5,7 +5,9 @@
 //! alone in a cgroup of its own. A cgroup's counter adds up the CPU its
 //! processes used, on whichever core and whenever they got it, so unlike
 //! the wall-clock figures these do not grow when other work shares the
-//! machine (what remains is sharing's effect on caches and clocks).
+//! machine (what remains is sharing's effect on caches and clocks). The
+//! same loop can run another command instead (`bwrap /bin/true` for the
+//! sandbox scenario): [`bare_command`].
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -19,6 +21,11 @@ use crate::stats::Stats;
 /// In the environment of the bench process that runs the bare loop:
 /// `<tasks> <threads> <v1|v2> <its cgroup's dir>`.
 const CHILD_ENV: &str = "EXECGO_BENCH_BARE_TRUE_CPU";
+
+/// In the same process's environment when it runs a command other than
+/// `/bin/true`: its argv, joined by [`ARGV_SEP`].
+const ARGV_ENV: &str = "EXECGO_BENCH_BARE_ARGV";
+const ARGV_SEP: char = '\x1f';
 
 /// ms of CPU per task between two readings of a tree's counter.
 pub fn per_task(
@@ -35,6 +42,21 @@ pub fn per_task(
 /// process alone in a cgroup of its own (its fork, its waits, the
 /// children's exec, run and exit; not its own start-up).
 pub fn bare_true(env: &Env, tasks: usize, threads: usize) -> Result<f64, String> {
+    bare_loop(env, tasks, threads, &[])
+}
+
+/// ms of CPU per fork/exec + wait of `argv`, `tasks` times one after the
+/// other, counted like [`bare_true`] (the command's whole tree: whatever it
+/// forks stays in the cgroup).
+pub fn bare_command(env: &Env, tasks: usize, argv: &[String]) -> Result<f64, String> {
+    if argv.is_empty() || argv.iter().any(|a| a.contains(ARGV_SEP)) {
+        return Err(format!("cannot pass {argv:?} to the bare loop"));
+    }
+    bare_loop(env, tasks, 1, argv)
+}
+
+/// [`bare_true`] with `argv` instead of `/bin/true` when it is not empty.
+fn bare_loop(env: &Env, tasks: usize, threads: usize, argv: &[String]) -> Result<f64, String> {
     let version = env.cpu_hierarchy()?.version;
     let cg = env.cpu_cgroup("bare-true")?;
     let exe = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
@@ -48,6 +70,9 @@ pub fn bare_true(env: &Env, tasks: usize, threads: usize) -> Result<f64, String>
         format!("{tasks} {threads} {v} {}", cg.dir().display()),
     )
     .stdin(Stdio::null());
+    if !argv.is_empty() {
+        cmd.env(ARGV_ENV, argv.join(&ARGV_SEP.to_string()));
+    }
     cg.join_on_exec()(&mut cmd);
     let out = cmd
         .output()
@@ -108,9 +133,19 @@ fn bare_true_loop(spec: &str) -> Result<u64, String> {
             dir.display()
         ));
     }
+    let argv: Vec<String> = match std::env::var(ARGV_ENV) {
+        Ok(v) => v.split(ARGV_SEP).map(String::from).collect(),
+        Err(_) => vec![],
+    };
     // Alone in the cgroup: what its counter adds meanwhile is the loop's.
     let a = cgroup_cpu::usage_ns(version, dir)?;
-    baseline::true_parallel(tasks, threads);
+    if argv.is_empty() {
+        baseline::true_parallel(tasks, threads);
+    } else {
+        baseline::parallel(tasks, threads, &|| {
+            baseline::command_once(&argv);
+        });
+    }
     let b = cgroup_cpu::usage_ns(version, dir)?;
     Ok(b.saturating_sub(a))
 }
@@ -122,6 +157,9 @@ pub struct Figure {
     /// Threads of the bare loop.
     pub threads: usize,
     counter: &'static str,
+    /// What the baseline ran, in full and for the summary table; `None`:
+    /// a bare fork/exec + wait of `/bin/true`.
+    against: Option<(String, String)>,
 }
 
 impl Figure {
@@ -140,6 +178,16 @@ impl Figure {
             bare,
             threads,
             counter,
+            against: None,
+        }
+    }
+
+    /// The same with `bare` measured from `what` (`short` in the summary
+    /// table) rather than from `/bin/true`.
+    pub fn against(self, what: &str, short: &str) -> Figure {
+        Figure {
+            against: Some((what.into(), short.into())),
+            ..self
         }
     }
 
@@ -156,6 +204,7 @@ impl Figure {
             bare: p50(|x| &x.bare),
             threads: first.threads,
             counter: first.counter,
+            against: first.against.clone(),
         })
     }
 
@@ -166,6 +215,7 @@ impl Figure {
             bare: self.bare.clone(),
             threads: self.threads,
             counter: self.counter,
+            against: self.against.clone(),
         }
     }
 
@@ -177,6 +227,9 @@ impl Figure {
     }
 
     fn bare_label(&self) -> String {
+        if let Some((what, _)) = &self.against {
+            return what.clone();
+        }
         match self.threads {
             1 => "bare fork/exec+wait of /bin/true".into(),
             n => format!("bare fork/exec+wait of /bin/true ({n} threads)"),
@@ -213,7 +266,12 @@ impl Figure {
             figure,
             measured: ms(&self.tree),
             baseline: match &self.bare {
-                Ok(b) => format!("{b:.3} ms fork/exec+wait"),
+                Ok(b) => format!(
+                    "{b:.3} ms {}",
+                    self.against
+                        .as_ref()
+                        .map_or("fork/exec+wait", |(_, short)| short.as_str())
+                ),
                 Err(_) => "-".into(),
             },
             ratio: self
@@ -236,6 +294,7 @@ mod tests {
             bare,
             threads: 1,
             counter: "cgroup v1 cpuacct.usage",
+            against: None,
         }
     }
 
