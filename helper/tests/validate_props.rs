@@ -206,7 +206,7 @@ proptest! {
                 prop_assert_eq!(&v.argv, &spec.argv);
                 prop_assert_eq!(&v.env, &spec.env);
                 prop_assert_eq!(&v.limits, &spec.limits);
-                prop_assert_eq!(v.profile, spec.profile);
+                prop_assert_eq!(&v.profile, &spec.profile);
                 prop_assert_eq!(v.task_cgroups, spec.task_cgroups);
                 prop_assert_eq!(
                     v.termination_grace,
