@@ -111,6 +111,9 @@ pub fn capabilities(e: &Engine) -> Value {
     let mut enhanced = vec!["resource_ledger"];
     if caps.linux_sandbox {
         enhanced.extend(["linux_sandbox", "namespaces"]);
+        if !p.rootfs_dirs.is_empty() {
+            enhanced.push("chroot");
+        }
     }
     if caps.cgroup_memory {
         enhanced.push("cgroup_memory");
