@@ -199,15 +199,7 @@ fn mounts(workspace: RawFd, fresh_proc: bool, rootfs: Option<RawFd>) -> Result<R
         // where the new mount calls refuse to work: the same directory is
         // opened again here, by its path, and must be the same inode.
         let workspace = reopen_here(workspace)?;
-        let tree = check(libc::syscall(
-            libc::SYS_open_tree,
-            workspace,
-            c"".as_ptr(),
-            OPEN_TREE_CLONE
-                | libc::O_CLOEXEC as libc::c_uint
-                | libc::AT_EMPTY_PATH as libc::c_uint
-                | libc::AT_RECURSIVE as libc::c_uint,
-        ))? as RawFd;
+        let tree = clone_tree(workspace)?;
         if let Some(root) = rootfs {
             switch_root(root)?;
         }
@@ -268,18 +260,10 @@ fn mounts(workspace: RawFd, fresh_proc: bool, rootfs: Option<RawFd>) -> Result<R
 fn switch_root(root: RawFd) -> Result<(), ChildStep> {
     let check = |r: libc::c_long| if r < 0 { Err(ChildStep::Mounts) } else { Ok(r) };
     let here = reopen_here(root)?;
+    let tree = clone_tree(here)?;
     // SAFETY: each call is a system call on static NUL-terminated strings,
     // descriptors we own and live locals.
     unsafe {
-        let tree = check(libc::syscall(
-            libc::SYS_open_tree,
-            here,
-            c"".as_ptr(),
-            OPEN_TREE_CLONE
-                | libc::O_CLOEXEC as libc::c_uint
-                | libc::AT_EMPTY_PATH as libc::c_uint
-                | libc::AT_RECURSIVE as libc::c_uint,
-        ))? as RawFd;
         check(libc::syscall(
             libc::SYS_move_mount,
             tree,
@@ -298,6 +282,27 @@ fn switch_root(root: RawFd) -> Result<(), ChildStep> {
         check(libc::chdir(c"/".as_ptr()) as libc::c_long)?;
     }
     Ok(())
+}
+
+/// A detached, close-on-exec clone of the mount tree at `dir`
+/// (`open_tree(OPEN_TREE_CLONE|AT_RECURSIVE)`), to attach elsewhere.
+fn clone_tree(dir: RawFd) -> Result<RawFd, ChildStep> {
+    // SAFETY: open_tree(2) on a descriptor we own and an empty static path.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            dir,
+            c"".as_ptr(),
+            OPEN_TREE_CLONE
+                | libc::O_CLOEXEC as libc::c_uint
+                | libc::AT_EMPTY_PATH as libc::c_uint
+                | libc::AT_RECURSIVE as libc::c_uint,
+        )
+    };
+    if tree < 0 {
+        return Err(ChildStep::Mounts);
+    }
+    Ok(tree as RawFd)
 }
 
 /// A tmpfs on `/dev` with only null, zero, full, random, urandom and tty.
