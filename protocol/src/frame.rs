@@ -214,8 +214,8 @@ mod tests {
 
     #[test]
     fn many_small_frames_take_linear_time() {
-        // Found by fuzz/ (frame_decoder): each frame taken out used to move
-        // every byte behind it: 2 MiB of empty frames took over 10 s, now ms.
+        // Taking a frame out must not move the bytes behind it, or many
+        // small frames in one buffer cost quadratic time.
         let mut d = FrameDecoder::default();
         d.push(&vec![0u8; 2 << 20]);
         let started = std::time::Instant::now();

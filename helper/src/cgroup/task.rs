@@ -133,7 +133,8 @@ impl Placement {
     /// Creates the task's cgroups (reused if they exist): in every
     /// hierarchy for [`Need::Limits`]; for [`Need::Containment`] only in
     /// the one that kills (each hierarchy joined costs the task child a
-    /// `cgroup.procs` write, about half a millisecond on v1).
+    /// `cgroup.procs` write, which waits on the kernel; see
+    /// docs/benchmarks.md).
     pub fn create(
         &self,
         task_id: &str,
