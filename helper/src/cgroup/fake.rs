@@ -76,6 +76,7 @@ impl FakeKernel {
     pub fn mount_v1(&mut self, path: &Path, controllers: &[&str]) {
         std::fs::create_dir_all(path).unwrap();
         put(path, "cgroup.procs", "");
+        put(path, "tasks", "");
         let list: Vec<String> = controllers.iter().map(|c| c.to_string()).collect();
         for c in &list {
             controller_files(path, false, c);
@@ -162,6 +163,7 @@ impl CgroupFs for FakeKernel {
                 }
             }
             Some(Kind::V1(list)) => {
+                put(path, "tasks", "");
                 for c in list {
                     controller_files(path, false, c);
                 }

@@ -319,13 +319,24 @@ impl TaskCgroups {
         self.entries.iter().map(|e| e.dir.as_path()).collect()
     }
 
-    /// `cgroup.procs` of each, opened for writing (close-on-exec): the task
-    /// child writes `0` to each to join before it execs.
-    pub fn procs_fds(&self) -> Result<Vec<OwnedFd>, CgroupError> {
+    /// The file each cgroup is joined by, opened for writing
+    /// (close-on-exec): the task child writes `0` (itself) to each before
+    /// it execs. v1's `tasks` moves the writing thread alone, which the
+    /// kernel does without taking the global threadgroup lock that a
+    /// `cgroup.procs` write takes (and whose writer waits for an RCU grace
+    /// period, milliseconds on a busy host); the child is single-threaded,
+    /// so that thread is the whole process. v2 has no such file outside
+    /// threaded cgroups: `cgroup.procs`.
+    pub fn join_fds(&self) -> Result<Vec<OwnedFd>, CgroupError> {
         self.entries
             .iter()
             .map(|e| {
-                let path = e.dir.join("cgroup.procs");
+                let file = if e.version == CgroupVersion::V1 {
+                    "tasks"
+                } else {
+                    "cgroup.procs"
+                };
+                let path = e.dir.join(file);
                 OpenOptions::new()
                     .write(true)
                     .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -540,6 +551,16 @@ mod tests {
     use super::super::fake::Fixture;
     use super::*;
 
+    /// The files [`TaskCgroups::join_fds`] opened.
+    fn join_targets(cg: &TaskCgroups) -> Vec<PathBuf> {
+        use std::os::fd::AsRawFd;
+        cg.join_fds()
+            .unwrap()
+            .iter()
+            .map(|fd| std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap())
+            .collect()
+    }
+
     fn placement(f: &Fixture, root: &str) -> (Option<Placement>, Vec<String>) {
         let layout = Layout::detect(&f.mounts, &f.kernel).unwrap();
         Placement::prepare(&layout, Path::new(root), "d-1", &f.kernel)
@@ -570,6 +591,12 @@ mod tests {
         }
         let cg = p.create("t-1", Need::Limits, &f.kernel).unwrap();
         assert_eq!(cg.dirs().len(), 3);
+        // v1 is joined through `tasks`.
+        assert_eq!(
+            join_targets(&cg),
+            ["memory", "pids", "freezer"]
+                .map(|h| f.path(&format!("cgroup/{h}/execgo-runtime/d-1/t-1/tasks")))
+        );
         assert!(f
             .path("cgroup/pids/execgo-runtime/d-1/t-1/pids.max")
             .exists());
@@ -601,6 +628,7 @@ mod tests {
         p.remove_empty_roots(&f.kernel);
         assert!(!root.exists());
         let cg = p.create("t", Need::Limits, &f.kernel).unwrap();
+        assert_eq!(join_targets(&cg), [root.join("t/cgroup.procs")]);
         assert!(root.join("t/memory.max").exists());
         assert!(root.join("t/pids.max").exists());
         assert!(cg.remove(&f.kernel).is_empty());

@@ -30,7 +30,7 @@ pub struct Host {
     plan: Option<Plan>,
     cgroups: Option<TaskCgroups>,
     /// `cgroup.procs` of each task cgroup, for the task child to join.
-    cgroup_procs: Vec<OwnedFd>,
+    cgroup_join: Vec<OwnedFd>,
     /// Read end of the sandbox init's report of the task's wait status.
     report: Option<OwnedFd>,
     sigchld: Option<SignalFd>,
@@ -51,7 +51,7 @@ impl Host {
             stdio: None,
             plan: None,
             cgroups: None,
-            cgroup_procs: Vec::new(),
+            cgroup_join: Vec::new(),
             report: None,
             sigchld: None,
             result: None,
@@ -186,9 +186,9 @@ impl Steps for Host {
             }
         }
         // Kept before the fds are opened, so a failure still removes them.
-        let procs = cg.procs_fds();
+        let procs = cg.join_fds();
         self.cgroups = Some(cg);
-        self.cgroup_procs = procs.map_err(ShimError::Cgroup)?;
+        self.cgroup_join = procs.map_err(ShimError::Cgroup)?;
         Ok(())
     }
 
@@ -268,14 +268,14 @@ impl Steps for Host {
             &io.stdout,
             &io.stderr,
             cwd,
-            &self.cgroup_procs,
+            &self.cgroup_join,
             report.as_ref().map(|(_, w)| w),
         )?;
         self.report = report.map(|(r, _)| r);
         // The task has its own copies; ours are not needed any more.
         self.stdio = None;
         self.workspace = None;
-        self.cgroup_procs.clear();
+        self.cgroup_join.clear();
         logging::shim_info!(
             pid = started.pid,
             profile,

@@ -123,10 +123,10 @@ pub fn spawn(
     stdout: &OwnedFd,
     stderr: &OwnedFd,
     cwd: &OwnedFd,
-    cgroup_procs: &[OwnedFd],
+    cgroup_join: &[OwnedFd],
     report: Option<&OwnedFd>,
 ) -> Result<Started, SpawnError> {
-    let cgroup_procs: Vec<RawFd> = cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect();
+    let cgroup_join: Vec<RawFd> = cgroup_join.iter().map(AsRawFd::as_raw_fd).collect();
     let (status_r, status_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
     let setup = ChildSetup {
         image: &plan.image,
@@ -139,7 +139,7 @@ pub fn spawn(
         nofile: rlimits::task_nofile(),
         identity: plan.identity,
         parent: nix::unistd::getpid().as_raw(),
-        cgroup_procs: &cgroup_procs,
+        cgroup_join: &cgroup_join,
         own_group: true,
         seccomp: plan.sandbox.as_ref().map_or(&[], |s| &s.seccomp[..]),
         status_fd: status_w.as_raw_fd(),

@@ -124,7 +124,7 @@ fn sandbox_child(s: &ChildSetup<'_>, sb: &SandboxSetup) -> ! {
         child_fail(s.status_fd, ChildStep::Loopback);
     }
     let task = ChildSetup {
-        cgroup_procs: &[],
+        cgroup_join: &[],
         own_group: false,
         cwd,
         // In a new pid namespace our pid is 1; else we are the task, and

@@ -138,7 +138,7 @@ impl ChildStep {
             ChildStep::Capabilities => "capset",
             ChildStep::NoNewPrivs => "prctl PR_SET_NO_NEW_PRIVS",
             ChildStep::ParentDeath => "prctl PR_SET_PDEATHSIG (or the shim is gone)",
-            ChildStep::Cgroup => "joining the task's cgroup (cgroup.procs)",
+            ChildStep::Cgroup => "joining the task's cgroup",
             ChildStep::Mounts => "setting up the sandbox's mounts",
             ChildStep::Hostname => "sethostname",
             ChildStep::Loopback => "bringing up lo",
@@ -174,8 +174,9 @@ pub struct ChildSetup<'a> {
     /// The shim's pid: the child dies with it (PR_SET_PDEATHSIG) and
     /// checks it is still its parent once that is armed.
     pub parent: i32,
-    /// `cgroup.procs` of each of the task's cgroups, open for writing.
-    pub cgroup_procs: &'a [RawFd],
+    /// The join file of each of the task's cgroups, open for writing
+    /// (see `TaskCgroups::join_fds`).
+    pub cgroup_join: &'a [RawFd],
     /// Make a process group of its own (false: stay in the sandbox
     /// init's, made before).
     pub own_group: bool,
@@ -369,9 +370,9 @@ fn exec_candidates(image: &ExecImage) {
     }
 }
 
-/// Writes "0" (the writer itself) to each `cgroup.procs` of the setup.
+/// Writes "0" (the writer itself) to each join file of the setup.
 pub(super) fn join_cgroups(s: &ChildSetup<'_>) -> Result<(), ChildStep> {
-    for fd in s.cgroup_procs {
+    for fd in s.cgroup_join {
         // SAFETY: write(2) of a one-byte static string to a descriptor
         // owned by the shim, open for the duration of the spawn.
         if unsafe { libc::write(*fd, b"0".as_ptr().cast(), 1) } != 1 {
