@@ -119,6 +119,10 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, Launc
     let rootfs = open_rootfs(ctx, &launch.profile)?;
     let task_dir = open_task_dir(ctx, &launch.task_id)?;
     let cgroups = ctx.cgroups.clone().filter(|_| launch.task_cgroups);
+    let seccomp = match launch.profile {
+        LaunchProfile::LinuxSandbox(_) => ctx.task_seccomp.clone(),
+        LaunchProfile::Process => None,
+    };
     let shim_ctx = ShimContext {
         launch,
         task_dir,
@@ -128,6 +132,7 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, Launc
         task_identity: ctx.task_identity,
         cgroups,
         rootfs,
+        seccomp,
     };
     let threads = sys::thread_count().map_err(LaunchError::ThreadCount)?;
     if threads != 1 {

@@ -234,12 +234,26 @@ fn run(args: cli::Args) -> Result<(), MainError> {
     for w in &cgroup_warnings {
         tracing::warn!(target: logging::TARGET, reason = w.as_str(), "task cgroups limited");
     }
+    let task_seccomp = if capabilities.seccomp {
+        seccomp::task_filters()
+            .inspect_err(|e| {
+                tracing::warn!(
+                    target: logging::TARGET,
+                    error = %logging::chain(e),
+                    "the sandbox's seccomp filters do not compile"
+                )
+            })
+            .ok()
+    } else {
+        None
+    };
     let dispatcher = Dispatcher::new(Context {
         data_fd,
         capabilities,
         task_identity,
         cgroups,
         rootfs_dirs,
+        task_seccomp,
     });
     dispatcher.sweep_cgroups();
     // Embedded, the one connection is the runtime that started us, and its

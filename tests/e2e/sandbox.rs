@@ -187,6 +187,33 @@ fn a_sandboxed_task_times_out_and_its_namespace_dies() {
 }
 
 #[test]
+fn a_sandboxed_task_ends_with_its_main_process_with_the_namespaces_usage() {
+    let s = match sandbox_server() {
+        Ok(s) => s,
+        Err(why) => return println!("skipped: {why}"),
+    };
+    // A marker in the sleeper's command line finds it if it survived.
+    let marker = format!("300.{}", std::process::id());
+    let script = format!(
+        "sleep {marker} & \
+         sh -c 'i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done'; exit 3"
+    );
+    let id = s.submit(&sandboxed(&script, json!({})));
+    let st = s.wait_terminal(&id, T);
+    assert_eq!(st["status"], "failed", "{st}");
+    assert_eq!(st["exit_code"], 3, "{st}");
+    // The busy loop ran in a grandchild of the namespace's init: its CPU
+    // time is the task's.
+    let cpu = st["usage"]["user_cpu_ms"].as_u64().unwrap_or(0)
+        + st["usage"]["system_cpu_ms"].as_u64().unwrap_or(0);
+    assert!(cpu > 50, "{st}");
+    assert!(
+        pids_mentioning(&marker).is_empty(),
+        "the background sleep survived"
+    );
+}
+
+#[test]
 fn a_rootfs_outside_the_allowlist_is_refused_and_one_without_chroot_dropped() {
     let s = match sandbox_server() {
         Ok(s) => s,

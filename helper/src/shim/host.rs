@@ -29,10 +29,12 @@ pub struct Host {
     stdio: Option<TaskStdio>,
     plan: Option<Plan>,
     cgroups: Option<TaskCgroups>,
-    /// `cgroup.procs` of each task cgroup, for the task child to join.
+    /// The join file of each task cgroup, for the task child to join.
     cgroup_join: Vec<OwnedFd>,
-    /// Read end of the sandbox init's report of the task's wait status.
+    /// Read end of the pid namespace init's report pipe.
     report: Option<OwnedFd>,
+    /// That init, once it reported: exiting, not yet reaped.
+    init: Option<nix::unistd::Pid>,
     sigchld: Option<SignalFd>,
     /// From the claim until the result is written.
     result: Option<result::ResultFile>,
@@ -53,6 +55,7 @@ impl Host {
             cgroups: None,
             cgroup_join: Vec::new(),
             report: None,
+            init: None,
             sigchld: None,
             result: None,
         }
@@ -211,7 +214,10 @@ impl Steps for Host {
             plan.sandbox = Some(SandboxPlan {
                 rootfs: self.ctx.rootfs.as_ref().map(AsRawFd::as_raw_fd),
                 spec: spec.clone(),
-                seccomp: crate::seccomp::task_filters().map_err(ShimError::Seccomp)?,
+                seccomp: match self.ctx.seccomp.take() {
+                    Some(filters) => filters,
+                    None => crate::seccomp::task_filters().map_err(ShimError::Seccomp)?,
+                },
             });
         }
         self.plan = Some(plan);
@@ -311,11 +317,18 @@ impl Steps for Host {
             grace: self.ctx.launch.termination_grace,
             sigchld,
             control,
+            report: self.report.as_ref(),
         };
         match m.run() {
             Ok(mut ended) => {
-                if let Some(status) = self.report.as_ref().and_then(read_report) {
-                    ended.exit = monitor::exit_kind(status);
+                self.init = ended.init;
+                // An init reaped before its report was read: the report
+                // is on the pipe all the same, unless the init was killed.
+                if ended.init.is_none() {
+                    if let Some(r) = self.report.as_ref().and_then(monitor::read_report) {
+                        ended.exit = monitor::exit_kind(r.status);
+                        ended.usage = r.usage;
+                    }
                 }
                 if let Some(cg) = self.cgroups.as_ref() {
                     ended.oom_killed = cg.oom_killed(&HostFs);
@@ -340,6 +353,11 @@ impl Steps for Host {
             monitor::reap_leftovers();
             return None;
         };
+        if self.init.is_some() {
+            // The init killed and reaped everything else of its namespace
+            // before it reported, and nothing leaves a pid namespace.
+            return cg.memory_peak(&HostFs);
+        }
         // Whatever of the task outlived its main process dies now, wherever
         // it moved its group or session; we reap what comes to us.
         if !cg.kill_all(&HostFs, monitor::reap_leftovers) {
@@ -353,6 +371,10 @@ impl Steps for Host {
     }
 
     fn remove_cgroups(&mut self) {
+        if let Some(init) = self.init.take() {
+            // It exits right after its report; its cgroups empty then.
+            let _ = crate::sys::wait4(init.as_raw(), false);
+        }
         let Some(cg) = self.cgroups.take() else {
             return;
         };
@@ -379,15 +401,5 @@ impl Steps for Host {
             "result recorded"
         );
         Ok(())
-    }
-}
-
-/// The sandbox init's report: the task's raw wait status, 4 little-endian
-/// bytes, written before init exited (so present once it is reaped).
-fn read_report(pipe: &OwnedFd) -> Option<i32> {
-    let mut buf = [0u8; 4];
-    match nix::unistd::read(pipe.as_raw_fd(), &mut buf) {
-        Ok(4) => Some(i32::from_le_bytes(buf)),
-        _ => None,
     }
 }

@@ -45,6 +45,8 @@ pub struct ShimContext {
     pub cgroups: Option<crate::cgroup::task::Placement>,
     /// A sandbox's root, opened by the helper (close-on-exec).
     pub rootfs: Option<OwnedFd>,
+    /// A sandbox's seccomp filters, as the helper compiled them at start.
+    pub seccomp: Option<[seccompiler::BpfProgram; 2]>,
 }
 
 /// Exit code of a shim that panicked (a bug); the panic message is in

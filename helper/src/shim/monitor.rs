@@ -11,6 +11,10 @@
 //! * Grace deadline: SIGKILL to the group and the cgroups.
 //! * SIGCHLD: reap everything reapable (we are the subreaper, so orphaned
 //!   grandchildren land here too) until the main process is among them.
+//! * The report of a pid namespace's init (a `linux_sandbox` task with a
+//!   pid namespace): the task and everything else of the namespace are
+//!   dead and reaped, so the loop ends on it, with the task's status and
+//!   usage, while the init itself still exits (see [`Ended::init`]).
 //!
 //! The main process is first *observed* dead with `waitid(WNOWAIT)`, then
 //! its group is SIGKILLed, and only then is it reaped: while it is an
@@ -18,7 +22,7 @@
 //! unrelated process that the group kill would hit.
 
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use execgo_runtime_protocol::ExitKind;
@@ -61,6 +65,9 @@ pub struct Ended {
     pub oom_killed: bool,
     /// Monotonic time of the reap.
     pub at: Instant,
+    /// The namespace's init, when the loop ended on its report: it exits
+    /// by itself, and is still to be reaped.
+    pub init: Option<Pid>,
 }
 
 pub struct Monitor<'a> {
@@ -73,6 +80,9 @@ pub struct Monitor<'a> {
     pub grace: Duration,
     pub sigchld: &'a SignalFd,
     pub control: &'a File,
+    /// Read end of the pid namespace init's report pipe, when `pid` is
+    /// such an init.
+    pub report: Option<&'a OwnedFd>,
 }
 
 /// Loop state: what was asked and sent so far.
@@ -89,6 +99,7 @@ impl Monitor<'_> {
     pub fn run(&self) -> Result<Ended, MonitorError> {
         let wall_deadline = deadline::after(self.started, self.wall_time);
         let mut st = State::default();
+        let mut report = self.report;
         loop {
             let now = Instant::now();
             if !st.timed_out && st.grace_deadline.is_none() && deadline::reached(now, wall_deadline)
@@ -110,11 +121,12 @@ impl Monitor<'_> {
                 wall_deadline
             };
             let timeout = deadline::poll_timeout_ms(Instant::now(), next);
-            let (chld, ctl) = {
-                let mut fds = [
+            let (chld, ctl, rep) = {
+                let mut fds = vec![
                     PollFd::new(self.sigchld.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.control.as_fd(), PollFlags::POLLIN),
                 ];
+                fds.extend(report.map(|r| PollFd::new(r.as_fd(), PollFlags::POLLIN)));
                 match poll(
                     &mut fds,
                     PollTimeout::try_from(timeout).unwrap_or(PollTimeout::NONE),
@@ -124,8 +136,30 @@ impl Monitor<'_> {
                     Err(e) => return Err(MonitorError::Poll(e)),
                 }
                 let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
-                (ready(&fds[0]), ready(&fds[1]))
+                (
+                    ready(&fds[0]),
+                    ready(&fds[1]),
+                    fds.get(2).is_some_and(ready),
+                )
             };
+            if rep {
+                match report.and_then(read_report) {
+                    Some(r) => {
+                        return Ok(Ended {
+                            exit: exit_kind(r.status),
+                            usage: r.usage,
+                            timed_out: st.timed_out,
+                            kill_requested: st.kill_requested,
+                            oom_killed: false,
+                            at: Instant::now(),
+                            init: Some(self.pid),
+                        })
+                    }
+                    // The init is gone without a report (killed): its own
+                    // exit, by SIGCHLD, is all there is.
+                    None => report = None,
+                }
+            }
             if ctl && control::take_kill(self.control)? && !st.kill_requested {
                 st.kill_requested = true;
                 self.log("kill requested; terminating the task");
@@ -143,6 +177,7 @@ impl Monitor<'_> {
                         kill_requested: st.kill_requested,
                         oom_killed: false,
                         at: Instant::now(),
+                        init: None,
                     });
                 }
             }
@@ -227,6 +262,16 @@ fn drain_signalfd(sfd: &SignalFd) -> Result<(), MonitorError> {
             Err(Errno::EINTR) => {}
             Err(e) => return Err(MonitorError::SignalFd(e)),
         }
+    }
+}
+
+/// The init's report, when a whole one is on the pipe (it is written
+/// whole, in one write, before the init exits).
+pub fn read_report(pipe: &OwnedFd) -> Option<sys::Report> {
+    let mut buf = [0u8; sys::Report::LEN];
+    match nix::unistd::read(pipe.as_raw_fd(), &mut buf) {
+        Ok(n) if n == buf.len() => Some(sys::Report::decode(&buf)),
+        _ => None,
     }
 }
 

@@ -312,6 +312,7 @@ mod tests {
             kill_requested: false,
             oom_killed: false,
             at,
+            init: None,
         }
     }
 

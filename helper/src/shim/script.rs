@@ -128,8 +128,9 @@ pub trait Steps {
     /// measured. Also after a failed launch.
     fn clean_up(&mut self) -> Option<u64>;
     fn write_result(&mut self, outcome: &Outcome) -> Result<(), ShimError>;
-    /// Removes the task's cgroups, emptied by [`Steps::clean_up`]: after
-    /// the result, which does not wait for it.
+    /// Reaps a pid namespace's init that ended the monitor by its report,
+    /// and removes the task's cgroups, emptied by [`Steps::clean_up`]:
+    /// after the result, which waits for neither.
     fn remove_cgroups(&mut self);
 }
 
@@ -376,6 +377,7 @@ mod tests {
                     kill_requested: false,
                     oom_killed: false,
                     at: started.at,
+                    init: None,
                 },
                 finished_at: "2026-01-01T00:00:01.000Z".into(),
             })

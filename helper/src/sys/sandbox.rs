@@ -3,8 +3,9 @@
 //! shim goes on, and may allocate, being a process of its own), which joins the task's cgroups, sets up its mounts,
 //! hostname and loopback, and then either becomes the task or, with a pid
 //! namespace, is that namespace's init: it forks the task, reaps every
-//! process that ends up in the namespace, reports the task's wait status to
-//! the shim and exits, which kills whatever is left in the namespace.
+//! process that ends up in the namespace, and once the task is reaped kills
+//! the rest, reports the task's wait status and usage to the shim, and
+//! exits.
 //!
 //! Mounts, in a mount namespace: every mount private; the workspace cloned
 //! as a detached mount (`open_tree`) while it is still writable; the whole
@@ -34,8 +35,8 @@ pub struct SandboxSetup {
     pub uts: bool,
     pub ipc: bool,
     pub net: bool,
-    /// Write end (close-on-exec) of the pipe the namespace's init reports
-    /// the task's wait status on, as 4 little-endian bytes.
+    /// Write end (close-on-exec) of the pipe the namespace's init sends
+    /// its [`Report`] on.
     pub report_fd: RawFd,
     /// The directory to make the task's root, opened by the helper.
     pub rootfs: Option<RawFd>,
@@ -145,24 +146,87 @@ fn sandbox_child(s: &ChildSetup<'_>, sb: &SandboxSetup) -> ! {
 }
 
 /// The pid namespace's init: reaps everything until the task is reaped,
-/// reports its status and exits (the kernel then kills the rest of the
-/// namespace).
+/// then kills and reaps whatever else is left in the namespace, reports
+/// the task's status and the namespace's usage, and exits. Nothing of the
+/// task is alive when the report is written, so the shim may record the
+/// result on it while the kernel still tears the namespaces down.
 fn init(task: libc::pid_t, status_fd: RawFd, report_fd: RawFd) -> ! {
     // The shim learns of the exec when every write end is closed: ours too.
     // SAFETY: closing a descriptor we own.
     unsafe { libc::close(status_fd) };
-    loop {
+    let status = loop {
         let mut status: libc::c_int = 0;
         // SAFETY: waitpid(2) with a live local for the status.
         let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
         if pid == task {
-            let bytes = status.to_le_bytes();
-            // SAFETY: write(2) of a live local array.
-            unsafe { libc::write(report_fd, bytes.as_ptr().cast(), bytes.len()) };
-            exit_now(0);
+            break status;
         }
         if pid < 0 && Errno::last_raw() != libc::EINTR {
             exit_now(0);
+        }
+    };
+    // As the namespace's pid 1, kill(-1) reaches every other process in
+    // it, and nothing can enter it from outside.
+    // SAFETY: kill(2) and waitpid(2) with a live local for the status.
+    unsafe {
+        libc::kill(-1, libc::SIGKILL);
+        let mut ignored: libc::c_int = 0;
+        while libc::waitpid(-1, &mut ignored, 0) > 0 || Errno::last_raw() == libc::EINTR {}
+    }
+    // SAFETY: rusage is plain old data; getrusage(2) fills the local.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let bytes = Report {
+        status,
+        usage: super::wait::usage_of(&ru),
+    }
+    .encode();
+    // SAFETY: write(2) of a live local array.
+    unsafe { libc::write(report_fd, bytes.as_ptr().cast(), bytes.len()) };
+    exit_now(0)
+}
+
+/// What a pid namespace's init reports when its task is reaped: the
+/// task's raw wait status and the usage of every process of the namespace
+/// but the init.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    pub status: i32,
+    pub usage: super::Rusage,
+}
+
+impl Report {
+    /// Its size on the pipe: one write, well under `PIPE_BUF`, so it is
+    /// read whole or not at all.
+    pub const LEN: usize = 4 + 3 * 8;
+
+    fn encode(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[..4].copy_from_slice(&self.status.to_le_bytes());
+        let u = &self.usage;
+        for (i, v) in [u.user_cpu_ms, u.system_cpu_ms, u.max_rss_bytes]
+            .into_iter()
+            .enumerate()
+        {
+            b[4 + i * 8..12 + i * 8].copy_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    pub fn decode(b: &[u8; Self::LEN]) -> Report {
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[4 + i * 8..12 + i * 8]);
+            u64::from_le_bytes(w)
+        };
+        Report {
+            status: i32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            usage: super::Rusage {
+                user_cpu_ms: word(0),
+                system_cpu_ms: word(1),
+                max_rss_bytes: word(2),
+            },
         }
     }
 }
@@ -389,5 +453,23 @@ fn loopback_up() -> Result<(), Errno> {
         let result = if r == 0 { Ok(()) } else { Err(Errno::last()) };
         libc::close(fd);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_survives_the_pipe() {
+        let r = Report {
+            status: 3 << 8,
+            usage: crate::sys::Rusage {
+                user_cpu_ms: 12,
+                system_cpu_ms: u64::MAX,
+                max_rss_bytes: 4096,
+            },
+        };
+        assert_eq!(Report::decode(&r.encode()), r);
     }
 }

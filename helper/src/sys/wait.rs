@@ -17,6 +17,18 @@ fn timeval_ms(tv: libc::timeval) -> u64 {
     secs.saturating_mul(1000).saturating_add(usecs / 1000)
 }
 
+/// The figures we keep of a `struct rusage`.
+pub fn usage_of(ru: &libc::rusage) -> Rusage {
+    Rusage {
+        user_cpu_ms: timeval_ms(ru.ru_utime),
+        system_cpu_ms: timeval_ms(ru.ru_stime),
+        // ru_maxrss is in kilobytes on Linux.
+        max_rss_bytes: u64::try_from(ru.ru_maxrss)
+            .unwrap_or(0)
+            .saturating_mul(1024),
+    }
+}
+
 /// wait4(2). `pid` -1 means any child. With `nohang`, `Ok(None)` when no
 /// child has changed state. Returns the pid, the raw status and the usage.
 pub fn wait4(pid: i32, nohang: bool) -> nix::Result<Option<(i32, i32, Rusage)>> {
@@ -36,15 +48,7 @@ pub fn wait4(pid: i32, nohang: bool) -> nix::Result<Option<(i32, i32, Rusage)>> 
         if rc == 0 {
             return Ok(None);
         }
-        let usage = Rusage {
-            user_cpu_ms: timeval_ms(ru.ru_utime),
-            system_cpu_ms: timeval_ms(ru.ru_stime),
-            // ru_maxrss is in kilobytes on Linux.
-            max_rss_bytes: u64::try_from(ru.ru_maxrss)
-                .unwrap_or(0)
-                .saturating_mul(1024),
-        };
-        return Ok(Some((rc, status, usage)));
+        return Ok(Some((rc, status, usage_of(&ru))));
     }
 }
 
