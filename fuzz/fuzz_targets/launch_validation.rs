@@ -15,7 +15,9 @@ use std::time::Duration;
 use arbitrary::{Result, Unstructured};
 use execgo_runtime_fuzz::validate::{validate, ValidateError};
 use execgo_runtime_protocol::taskdir::MAX_OUTPUT_HEAD_BYTES;
-use execgo_runtime_protocol::{decode, LaunchLimits, LaunchProfile, LaunchSpec};
+use execgo_runtime_protocol::{
+    decode, LaunchLimits, LaunchProfile, LaunchSpec, SandboxSpec, CPU_MILLIS_MAX, CPU_MILLIS_MIN,
+};
 use libfuzzer_sys::fuzz_target;
 
 /// Text made of `pieces`, or any string at all.
@@ -93,7 +95,22 @@ fn build(u: &mut Unstructured) -> Result<LaunchSpec> {
         } else {
             None
         },
-        profile: LaunchProfile::Process,
+        profile: if u.arbitrary()? {
+            LaunchProfile::LinuxSandbox(SandboxSpec {
+                mount: u.arbitrary()?,
+                pid: u.arbitrary()?,
+                uts: u.arbitrary()?,
+                ipc: u.arbitrary()?,
+                net: u.arbitrary()?,
+                rootfs: if u.arbitrary()? {
+                    Some(text(u, SUBDIR)?)
+                } else {
+                    None
+                },
+            })
+        } else {
+            LaunchProfile::Process
+        },
         limits: LaunchLimits {
             wall_time_ms: limit(u)?,
             cpu_time_sec: opt_limit(u)?,
@@ -101,6 +118,17 @@ fn build(u: &mut Unstructured) -> Result<LaunchSpec> {
             pids_max: opt_limit(u)?,
             stdout_max_bytes: limit(u)?,
             stderr_max_bytes: limit(u)?,
+            cpu_millis: if u.arbitrary()? {
+                Some(*u.choose(&[
+                    0,
+                    CPU_MILLIS_MIN - 1,
+                    CPU_MILLIS_MIN,
+                    CPU_MILLIS_MAX,
+                    CPU_MILLIS_MAX + 1,
+                ])?)
+            } else {
+                None
+            },
         },
         termination_grace_ms: u.arbitrary()?,
         result_template: text(u, JSON)?,
@@ -152,6 +180,9 @@ fn limits_ok(l: &LaunchLimits) -> bool {
         && out.contains(&l.stderr_max_bytes)
         && l.cpu_time_sec != Some(0)
         && l.memory_bytes != Some(0)
+        && l
+            .cpu_millis
+            .map_or(true, |m| (CPU_MILLIS_MIN..=CPU_MILLIS_MAX).contains(&m))
 }
 
 fn acceptable(s: &LaunchSpec) -> bool {
@@ -192,6 +223,9 @@ fn breaks(s: &LaunchSpec, e: &ValidateError) -> bool {
         ValidateError::StderrMax => !(1..=MAX_OUTPUT_HEAD_BYTES).contains(&l.stderr_max_bytes),
         ValidateError::CpuTime => l.cpu_time_sec == Some(0),
         ValidateError::Memory => l.memory_bytes == Some(0),
+        ValidateError::CpuMillis => l
+            .cpu_millis
+            .is_some_and(|m| !(CPU_MILLIS_MIN..=CPU_MILLIS_MAX).contains(&m)),
     }
 }
 

@@ -164,6 +164,16 @@ fn run(args: cli::Args) -> Result<(), MainError> {
             Err(e) => (None, vec![format!("task cgroups: {}", logging::chain(&e))]),
         };
     capabilities.task_cgroups = cgroups.is_some();
+    // A limit is offered only where task cgroups really have its
+    // controller, whatever the probe cgroup could do.
+    let placed = |c: &str| {
+        cgroups
+            .as_ref()
+            .is_some_and(|p| p.roots.iter().any(|r| r.controllers.contains(&c)))
+    };
+    capabilities.memory_limit &= placed("memory");
+    capabilities.pids_limit &= placed("pids");
+    capabilities.cpu_quota &= placed("cpu");
     let mut rootfs_dirs = Vec::new();
     for dir in &args.rootfs_dir {
         let fd = sys::open(

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use execgo_runtime_protocol::taskdir::MAX_OUTPUT_HEAD_BYTES;
 use execgo_runtime_protocol::{
-    valid_relative_path, valid_task_id, LaunchLimits, LaunchProfile, LaunchSpec,
+    valid_relative_path, valid_task_id, LaunchLimits, LaunchProfile, LaunchSpec, CPU_MILLIS_MAX,
+    CPU_MILLIS_MIN,
 };
 use serde_json::{Map, Value};
 
@@ -51,6 +52,8 @@ pub enum ValidateError {
     CpuTime,
     #[error("limits.memory_bytes must be greater than 0 when given")]
     Memory,
+    #[error("limits.cpu_millis must be between {CPU_MILLIS_MIN} and {CPU_MILLIS_MAX} when given")]
+    CpuMillis,
 }
 
 /// A launch request that passed every check.
@@ -132,6 +135,11 @@ pub fn validate(spec: LaunchSpec) -> Result<ValidatedLaunch, ValidateError> {
     if l.memory_bytes == Some(0) {
         return Err(ValidateError::Memory);
     }
+    if l.cpu_millis
+        .is_some_and(|m| !(CPU_MILLIS_MIN..=CPU_MILLIS_MAX).contains(&m))
+    {
+        return Err(ValidateError::CpuMillis);
+    }
     // Every field of every profile is a plain flag: nothing to refuse.
     let profile = spec.profile;
     Ok(ValidatedLaunch {
@@ -163,6 +171,7 @@ mod tests {
                 cpu_time_sec: Some(1),
                 memory_bytes: None,
                 pids_max: None,
+                cpu_millis: None,
                 stdout_max_bytes: 10,
                 stderr_max_bytes: 10,
             },
@@ -231,5 +240,7 @@ mod tests {
         assert!(err(|s| s.limits.stderr_max_bytes = u64::MAX).contains("stderr_max_bytes"));
         assert!(err(|s| s.limits.cpu_time_sec = Some(0)).contains("cpu_time_sec"));
         assert!(err(|s| s.limits.memory_bytes = Some(0)).contains("memory_bytes"));
+        assert!(err(|s| s.limits.cpu_millis = Some(9)).contains("cpu_millis"));
+        assert!(err(|s| s.limits.cpu_millis = Some(1_000_001)).contains("cpu_millis"));
     }
 }

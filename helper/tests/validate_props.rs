@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use execgo_runtime_helper::validate::{validate, ValidateError};
 use execgo_runtime_protocol::taskdir::MAX_OUTPUT_HEAD_BYTES;
-use execgo_runtime_protocol::{LaunchLimits, LaunchProfile, LaunchSpec};
+use execgo_runtime_protocol::{
+    LaunchLimits, LaunchProfile, LaunchSpec, CPU_MILLIS_MAX, CPU_MILLIS_MIN,
+};
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
@@ -77,15 +79,22 @@ fn spec() -> impl Strategy<Value = LaunchSpec> {
         option::of(limit()),
         limit(),
         limit(),
+        option::of(mostly(
+            CPU_MILLIS_MIN..=CPU_MILLIS_MAX,
+            select(&[0, CPU_MILLIS_MIN - 1, CPU_MILLIS_MAX + 1, u64::MAX][..]),
+        )),
     )
-        .prop_map(|(wall, cpu, memory, pids, stdout, stderr)| LaunchLimits {
-            wall_time_ms: wall,
-            cpu_time_sec: cpu,
-            memory_bytes: memory,
-            pids_max: pids,
-            stdout_max_bytes: stdout,
-            stderr_max_bytes: stderr,
-        });
+        .prop_map(
+            |(wall, cpu, memory, pids, stdout, stderr, cpu_millis)| LaunchLimits {
+                wall_time_ms: wall,
+                cpu_time_sec: cpu,
+                memory_bytes: memory,
+                pids_max: pids,
+                stdout_max_bytes: stdout,
+                stderr_max_bytes: stderr,
+                cpu_millis,
+            },
+        );
     let task_id = mostly("[A-Za-z0-9._-]{1,8}|[a-z]{120,130}", text(ID, 12));
     let argv = mostly(vec("[a-z/]{1,8}", 1..3), vec(text(ARG, 3), 0..3));
     let env = mostly(
@@ -162,6 +171,11 @@ fn acceptable(s: &LaunchSpec) -> bool {
         && output_ok(s.limits.stderr_max_bytes)
         && s.limits.cpu_time_sec != Some(0)
         && s.limits.memory_bytes != Some(0)
+        && s.limits.cpu_millis.map_or(true, cpu_millis_ok)
+}
+
+fn cpu_millis_ok(m: u64) -> bool {
+    (CPU_MILLIS_MIN..=CPU_MILLIS_MAX).contains(&m)
 }
 
 /// The spec breaks the rule that `e` names.
@@ -190,6 +204,7 @@ fn breaks(s: &LaunchSpec, e: &ValidateError) -> bool {
         ValidateError::StderrMax => !output_ok(l.stderr_max_bytes),
         ValidateError::CpuTime => l.cpu_time_sec == Some(0),
         ValidateError::Memory => l.memory_bytes == Some(0),
+        ValidateError::CpuMillis => l.cpu_millis.is_some_and(|m| !cpu_millis_ok(m)),
     }
 }
 

@@ -241,7 +241,20 @@ pub struct LaunchLimits {
     pub pids_max: Option<u64>,
     pub stdout_max_bytes: u64,
     pub stderr_max_bytes: u64,
+    // Protocol version 5.
+    /// A CPU quota in thousandths of a CPU (1000: one CPU), enforced by
+    /// the task's cgroup; within [`CPU_MILLIS_MIN`]..=[`CPU_MILLIS_MAX`].
+    pub cpu_millis: Option<u64>,
 }
+
+/// The smallest `cpu_millis`: the kernel's smallest CFS quota (1 ms) in
+/// its 100 ms period.
+pub const CPU_MILLIS_MIN: u64 = 10;
+/// The largest `cpu_millis`: a thousand CPUs.
+pub const CPU_MILLIS_MAX: u64 = 1_000_000;
+/// The CFS period a `cpu_millis` quota is written with, in µs; the quota
+/// is `cpu_millis * CPU_PERIOD_US / 1000`.
+pub const CPU_PERIOD_US: u64 = 100_000;
 
 /// The helper's answer to a launch: the shim is started and detached.
 /// What happens next is for the task directory to say (see

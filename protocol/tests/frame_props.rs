@@ -19,15 +19,19 @@ fn limits() -> impl Strategy<Value = LaunchLimits> {
         option::of(any::<u64>()),
         any::<u64>(),
         any::<u64>(),
+        option::of(any::<u64>()),
     )
         .prop_map(
-            |(wall_time_ms, cpu_time_sec, memory_bytes, pids_max, stdout, stderr)| LaunchLimits {
-                wall_time_ms,
-                cpu_time_sec,
-                memory_bytes,
-                pids_max,
-                stdout_max_bytes: stdout,
-                stderr_max_bytes: stderr,
+            |(wall_time_ms, cpu_time_sec, memory_bytes, pids_max, stdout, stderr, cpu_millis)| {
+                LaunchLimits {
+                    wall_time_ms,
+                    cpu_time_sec,
+                    memory_bytes,
+                    pids_max,
+                    stdout_max_bytes: stdout,
+                    stderr_max_bytes: stderr,
+                    cpu_millis,
+                }
             },
         )
 }

@@ -71,6 +71,10 @@ pub struct ResourceLimits {
     pub stdout_max_bytes: u64,
     #[serde(default = "default_output_max_bytes")]
     pub stderr_max_bytes: u64,
+    /// A CPU quota in thousandths of a CPU (added; `linux_sandbox` with a
+    /// cgroup cpu controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
 }
 
 impl Default for ResourceLimits {
@@ -82,6 +86,7 @@ impl Default for ResourceLimits {
             pids_max: None,
             stdout_max_bytes: DEFAULT_OUTPUT_MAX_BYTES,
             stderr_max_bytes: DEFAULT_OUTPUT_MAX_BYTES,
+            cpu_millis: None,
         }
     }
 }
@@ -193,6 +198,11 @@ pub struct ResourceEnforcement {
     pub pids_enforced: bool,
     pub cgroup_enforced: bool,
     pub oom_detection: bool,
+    /// Added with `limits.cpu_millis`; absent from plans stored before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
+    #[serde(default)]
+    pub cpu_quota_enforced: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,6 +17,8 @@ pub struct HostCaps {
     pub cgroup_pids: bool,
     pub cgroup_memory: bool,
     pub oom_detection: bool,
+    /// A CPU quota in the sandbox's cgroup.
+    pub cgroup_cpu: bool,
     /// Every task gets cgroups of its own (any profile), through which a
     /// kill and the wall time reach all of its processes.
     pub task_cgroups: bool,
@@ -32,6 +34,7 @@ pub const PROCESS_HOST: HostCaps = HostCaps {
     cgroup_pids: false,
     cgroup_memory: false,
     oom_detection: false,
+    cgroup_cpu: false,
     task_cgroups: true,
 };
 
@@ -60,6 +63,7 @@ impl HostCaps {
             cgroup_pids: cgroup && probe.pids_limit,
             cgroup_memory: cgroup && probe.memory_limit,
             oom_detection: cgroup && probe.oom_detection,
+            cgroup_cpu: cgroup && probe.cpu_quota,
             task_cgroups: probe.task_cgroups && !args.disable_cgroup,
         }
     }
@@ -180,6 +184,7 @@ pub fn resolve(
             caps.rlimit_memory
         };
     let pids_enforced = l.pids_max.is_some() && sandboxed && caps.cgroup_pids;
+    let cpu_quota_enforced = l.cpu_millis.is_some() && sandboxed && caps.cgroup_cpu;
     let cgroup_enforced = caps.task_cgroups;
     let oom_detection = sandboxed && caps.cgroup_memory && caps.oom_detection;
 
@@ -195,6 +200,14 @@ pub fn resolve(
         missing.push("pids_limit");
         warnings.push(
             "limits.pids_max needs a cgroup pids controller under linux_sandbox; it is not enforced"
+                .to_string(),
+        );
+    }
+
+    if l.cpu_millis.is_some() && !cpu_quota_enforced {
+        missing.push("cpu_quota");
+        warnings.push(
+            "limits.cpu_millis needs a cgroup cpu controller under linux_sandbox; it is not enforced"
                 .to_string(),
         );
     }
@@ -225,6 +238,8 @@ pub fn resolve(
             pids_enforced,
             cgroup_enforced,
             oom_detection,
+            cpu_millis: l.cpu_millis,
+            cpu_quota_enforced,
         },
         degraded: !fallback_reasons.is_empty(),
         fallback_reasons,

@@ -214,6 +214,44 @@ fn a_sandboxed_task_ends_with_its_main_process_with_the_namespaces_usage() {
 }
 
 #[test]
+fn a_cpu_quota_holds_a_busy_task_to_its_share() {
+    let s = match sandbox_server() {
+        Ok(s) => s,
+        Err(why) => return println!("skipped: {why}"),
+    };
+    let caps = s.get("/api/v1/runtime/capabilities").json();
+    if caps["resources"]["cpu_quota"] != true {
+        return println!("skipped: no cgroup cpu controller for task cgroups");
+    }
+    // A tenth of a CPU for 1.5 s of wall time: ~150 ms of CPU, far from
+    // the 1500 ms the loop would take unthrottled.
+    let script = "sh -c 'while :; do :; done' & p=$!; sleep 1.5; kill $p; wait $p; exit 0";
+    let id = s.submit(&sandboxed(
+        script,
+        json!({"limits": {"cpu_millis": 100}, "policy": {"capability_mode": "strict"}}),
+    ));
+    let st = s.wait_terminal(&id, T);
+    assert_eq!(st["status"], "success", "{st}");
+    let plan = &st["execution_plan"]["resource_enforcement"];
+    assert_eq!(plan["cpu_millis"], 100, "{st}");
+    assert_eq!(plan["cpu_quota_enforced"], true, "{st}");
+    let cpu = st["usage"]["user_cpu_ms"].as_u64().unwrap_or(0)
+        + st["usage"]["system_cpu_ms"].as_u64().unwrap_or(0);
+    assert!((50..600).contains(&cpu), "cpu {cpu} ms: {st}");
+    // Out of range: refused at submit, nothing stored.
+    let r = s.post(
+        "/api/v1/tasks",
+        &sandboxed(
+            "true",
+            json!({"task_id": "cpu-bad", "limits": {"cpu_millis": 5}}),
+        ),
+    );
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.json()["error"]["code"], "invalid_input", "{}", r.text);
+    assert_eq!(s.get("/api/v1/tasks/cpu-bad").status, 404);
+}
+
+#[test]
 fn a_rootfs_outside_the_allowlist_is_refused_and_one_without_chroot_dropped() {
     let s = match sandbox_server() {
         Ok(s) => s,

@@ -6,7 +6,7 @@
 //! included), read the memory peak, remove them. A stale task cgroup (its
 //! shim gone) is killed and removed by [`Placement::sweep`].
 //!
-//! Hierarchies used: the ones serving memory and pids, and a way to kill
+//! Hierarchies used: the ones serving memory, pids and cpu, and a way to kill
 //! all at once: v2's `cgroup.kill`, else v1's freezer (freeze, signal every
 //! pid, thaw), else repeated rounds of reading `cgroup.procs` and
 //! signalling, until it is empty.
@@ -17,7 +17,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use execgo_runtime_protocol::CgroupVersion;
+use execgo_runtime_protocol::{CgroupVersion, CPU_PERIOD_US};
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -47,7 +47,8 @@ pub struct PlacedRoot {
     pub version: CgroupVersion,
     /// The parent of the task cgroups.
     pub root: PathBuf,
-    /// The controllers tasks use there (`memory`, `pids`, `freezer`).
+    /// The controllers tasks use there (`memory`, `pids`, `cpu`,
+    /// `freezer`).
     pub controllers: Vec<&'static str>,
 }
 
@@ -71,7 +72,7 @@ impl Placement {
     ) -> (Option<Placement>, Vec<String>) {
         let mut roots: Vec<PlacedRoot> = Vec::new();
         let mut warnings = Vec::new();
-        for c in [Controller::Memory, Controller::Pids] {
+        for c in Controller::ALL {
             let Some(backend) = layout.scoped_backend(c, cgroup_root, Some(scope), fs) else {
                 continue;
             };
@@ -130,11 +131,10 @@ impl Placement {
         (Some(Placement { roots, kill }), warnings)
     }
 
-    /// Creates the task's cgroups (reused if they exist): in every
-    /// hierarchy for [`Need::Limits`]; for [`Need::Containment`] only in
-    /// the one that kills (each hierarchy joined costs the task child a
-    /// `cgroup.procs` write, which waits on the kernel; see
-    /// docs/benchmarks.md).
+    /// Creates the task's cgroups (reused if they exist): for
+    /// [`Need::Limits`] in every hierarchy but a cpu-only one the task has
+    /// no quota for; for [`Need::Containment`] only in the one that kills
+    /// (each hierarchy costs a mkdir, a join and an rmdir per task).
     pub fn create(
         &self,
         task_id: &str,
@@ -147,7 +147,11 @@ impl Placement {
         };
         let killer = self.killer();
         for (i, r) in self.roots.iter().enumerate() {
-            if need == Need::Containment && i != killer {
+            let wanted = match need {
+                Need::Containment => i == killer,
+                Need::Limits { cpu } => cpu || i == killer || r.controllers != ["cpu"],
+            };
+            if !wanted {
                 continue;
             }
             let dir = r.root.join(task_id);
@@ -274,14 +278,23 @@ fn add(
     }
 }
 
+/// The limits a task's cgroups enforce.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TaskLimits {
+    pub memory_bytes: Option<u64>,
+    pub pids_max: Option<u64>,
+    /// Thousandths of a CPU.
+    pub cpu_millis: Option<u64>,
+}
+
 /// Which of a task's cgroups it needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
     /// One cgroup to find and kill every process of the task.
     Containment,
     /// Every hierarchy: limits and the memory peak too (the
-    /// `linux_sandbox` profile's).
-    Limits,
+    /// `linux_sandbox` profile's); the cpu one only with a quota.
+    Limits { cpu: bool },
 }
 
 /// One task's cgroups.
@@ -455,14 +468,33 @@ impl TaskCgroups {
 
     /// Writes the limits into the cgroups that have their controllers:
     /// memory (and, on v1, memory+swap, so the limit is not dodged into
-    /// swap; on v2 no swap at all) and pids.
-    pub fn set_limits(
-        &self,
-        memory_bytes: Option<u64>,
-        pids_max: Option<u64>,
-        fs: &dyn CgroupFs,
-    ) -> Result<(), CgroupError> {
+    /// swap; on v2 no swap at all), pids, and the CPU quota (thousandths
+    /// of a CPU, over a [`CPU_PERIOD_US`] period).
+    pub fn set_limits(&self, limits: &TaskLimits, fs: &dyn CgroupFs) -> Result<(), CgroupError> {
+        let TaskLimits {
+            memory_bytes,
+            pids_max,
+            cpu_millis,
+        } = *limits;
         for e in &self.entries {
+            if let (Some(millis), true) = (cpu_millis, e.controllers.contains(&"cpu")) {
+                let quota = millis.saturating_mul(CPU_PERIOD_US) / 1000;
+                if e.version == CgroupVersion::V2 {
+                    super::write(
+                        fs,
+                        &e.dir.join("cpu.max"),
+                        &format!("{quota} {CPU_PERIOD_US}"),
+                    )?;
+                } else {
+                    // The period first: the quota is checked against it.
+                    super::write(
+                        fs,
+                        &e.dir.join("cpu.cfs_period_us"),
+                        &CPU_PERIOD_US.to_string(),
+                    )?;
+                    super::write(fs, &e.dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                }
+            }
             let v2 = e.version == CgroupVersion::V2;
             if let (Some(bytes), true) = (memory_bytes, e.controllers.contains(&"memory")) {
                 let value = bytes.to_string();
@@ -583,13 +615,16 @@ mod tests {
             [
                 (f.path("cgroup/memory/execgo-runtime/d-1"), vec!["memory"]),
                 (f.path("cgroup/pids/execgo-runtime/d-1"), vec!["pids"]),
+                (f.path("cgroup/cpu/execgo-runtime/d-1"), vec!["cpu"]),
                 (f.path("cgroup/freezer/execgo-runtime/d-1"), vec!["freezer"]),
             ]
         );
         for (root, _) in &roots {
             assert!(root.is_dir(), "{}", root.display());
         }
-        let cg = p.create("t-1", Need::Limits, &f.kernel).unwrap();
+        let cg = p
+            .create("t-1", Need::Limits { cpu: false }, &f.kernel)
+            .unwrap();
         assert_eq!(cg.dirs().len(), 3);
         // v1 is joined through `tasks`.
         assert_eq!(
@@ -600,12 +635,41 @@ mod tests {
         assert!(f
             .path("cgroup/pids/execgo-runtime/d-1/t-1/pids.max")
             .exists());
+        // No cpu cgroup without a quota; with one, the quota is written.
+        assert!(!f.path("cgroup/cpu/execgo-runtime/d-1/t-1").exists());
+        let q = p
+            .create("t-q", Need::Limits { cpu: true }, &f.kernel)
+            .unwrap();
+        assert_eq!(q.dirs().len(), 4);
+        let limits = TaskLimits {
+            memory_bytes: Some(64 << 20),
+            pids_max: Some(16),
+            cpu_millis: Some(250),
+        };
+        q.set_limits(&limits, &f.kernel).unwrap();
+        let read = |rel: &str| {
+            std::fs::read_to_string(f.path(rel))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(
+            read("cgroup/cpu/execgo-runtime/d-1/t-q/cpu.cfs_quota_us"),
+            "25000"
+        );
+        assert_eq!(
+            read("cgroup/cpu/execgo-runtime/d-1/t-q/cpu.cfs_period_us"),
+            "100000"
+        );
+        assert_eq!(read("cgroup/pids/execgo-runtime/d-1/t-q/pids.max"), "16");
+        assert!(q.remove(&f.kernel).is_empty());
         // Containment alone: the freezer only.
         let c = p.create("t-2", Need::Containment, &f.kernel).unwrap();
         assert_eq!(c.dirs(), [f.path("cgroup/freezer/execgo-runtime/d-1/t-2")]);
         assert!(c.remove(&f.kernel).is_empty());
         // Made again (a relaunch): reused.
-        p.create("t-1", Need::Limits, &f.kernel).unwrap();
+        p.create("t-1", Need::Limits { cpu: false }, &f.kernel)
+            .unwrap();
         assert!(cg.remove(&f.kernel).is_empty());
         assert!(!f.path("cgroup/memory/execgo-runtime/d-1/t-1").exists());
     }
@@ -619,16 +683,29 @@ mod tests {
         let p = p.unwrap();
         assert_eq!(p.kill, KillVia::CgroupKill);
         assert_eq!(p.roots.len(), 1);
-        assert_eq!(p.roots[0].controllers, ["memory", "pids"]);
+        assert_eq!(p.roots[0].controllers, ["memory", "pids", "cpu"]);
         assert_eq!(
             std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(),
-            "memory pids\n"
+            "cpu memory pids\n"
         );
         // Gone and made again: the controllers are enabled again too.
         p.remove_empty_roots(&f.kernel);
         assert!(!root.exists());
-        let cg = p.create("t", Need::Limits, &f.kernel).unwrap();
+        let cg = p
+            .create("t", Need::Limits { cpu: false }, &f.kernel)
+            .unwrap();
         assert_eq!(join_targets(&cg), [root.join("t/cgroup.procs")]);
+        let limits = TaskLimits {
+            cpu_millis: Some(1500),
+            ..TaskLimits::default()
+        };
+        cg.set_limits(&limits, &f.kernel).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.join("t/cpu.max"))
+                .unwrap()
+                .trim(),
+            "150000 100000"
+        );
         assert!(root.join("t/memory.max").exists());
         assert!(root.join("t/pids.max").exists());
         assert!(cg.remove(&f.kernel).is_empty());
@@ -640,8 +717,8 @@ mod tests {
         let (p, _) = placement(&f, "/sys/fs/cgroup/execgo-runtime");
         let p = p.unwrap();
         assert_eq!(p.kill, KillVia::Signals);
-        assert_eq!(p.roots.len(), 1);
-        assert_eq!(p.roots[0].controllers, ["memory"]);
+        let controllers: Vec<_> = p.roots.iter().map(|r| r.controllers.clone()).collect();
+        assert_eq!(controllers, [["memory"], ["cpu"]]);
         let f = Fixture::none();
         assert_eq!(placement(&f, "/sys/fs/cgroup/execgo-runtime").0, None);
     }
@@ -661,8 +738,10 @@ mod tests {
     fn sweep_removes_the_cgroups_of_tasks_not_running() {
         let f = Fixture::hybrid();
         let p = placement(&f, "/sys/fs/cgroup/execgo-runtime").0.unwrap();
-        p.create("gone", Need::Limits, &f.kernel).unwrap();
-        p.create("alive", Need::Limits, &f.kernel).unwrap();
+        p.create("gone", Need::Limits { cpu: false }, &f.kernel)
+            .unwrap();
+        p.create("alive", Need::Limits { cpu: false }, &f.kernel)
+            .unwrap();
         // Another data dir's task, next to ours: not ours to judge.
         let other = Placement::prepare(
             &Layout::detect(&f.mounts, &f.kernel).unwrap(),
@@ -672,7 +751,9 @@ mod tests {
         )
         .0
         .unwrap();
-        other.create("gone", Need::Limits, &f.kernel).unwrap();
+        other
+            .create("gone", Need::Limits { cpu: false }, &f.kernel)
+            .unwrap();
         let swept = p.sweep(|id| id == "alive", &f.kernel);
         assert_eq!(swept, ["gone"]);
         assert!(!f.path("cgroup/memory/execgo-runtime/d-1/gone").exists());
@@ -687,7 +768,8 @@ mod tests {
         assert!(!f.path("cgroup/memory/execgo-runtime/d-1").exists());
         // A helper of the same data dir that started meanwhile makes the
         // parent again when it needs it.
-        p.create("next", Need::Limits, &f.kernel).unwrap();
+        p.create("next", Need::Limits { cpu: false }, &f.kernel)
+            .unwrap();
         assert!(f.path("cgroup/memory/execgo-runtime/d-1/next").is_dir());
     }
 
@@ -695,7 +777,9 @@ mod tests {
     fn memory_peak_is_read_from_the_memory_hierarchy() {
         let f = Fixture::hybrid();
         let p = placement(&f, "/sys/fs/cgroup/execgo-runtime").0.unwrap();
-        let cg = p.create("t", Need::Limits, &f.kernel).unwrap();
+        let cg = p
+            .create("t", Need::Limits { cpu: false }, &f.kernel)
+            .unwrap();
         assert_eq!(cg.memory_peak(&f.kernel), None);
         std::fs::write(
             f.path("cgroup/memory/execgo-runtime/d-1/t/memory.max_usage_in_bytes"),

@@ -16,7 +16,7 @@ use super::script::{Finished, ShimError, Steps};
 use super::spawn::{self, Plan, SandboxPlan, Started};
 use super::stdio::{self, TaskStdio};
 use super::{control, isolate, resolve, result, workspace, ShimContext};
-use crate::cgroup::task::{Need, TaskCgroups};
+use crate::cgroup::task::{Need, TaskCgroups, TaskLimits};
 use crate::cgroup::HostFs;
 use crate::logging;
 use execgo_runtime_protocol::taskdir::{self, now_rfc3339, StartedRecord, STARTED};
@@ -174,16 +174,23 @@ impl Steps for Host {
         };
         // A sandbox's limits live in its cgroups; a process task needs one
         // to be contained.
+        let l = &self.ctx.launch.limits;
         let need = match self.sandbox() {
-            Some(_) => Need::Limits,
+            Some(_) => Need::Limits {
+                cpu: l.cpu_millis.is_some(),
+            },
             None => Need::Containment,
         };
         let cg = placement
             .create(&self.ctx.launch.task_id, need, &HostFs)
             .map_err(ShimError::Cgroup)?;
         if self.sandbox().is_some() {
-            let l = &self.ctx.launch.limits;
-            if let Err(e) = cg.set_limits(l.memory_bytes, l.pids_max, &HostFs) {
+            let limits = TaskLimits {
+                memory_bytes: l.memory_bytes,
+                pids_max: l.pids_max,
+                cpu_millis: l.cpu_millis,
+            };
+            if let Err(e) = cg.set_limits(&limits, &HostFs) {
                 cg.remove(&HostFs);
                 return Err(ShimError::Cgroup(e));
             }

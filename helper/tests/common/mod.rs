@@ -250,6 +250,7 @@ pub fn spec(id: &str, argv: &[&str]) -> LaunchSpec {
             cpu_time_sec: None,
             memory_bytes: None,
             pids_max: None,
+            cpu_millis: None,
             stdout_max_bytes: 4096,
             stderr_max_bytes: 4096,
         },

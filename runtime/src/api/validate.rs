@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use execgo_runtime_protocol::taskdir::MAX_OUTPUT_HEAD_BYTES;
-use execgo_runtime_protocol::{valid_relative_path, valid_task_id};
+use execgo_runtime_protocol::{valid_relative_path, valid_task_id, CPU_MILLIS_MAX, CPU_MILLIS_MIN};
 
 use super::error::ApiError;
 use crate::model::{ControlContext, ExecutionKind, SubmitTaskRequest};
@@ -158,6 +158,14 @@ fn limits(req: &SubmitTaskRequest) -> Result {
             )));
         }
     }
+    if l.cpu_millis
+        .is_some_and(|m| !(CPU_MILLIS_MIN..=CPU_MILLIS_MAX).contains(&m))
+    {
+        return Err(ApiError::invalid(format!(
+            "limits.cpu_millis must be between {CPU_MILLIS_MIN} and {CPU_MILLIS_MAX} \
+             (thousandths of a CPU) when given"
+        )));
+    }
     Ok(())
 }
 
@@ -280,6 +288,20 @@ mod tests {
             "limits":{"stdout_max_bytes":67_108_864_u64}})
         ))
         .is_ok());
+        for bad in [0, 9, 1_000_001] {
+            assert!(msg(
+                serde_json::json!({"execution":{"kind":"command","program":"x"},
+                "limits":{"cpu_millis":bad}})
+            )
+            .contains("cpu_millis must be between 10 and 1000000"));
+        }
+        for good in [10, 1_000_000] {
+            assert!(submit(&req(
+                serde_json::json!({"execution":{"kind":"command","program":"x"},
+                "limits":{"cpu_millis":good}})
+            ))
+            .is_ok());
+        }
         assert!(msg(
             serde_json::json!({"execution":{"kind":"command","program":"x"},
             "sandbox":{"workspace_subdir":"../x"}})

@@ -87,6 +87,7 @@ impl Engine {
                 pids_max: l.pids_max.filter(|_| enforced.pids_enforced),
                 stdout_max_bytes: l.stdout_max_bytes,
                 stderr_max_bytes: l.stderr_max_bytes,
+                cpu_millis: l.cpu_millis.filter(|_| enforced.cpu_quota_enforced),
             },
             termination_grace_ms: self.cfg.args.termination_grace_ms,
             result_template,
