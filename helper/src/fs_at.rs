@@ -1,6 +1,7 @@
 //! Files under a directory descriptor, the openat(2) way: every name is one
 //! path component resolved under a directory we already hold, never through
-//! a symlink (`O_NOFOLLOW`), always close-on-exec.
+//! a symlink (`O_NOFOLLOW`), never into another mount (openat2's
+//! `RESOLVE_NO_XDEV`, else a device check), always close-on-exec.
 //!
 //! The task directory belongs to the unprivileged runtime user, who could
 //! plant a symlink, a FIFO or a hard link to a root-owned file where the
@@ -30,6 +31,8 @@ pub enum AtError {
     NotRegular { name: String },
     #[error("'{name}' has more than one hard link")]
     HardLinked { name: String },
+    #[error("'{name}' is on another mount than its directory")]
+    OtherMount { name: String },
     #[error("inspecting '{name}' failed")]
     Stat {
         name: String,
@@ -66,22 +69,46 @@ pub enum Access {
     CreateNew(u32),
 }
 
-/// Opens the directory `name` under `dir`. A symlink or any other
-/// non-directory fails with ENOTDIR (or ELOOP); [`is_symlink`] tells which.
+/// Opens the directory `name` (one component) under `dir`, on `dir`'s
+/// mount. A symlink or any other non-directory fails with ENOTDIR (or
+/// ELOOP; [`is_symlink`] tells which), a mount point with EXDEV.
 pub fn open_dir(dir: BorrowedFd<'_>, name: &str) -> Result<OwnedFd, Errno> {
-    sys::openat(
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(Errno::EINVAL);
+    }
+    match sys::open_dir_beneath(dir, name, OFlag::O_RDONLY, sys::Mounts::Stay) {
+        Err(Errno::ENOSYS) => {}
+        other => return other,
+    }
+    let fd = sys::openat(
         dir,
         name,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
-    )
+    )?;
+    same_mount(dir, fd.as_fd())?;
+    Ok(fd)
+}
+
+/// EXDEV unless `fd` is on `dir`'s file system: the check that stands in
+/// for `RESOLVE_NO_XDEV` where there is no openat2 (a bind mount of the
+/// same file system passes it; openat2 refuses that too).
+fn same_mount(dir: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    if fstat(dir.as_raw_fd())?.st_dev == fstat(fd.as_raw_fd())?.st_dev {
+        Ok(())
+    } else {
+        Err(Errno::EXDEV)
+    }
 }
 
 /// Opens the directory at the relative path `rel` beneath `dir`, never
-/// above it and never through a symlink: openat2 where the kernel has it,
-/// else one `O_NOFOLLOW` component at a time (refusing `.` and `..`).
+/// above it and never through a symlink, as an `O_PATH` descriptor: openat2
+/// where the kernel has it, else one `O_NOFOLLOW` component at a time
+/// (refusing `.` and `..`). Mounts below `dir` may be crossed: this opens
+/// an operator's rootfs, which may well be a mount of its own, never a
+/// path under the data dir.
 pub fn open_dir_beneath(dir: BorrowedFd<'_>, rel: &str) -> Result<OwnedFd, Errno> {
-    match sys::open_dir_beneath(dir, rel) {
+    match sys::open_dir_beneath(dir, rel, OFlag::O_PATH, sys::Mounts::Cross) {
         Err(Errno::ENOSYS) => {}
         other => return other,
     }
@@ -91,7 +118,12 @@ pub fn open_dir_beneath(dir: BorrowedFd<'_>, rel: &str) -> Result<OwnedFd, Errno
             return Err(Errno::EXDEV);
         }
         let parent = cur.as_ref().map_or(dir, |f| f.as_fd());
-        cur = Some(open_dir(parent, part)?);
+        cur = Some(sys::openat(
+            parent,
+            part,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?);
     }
     cur.ok_or(Errno::EINVAL)
 }
@@ -136,6 +168,13 @@ pub fn open_file(dir: BorrowedFd<'_>, name: &str, access: Access) -> Result<File
     })?;
     if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
         return Err(AtError::NotRegular { name: name.into() });
+    }
+    let dir_dev = fstat(dir.as_raw_fd()).map_err(|source| AtError::Stat {
+        name: ".".into(),
+        source,
+    })?;
+    if st.st_dev != dir_dev.st_dev {
+        return Err(AtError::OtherMount { name: name.into() });
     }
     if access != Access::Read && st.st_nlink != 1 {
         return Err(AtError::HardLinked { name: name.into() });
@@ -224,6 +263,55 @@ mod tests {
         assert!(!is_symlink(d.as_fd(), "real"));
         assert!(!is_symlink(d.as_fd(), "missing"));
         assert!(open_dir(d.as_fd(), "sub").is_ok());
+    }
+
+    #[test]
+    fn a_mount_point_or_a_file_on_another_mount_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            return println!("skipped: mounting a tmpfs needs root");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let sub = tmp.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::create_dir(tmp.path().join("plain")).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &sub,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        std::fs::write(sub.join("log"), b"x").unwrap();
+        let d = dir_fd(tmp.path());
+        let mounted = open_dir(d.as_fd(), "sub");
+        let inside = dir_fd(&sub);
+        // The check by device, as where openat2 is missing.
+        let by_dev = same_mount(d.as_fd(), inside.as_fd());
+        // A file bind-mounted over one of ours.
+        let bound = tmp.path().join("bound");
+        std::fs::write(&bound, b"").unwrap();
+        nix::mount::mount(
+            Some(&sub.join("log")),
+            &bound,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        let on_other = open_file(d.as_fd(), "bound", Access::Read);
+        nix::mount::umount2(&bound, nix::mount::MntFlags::MNT_DETACH).unwrap();
+        nix::mount::umount2(&sub, nix::mount::MntFlags::MNT_DETACH).unwrap();
+        assert_eq!(mounted.unwrap_err(), Errno::EXDEV);
+        assert_eq!(by_dev.unwrap_err(), Errno::EXDEV);
+        assert!(
+            matches!(on_other, Err(AtError::OtherMount { .. })),
+            "{on_other:?}"
+        );
+        assert!(open_file(d.as_fd(), "bound", Access::Read).is_ok());
+        assert!(open_dir(d.as_fd(), "plain").is_ok());
+        assert_eq!(open_dir(d.as_fd(), "..").unwrap_err(), Errno::EINVAL);
+        assert_eq!(open_dir(d.as_fd(), "a/b").unwrap_err(), Errno::EINVAL);
     }
 
     #[test]

@@ -25,18 +25,40 @@ struct OpenHow {
     resolve: u64,
 }
 
+const RESOLVE_NO_XDEV: u64 = 0x01;
 const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
 const RESOLVE_NO_SYMLINKS: u64 = 0x04;
 const RESOLVE_BENEATH: u64 = 0x08;
 
-/// openat2(2) of the directory `rel` beneath `dir`: never above `dir`,
-/// never through a symlink. ENOSYS on kernels without it (before 5.6).
-pub fn open_dir_beneath(dir: BorrowedFd<'_>, rel: &str) -> nix::Result<OwnedFd> {
+/// Whether a resolution may cross into another mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mounts {
+    /// Stay on `dir`'s mount (EXDEV otherwise).
+    Stay,
+    /// Mounts below `dir` may be crossed.
+    Cross,
+}
+
+/// openat2(2) of the directory `rel` beneath `dir` with `flags` (plus
+/// `O_DIRECTORY|O_CLOEXEC`): never above `dir`, never through a symlink,
+/// and with [`Mounts::Stay`] never into another mount. ENOSYS on kernels
+/// without it (before 5.6).
+pub fn open_dir_beneath(
+    dir: BorrowedFd<'_>,
+    rel: &str,
+    flags: OFlag,
+    mounts: Mounts,
+) -> nix::Result<OwnedFd> {
     let path = std::ffi::CString::new(rel).map_err(|_| Errno::EINVAL)?;
+    let xdev = if mounts == Mounts::Stay {
+        RESOLVE_NO_XDEV
+    } else {
+        0
+    };
     let how = OpenHow {
-        flags: (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+        flags: (flags | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC).bits() as u64,
         mode: 0,
-        resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+        resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | xdev,
     };
     // SAFETY: openat2(2) with a NUL-terminated path and a live open_how of
     // the size passed.

@@ -26,7 +26,7 @@ pub mod task_child;
 pub mod wait;
 
 pub use detach::{spawn_detached, DetachError};
-pub use fd::{adopt_fd, close_fds_except, open, open_dir_beneath, openat};
+pub use fd::{adopt_fd, close_fds_except, open, open_dir_beneath, openat, Mounts};
 pub use process::{exit_now, fork, thread_count, Forked};
 pub use sandbox::{spawn_sandboxed, Report, SandboxSetup};
 pub use signals::{ignore_sigpipe, unignore_inherited_signals};
