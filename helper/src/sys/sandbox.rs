@@ -62,39 +62,28 @@ impl SandboxSetup {
 /// Returns its pid in our namespace: the task itself, or the init of its
 /// pid namespace.
 pub fn spawn_sandboxed(setup: &ChildSetup<'_>, sb: &SandboxSetup) -> nix::Result<Pid> {
-    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
-    let mut old = SigSet::empty();
-    pthread_sigmask(
-        SigmaskHow::SIG_SETMASK,
-        Some(&SigSet::all()),
-        Some(&mut old),
-    )?;
     let flags = (sb.clone_flags() | libc::SIGCHLD) as libc::c_ulong;
-    // SAFETY: clone(2) without CLONE_VM and without a new stack behaves as
-    // fork(2) with namespace flags: the child gets a copy of our memory and
-    // goes on from here. We have one thread (the shim's rule), so no lock
-    // can be held by a thread that does not exist in the child.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            flags,
-            std::ptr::null_mut::<libc::c_void>(),
-            std::ptr::null_mut::<libc::c_int>(),
-            std::ptr::null_mut::<libc::c_int>(),
-            0usize,
-        )
-    };
-    if pid == 0 {
-        sandbox_child(setup, sb);
-    }
-    let cloned = if pid < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(Pid::from_raw(pid as i32))
-    };
-    // The old mask is valid, so this cannot fail.
-    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
-    cloned
+    super::signals::clone_with_signals_blocked(|| {
+        // SAFETY: clone(2) without CLONE_VM and without a new stack behaves
+        // as fork(2) with namespace flags: the child gets a copy of our
+        // memory and goes on from here. We have one thread (the shim's
+        // rule), so no lock can be held by a thread that does not exist in
+        // the child.
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                flags,
+                std::ptr::null_mut::<libc::c_void>(),
+                std::ptr::null_mut::<libc::c_int>(),
+                std::ptr::null_mut::<libc::c_int>(),
+                0usize,
+            )
+        };
+        if pid == 0 {
+            sandbox_child(setup, sb);
+        }
+        pid
+    })
 }
 
 /// The sandbox child. Never returns: it execs the task, or exits.

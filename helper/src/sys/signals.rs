@@ -6,6 +6,31 @@
 use nix::errno::Errno;
 use nix::sys::signal::{SigHandler, Signal};
 
+/// Runs `clone` (a fork or clone of this thread) with every signal
+/// blocked, then puts our mask back; the child starts with all of them
+/// blocked and unblocks them itself, once no handler of ours can run in
+/// it. Returns what `clone` returned (`Ok(child pid)`, or the errno).
+pub fn clone_with_signals_blocked(
+    clone: impl FnOnce() -> libc::c_long,
+) -> nix::Result<nix::unistd::Pid> {
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+    let mut old = SigSet::empty();
+    pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut old),
+    )?;
+    let pid = clone();
+    let cloned = if pid < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(nix::unistd::Pid::from_raw(pid as libc::pid_t))
+    };
+    // The old mask is valid, so this cannot fail.
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    cloned
+}
+
 /// Ignores SIGPIPE, so a peer that hung up is an EPIPE, not our death.
 /// The one disposition the helper (and so every shim) sets to "ignore":
 /// see [`IGNORED_BY_US`].

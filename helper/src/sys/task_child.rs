@@ -221,33 +221,22 @@ const CHILD_STACK: usize = 64 * 1024;
 /// nothing of ours. Its stack is ours to free once this returns: the child
 /// has exec'd (a new address space) or exited by then.
 pub fn spawn_task(setup: &ChildSetup<'_>) -> nix::Result<Pid> {
-    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
     let stack = ChildStack::new(CHILD_STACK)?;
-    let mut old = SigSet::empty();
-    pthread_sigmask(
-        SigmaskHow::SIG_SETMASK,
-        Some(&SigSet::all()),
-        Some(&mut old),
-    )?;
     let arg: *const ChildSetup<'_> = setup;
-    // SAFETY: see above. `child_main` never returns; `stack` and `setup`
-    // outlive the child's use of them, since CLONE_VFORK returns only once
-    // the child has exec'd or exited.
-    let pid = unsafe {
-        libc::clone(
-            child_main,
-            stack.top(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            arg.cast_mut().cast(),
-        )
-    };
-    let cloned = if pid < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(Pid::from_raw(pid))
-    };
-    // The old mask is valid, so this cannot fail.
-    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    let cloned = super::signals::clone_with_signals_blocked(|| {
+        // SAFETY: see above. `child_main` never returns; `stack` and
+        // `setup` outlive the child's use of them, since CLONE_VFORK
+        // returns only once the child has exec'd or exited.
+        let pid = unsafe {
+            libc::clone(
+                child_main,
+                stack.top(),
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                arg.cast_mut().cast(),
+            )
+        };
+        libc::c_long::from(pid)
+    });
     drop(stack);
     cloned
 }
