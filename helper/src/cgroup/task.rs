@@ -132,9 +132,10 @@ impl Placement {
     }
 
     /// Creates the task's cgroups (reused if they exist): for
-    /// [`Need::Limits`] in every hierarchy but a cpu-only one the task has
-    /// no quota for; for [`Need::Containment`] only in the one that kills
-    /// (each hierarchy costs a mkdir, a join and an rmdir per task).
+    /// [`Need::Limits`] in the one that kills, the memory one (for the
+    /// peak) and those of the limits the task has; for
+    /// [`Need::Containment`] only in the one that kills (each hierarchy
+    /// costs a mkdir, a join and an rmdir per task).
     pub fn create(
         &self,
         task_id: &str,
@@ -149,7 +150,12 @@ impl Placement {
         for (i, r) in self.roots.iter().enumerate() {
             let wanted = match need {
                 Need::Containment => i == killer,
-                Need::Limits { cpu } => cpu || i == killer || r.controllers != ["cpu"],
+                Need::Limits { pids, cpu } => {
+                    i == killer
+                        || r.controllers.contains(&"memory")
+                        || (pids && r.controllers.contains(&"pids"))
+                        || (cpu && r.controllers.contains(&"cpu"))
+                }
             };
             if !wanted {
                 continue;
@@ -292,9 +298,9 @@ pub struct TaskLimits {
 pub enum Need {
     /// One cgroup to find and kill every process of the task.
     Containment,
-    /// Every hierarchy: limits and the memory peak too (the
-    /// `linux_sandbox` profile's); the cpu one only with a quota.
-    Limits { cpu: bool },
+    /// The `linux_sandbox` profile's: the memory peak, and the pids and
+    /// cpu hierarchies when the task has that limit.
+    Limits { pids: bool, cpu: bool },
 }
 
 /// One task's cgroups.
@@ -623,7 +629,14 @@ mod tests {
             assert!(root.is_dir(), "{}", root.display());
         }
         let cg = p
-            .create("t-1", Need::Limits { cpu: false }, &f.kernel)
+            .create(
+                "t-1",
+                Need::Limits {
+                    pids: true,
+                    cpu: false,
+                },
+                &f.kernel,
+            )
             .unwrap();
         assert_eq!(cg.dirs().len(), 3);
         // v1 is joined through `tasks`.
@@ -635,10 +648,36 @@ mod tests {
         assert!(f
             .path("cgroup/pids/execgo-runtime/d-1/t-1/pids.max")
             .exists());
-        // No cpu cgroup without a quota; with one, the quota is written.
+        // No cpu cgroup without a quota, no pids cgroup without a limit;
+        // with one, the quota is written.
         assert!(!f.path("cgroup/cpu/execgo-runtime/d-1/t-1").exists());
+        let m = p
+            .create(
+                "t-m",
+                Need::Limits {
+                    pids: false,
+                    cpu: false,
+                },
+                &f.kernel,
+            )
+            .unwrap();
+        assert_eq!(
+            m.dirs(),
+            [
+                f.path("cgroup/memory/execgo-runtime/d-1/t-m"),
+                f.path("cgroup/freezer/execgo-runtime/d-1/t-m")
+            ]
+        );
+        assert!(m.remove(&f.kernel).is_empty());
         let q = p
-            .create("t-q", Need::Limits { cpu: true }, &f.kernel)
+            .create(
+                "t-q",
+                Need::Limits {
+                    pids: true,
+                    cpu: true,
+                },
+                &f.kernel,
+            )
             .unwrap();
         assert_eq!(q.dirs().len(), 4);
         let limits = TaskLimits {
@@ -668,8 +707,15 @@ mod tests {
         assert_eq!(c.dirs(), [f.path("cgroup/freezer/execgo-runtime/d-1/t-2")]);
         assert!(c.remove(&f.kernel).is_empty());
         // Made again (a relaunch): reused.
-        p.create("t-1", Need::Limits { cpu: false }, &f.kernel)
-            .unwrap();
+        p.create(
+            "t-1",
+            Need::Limits {
+                pids: true,
+                cpu: false,
+            },
+            &f.kernel,
+        )
+        .unwrap();
         assert!(cg.remove(&f.kernel).is_empty());
         assert!(!f.path("cgroup/memory/execgo-runtime/d-1/t-1").exists());
     }
@@ -692,7 +738,14 @@ mod tests {
         p.remove_empty_roots(&f.kernel);
         assert!(!root.exists());
         let cg = p
-            .create("t", Need::Limits { cpu: false }, &f.kernel)
+            .create(
+                "t",
+                Need::Limits {
+                    pids: true,
+                    cpu: false,
+                },
+                &f.kernel,
+            )
             .unwrap();
         assert_eq!(join_targets(&cg), [root.join("t/cgroup.procs")]);
         let limits = TaskLimits {
@@ -738,10 +791,24 @@ mod tests {
     fn sweep_removes_the_cgroups_of_tasks_not_running() {
         let f = Fixture::hybrid();
         let p = placement(&f, "/sys/fs/cgroup/execgo-runtime").0.unwrap();
-        p.create("gone", Need::Limits { cpu: false }, &f.kernel)
-            .unwrap();
-        p.create("alive", Need::Limits { cpu: false }, &f.kernel)
-            .unwrap();
+        p.create(
+            "gone",
+            Need::Limits {
+                pids: true,
+                cpu: false,
+            },
+            &f.kernel,
+        )
+        .unwrap();
+        p.create(
+            "alive",
+            Need::Limits {
+                pids: true,
+                cpu: false,
+            },
+            &f.kernel,
+        )
+        .unwrap();
         // Another data dir's task, next to ours: not ours to judge.
         let other = Placement::prepare(
             &Layout::detect(&f.mounts, &f.kernel).unwrap(),
@@ -752,7 +819,14 @@ mod tests {
         .0
         .unwrap();
         other
-            .create("gone", Need::Limits { cpu: false }, &f.kernel)
+            .create(
+                "gone",
+                Need::Limits {
+                    pids: true,
+                    cpu: false,
+                },
+                &f.kernel,
+            )
             .unwrap();
         let swept = p.sweep(|id| id == "alive", &f.kernel);
         assert_eq!(swept, ["gone"]);
@@ -768,8 +842,15 @@ mod tests {
         assert!(!f.path("cgroup/memory/execgo-runtime/d-1").exists());
         // A helper of the same data dir that started meanwhile makes the
         // parent again when it needs it.
-        p.create("next", Need::Limits { cpu: false }, &f.kernel)
-            .unwrap();
+        p.create(
+            "next",
+            Need::Limits {
+                pids: true,
+                cpu: false,
+            },
+            &f.kernel,
+        )
+        .unwrap();
         assert!(f.path("cgroup/memory/execgo-runtime/d-1/next").is_dir());
     }
 
@@ -778,7 +859,14 @@ mod tests {
         let f = Fixture::hybrid();
         let p = placement(&f, "/sys/fs/cgroup/execgo-runtime").0.unwrap();
         let cg = p
-            .create("t", Need::Limits { cpu: false }, &f.kernel)
+            .create(
+                "t",
+                Need::Limits {
+                    pids: true,
+                    cpu: false,
+                },
+                &f.kernel,
+            )
             .unwrap();
         assert_eq!(cg.memory_peak(&f.kernel), None);
         std::fs::write(

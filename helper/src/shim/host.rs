@@ -177,6 +177,7 @@ impl Steps for Host {
         let l = &self.ctx.launch.limits;
         let need = match self.sandbox() {
             Some(_) => Need::Limits {
+                pids: l.pids_max.is_some(),
                 cpu: l.cpu_millis.is_some(),
             },
             None => Need::Containment,

@@ -125,12 +125,11 @@ fn sandbox_child(s: &ChildSetup<'_>, sb: &SandboxSetup) -> ! {
     if !sb.pid {
         exec_child(&task);
     }
-    // SAFETY: fork(2) of a single-threaded process; the child only makes
-    // the task child's async-signal-safe calls and execs.
-    match unsafe { libc::fork() } {
-        0 => exec_child(&task),
-        -1 => child_fail(s.status_fd, ChildStep::Fork),
-        child => init(child, s.status_fd, sb.report_fd),
+    // The task starts as in the process profile (vfork-style, sharing our
+    // memory until its exec: no copy of it is made).
+    match super::task_child::spawn_task(&task) {
+        Ok(child) => init(child.as_raw(), s.status_fd, sb.report_fd),
+        Err(_) => child_fail(s.status_fd, ChildStep::Fork),
     }
 }
 
