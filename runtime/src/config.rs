@@ -98,6 +98,34 @@ pub struct ServeArgs {
     /// repeatable, passed to the helper.
     #[arg(long, value_name = "DIR", conflicts_with = "helper_socket")]
     pub rootfs_dir: Vec<PathBuf>,
+    /// Also serve OpenSandbox's task-executor API (POST /tasks, GET|DELETE
+    /// /tasks/{name}, POST /setTasks, GET /getTasks, GET /health) at this
+    /// address [default: off; the task-executor's own port is 5758].
+    #[arg(
+        long,
+        env = "EXECGO_RUNTIME_OPENSANDBOX_LISTEN_ADDR",
+        value_name = "ADDR"
+    )]
+    pub opensandbox_listen_addr: Option<SocketAddr>,
+    /// Tenant of the tasks created through the OpenSandbox API (quotas and
+    /// the resources view).
+    #[arg(
+        long,
+        env = "EXECGO_RUNTIME_OPENSANDBOX_TENANT",
+        value_name = "NAME",
+        default_value = "opensandbox",
+        value_parser = parse_tenant_name
+    )]
+    pub opensandbox_tenant: String,
+}
+
+/// A tenant name given on the command line: not blank.
+fn parse_tenant_name(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("the tenant must not be blank".to_string())
+    } else {
+        Ok(s.to_string())
+    }
 }
 
 /// The embedded helper's task user when `serve` runs as root and names

@@ -44,8 +44,12 @@ impl Engine {
                 ],
             },
         };
-        let mut env: std::collections::BTreeMap<String, String> =
-            self.base_env.iter().cloned().collect();
+        let base = if row.launch.full_env {
+            &self.full_env
+        } else {
+            &self.base_env
+        };
+        let mut env: std::collections::BTreeMap<String, String> = base.iter().cloned().collect();
         env.extend(e.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         let template = view::status_body(&td, row);
         let result_template = serde_json::to_string(&template)
