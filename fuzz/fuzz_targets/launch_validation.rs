@@ -105,6 +105,7 @@ fn build(u: &mut Unstructured) -> Result<LaunchSpec> {
         termination_grace_ms: u.arbitrary()?,
         result_template: text(u, JSON)?,
         task_cgroups: u.arbitrary()?,
+        keep_descendants: u.arbitrary()?,
     })
 }
 
@@ -206,6 +207,7 @@ fn check(spec: LaunchSpec) {
             assert_eq!(v.limits, spec.limits);
             assert_eq!(v.profile, spec.profile);
             assert_eq!(v.task_cgroups, spec.task_cgroups);
+            assert_eq!(v.keep_descendants, spec.keep_descendants);
             assert_eq!(
                 v.termination_grace,
                 Duration::from_millis(spec.termination_grace_ms)

@@ -66,6 +66,8 @@ pub struct ValidatedLaunch {
     pub termination_grace: Duration,
     pub result_template: Map<String, Value>,
     pub task_cgroups: bool,
+    /// See `LaunchSpec::keep_descendants`: a plain flag, nothing to check.
+    pub keep_descendants: bool,
 }
 
 impl ValidatedLaunch {
@@ -144,6 +146,7 @@ pub fn validate(spec: LaunchSpec) -> Result<ValidatedLaunch, ValidateError> {
         termination_grace: Duration::from_millis(spec.termination_grace_ms),
         result_template,
         task_cgroups: spec.task_cgroups,
+        keep_descendants: spec.keep_descendants,
     })
 }
 
@@ -169,6 +172,7 @@ mod tests {
             termination_grace_ms: 50,
             result_template: r#"{"task_id":"t-1"}"#.into(),
             task_cgroups: true,
+            keep_descendants: false,
         }
     }
 

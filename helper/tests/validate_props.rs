@@ -106,18 +106,22 @@ fn spec() -> impl Strategy<Value = LaunchSpec> {
         any::<u64>(),
         template,
         any::<bool>(),
+        any::<bool>(),
     )
         .prop_map(
-            |(task_id, argv, env, workspace_subdir, limits, grace, template, cgroups)| LaunchSpec {
-                task_id,
-                argv,
-                env,
-                workspace_subdir,
-                profile: LaunchProfile::Process,
-                limits,
-                termination_grace_ms: grace,
-                result_template: template,
-                task_cgroups: cgroups,
+            |(task_id, argv, env, workspace_subdir, limits, grace, template, cgroups, keep)| {
+                LaunchSpec {
+                    task_id,
+                    argv,
+                    env,
+                    workspace_subdir,
+                    profile: LaunchProfile::Process,
+                    limits,
+                    termination_grace_ms: grace,
+                    result_template: template,
+                    task_cgroups: cgroups,
+                    keep_descendants: keep,
+                }
             },
         )
 }
@@ -208,6 +212,7 @@ proptest! {
                 prop_assert_eq!(&v.limits, &spec.limits);
                 prop_assert_eq!(&v.profile, &spec.profile);
                 prop_assert_eq!(v.task_cgroups, spec.task_cgroups);
+                prop_assert_eq!(v.keep_descendants, spec.keep_descendants);
                 prop_assert_eq!(
                     v.termination_grace,
                     Duration::from_millis(spec.termination_grace_ms)

@@ -230,6 +230,13 @@ pub struct LaunchSpec {
     /// ([`HelperCapabilities::task_cgroups`]); false keeps it out of them
     /// (the operator disabled cgroups).
     pub task_cgroups: bool,
+    // Protocol version 5.
+    /// Processes the task's main process leaves running are not killed
+    /// when it exits: the task's result is recorded then, and the shim
+    /// stays, keeping them, until a kill byte on the control FIFO (SIGTERM,
+    /// grace, SIGKILL to them and the task's cgroups) or until none is
+    /// left. For OpenSandbox's bootstrap pattern (`sh -c 'daemon &'`).
+    pub keep_descendants: bool,
 }
 
 /// Limits the shim enforces.

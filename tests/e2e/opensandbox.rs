@@ -491,3 +491,118 @@ fn a_restart_mid_task_keeps_the_task_and_its_state() {
     );
     assert_eq!(o.server.status("survivor")["stdout"], "done\n");
 }
+
+/// Waits for a pid file the task writes in its workspace.
+fn read_pid(o: &Osbx, task: &str, file: &str) -> i32 {
+    let path = o.server.task_dir(task).join("workspace").join(file);
+    let start = Instant::now();
+    loop {
+        if let Some(pid) = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            return pid;
+        }
+        assert!(start.elapsed() < T, "no {file}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// OpenSandbox's server starts `sh -c '/opt/opensandbox/bootstrap.sh ... &'`:
+/// the shell exits 0 at once, its daemon keeps running.
+const BOOTSTRAP: &str =
+    "sleep 300 & echo $! > daemon.pid; setsid sleep 301 & echo $! > detached.pid; exit 0";
+
+#[test]
+fn the_bootstrap_pattern_keeps_the_daemon_until_the_task_is_deleted() {
+    let o = Osbx::start(&["--termination-grace-ms", "500"]);
+    o.create(flat("boot", &["/bin/sh", "-c", BOOTSTRAP]));
+    let done = o.wait_state("boot", "terminated");
+    let t = &done["processStatus"]["terminated"];
+    assert_eq!(
+        (t["exitCode"].as_i64(), t["reason"].as_str()),
+        (Some(0), Some("Succeeded")),
+        "{done}"
+    );
+    let daemon = read_pid(&o, "boot", "daemon.pid");
+    let detached = read_pid(&o, "boot", "detached.pid");
+    // The task is over, its daemons are not (one left its session too).
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(alive(daemon), "the daemon died with its task");
+    assert!(alive(detached), "the detached daemon died with its task");
+    assert_eq!(o.server.status("boot")["status"], "success");
+
+    o.delete("boot");
+    o.wait_gone("boot");
+    wait_dead(daemon);
+    wait_dead(detached);
+    // It ended by itself: the delete does not rewrite its outcome.
+    assert_eq!(o.server.status("boot")["status"], "success");
+    let types = o.server.event_types("boot");
+    assert!(types.contains(&"removed".to_string()), "{types:?}");
+}
+
+#[test]
+fn the_ordinary_api_still_kills_what_a_task_leaves_behind() {
+    let s = Server::start();
+    let id = s.submit(&sh("sleep 300 & echo $! > daemon.pid"));
+    assert_eq!(s.wait_terminal(&id, T)["status"], "success");
+    let pid: i32 = std::fs::read_to_string(s.task_dir(&id).join("workspace/daemon.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_dead(pid);
+}
+
+#[test]
+fn a_kept_daemon_survives_a_runtime_restart_and_dies_on_delete() {
+    let tmp = tempdir();
+    let dir = tmp.path().join("data");
+    let mut o = Osbx::start_with(Server::builder().data_dir(&dir), &[]);
+    o.create(flat(
+        "boot",
+        &["/bin/sh", "-c", "sleep 300 & echo $! > daemon.pid"],
+    ));
+    o.wait_state("boot", "terminated");
+    let daemon = read_pid(&o, "boot", "daemon.pid");
+    o.server.kill9();
+    drop(o);
+    assert!(alive(daemon));
+    let o = Osbx::start_with(Server::builder().data_dir(&dir), &[]);
+    let t = o.get("boot").expect("lost across the restart");
+    assert_eq!(
+        t["processStatus"]["terminated"]["reason"], "Succeeded",
+        "{t}"
+    );
+    assert!(alive(daemon));
+    o.delete("boot");
+    o.wait_gone("boot");
+    wait_dead(daemon);
+}
+
+#[test]
+fn a_delete_during_a_restart_resumes_and_completes() {
+    let tmp = tempdir();
+    let dir = tmp.path().join("data");
+    let mut o = Osbx::start_with(
+        Server::builder().data_dir(&dir),
+        &["--termination-grace-ms", "3000"],
+    );
+    o.create(flat(
+        "slowstop",
+        &["/bin/sh", "-c", "trap '' TERM; sleep 300"],
+    ));
+    o.wait_state("slowstop", "running");
+    let pid = o.server.status("slowstop")["pid"].as_i64().unwrap() as i32;
+    o.delete("slowstop");
+    // The runtime dies while the shim waits out the grace.
+    o.server.kill9();
+    drop(o);
+    let o = Osbx::start_with(Server::builder().data_dir(&dir), &[]);
+    if let Some(t) = o.get("slowstop") {
+        assert!(is_k8s_time(&t["deletionTimestamp"]), "{t}");
+    }
+    o.wait_gone("slowstop");
+    wait_dead(pid);
+}

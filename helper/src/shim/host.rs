@@ -36,6 +36,8 @@ pub struct Host {
     sigchld: Option<SignalFd>,
     /// From the claim until the result is written.
     result: Option<result::ResultFile>,
+    /// The task's main process, once spawned (its group's id).
+    main_pid: Option<nix::unistd::Pid>,
 }
 
 impl Host {
@@ -55,6 +57,7 @@ impl Host {
             report: None,
             sigchld: None,
             result: None,
+            main_pid: None,
         }
     }
 
@@ -272,6 +275,7 @@ impl Steps for Host {
             report.as_ref().map(|(_, w)| w),
         )?;
         self.report = report.map(|(r, _)| r);
+        self.main_pid = Some(nix::unistd::Pid::from_raw(started.pid));
         // The task has its own copies; ours are not needed any more.
         self.stdio = None;
         self.workspace = None;
@@ -311,6 +315,7 @@ impl Steps for Host {
             grace: self.ctx.launch.termination_grace,
             sigchld,
             control,
+            keep_descendants: self.ctx.launch.keep_descendants,
         };
         match m.run() {
             Ok(mut ended) => {
@@ -332,6 +337,37 @@ impl Steps for Host {
                 let _ = crate::sys::wait4(started.pid, false);
                 Err(e.into())
             }
+        }
+    }
+
+    fn keeps_descendants(&self) -> bool {
+        self.ctx.launch.keep_descendants
+    }
+
+    fn memory_peak(&self) -> Option<u64> {
+        self.cgroups.as_ref().and_then(|cg| cg.memory_peak(&HostFs))
+    }
+
+    fn keep_leftovers(&mut self, kill_now: bool) {
+        let (Some(sigchld), Some(control), Some(pgid)) =
+            (self.sigchld.as_ref(), self.control.as_ref(), self.main_pid)
+        else {
+            return;
+        };
+        let leftovers = monitor::Leftovers {
+            pgid,
+            cgroups: self.cgroups.as_ref(),
+            grace: self.ctx.launch.termination_grace,
+            sigchld,
+            control,
+        };
+        if let Err(e) = leftovers.keep(kill_now) {
+            // clean_up, next, kills whatever is left.
+            tracing::warn!(
+                target: logging::TARGET,
+                error = %logging::chain(&e),
+                "watching what the task left running failed; killing it"
+            );
         }
     }
 

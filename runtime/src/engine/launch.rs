@@ -95,6 +95,7 @@ impl Engine {
             termination_grace_ms: self.cfg.args.termination_grace_ms,
             result_template,
             task_cgroups: enforced.cgroup_enforced,
+            keep_descendants: row.launch.keep_descendants,
         })
     }
 
