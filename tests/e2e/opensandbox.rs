@@ -515,7 +515,18 @@ const BOOTSTRAP: &str =
 
 #[test]
 fn the_bootstrap_pattern_keeps_the_daemon_until_the_task_is_deleted() {
-    let o = Osbx::start(&["--termination-grace-ms", "500"]);
+    bootstrap(&["--termination-grace-ms", "500"]);
+}
+
+/// Without task cgroups the shim finds the daemons as its own children
+/// (orphans come to the subreaper) and by the main process's group.
+#[test]
+fn the_bootstrap_pattern_without_cgroups() {
+    bootstrap(&["--termination-grace-ms", "500", "--disable-cgroup"]);
+}
+
+fn bootstrap(args: &[&str]) {
+    let o = Osbx::start(args);
     o.create(flat("boot", &["/bin/sh", "-c", BOOTSTRAP]));
     let done = o.wait_state("boot", "terminated");
     let t = &done["processStatus"]["terminated"];
