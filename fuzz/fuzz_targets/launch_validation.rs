@@ -106,6 +106,11 @@ fn build(u: &mut Unstructured) -> Result<LaunchSpec> {
         result_template: text(u, JSON)?,
         task_cgroups: u.arbitrary()?,
         keep_descendants: u.arbitrary()?,
+        sidecar_target: if u.arbitrary()? {
+            Some(text(u, ID)?)
+        } else {
+            None
+        },
     })
 }
 
@@ -155,6 +160,13 @@ fn limits_ok(l: &LaunchLimits) -> bool {
         && l.memory_bytes != Some(0)
 }
 
+fn container_ok(name: &str) -> bool {
+    (1..=253).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
 fn acceptable(s: &LaunchSpec) -> bool {
     task_id_ok(&s.task_id)
         && argv_ok(&s.argv)
@@ -162,6 +174,7 @@ fn acceptable(s: &LaunchSpec) -> bool {
         && s.workspace_subdir.as_deref().is_none_or(subdir_ok)
         && template_ok(&s.result_template)
         && limits_ok(&s.limits)
+        && s.sidecar_target.as_deref().is_none_or(container_ok)
 }
 
 /// The spec breaks the rule that `e` names.
@@ -193,6 +206,9 @@ fn breaks(s: &LaunchSpec, e: &ValidateError) -> bool {
         ValidateError::StderrMax => !(1..=MAX_OUTPUT_HEAD_BYTES).contains(&l.stderr_max_bytes),
         ValidateError::CpuTime => l.cpu_time_sec == Some(0),
         ValidateError::Memory => l.memory_bytes == Some(0),
+        ValidateError::SidecarTarget(n) => {
+            s.sidecar_target.as_ref() == Some(n) && !container_ok(n)
+        }
     }
 }
 
@@ -208,6 +224,7 @@ fn check(spec: LaunchSpec) {
             assert_eq!(v.profile, spec.profile);
             assert_eq!(v.task_cgroups, spec.task_cgroups);
             assert_eq!(v.keep_descendants, spec.keep_descendants);
+            assert_eq!(v.sidecar_target, spec.sidecar_target);
             assert_eq!(
                 v.termination_grace,
                 Duration::from_millis(spec.termination_grace_ms)

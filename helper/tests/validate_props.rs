@@ -121,6 +121,7 @@ fn spec() -> impl Strategy<Value = LaunchSpec> {
                     result_template: template,
                     task_cgroups: cgroups,
                     keep_descendants: keep,
+                    sidecar_target: None,
                 }
             },
         )
@@ -194,6 +195,8 @@ fn breaks(s: &LaunchSpec, e: &ValidateError) -> bool {
         ValidateError::StderrMax => !output_ok(l.stderr_max_bytes),
         ValidateError::CpuTime => l.cpu_time_sec == Some(0),
         ValidateError::Memory => l.memory_bytes == Some(0),
+        // The strategy never sets a target (sidecar_target: None).
+        ValidateError::SidecarTarget(_) => false,
     }
 }
 

@@ -58,6 +58,7 @@ fn spec() -> impl Strategy<Value = LaunchSpec> {
                     result_template: template,
                     task_cgroups: cgroups,
                     keep_descendants: keep,
+                    sidecar_target: None,
                 }
             },
         )

@@ -117,6 +117,25 @@ pub struct ServeArgs {
         value_parser = parse_tenant_name
     )]
     pub opensandbox_tenant: String,
+    /// OpenSandbox sidecar mode: tasks created through the OpenSandbox API
+    /// run in the namespaces of the main container's process (the first
+    /// whose environment holds SANDBOX_MAIN_CONTAINER=<name>), with its
+    /// environment; needs a privileged helper.
+    #[arg(long, env = "ENABLE_SIDECAR_MODE", action = ArgAction::SetTrue,
+          value_parser = clap::builder::BoolValueParser::new())]
+    pub enable_sidecar_mode: bool,
+    /// The main container's name in sidecar mode.
+    #[arg(long, env = "MAIN_CONTAINER_NAME", value_name = "NAME", default_value = "main",
+          value_parser = parse_container_name)]
+    pub main_container_name: String,
+}
+
+fn parse_container_name(s: &str) -> Result<String, String> {
+    if execgo_runtime_protocol::valid_container_name(s) {
+        Ok(s.to_string())
+    } else {
+        Err("use 1 to 253 ascii letters, digits, '-', '_' or '.'".to_string())
+    }
 }
 
 /// A tenant name given on the command line: not blank.

@@ -152,8 +152,15 @@ fn health_and_route_errors_use_the_peers_shapes() {
         405,
         "Method Not Allowed",
     );
-    let big = vec![b' '; 2 << 20];
-    envelope(&o.raw("POST", "/tasks", &big), 413, "Payload Too Large");
+    let big = format!(
+        r#"{{"name":"big","process":{{"command":["true"]}},"pad":"{}"}}"#,
+        "x".repeat(1024 * 1024 + 10)
+    );
+    envelope(
+        &o.raw("POST", "/tasks", big.as_bytes()),
+        413,
+        "Payload Too Large",
+    );
     // The ordinary API is unchanged on its own port, and off this one.
     assert_eq!(o.server.get("/healthz").status, 200);
     envelope(&o.call("GET", "/healthz", None), 404, "Not Found");
@@ -616,4 +623,176 @@ fn a_delete_during_a_restart_resumes_and_completes() {
     }
     o.wait_gone("slowstop");
     wait_dead(pid);
+}
+
+/// A stand-in main container: a process in its own pid, mount, uts, ipc
+/// and net namespaces whose environment (alone: `unshare` itself does not
+/// carry the marker) holds `SANDBOX_MAIN_CONTAINER=<name>`; it is the
+/// namespace's init, and reaps orphans as a pod's pause process does.
+struct MainContainer {
+    child: std::process::Child,
+    pid: i32,
+}
+
+impl MainContainer {
+    fn start(name: &str) -> MainContainer {
+        let marker = format!("SANDBOX_MAIN_CONTAINER={name}");
+        let child = std::process::Command::new("unshare")
+            .args([
+                "--pid",
+                "--mount",
+                "--uts",
+                "--ipc",
+                "--net",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+            ])
+            .args(["env", &marker, "OSBX_MAIN_ONLY=from-main", "/bin/sh", "-c"])
+            // The namespace's init reaps orphans, as a pod's pause does.
+            .arg("echo standin > /proc/sys/kernel/hostname && exec /bin/sh -c 'while :; do sleep 1 & wait; done'")
+            .env_remove("SANDBOX_MAIN_CONTAINER")
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("unshare");
+        // Dropped (killed and waited for) on every way out.
+        let mut main = MainContainer { child, pid: 0 };
+        // The process inside: the one whose environment has the marker.
+        let start = Instant::now();
+        loop {
+            let found = std::fs::read_dir("/proc").ok().and_then(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                    .find(|p| {
+                        std::fs::read(format!("/proc/{p}/environ"))
+                            .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == marker.as_bytes()))
+                            && std::fs::read_to_string(format!("/proc/{p}/comm"))
+                                .is_ok_and(|c| c.trim() == "sh")
+                    })
+            });
+            if let Some(pid) = found {
+                main.pid = pid;
+                return main;
+            }
+            assert!(
+                start.elapsed() < T,
+                "the stand-in main container did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn ns(&self, kind: &str) -> String {
+        std::fs::read_link(format!("/proc/{}/ns/{kind}", self.pid))
+            .expect("readlink")
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+impl Drop for MainContainer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sidecar_tasks_run_in_the_main_containers_namespaces() {
+    if !is_root() {
+        println!("skipped: sidecar mode joins another process's namespaces, which needs root");
+        return;
+    }
+    if std::process::Command::new("unshare")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("skipped: no unshare(1) to start a stand-in main container");
+        return;
+    }
+    let name = format!("main-{}", std::process::id());
+    let main = MainContainer::start(&name);
+    let o = Osbx::start(&["--enable-sidecar-mode", "--main-container-name", &name]);
+    let script = "for n in mnt uts ipc net pid; do readlink /proc/self/ns/$n; done; \
+                  cat /proc/sys/kernel/hostname; echo \"$OSBX_MAIN_ONLY $MINE\"; pwd";
+    o.create(json!({"name": "side", "process": {
+        "command": ["/bin/sh", "-c", script], "env": [{"name": "MINE", "value": "mine"}]}}));
+    let done = o.wait_state("side", "terminated");
+    let st = o.server.status("side");
+    assert_eq!(
+        done["processStatus"]["terminated"]["reason"], "Succeeded",
+        "{done} {st}"
+    );
+    let out = st["stdout"].as_str().unwrap().to_string();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 8, "{out}");
+    for (i, n) in ["mnt", "uts", "ipc", "net", "pid"].iter().enumerate() {
+        assert_eq!(lines[i], main.ns(n), "{n}: {out}");
+    }
+    assert_eq!(lines[5], "standin", "{out}");
+    assert_eq!(
+        lines[6], "from-main mine",
+        "the main container's environment, then the task's"
+    );
+    assert_eq!(lines[7], "/", "{out}");
+    // The output stayed in the runtime's data dir.
+    assert!(o.server.task_dir("side").join("stdout.log").exists());
+
+    // The bootstrap pattern in the main container: its daemon is kept
+    // until the delete (the shim found it from outside the namespaces).
+    let unique = format!("{}.5", 4000 + std::process::id() % 1000);
+    o.create(flat(
+        "sideboot",
+        &["/bin/sh", "-c", &format!("sleep {unique} & exit 0")],
+    ));
+    let done = o.wait_state("sideboot", "terminated");
+    assert_eq!(
+        done["processStatus"]["terminated"]["reason"], "Succeeded",
+        "{done}"
+    );
+    let daemons = pids_mentioning(&format!("sleep {unique}"));
+    assert_eq!(daemons.len(), 1, "{daemons:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(alive(daemons[0]));
+    o.delete("sideboot");
+    o.wait_gone("sideboot");
+    wait_dead(daemons[0]);
+
+    // Local runs in the executor's own namespaces.
+    o.create(json!({"name": "local", "process": {
+        "command": ["readlink", "/proc/self/ns/uts"], "execMode": "Local"}}));
+    o.wait_state("local", "terminated");
+    let out = o.server.status("local")["stdout"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(out.trim(), main.ns("uts"));
+}
+
+#[test]
+fn a_missing_main_container_fails_the_task_with_sandbox_setup_failed() {
+    let name = format!("absent-{}", std::process::id());
+    let o = Osbx::start(&["--enable-sidecar-mode", "--main-container-name", &name]);
+    o.create(flat("orphan", &["true"]));
+    let done = o.wait_state("orphan", "terminated");
+    let t = &done["processStatus"]["terminated"];
+    assert_eq!(t["reason"], "Failed", "{done}");
+    assert!(t["message"].as_str().unwrap().contains(&name), "{done}");
+    let st = o.server.status("orphan");
+    assert_eq!(st["error"]["code"], "sandbox_setup_failed", "{st}");
+    assert!(st.get("started_at").is_none());
+}
+
+#[test]
+fn remote_exec_mode_needs_sidecar_mode() {
+    let o = Osbx::start(&[]);
+    let r = o.call(
+        "POST",
+        "/tasks",
+        Some(&json!({"name": "r", "process": {"command": ["true"], "execMode": "Remote"}})),
+    );
+    let m = envelope(&r, 400, "Bad Request");
+    assert!(m.contains("sidecar mode"), "{m}");
+    assert!(o.get("r").is_none());
 }

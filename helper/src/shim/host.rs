@@ -38,6 +38,9 @@ pub struct Host {
     result: Option<result::ResultFile>,
     /// The task's main process, once spawned (its group's id).
     main_pid: Option<nix::unistd::Pid>,
+    /// `/proc/thread-self` of the host's procfs, opened before a sidecar
+    /// task's shim joins the main container's mount namespace.
+    thread_dir: Option<OwnedFd>,
 }
 
 impl Host {
@@ -58,6 +61,7 @@ impl Host {
             sigchld: None,
             result: None,
             main_pid: None,
+            thread_dir: None,
         }
     }
 
@@ -101,6 +105,7 @@ impl Steps for Host {
     fn isolate(&mut self) -> Result<(), ShimError> {
         let mut keep = vec![self.ctx.task_dir.as_raw_fd()];
         keep.extend(self.ctx.rootfs.as_ref().map(AsRawFd::as_raw_fd));
+        keep.extend(self.ctx.sidecar.as_ref().map(|t| t.pidfd.as_raw_fd()));
         // The journal socket, in journald mode: the shim logs there too.
         keep.extend(logging::journal_fd());
         let isolated = isolate::isolate(&keep);
@@ -195,21 +200,68 @@ impl Steps for Host {
         Ok(())
     }
 
+    fn join_target(&mut self) -> Result<(), ShimError> {
+        let Some(target) = &self.ctx.sidecar else {
+            return Ok(());
+        };
+        // Every file of the task (stdio, control, workspace, result) is
+        // open already and stays in the runtime's data dir. The shim joins
+        // the mount, uts, ipc and net namespaces itself (so the program is
+        // found in the container's file system) and the pid namespace for
+        // its children (setns(2) with a pidfd joins them all at once).
+        self.thread_dir = open_thread_dir();
+        use nix::sched::CloneFlags as C;
+        let all =
+            C::CLONE_NEWNS | C::CLONE_NEWUTS | C::CLONE_NEWIPC | C::CLONE_NEWNET | C::CLONE_NEWPID;
+        nix::sched::setns(&target.pidfd, all).map_err(ShimError::JoinTarget)?;
+        // The task starts in the container's root, as nsenter would.
+        let root = File::open("/").map_err(|e| {
+            ShimError::JoinTarget(nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+        })?;
+        self.workspace = Some(OwnedFd::from(root));
+        logging::shim_info!(
+            target_pid = target.pid,
+            "joined the main container's namespaces"
+        );
+        Ok(())
+    }
+
     fn resolve_program(&mut self) -> Result<(), ShimError> {
         let l = &self.ctx.launch;
         let program = l.argv.first().ok_or(missing("argv"))?;
-        let resolved = resolve::resolve(program, l.path_var())?;
+        // Sidecar mode: the container's environment, the task's on top.
+        let env: Vec<(String, String)> = match &self.ctx.sidecar {
+            Some(t) => {
+                let mut merged: std::collections::BTreeMap<&str, &str> = t
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                merged.extend(l.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                merged
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            }
+            None => l.env.clone(),
+        };
+        let path_var = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str());
+        let resolved = resolve::resolve(program, path_var)?;
         let sandbox = self.sandbox();
         // In a sandbox the memory limit is its cgroup's, not RLIMIT_AS.
         let address_space = l.limits.memory_bytes.filter(|_| sandbox.is_none());
         let mut plan = Plan::new(
             &resolved,
             &l.argv,
-            &l.env,
+            &env,
             l.limits.cpu_time_sec,
             address_space,
         )?;
         plan.identity = self.ctx.task_identity.map(|t| (t.uid, t.gid));
+        plan.joined_pid_ns = self.ctx.sidecar.is_some();
         if let Some(spec) = sandbox {
             plan.sandbox = Some(SandboxPlan {
                 rootfs: self.ctx.rootfs.as_ref().map(AsRawFd::as_raw_fd),
@@ -354,8 +406,12 @@ impl Steps for Host {
         else {
             return;
         };
+        if self.thread_dir.is_none() {
+            self.thread_dir = open_thread_dir();
+        }
         let leftovers = monitor::Leftovers {
             pgid,
+            thread_dir: self.thread_dir.as_ref().map(AsFd::as_fd),
             cgroups: self.cgroups.as_ref(),
             grace: self.ctx.launch.termination_grace,
             sigchld,
@@ -416,6 +472,18 @@ impl Steps for Host {
         );
         Ok(())
     }
+}
+
+/// The shim's `/proc/thread-self` (`None` without procfs: leftovers are
+/// then found through the cgroups only).
+fn open_thread_dir() -> Option<OwnedFd> {
+    use nix::fcntl::OFlag;
+    crate::sys::open(
+        std::path::Path::new("/proc/thread-self"),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()
 }
 
 /// The sandbox init's report: the task's raw wait status, 4 little-endian

@@ -45,6 +45,8 @@ pub struct ShimContext {
     pub cgroups: Option<crate::cgroup::task::Placement>,
     /// A sandbox's root, opened by the helper (close-on-exec).
     pub rootfs: Option<OwnedFd>,
+    /// Sidecar mode: the main container's process, found by the helper.
+    pub sidecar: Option<crate::sidecar::Target>,
 }
 
 /// Exit code of a shim that panicked (a bug); the panic message is in

@@ -252,6 +252,10 @@ pub fn reap_leftovers() {
 /// children again for orphans that came to it since (their parents died).
 const SWEEP: Duration = Duration::from_millis(50);
 
+/// How often the shim looks whether the main process's group has emptied
+/// when none of its members is its child.
+const GROUP_POLL: Duration = Duration::from_millis(200);
+
 /// What a task that keeps its descendants (`LaunchSpec::keep_descendants`)
 /// left running after its main process exited: the shim's children (every
 /// orphan of the task comes to it, the subreaper), the main process's
@@ -259,6 +263,9 @@ const SWEEP: Duration = Duration::from_millis(50);
 pub struct Leftovers<'a> {
     /// The main process's pid, which is its group's id.
     pub pgid: Pid,
+    /// The shim's `/proc/thread-self`, opened before it joined any mount
+    /// namespace (sidecar mode), whose `children` lists its children.
+    pub thread_dir: Option<std::os::fd::BorrowedFd<'a>>,
     pub cgroups: Option<&'a TaskCgroups>,
     pub grace: Duration,
     pub sigchld: &'a SignalFd,
@@ -277,7 +284,12 @@ impl Leftovers<'_> {
             self.log("the task was stopped; killing what it left running");
         }
         loop {
-            if !reap_all()? {
+            // Orphans come to us (the subreaper), except in a pid namespace
+            // we are not in (sidecar mode): they go to its init, and only
+            // the main process's group still finds them.
+            let children_left = reap_all()?;
+            let group_left = killpg(self.pgid, None).is_ok();
+            if !children_left && !group_left {
                 return Ok(());
             }
             let now = Instant::now();
@@ -292,6 +304,12 @@ impl Leftovers<'_> {
             }
             let next = if killing {
                 deadline::after(now, SWEEP)
+            } else if !children_left {
+                // No SIGCHLD tells when the group empties: look again.
+                [grace_deadline, deadline::after(now, GROUP_POLL)]
+                    .into_iter()
+                    .flatten()
+                    .min()
             } else {
                 grace_deadline
             };
@@ -325,9 +343,9 @@ impl Leftovers<'_> {
         }
     }
 
-    /// Signals the cgroups, the shim's children and, while one of those
-    /// is still in it, the main process's group (so its pgid cannot have
-    /// been reused).
+    /// Signals the cgroups, the shim's children and the main process's
+    /// group while it has members (a group id is not reused while it has;
+    /// the check comes right before the signal).
     fn signal(&self, sig: Signal) {
         if let Some(cg) = self.cgroups {
             match sig {
@@ -335,14 +353,14 @@ impl Leftovers<'_> {
                 sig => cg.signal(sig, &HostFs),
             }
         }
-        let children = own_children();
+        let children = self.thread_dir.map(own_children).unwrap_or_default();
         let mut group_alive = false;
         for child in &children {
             // Our children: their pids are pinned until we reap them.
             let _ = nix::sys::signal::kill(*child, sig);
             group_alive |= nix::unistd::getpgid(Some(*child)) == Ok(self.pgid);
         }
-        if group_alive {
+        if group_alive || killpg(self.pgid, None).is_ok() {
             let _ = killpg(self.pgid, sig);
         }
     }
@@ -364,16 +382,22 @@ fn reap_all() -> Result<bool, MonitorError> {
     }
 }
 
-/// The shim's children (it is single-threaded: its one task's list).
-fn own_children() -> Vec<Pid> {
-    std::fs::read_to_string("/proc/thread-self/children")
-        .map(|s| {
-            s.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .map(Pid::from_raw)
-                .collect()
-        })
-        .unwrap_or_default()
+/// The shim's children, from `children` in its `/proc/thread-self` (it is
+/// single-threaded: its one thread's list is all of them).
+fn own_children(thread_dir: std::os::fd::BorrowedFd<'_>) -> Vec<Pid> {
+    use std::io::Read;
+    let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC;
+    let Ok(fd) = sys::openat(thread_dir, "children", flags, nix::sys::stat::Mode::empty()) else {
+        return Vec::new();
+    };
+    let mut text = String::new();
+    if File::from(fd).read_to_string(&mut text).is_err() {
+        return Vec::new();
+    }
+    text.split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .map(Pid::from_raw)
+        .collect()
 }
 
 /// Exit code or terminating signal of a wait status.

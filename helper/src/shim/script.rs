@@ -61,6 +61,8 @@ pub enum ShimError {
     Order(&'static str),
     #[error("compiling the sandbox's seccomp filters failed")]
     Seccomp(#[source] crate::seccomp::SeccompError),
+    #[error("joining the main container's namespaces failed (sidecar mode)")]
+    JoinTarget(#[source] nix::errno::Errno),
 }
 
 impl ShimError {
@@ -68,7 +70,7 @@ impl ShimError {
     fn code(&self) -> TaskErrorCode {
         match self {
             ShimError::Spawn(e) if e.is_sandbox_setup() => TaskErrorCode::SandboxSetupFailed,
-            ShimError::Seccomp(_) => TaskErrorCode::SandboxSetupFailed,
+            ShimError::Seccomp(_) | ShimError::JoinTarget(_) => TaskErrorCode::SandboxSetupFailed,
             _ => TaskErrorCode::LaunchFailed,
         }
     }
@@ -113,6 +115,9 @@ pub trait Steps {
     /// Creates the task's own cgroups, where the host has them; the task
     /// child joins them before it execs.
     fn create_cgroups(&mut self) -> Result<(), ShimError>;
+    /// Sidecar mode: joins the main container's namespaces, after every
+    /// file of the task is open; nothing otherwise.
+    fn join_target(&mut self) -> Result<(), ShimError>;
     fn resolve_program(&mut self) -> Result<(), ShimError>;
     fn watch_children(&mut self) -> Result<(), ShimError>;
     /// Empties the capability sets the task child inherits (bounding,
@@ -188,6 +193,7 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
         .and_then(|()| s.prepare_workspace())
         .and_then(|()| s.open_stdio())
         .and_then(|()| s.create_cgroups())
+        .and_then(|()| s.join_target())
         .and_then(|()| s.resolve_program())
         .and_then(|()| s.watch_children())
         .and_then(|()| s.narrow_capabilities());
@@ -427,6 +433,9 @@ mod tests {
         fn create_cgroups(&mut self) -> Result<(), ShimError> {
             self.step("cgroups")
         }
+        fn join_target(&mut self) -> Result<(), ShimError> {
+            self.step("join_target")
+        }
         fn clean_up(&mut self) -> Option<u64> {
             self.calls.push("clean_up");
             Some(4096)
@@ -451,7 +460,7 @@ mod tests {
         }
     }
 
-    const HAPPY: [&str; 18] = [
+    const HAPPY: [&str; 19] = [
         "isolate",
         "claim",
         "prepare_result",
@@ -461,6 +470,7 @@ mod tests {
         "workspace",
         "stdio",
         "cgroups",
+        "join_target",
         "resolve",
         "watch",
         "capabilities",
@@ -575,6 +585,7 @@ mod tests {
             "workspace",
             "stdio",
             "cgroups",
+            "join_target",
             "resolve",
             "watch",
             "capabilities",

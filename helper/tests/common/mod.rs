@@ -258,6 +258,7 @@ pub fn spec(id: &str, argv: &[&str]) -> LaunchSpec {
             .to_string(),
         task_cgroups: true,
         keep_descendants: false,
+        sidecar_target: None,
     }
 }
 

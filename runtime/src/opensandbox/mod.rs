@@ -59,6 +59,8 @@ impl From<StoreError> for OsbxError {
 pub struct OpenSandbox {
     engine: Arc<Engine>,
     tenant: String,
+    /// `--enable-sidecar-mode`.
+    sidecar_mode: bool,
     /// Tasks whose stop is being followed by this process.
     stopping: Mutex<HashSet<String>>,
 }
@@ -79,6 +81,7 @@ impl OpenSandbox {
             })
             .await?;
         let me = Arc::new(OpenSandbox {
+            sidecar_mode: engine.cfg.args.enable_sidecar_mode,
             engine,
             tenant,
             stopping: Mutex::default(),
@@ -94,6 +97,7 @@ impl OpenSandbox {
     pub async fn create(self: &Arc<Self>, t: NewTask) -> Result<TaskOut, OsbxError> {
         let req = wire::to_submit(&t, &self.tenant);
         crate::api::validate::submit(&req).map_err(|e| WireError::Invalid(e.message))?;
+        let sidecar = wire::runs_in_sidecar(&t.process, self.sidecar_mode)?;
         let process_json = serde_json::to_string(&t.process)
             .map_err(|e| EngineError::Internal(format!("encoding the process: {e}")))?;
         self.purge_removed(&t.name).await?;
@@ -102,6 +106,7 @@ impl OpenSandbox {
             launch: LaunchOptions {
                 full_env: true,
                 keep_descendants: true,
+                sidecar,
             },
             also: Some(Box::new(move |tx| {
                 store::insert(tx, &id, &process_json, &now())?;
@@ -220,6 +225,8 @@ impl OpenSandbox {
         for t in &desired {
             crate::api::validate::submit(&wire::to_submit(t, &self.tenant))
                 .map_err(|e| WireError::Invalid(format!("task '{}': {}", t.name, e.message)))?;
+            wire::runs_in_sidecar(&t.process, self.sidecar_mode)
+                .map_err(|e| WireError::Invalid(format!("task '{}': {e}", t.name)))?;
         }
         let live: HashSet<String> = self
             .engine

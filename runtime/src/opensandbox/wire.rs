@@ -74,6 +74,22 @@ pub struct Process {
     pub working_dir: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<i64>,
+    /// `Local` (the executor's own container) or `Remote` (the main
+    /// container, sidecar mode); absent: as the executor is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_mode: Option<String>,
+}
+
+/// Whether the process runs in the main container (sidecar mode).
+pub fn runs_in_sidecar(p: &Process, sidecar_mode: bool) -> Result<bool, WireError> {
+    match p.exec_mode.as_deref() {
+        Some("Local") => Ok(false),
+        Some("Remote") if !sidecar_mode => Err(WireError::Invalid(
+            "process.execMode 'Remote' needs sidecar mode (serve --enable-sidecar-mode)".into(),
+        )),
+        Some(_) => Ok(true),
+        None => Ok(sidecar_mode),
+    }
 }
 
 /// What either input shape may hold; unknown fields are ignored.
@@ -235,11 +251,7 @@ fn normalise(p: ProcessIn) -> Result<Process, WireError> {
         return invalid("process.lifecycle (preStart/postStop hooks) is not supported".into());
     }
     match p.exec_mode.as_deref() {
-        None | Some("") | Some("Local") => {}
-        Some("Remote") => return invalid(
-            "process.execMode 'Remote' needs sidecar mode, which this runtime does not offer yet"
-                .into(),
-        ),
+        None | Some("") | Some("Local") | Some("Remote") => {}
         Some(other) => {
             return invalid(format!(
                 "process.execMode '{other}' is unknown (expected 'Local' or 'Remote')"
@@ -296,6 +308,7 @@ fn normalise(p: ProcessIn) -> Result<Process, WireError> {
         env,
         working_dir,
         timeout_seconds: p.timeout_seconds,
+        exec_mode: p.exec_mode.filter(|m| !m.is_empty()),
     })
 }
 
@@ -621,8 +634,8 @@ mod tests {
                 "lifecycle",
             ),
             (
-                json!({"name": "t", "process": {"command": ["true"], "execMode": "Remote"}}),
-                "sidecar",
+                json!({"name": "t", "process": {"command": ["true"], "execMode": "Elsewhere"}}),
+                "execMode",
             ),
             (
                 json!({"name": "t", "process": {"command": ["true"]}, "spec": {"process": {"command": ["true"]}}}),
@@ -736,6 +749,7 @@ mod tests {
                 env: vec![],
                 working_dir: None,
                 timeout_seconds: Some(2),
+                exec_mode: None,
             },
             process_status: process_status(&facts(TaskStatus::Accepted, None)),
         };
@@ -745,6 +759,21 @@ mod tests {
                    "process": {"command": ["true"], "timeoutSeconds": 2},
                    "processStatus": {"waiting": {"reason": "Pending"}}})
         );
+    }
+
+    #[test]
+    fn exec_mode_follows_the_sidecar_setting() {
+        let p = |m: Option<&str>| {
+            parse(json!({"name": "t", "process": {"command": ["true"], "execMode": m}}))
+                .unwrap()
+                .process
+        };
+        assert!(!runs_in_sidecar(&p(None), false).unwrap());
+        assert!(runs_in_sidecar(&p(None), true).unwrap());
+        assert!(!runs_in_sidecar(&p(Some("Local")), true).unwrap());
+        assert!(runs_in_sidecar(&p(Some("Remote")), true).unwrap());
+        let e = runs_in_sidecar(&p(Some("Remote")), false).unwrap_err();
+        assert!(e.to_string().contains("sidecar mode"), "{e}");
     }
 
     #[test]

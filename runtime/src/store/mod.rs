@@ -145,21 +145,27 @@ pub struct LaunchOptions {
     /// exits; its shim keeps them until the task is killed (see
     /// `LaunchSpec::keep_descendants`).
     pub keep_descendants: bool,
+    /// Sidecar mode: the task runs in the main container's namespaces
+    /// (`serve --enable-sidecar-mode`), with its environment as the base.
+    pub sidecar: bool,
 }
 
 impl LaunchOptions {
     const FULL_ENV: i64 = 1;
     const KEEP_DESCENDANTS: i64 = 2;
+    const SIDECAR: i64 = 4;
 
     fn to_bits(self) -> i64 {
         (self.full_env as i64 * Self::FULL_ENV)
             | (self.keep_descendants as i64 * Self::KEEP_DESCENDANTS)
+            | (self.sidecar as i64 * Self::SIDECAR)
     }
 
     fn from_bits(bits: i64) -> LaunchOptions {
         LaunchOptions {
             full_env: bits & Self::FULL_ENV != 0,
             keep_descendants: bits & Self::KEEP_DESCENDANTS != 0,
+            sidecar: bits & Self::SIDECAR != 0,
         }
     }
 }
