@@ -133,6 +133,12 @@ fn build(u: &mut Unstructured) -> Result<LaunchSpec> {
         termination_grace_ms: u.arbitrary()?,
         result_template: text(u, JSON)?,
         task_cgroups: u.arbitrary()?,
+        keep_descendants: u.arbitrary()?,
+        sidecar_target: if u.arbitrary()? {
+            Some(text(u, ID)?)
+        } else {
+            None
+        },
     })
 }
 
@@ -185,6 +191,13 @@ fn limits_ok(l: &LaunchLimits) -> bool {
             .map_or(true, |m| (CPU_MILLIS_MIN..=CPU_MILLIS_MAX).contains(&m))
 }
 
+fn container_ok(name: &str) -> bool {
+    (1..=253).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
 fn acceptable(s: &LaunchSpec) -> bool {
     task_id_ok(&s.task_id)
         && argv_ok(&s.argv)
@@ -192,6 +205,7 @@ fn acceptable(s: &LaunchSpec) -> bool {
         && s.workspace_subdir.as_deref().is_none_or(subdir_ok)
         && template_ok(&s.result_template)
         && limits_ok(&s.limits)
+        && s.sidecar_target.as_deref().is_none_or(container_ok)
 }
 
 /// The spec breaks the rule that `e` names.
@@ -226,6 +240,9 @@ fn breaks(s: &LaunchSpec, e: &ValidateError) -> bool {
         ValidateError::CpuMillis => l
             .cpu_millis
             .is_some_and(|m| !(CPU_MILLIS_MIN..=CPU_MILLIS_MAX).contains(&m)),
+        ValidateError::SidecarTarget(n) => {
+            s.sidecar_target.as_ref() == Some(n) && !container_ok(n)
+        }
     }
 }
 
@@ -240,6 +257,8 @@ fn check(spec: LaunchSpec) {
             assert_eq!(v.limits, spec.limits);
             assert_eq!(v.profile, spec.profile);
             assert_eq!(v.task_cgroups, spec.task_cgroups);
+            assert_eq!(v.keep_descendants, spec.keep_descendants);
+            assert_eq!(v.sidecar_target, spec.sidecar_target);
             assert_eq!(
                 v.termination_grace,
                 Duration::from_millis(spec.termination_grace_ms)

@@ -61,6 +61,8 @@ pub enum LaunchError {
         #[source]
         source: Errno,
     },
+    #[error(transparent)]
+    Sidecar(crate::sidecar::SidecarError),
 }
 
 impl LaunchError {
@@ -69,9 +71,9 @@ impl LaunchError {
             LaunchError::Invalid(_)
             | LaunchError::TaskDirMissing(_)
             | LaunchError::TaskDirNotADir(_) => HelperErrorKind::InvalidRequest,
-            LaunchError::RootfsNotAllowed(_) | LaunchError::Rootfs { .. } => {
-                HelperErrorKind::SandboxSetupFailed
-            }
+            LaunchError::RootfsNotAllowed(_)
+            | LaunchError::Rootfs { .. }
+            | LaunchError::Sidecar(_) => HelperErrorKind::SandboxSetupFailed,
             // A shim may be running, and nobody knows its pid: not a plain
             // launch failure (see docs/helper.md).
             LaunchError::Start(DetachError::Lost(_)) => HelperErrorKind::Internal,
@@ -118,6 +120,12 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, Launc
     let launch = validate(spec)?;
     let rootfs = open_rootfs(ctx, &launch.profile)?;
     let task_dir = open_task_dir(ctx, &launch.task_id)?;
+    // Sidecar mode: the target is found by the helper itself, never taken
+    // from the runtime (which names only the container).
+    let sidecar = match &launch.sidecar_target {
+        Some(name) => Some(crate::sidecar::find(name).map_err(LaunchError::Sidecar)?),
+        None => None,
+    };
     let cgroups = ctx.cgroups.clone().filter(|_| launch.task_cgroups);
     let seccomp = match launch.profile {
         LaunchProfile::LinuxSandbox(_) => ctx.task_seccomp.clone(),
@@ -133,6 +141,7 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, Launc
         cgroups,
         rootfs,
         seccomp,
+        sidecar,
     };
     let threads = sys::thread_count().map_err(LaunchError::ThreadCount)?;
     if threads != 1 {

@@ -31,6 +31,7 @@ mod rootfs;
 mod seccomp;
 mod server;
 mod shim;
+mod sidecar;
 mod startup;
 mod sys;
 

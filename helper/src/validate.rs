@@ -54,6 +54,10 @@ pub enum ValidateError {
     Memory,
     #[error("limits.cpu_millis must be between {CPU_MILLIS_MIN} and {CPU_MILLIS_MAX} when given")]
     CpuMillis,
+    #[error(
+        "sidecar_target {0:?} is invalid: use 1 to 253 ascii letters, digits, '-', '_' or '.'"
+    )]
+    SidecarTarget(String),
 }
 
 /// A launch request that passed every check.
@@ -69,6 +73,10 @@ pub struct ValidatedLaunch {
     pub termination_grace: Duration,
     pub result_template: Map<String, Value>,
     pub task_cgroups: bool,
+    /// See `LaunchSpec::keep_descendants`: a plain flag, nothing to check.
+    pub keep_descendants: bool,
+    /// The main container whose namespaces the task joins (sidecar mode).
+    pub sidecar_target: Option<String>,
 }
 
 impl ValidatedLaunch {
@@ -140,6 +148,11 @@ pub fn validate(spec: LaunchSpec) -> Result<ValidatedLaunch, ValidateError> {
     {
         return Err(ValidateError::CpuMillis);
     }
+    if let Some(name) = &spec.sidecar_target {
+        if !execgo_runtime_protocol::valid_container_name(name) {
+            return Err(ValidateError::SidecarTarget(name.clone()));
+        }
+    }
     // Every field of every profile is a plain flag: nothing to refuse.
     let profile = spec.profile;
     Ok(ValidatedLaunch {
@@ -152,6 +165,8 @@ pub fn validate(spec: LaunchSpec) -> Result<ValidatedLaunch, ValidateError> {
         termination_grace: Duration::from_millis(spec.termination_grace_ms),
         result_template,
         task_cgroups: spec.task_cgroups,
+        keep_descendants: spec.keep_descendants,
+        sidecar_target: spec.sidecar_target,
     })
 }
 
@@ -178,6 +193,8 @@ mod tests {
             termination_grace_ms: 50,
             result_template: r#"{"task_id":"t-1"}"#.into(),
             task_cgroups: true,
+            keep_descendants: false,
+            sidecar_target: None,
         }
     }
 
@@ -200,6 +217,9 @@ mod tests {
     fn refuses_each_bad_field() {
         assert!(err(|s| s.task_id = "../x".into()).starts_with("task_id"));
         assert!(err(|s| s.task_id = String::new()).starts_with("task_id"));
+        for bad in ["", "a/b", "a=b", "x\0"] {
+            assert!(err(|s| s.sidecar_target = Some(bad.into())).starts_with("sidecar_target"));
+        }
         assert_eq!(err(|s| s.argv.clear()), "argv must not be empty");
         assert_eq!(err(|s| s.argv[0].clear()), "argv[0] must not be empty");
         assert_eq!(

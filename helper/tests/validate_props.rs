@@ -115,18 +115,23 @@ fn spec() -> impl Strategy<Value = LaunchSpec> {
         any::<u64>(),
         template,
         any::<bool>(),
+        any::<bool>(),
     )
         .prop_map(
-            |(task_id, argv, env, workspace_subdir, limits, grace, template, cgroups)| LaunchSpec {
-                task_id,
-                argv,
-                env,
-                workspace_subdir,
-                profile: LaunchProfile::Process,
-                limits,
-                termination_grace_ms: grace,
-                result_template: template,
-                task_cgroups: cgroups,
+            |(task_id, argv, env, workspace_subdir, limits, grace, template, cgroups, keep)| {
+                LaunchSpec {
+                    task_id,
+                    argv,
+                    env,
+                    workspace_subdir,
+                    profile: LaunchProfile::Process,
+                    limits,
+                    termination_grace_ms: grace,
+                    result_template: template,
+                    task_cgroups: cgroups,
+                    keep_descendants: keep,
+                    sidecar_target: None,
+                }
             },
         )
 }
@@ -205,6 +210,8 @@ fn breaks(s: &LaunchSpec, e: &ValidateError) -> bool {
         ValidateError::CpuTime => l.cpu_time_sec == Some(0),
         ValidateError::Memory => l.memory_bytes == Some(0),
         ValidateError::CpuMillis => l.cpu_millis.is_some_and(|m| !cpu_millis_ok(m)),
+        // The strategy never sets a target (sidecar_target: None).
+        ValidateError::SidecarTarget(_) => false,
     }
 }
 
@@ -223,6 +230,7 @@ proptest! {
                 prop_assert_eq!(&v.limits, &spec.limits);
                 prop_assert_eq!(&v.profile, &spec.profile);
                 prop_assert_eq!(v.task_cgroups, spec.task_cgroups);
+                prop_assert_eq!(v.keep_descendants, spec.keep_descendants);
                 prop_assert_eq!(
                     v.termination_grace,
                     Duration::from_millis(spec.termination_grace_ms)

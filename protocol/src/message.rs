@@ -230,6 +230,34 @@ pub struct LaunchSpec {
     /// ([`HelperCapabilities::task_cgroups`]); false keeps it out of them
     /// (the operator disabled cgroups).
     pub task_cgroups: bool,
+    // Protocol version 5.
+    /// Processes the task's main process leaves running are not killed
+    /// when it exits: the task's result is recorded then, and the shim
+    /// stays, keeping them, until a kill byte on the control FIFO (SIGTERM,
+    /// grace, SIGKILL to them and the task's cgroups) or until none is
+    /// left. For OpenSandbox's bootstrap pattern (`sh -c 'daemon &'`).
+    pub keep_descendants: bool,
+    /// Sidecar mode: run the task in the mount, uts, ipc, net and pid
+    /// namespaces of the main container named here, with its environment
+    /// as the base environment (`env` then holds only the task's own
+    /// variables). The helper finds the container's process itself (the
+    /// first whose environment holds exactly `SANDBOX_MAIN_CONTAINER=<name>`,
+    /// see [`SIDECAR_MARKER`]); the name follows [`valid_container_name`].
+    pub sidecar_target: Option<String>,
+}
+
+/// The environment variable that marks the main container's process in
+/// sidecar mode, as OpenSandbox's task-executor looks for it.
+pub const SIDECAR_MARKER: &str = "SANDBOX_MAIN_CONTAINER";
+
+/// A main container's name: 1 to 253 ASCII letters, digits, `-`, `_`, `.`
+/// (Kubernetes container names are narrower).
+pub fn valid_container_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 /// Limits the shim enforces.

@@ -47,18 +47,23 @@ fn spec() -> impl Strategy<Value = LaunchSpec> {
         any::<u64>(),
         text(),
         any::<bool>(),
+        any::<bool>(),
     )
         .prop_map(
-            |(task_id, argv, env, workspace_subdir, limits, grace, template, cgroups)| LaunchSpec {
-                task_id,
-                argv,
-                env,
-                workspace_subdir,
-                profile: LaunchProfile::Process,
-                limits,
-                termination_grace_ms: grace,
-                result_template: template,
-                task_cgroups: cgroups,
+            |(task_id, argv, env, workspace_subdir, limits, grace, template, cgroups, keep)| {
+                LaunchSpec {
+                    task_id,
+                    argv,
+                    env,
+                    workspace_subdir,
+                    profile: LaunchProfile::Process,
+                    limits,
+                    termination_grace_ms: grace,
+                    result_template: template,
+                    task_cgroups: cgroups,
+                    keep_descendants: keep,
+                    sidecar_target: None,
+                }
             },
         )
 }

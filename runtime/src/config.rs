@@ -98,6 +98,53 @@ pub struct ServeArgs {
     /// repeatable, passed to the helper.
     #[arg(long, value_name = "DIR", conflicts_with = "helper_socket")]
     pub rootfs_dir: Vec<PathBuf>,
+    /// Also serve OpenSandbox's task-executor API (POST /tasks, GET|DELETE
+    /// /tasks/{name}, POST /setTasks, GET /getTasks, GET /health) at this
+    /// address [default: off; the task-executor's own port is 5758].
+    #[arg(
+        long,
+        env = "EXECGO_RUNTIME_OPENSANDBOX_LISTEN_ADDR",
+        value_name = "ADDR"
+    )]
+    pub opensandbox_listen_addr: Option<SocketAddr>,
+    /// Tenant of the tasks created through the OpenSandbox API (quotas and
+    /// the resources view).
+    #[arg(
+        long,
+        env = "EXECGO_RUNTIME_OPENSANDBOX_TENANT",
+        value_name = "NAME",
+        default_value = "opensandbox",
+        value_parser = parse_tenant_name
+    )]
+    pub opensandbox_tenant: String,
+    /// OpenSandbox sidecar mode: tasks created through the OpenSandbox API
+    /// run in the namespaces of the main container's process (the first
+    /// whose environment holds SANDBOX_MAIN_CONTAINER=<name>), with its
+    /// environment; needs a privileged helper.
+    #[arg(long, env = "ENABLE_SIDECAR_MODE", action = ArgAction::SetTrue,
+          value_parser = clap::builder::BoolValueParser::new())]
+    pub enable_sidecar_mode: bool,
+    /// The main container's name in sidecar mode.
+    #[arg(long, env = "MAIN_CONTAINER_NAME", value_name = "NAME", default_value = "main",
+          value_parser = parse_container_name)]
+    pub main_container_name: String,
+}
+
+fn parse_container_name(s: &str) -> Result<String, String> {
+    if execgo_runtime_protocol::valid_container_name(s) {
+        Ok(s.to_string())
+    } else {
+        Err("use 1 to 253 ascii letters, digits, '-', '_' or '.'".to_string())
+    }
+}
+
+/// A tenant name given on the command line: not blank.
+fn parse_tenant_name(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("the tenant must not be blank".to_string())
+    } else {
+        Ok(s.to_string())
+    }
 }
 
 /// The embedded helper's task user when `serve` runs as root and names

@@ -146,15 +146,55 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     tokio::spawn(Arc::clone(&engine).dispatch_loop());
     tokio::spawn(Arc::clone(&engine).gc_loop());
 
+    // Deletions a previous run left in progress resume whether or not the
+    // OpenSandbox listener is on this time.
+    let osbx = crate::opensandbox::OpenSandbox::start(
+        Arc::clone(&engine),
+        engine.cfg.args.opensandbox_tenant.clone(),
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "starting the opensandbox api: {}",
+            crate::engine::error_chain(&e)
+        )
+    })?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
+    let osbx_listener = match engine.cfg.args.opensandbox_listen_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the opensandbox listener {addr}"))?,
+        ),
+        None => None,
+    };
     tracing::info!(listen = %listen, runtime_id = %engine.cfg.runtime_id, "execgo-runtime serving");
-    warp::serve(crate::api::routes::routes(Arc::clone(&engine)))
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let main_api = warp::serve(crate::api::routes::routes(Arc::clone(&engine)))
         .incoming(listener)
-        .graceful(shutdown_signal())
-        .run()
-        .await;
+        .graceful(stopped(stop_rx.clone()))
+        .run();
+    match osbx_listener {
+        Some(l) => {
+            tracing::info!(listen = %engine.cfg.args.opensandbox_listen_addr.map(|a| a.to_string()).unwrap_or_default(),
+                tenant = %engine.cfg.args.opensandbox_tenant, "opensandbox task-executor api serving");
+            let osbx_api = warp::serve(crate::opensandbox::routes::routes(osbx))
+                .incoming(l)
+                .graceful(stopped(stop_rx))
+                .run();
+            tokio::join!(main_api, osbx_api);
+        }
+        None => main_api.await,
+    }
     tracing::info!("execgo-runtime stopped; running tasks continue under their shims");
     Ok(())
 }

@@ -21,7 +21,7 @@ pub fn info(e: &Engine) -> Value {
 
 pub fn config(e: &Engine) -> Value {
     let a = &e.cfg.args;
-    json!({
+    let mut v = json!({
         "runtime_id": e.cfg.runtime_id,
         "listen_addr": a.listen_addr.to_string(),
         "data_dir": e.cfg.data_dir.to_string_lossy(),
@@ -34,7 +34,12 @@ pub fn config(e: &Engine) -> Value {
         "cgroup_root": a.cgroup_root.to_string_lossy(),
         "default_capability_mode": crate::model::CapabilityMode::from(a.default_capability_mode),
         "cgroup_enabled": !a.disable_cgroup,
-    })
+        "opensandbox_tenant": a.opensandbox_tenant,
+    });
+    if let Some(addr) = a.opensandbox_listen_addr {
+        v["opensandbox_listen_addr"] = json!(addr.to_string());
+    }
+    v
 }
 
 pub async fn resources(e: &Engine) -> Result<Value, ApiError> {

@@ -45,6 +45,14 @@ fn serve_help_lists_contract_flags_and_env() {
         "--tenant-quota",
         "--helper-socket",
         "--helper-path",
+        "--opensandbox-listen-addr",
+        "EXECGO_RUNTIME_OPENSANDBOX_LISTEN_ADDR",
+        "--opensandbox-tenant",
+        "EXECGO_RUNTIME_OPENSANDBOX_TENANT",
+        "--enable-sidecar-mode",
+        "ENABLE_SIDECAR_MODE",
+        "--main-container-name",
+        "MAIN_CONTAINER_NAME",
     ] {
         assert!(text.contains(flag), "{flag} missing from serve --help");
     }
@@ -127,6 +135,10 @@ fn serve_rejects_bad_configuration_with_exit_2() {
             vec!["serve"],
             Some(("EXECGO_RUNTIME_DEFAULT_CAPABILITY_MODE", "lenient")),
         ),
+        (vec!["serve", "--opensandbox-listen-addr", "5758"], None),
+        (vec!["serve", "--opensandbox-tenant", " "], None),
+        (vec!["serve", "--main-container-name", "a/b"], None),
+        (vec!["serve"], Some(("ENABLE_SIDECAR_MODE", "yes"))),
     ] {
         let mut c = bin();
         c.args(&args);

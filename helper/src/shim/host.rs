@@ -38,6 +38,11 @@ pub struct Host {
     sigchld: Option<SignalFd>,
     /// From the claim until the result is written.
     result: Option<result::ResultFile>,
+    /// The task's main process, once spawned (its group's id).
+    main_pid: Option<nix::unistd::Pid>,
+    /// `/proc/thread-self` of the host's procfs, opened before a sidecar
+    /// task's shim joins the main container's mount namespace.
+    thread_dir: Option<OwnedFd>,
 }
 
 impl Host {
@@ -58,6 +63,8 @@ impl Host {
             init: None,
             sigchld: None,
             result: None,
+            main_pid: None,
+            thread_dir: None,
         }
     }
 
@@ -101,6 +108,7 @@ impl Steps for Host {
     fn isolate(&mut self) -> Result<(), ShimError> {
         let mut keep = vec![self.ctx.task_dir.as_raw_fd()];
         keep.extend(self.ctx.rootfs.as_ref().map(AsRawFd::as_raw_fd));
+        keep.extend(self.ctx.sidecar.as_ref().map(|t| t.pidfd.as_raw_fd()));
         // The journal socket, in journald mode: the shim logs there too.
         keep.extend(logging::journal_fd());
         let isolated = isolate::isolate(&keep);
@@ -203,21 +211,68 @@ impl Steps for Host {
         Ok(())
     }
 
+    fn join_target(&mut self) -> Result<(), ShimError> {
+        let Some(target) = &self.ctx.sidecar else {
+            return Ok(());
+        };
+        // Every file of the task (stdio, control, workspace, result) is
+        // open already and stays in the runtime's data dir. The shim joins
+        // the mount, uts, ipc and net namespaces itself (so the program is
+        // found in the container's file system) and the pid namespace for
+        // its children (setns(2) with a pidfd joins them all at once).
+        self.thread_dir = open_thread_dir();
+        use nix::sched::CloneFlags as C;
+        let all =
+            C::CLONE_NEWNS | C::CLONE_NEWUTS | C::CLONE_NEWIPC | C::CLONE_NEWNET | C::CLONE_NEWPID;
+        nix::sched::setns(&target.pidfd, all).map_err(ShimError::JoinTarget)?;
+        // The task starts in the container's root, as nsenter would.
+        let root = File::open("/").map_err(|e| {
+            ShimError::JoinTarget(nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+        })?;
+        self.workspace = Some(OwnedFd::from(root));
+        logging::shim_info!(
+            target_pid = target.pid,
+            "joined the main container's namespaces"
+        );
+        Ok(())
+    }
+
     fn resolve_program(&mut self) -> Result<(), ShimError> {
         let l = &self.ctx.launch;
         let program = l.argv.first().ok_or(missing("argv"))?;
-        let resolved = resolve::resolve(program, l.path_var())?;
+        // Sidecar mode: the container's environment, the task's on top.
+        let env: Vec<(String, String)> = match &self.ctx.sidecar {
+            Some(t) => {
+                let mut merged: std::collections::BTreeMap<&str, &str> = t
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                merged.extend(l.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                merged
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            }
+            None => l.env.clone(),
+        };
+        let path_var = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str());
+        let resolved = resolve::resolve(program, path_var)?;
         let sandbox = self.sandbox();
         // In a sandbox the memory limit is its cgroup's, not RLIMIT_AS.
         let address_space = l.limits.memory_bytes.filter(|_| sandbox.is_none());
         let mut plan = Plan::new(
             &resolved,
             &l.argv,
-            &l.env,
+            &env,
             l.limits.cpu_time_sec,
             address_space,
         )?;
         plan.identity = self.ctx.task_identity.map(|t| (t.uid, t.gid));
+        plan.joined_pid_ns = self.ctx.sidecar.is_some();
         if let Some(spec) = sandbox {
             plan.sandbox = Some(SandboxPlan {
                 rootfs: self.ctx.rootfs.as_ref().map(AsRawFd::as_raw_fd),
@@ -286,6 +341,7 @@ impl Steps for Host {
             report.as_ref().map(|(_, w)| w),
         )?;
         self.report = report.map(|(r, _)| r);
+        self.main_pid = Some(nix::unistd::Pid::from_raw(started.pid));
         // The task has its own copies; ours are not needed any more.
         self.stdio = None;
         self.workspace = None;
@@ -326,6 +382,7 @@ impl Steps for Host {
             sigchld,
             control,
             report: self.report.as_ref(),
+            keep_descendants: self.ctx.launch.keep_descendants,
         };
         match m.run() {
             Ok(mut ended) => {
@@ -353,6 +410,41 @@ impl Steps for Host {
                 let _ = crate::sys::wait4(started.pid, false);
                 Err(e.into())
             }
+        }
+    }
+
+    fn keeps_descendants(&self) -> bool {
+        self.ctx.launch.keep_descendants
+    }
+
+    fn memory_peak(&self) -> Option<u64> {
+        self.cgroups.as_ref().and_then(|cg| cg.memory_peak(&HostFs))
+    }
+
+    fn keep_leftovers(&mut self, kill_now: bool) {
+        let (Some(sigchld), Some(control), Some(pgid)) =
+            (self.sigchld.as_ref(), self.control.as_ref(), self.main_pid)
+        else {
+            return;
+        };
+        if self.thread_dir.is_none() {
+            self.thread_dir = open_thread_dir();
+        }
+        let leftovers = monitor::Leftovers {
+            pgid,
+            thread_dir: self.thread_dir.as_ref().map(AsFd::as_fd),
+            cgroups: self.cgroups.as_ref(),
+            grace: self.ctx.launch.termination_grace,
+            sigchld,
+            control,
+        };
+        if let Err(e) = leftovers.keep(kill_now) {
+            // clean_up, next, kills whatever is left.
+            tracing::warn!(
+                target: logging::TARGET,
+                error = %logging::chain(&e),
+                "watching what the task left running failed; killing it"
+            );
         }
     }
 
@@ -410,4 +502,16 @@ impl Steps for Host {
         );
         Ok(())
     }
+}
+
+/// The shim's `/proc/thread-self` (`None` without procfs: leftovers are
+/// then found through the cgroups only).
+fn open_thread_dir() -> Option<OwnedFd> {
+    use nix::fcntl::OFlag;
+    crate::sys::open(
+        std::path::Path::new("/proc/thread-self"),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()
 }

@@ -47,6 +47,8 @@ pub struct ShimContext {
     pub rootfs: Option<OwnedFd>,
     /// A sandbox's seccomp filters, as the helper compiled them at start.
     pub seccomp: Option<[seccompiler::BpfProgram; 2]>,
+    /// Sidecar mode: the main container's process, found by the helper.
+    pub sidecar: Option<crate::sidecar::Target>,
 }
 
 /// Exit code of a shim that panicked (a bug); the panic message is in

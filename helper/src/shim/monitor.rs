@@ -20,6 +20,11 @@
 //! its group is SIGKILLed, and only then is it reaped: while it is an
 //! unreaped zombie its pid, and so the group id, cannot be reused by an
 //! unrelated process that the group kill would hit.
+//!
+//! A task that keeps its descendants (`LaunchSpec::keep_descendants`, for
+//! OpenSandbox's bootstrap pattern) is not group-killed when its main
+//! process exits on its own; [`Leftovers::keep`] then watches what it left
+//! running until a kill byte (or until nothing is left).
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -83,6 +88,9 @@ pub struct Monitor<'a> {
     /// Read end of the pid namespace init's report pipe, when `pid` is
     /// such an init.
     pub report: Option<&'a OwnedFd>,
+    /// Leave what the main process left running when it exits on its own
+    /// (a kill or a timeout still kills the whole task).
+    pub keep_descendants: bool,
 }
 
 /// Loop state: what was asked and sent so far.
@@ -169,7 +177,7 @@ impl Monitor<'_> {
             }
             if chld {
                 drain_signalfd(self.sigchld)?;
-                if let Some((status, usage)) = self.reap()? {
+                if let Some((status, usage)) = self.reap(&st)? {
                     return Ok(Ended {
                         exit: exit_kind(status),
                         usage,
@@ -215,7 +223,7 @@ impl Monitor<'_> {
 
     /// Reaps every exited child. Returns the main process's status and
     /// usage once it is among them.
-    fn reap(&self) -> Result<Option<(i32, Rusage)>, MonitorError> {
+    fn reap(&self, st: &State) -> Result<Option<(i32, Rusage)>, MonitorError> {
         loop {
             let peek = waitid(
                 Id::All,
@@ -232,8 +240,11 @@ impl Monitor<'_> {
                 Err(e) => return Err(MonitorError::Wait(e)),
             };
             if pid == self.pid {
-                // Still a zombie: the group id is pinned, kill what is left.
-                self.signal_group(Signal::SIGKILL);
+                // Still a zombie: the group id is pinned, kill what is left
+                // (unless it is to be kept: it ended by itself).
+                if !self.keep_descendants || st.kill_requested || st.timed_out {
+                    self.signal_group(Signal::SIGKILL);
+                }
                 return match sys::wait4(pid.as_raw(), false).map_err(MonitorError::Wait)? {
                     Some((_, status, usage)) => Ok(Some((status, usage))),
                     None => Err(MonitorError::Lost),
@@ -280,6 +291,158 @@ pub fn read_report(pipe: &OwnedFd) -> Option<sys::Report> {
 /// go to init when the shim exits.
 pub fn reap_leftovers() {
     while let Ok(Some(_)) = sys::wait4(-1, true) {}
+}
+
+/// How often, while killing what a task left running, the shim sweeps its
+/// children again for orphans that came to it since (their parents died).
+const SWEEP: Duration = Duration::from_millis(50);
+
+/// How often the shim looks whether the main process's group has emptied
+/// when none of its members is its child.
+const GROUP_POLL: Duration = Duration::from_millis(200);
+
+/// What a task that keeps its descendants (`LaunchSpec::keep_descendants`)
+/// left running after its main process exited: the shim's children (every
+/// orphan of the task comes to it, the subreaper), the main process's
+/// group, the task's cgroups.
+pub struct Leftovers<'a> {
+    /// The main process's pid, which is its group's id.
+    pub pgid: Pid,
+    /// The shim's `/proc/thread-self`, opened before it joined any mount
+    /// namespace (sidecar mode), whose `children` lists its children.
+    pub thread_dir: Option<std::os::fd::BorrowedFd<'a>>,
+    pub cgroups: Option<&'a TaskCgroups>,
+    pub grace: Duration,
+    pub sigchld: &'a SignalFd,
+    pub control: &'a File,
+}
+
+impl Leftovers<'_> {
+    /// Waits until nothing of the task is left, or until a kill byte, and
+    /// then stops what is left like a task (SIGTERM and SIGCONT, the grace,
+    /// SIGKILL) until nothing is. `kill_now`: the task was killed or timed
+    /// out already, so its leftovers are killed at once.
+    pub fn keep(&self, kill_now: bool) -> Result<(), MonitorError> {
+        let mut grace_deadline: Option<Instant> = None;
+        let mut killing = kill_now;
+        if kill_now {
+            self.log("the task was stopped; killing what it left running");
+        }
+        loop {
+            // Orphans come to us (the subreaper), except in a pid namespace
+            // we are not in (sidecar mode): they go to its init, and only
+            // the main process's group still finds them.
+            let children_left = reap_all()?;
+            let group_left = killpg(self.pgid, None).is_ok();
+            if !children_left && !group_left {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if !killing && deadline::reached(now, grace_deadline) {
+                self.log("grace period over; killing what the task left running");
+                killing = true;
+            }
+            if killing {
+                // Again on every pass: an orphan of a killed process comes
+                // to us after the sweep before.
+                self.signal(Signal::SIGKILL);
+            }
+            let next = if killing {
+                deadline::after(now, SWEEP)
+            } else if !children_left {
+                // No SIGCHLD tells when the group empties: look again.
+                [grace_deadline, deadline::after(now, GROUP_POLL)]
+                    .into_iter()
+                    .flatten()
+                    .min()
+            } else {
+                grace_deadline
+            };
+            let timeout = deadline::poll_timeout_ms(now, next);
+            let (chld, ctl) = {
+                let mut fds = [
+                    PollFd::new(self.sigchld.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.control.as_fd(), PollFlags::POLLIN),
+                ];
+                match poll(
+                    &mut fds,
+                    PollTimeout::try_from(timeout).unwrap_or(PollTimeout::NONE),
+                ) {
+                    Ok(_) => {}
+                    Err(Errno::EINTR) => continue,
+                    Err(e) => return Err(MonitorError::Poll(e)),
+                }
+                let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+                (ready(&fds[0]), ready(&fds[1]))
+            };
+            if ctl && control::take_kill(self.control)? && !killing && grace_deadline.is_none() {
+                self.log("kill requested; terminating what the task left running");
+                self.signal(Signal::SIGTERM);
+                self.signal(Signal::SIGCONT);
+                let now = Instant::now();
+                grace_deadline = deadline::after(now, self.grace).or(Some(far_future(now)));
+            }
+            if chld {
+                drain_signalfd(self.sigchld)?;
+            }
+        }
+    }
+
+    /// Signals the cgroups, the shim's children and the main process's
+    /// group while it has members (a group id is not reused while it has;
+    /// the check comes right before the signal).
+    fn signal(&self, sig: Signal) {
+        if let Some(cg) = self.cgroups {
+            match sig {
+                Signal::SIGKILL => cg.kill_now(&HostFs),
+                sig => cg.signal(sig, &HostFs),
+            }
+        }
+        let children = self.thread_dir.map(own_children).unwrap_or_default();
+        let mut group_alive = false;
+        for child in &children {
+            // Our children: their pids are pinned until we reap them.
+            let _ = nix::sys::signal::kill(*child, sig);
+            group_alive |= nix::unistd::getpgid(Some(*child)) == Ok(self.pgid);
+        }
+        if group_alive || killpg(self.pgid, None).is_ok() {
+            let _ = killpg(self.pgid, sig);
+        }
+    }
+
+    fn log(&self, message: &str) {
+        logging::shim_info!("{message}");
+    }
+}
+
+/// Reaps every exited child; whether any child is left.
+fn reap_all() -> Result<bool, MonitorError> {
+    loop {
+        match sys::wait4(-1, true) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(true),
+            Err(Errno::ECHILD) => return Ok(false),
+            Err(e) => return Err(MonitorError::Wait(e)),
+        }
+    }
+}
+
+/// The shim's children, from `children` in its `/proc/thread-self` (it is
+/// single-threaded: its one thread's list is all of them).
+fn own_children(thread_dir: std::os::fd::BorrowedFd<'_>) -> Vec<Pid> {
+    use std::io::Read;
+    let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC;
+    let Ok(fd) = sys::openat(thread_dir, "children", flags, nix::sys::stat::Mode::empty()) else {
+        return Vec::new();
+    };
+    let mut text = String::new();
+    if File::from(fd).read_to_string(&mut text).is_err() {
+        return Vec::new();
+    }
+    text.split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .map(Pid::from_raw)
+        .collect()
 }
 
 /// Exit code or terminating signal of a wait status.

@@ -61,6 +61,8 @@ pub enum ShimError {
     Order(&'static str),
     #[error("compiling the sandbox's seccomp filters failed")]
     Seccomp(#[source] crate::seccomp::SeccompError),
+    #[error("joining the main container's namespaces failed (sidecar mode)")]
+    JoinTarget(#[source] nix::errno::Errno),
 }
 
 impl ShimError {
@@ -68,7 +70,7 @@ impl ShimError {
     fn code(&self) -> TaskErrorCode {
         match self {
             ShimError::Spawn(e) if e.is_sandbox_setup() => TaskErrorCode::SandboxSetupFailed,
-            ShimError::Seccomp(_) => TaskErrorCode::SandboxSetupFailed,
+            ShimError::Seccomp(_) | ShimError::JoinTarget(_) => TaskErrorCode::SandboxSetupFailed,
             _ => TaskErrorCode::LaunchFailed,
         }
     }
@@ -113,6 +115,9 @@ pub trait Steps {
     /// Creates the task's own cgroups, where the host has them; the task
     /// child joins them before it execs.
     fn create_cgroups(&mut self) -> Result<(), ShimError>;
+    /// Sidecar mode: joins the main container's namespaces, after every
+    /// file of the task is open; nothing otherwise.
+    fn join_target(&mut self) -> Result<(), ShimError>;
     fn resolve_program(&mut self) -> Result<(), ShimError>;
     fn watch_children(&mut self) -> Result<(), ShimError>;
     /// Empties the capability sets the task child inherits (bounding,
@@ -132,6 +137,15 @@ pub trait Steps {
     /// and removes the task's cgroups, emptied by [`Steps::clean_up`]:
     /// after the result, which waits for neither.
     fn remove_cgroups(&mut self);
+    /// Whether what the main process leaves running is kept after its
+    /// exit (`LaunchSpec::keep_descendants`).
+    fn keeps_descendants(&self) -> bool;
+    /// The cgroups' memory peak so far, if measured.
+    fn memory_peak(&self) -> Option<u64>;
+    /// After the result of a task that keeps its descendants: watches them
+    /// until none is left, or stops them (at once with `kill_now`, else on
+    /// a kill byte) and waits until none is left.
+    fn keep_leftovers(&mut self, kill_now: bool);
 }
 
 /// The launch. Returns the shim's exit code (see [`exit`]).
@@ -180,6 +194,7 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
         .and_then(|()| s.prepare_workspace())
         .and_then(|()| s.open_stdio())
         .and_then(|()| s.create_cgroups())
+        .and_then(|()| s.join_target())
         .and_then(|()| s.resolve_program())
         .and_then(|()| s.watch_children())
         .and_then(|()| s.narrow_capabilities());
@@ -199,26 +214,56 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
             "recording the start failed; the task runs on"
         );
     }
-    // 7-8. Follow it to its end, then leave nothing behind.
+    // 7. Follow it to its end.
     let monitored = s.monitor(&started);
+    // 7b. A task that keeps its descendants (OpenSandbox's bootstrap
+    //     pattern: `sh -c 'daemon &'`) ends with its main process: the
+    //     result goes out now, and what it left running is kept, this shim
+    //     watching it, until a kill (a delete) or until none is left. Only
+    //     then is everything killed, reaped and the cgroups removed.
+    if s.keeps_descendants() {
+        if let Ok(f) = &monitored {
+            let kill_now = f.ended.kill_requested || f.ended.timed_out;
+            let memory_peak = s.memory_peak();
+            let outcome = classify(s, me, &started, monitored, memory_peak);
+            let code = record(s, &outcome);
+            s.keep_leftovers(kill_now);
+            s.clean_up();
+            s.remove_cgroups();
+            return code;
+        }
+    }
+    // 8. Leave nothing behind.
     let memory_peak = s.clean_up();
     // 9-10. Classify and record.
+    let outcome = classify(s, me, &started, monitored, memory_peak);
+    let code = record(s, &outcome);
+    s.remove_cgroups();
+    code
+}
+
+/// The outcome of a task that ran.
+fn classify<S: Steps>(
+    s: &S,
+    me: ClaimRecord,
+    started: &Started,
+    monitored: Result<Finished, ShimError>,
+    memory_peak: Option<u64>,
+) -> Outcome {
     let mut outcome = match monitored {
         Ok(f) => result::finished(
             me.shim_pid,
-            &started,
+            started,
             &f.ended,
             f.finished_at,
             s.wall_time_ms(),
         ),
-        Err(e) => result::lost(me.shim_pid, &started, logging::chain(&e), s.now()),
+        Err(e) => result::lost(me.shim_pid, started, logging::chain(&e), s.now()),
     };
     if let Some(usage) = outcome.usage.as_mut() {
         usage.memory_peak_bytes = memory_peak;
     }
-    let code = record(s, &outcome);
-    s.remove_cgroups();
-    code
+    outcome
 }
 
 /// A failure before the task is claimed: logged, nothing else.
@@ -278,6 +323,11 @@ mod tests {
         /// The pids `record_started` was given.
         started: Vec<i32>,
         results: Vec<Outcome>,
+        /// `keeps_descendants`, and what `monitor` reports as asked.
+        keep: bool,
+        killed: bool,
+        /// The `kill_now` each `keep_leftovers` was given.
+        kept: Vec<bool>,
     }
 
     impl Fake {
@@ -374,7 +424,7 @@ mod tests {
                     exit: ExitKind::Code(0),
                     usage: Rusage::default(),
                     timed_out: false,
-                    kill_requested: false,
+                    kill_requested: self.killed,
                     oom_killed: false,
                     at: started.at,
                     init: None,
@@ -384,6 +434,9 @@ mod tests {
         }
         fn create_cgroups(&mut self) -> Result<(), ShimError> {
             self.step("cgroups")
+        }
+        fn join_target(&mut self) -> Result<(), ShimError> {
+            self.step("join_target")
         }
         fn clean_up(&mut self) -> Option<u64> {
             self.calls.push("clean_up");
@@ -397,9 +450,19 @@ mod tests {
         fn remove_cgroups(&mut self) {
             self.calls.push("remove_cgroups");
         }
+        fn keeps_descendants(&self) -> bool {
+            self.keep
+        }
+        fn memory_peak(&self) -> Option<u64> {
+            Some(2048)
+        }
+        fn keep_leftovers(&mut self, kill_now: bool) {
+            self.calls.push("keep_leftovers");
+            self.kept.push(kill_now);
+        }
     }
 
-    const HAPPY: [&str; 18] = [
+    const HAPPY: [&str; 19] = [
         "isolate",
         "claim",
         "prepare_result",
@@ -409,6 +472,7 @@ mod tests {
         "workspace",
         "stdio",
         "cgroups",
+        "join_target",
         "resolve",
         "watch",
         "capabilities",
@@ -419,6 +483,53 @@ mod tests {
         "write_result",
         "remove_cgroups",
     ];
+
+    #[test]
+    fn a_task_keeping_its_descendants_is_recorded_before_they_are_killed() {
+        let mut f = Fake {
+            keep: true,
+            ..Default::default()
+        };
+        assert_eq!(run(&mut f), exit::DONE);
+        let tail = &f.calls[f.calls.len() - 5..];
+        assert_eq!(
+            tail,
+            [
+                "monitor",
+                "write_result",
+                "keep_leftovers",
+                "clean_up",
+                "remove_cgroups"
+            ]
+        );
+        assert_eq!(f.kept, [false], "ended by itself: nothing is killed yet");
+        assert_eq!(f.results[0].status, TaskStatus::Success);
+        let usage = f.results[0].usage.as_ref().unwrap();
+        assert_eq!(usage.memory_peak_bytes, Some(2048));
+
+        // Killed while running: what it left dies at once.
+        let mut f = Fake {
+            keep: true,
+            killed: true,
+            ..Default::default()
+        };
+        run(&mut f);
+        assert_eq!(f.kept, [true]);
+
+        // A monitor failure takes the ordinary path: everything dies first.
+        let mut f = Fake {
+            keep: true,
+            fail: vec!["monitor"],
+            ..Default::default()
+        };
+        run(&mut f);
+        assert!(f.kept.is_empty());
+        let tail = &f.calls[f.calls.len() - 4..];
+        assert_eq!(
+            tail,
+            ["monitor", "clean_up", "write_result", "remove_cgroups"]
+        );
+    }
 
     #[test]
     fn happy_path_runs_every_step_in_order() {
@@ -476,6 +587,7 @@ mod tests {
             "workspace",
             "stdio",
             "cgroups",
+            "join_target",
             "resolve",
             "watch",
             "capabilities",

@@ -82,6 +82,9 @@ pub struct Plan {
     pub identity: Option<(u32, u32)>,
     /// `linux_sandbox`: its namespaces and seccomp filters.
     pub sandbox: Option<SandboxPlan>,
+    /// The task starts in a pid namespace the shim joined for its children
+    /// (sidecar mode), where its parent, outside, shows as pid 0.
+    pub joined_pid_ns: bool,
 }
 
 /// What a `linux_sandbox` task gets beyond a process task's set-up.
@@ -110,6 +113,7 @@ impl Plan {
             }),
             identity: None,
             sandbox: None,
+            joined_pid_ns: false,
         })
     }
 }
@@ -138,7 +142,13 @@ pub fn spawn(
         address_space: plan.address_space,
         nofile: rlimits::task_nofile(),
         identity: plan.identity,
-        parent: nix::unistd::getpid().as_raw(),
+        // getppid(2) answers 0 for a parent outside the caller's pid
+        // namespace.
+        parent: if plan.joined_pid_ns {
+            0
+        } else {
+            nix::unistd::getpid().as_raw()
+        },
         cgroup_join: &cgroup_join,
         own_group: true,
         seccomp: plan.sandbox.as_ref().map_or(&[], |s| &s.seccomp[..]),

@@ -258,6 +258,8 @@ pub fn spec(id: &str, argv: &[&str]) -> LaunchSpec {
         result_template: serde_json::json!({"task_id": id, "status": "accepted", "handle_id": id})
             .to_string(),
         task_cgroups: true,
+        keep_descendants: false,
+        sidecar_target: None,
     }
 }
 

@@ -59,7 +59,7 @@ pub fn error_reply(e: &ApiError) -> Reply {
     r
 }
 
-async fn read_body<S, B>(mut body: S) -> Result<Vec<u8>, ApiError>
+pub(crate) async fn read_body<S, B>(mut body: S) -> Result<Vec<u8>, ApiError>
 where
     S: futures_util::Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,

@@ -151,12 +151,10 @@ impl Engine {
                     },
                     () = &mut exit => exited = true,
                 },
-                // Without a watch, the start is looked for now and then;
-                // the end is the shim's exit.
-                None if started => {
-                    (&mut exit).await;
-                    exited = true;
-                }
+                // Without a watch, the start and the result are looked for
+                // now and then (a shim that keeps what its task left
+                // running outlives its result); the shim's exit wakes at
+                // once.
                 None => tokio::select! {
                     () = tokio::time::sleep(poll) => {}
                     () = &mut exit => exited = true,

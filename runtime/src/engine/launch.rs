@@ -44,8 +44,21 @@ impl Engine {
                 ],
             },
         };
-        let mut env: std::collections::BTreeMap<String, String> =
-            self.base_env.iter().cloned().collect();
+        // Sidecar mode: the helper puts the main container's environment
+        // under the task's own.
+        let sidecar_target = row
+            .launch
+            .sidecar
+            .then(|| self.cfg.args.main_container_name.clone());
+        let none = Vec::new();
+        let base = if sidecar_target.is_some() {
+            &none
+        } else if row.launch.full_env {
+            &self.full_env
+        } else {
+            &self.base_env
+        };
+        let mut env: std::collections::BTreeMap<String, String> = base.iter().cloned().collect();
         env.extend(e.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         let template = view::status_body(&td, row);
         let result_template = serde_json::to_string(&template)
@@ -91,7 +104,11 @@ impl Engine {
             },
             termination_grace_ms: self.cfg.args.termination_grace_ms,
             result_template,
-            task_cgroups: enforced.cgroup_enforced,
+            // A sidecar task's shim leaves the host's mount namespace, and
+            // with it the cgroup file system it would clean up through.
+            task_cgroups: enforced.cgroup_enforced && !row.launch.sidecar,
+            keep_descendants: row.launch.keep_descendants,
+            sidecar_target,
         })
     }
 

@@ -52,6 +52,9 @@ pub struct Engine {
     /// Capacity, reservations of tasks handed to the helper, tenant quotas.
     pub ledger: Mutex<Ledger>,
     base_env: Vec<(String, String)>,
+    /// The runtime's whole environment as it started, the base of tasks
+    /// launched with `LaunchOptions::full_env`.
+    full_env: Vec<(String, String)>,
 }
 
 impl Engine {
@@ -82,6 +85,9 @@ impl Engine {
             wake: Notify::new(),
             ledger,
             base_env,
+            full_env: std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
         }
     }
 
@@ -106,7 +112,18 @@ impl Engine {
     /// validated.
     pub async fn submit(
         self: &Arc<Self>,
+        req: SubmitTaskRequest,
+    ) -> Result<SubmitTaskResponse, EngineError> {
+        self.submit_with(req, SubmitExtras::default()).await
+    }
+
+    /// A submit with what another API adds beyond the public request: its
+    /// launch options, and a write of its own in the submit's transaction
+    /// (so the task and that record are accepted, or refused, together).
+    pub async fn submit_with(
+        self: &Arc<Self>,
         mut req: SubmitTaskRequest,
+        extras: SubmitExtras,
     ) -> Result<SubmitTaskResponse, EngineError> {
         let rootfs_dirs = self.helper.with_probe(|p| p.rootfs_dirs.clone());
         let plan = plan::resolve(
@@ -129,7 +146,9 @@ impl Engine {
         let request_json = serde_json::to_vec_pretty(&req)
             .map_err(|e| EngineError::Internal(format!("encoding request.json: {e}")))?;
         let ts = now();
-        let created = task::create(task_id.clone(), req, plan, &ts);
+        let mut created = task::create(task_id.clone(), req, plan, &ts);
+        created.row.launch = extras.launch;
+        let also = extras.also;
         let td = self.task_dir(&task_id);
         let max_queued = self.cfg.args.max_queued_tasks;
         let me = Arc::clone(self);
@@ -148,6 +167,9 @@ impl Engine {
                     store::insert(tx, row)?;
                     for ev in &created.events {
                         store::append_event(tx, &row.task_id, &ts, ev)?;
+                    }
+                    if let Some(also) = also {
+                        also(tx)?;
                     }
                     if let Err(e) = td.create(&request_json, script.as_deref()) {
                         let _ = td.remove();
@@ -319,6 +341,17 @@ impl Engine {
         }
         Ok(m.render())
     }
+}
+
+/// A write another API adds to a submit's transaction, after the task's row.
+pub type AlsoInSubmit =
+    Box<dyn FnOnce(&rusqlite::Transaction<'_>) -> Result<(), EngineError> + Send + 'static>;
+
+/// What a submit carries beyond the public request.
+#[derive(Default)]
+pub struct SubmitExtras {
+    pub launch: store::LaunchOptions,
+    pub also: Option<AlsoInSubmit>,
 }
 
 /// A submitted row as the ledger sees it.

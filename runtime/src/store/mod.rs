@@ -86,7 +86,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     kill_requested INTEGER NOT NULL DEFAULT 0,
     launch_attempted INTEGER NOT NULL DEFAULT 0,
     memory_request INTEGER,
-    pids_request INTEGER
+    pids_request INTEGER,
+    launch_flags INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks(status);
 CREATE INDEX IF NOT EXISTS tasks_by_finish ON tasks(finished_unix_ms) WHERE finished_unix_ms IS NOT NULL;
@@ -128,6 +129,45 @@ pub struct TaskRow {
     pub owner: Option<String>,
     pub kill_requested: bool,
     pub launch_attempted: bool,
+    /// How the task is launched beyond its request (set at submit by the
+    /// API that created it; never changes).
+    pub launch: LaunchOptions,
+}
+
+/// Per-task launch choices that are not part of the public request: the
+/// OpenSandbox API (`crate::opensandbox`) sets them, `/api/v1` never does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LaunchOptions {
+    /// The task's base environment is the runtime's whole environment,
+    /// not the minimal set (`PATH`, `HOME`, `LANG`, `TMPDIR`, `USER`).
+    pub full_env: bool,
+    /// Processes the main process leaves behind are not killed when it
+    /// exits; its shim keeps them until the task is killed (see
+    /// `LaunchSpec::keep_descendants`).
+    pub keep_descendants: bool,
+    /// Sidecar mode: the task runs in the main container's namespaces
+    /// (`serve --enable-sidecar-mode`), with its environment as the base.
+    pub sidecar: bool,
+}
+
+impl LaunchOptions {
+    const FULL_ENV: i64 = 1;
+    const KEEP_DESCENDANTS: i64 = 2;
+    const SIDECAR: i64 = 4;
+
+    fn to_bits(self) -> i64 {
+        (self.full_env as i64 * Self::FULL_ENV)
+            | (self.keep_descendants as i64 * Self::KEEP_DESCENDANTS)
+            | (self.sidecar as i64 * Self::SIDECAR)
+    }
+
+    fn from_bits(bits: i64) -> LaunchOptions {
+        LaunchOptions {
+            full_env: bits & Self::FULL_ENV != 0,
+            keep_descendants: bits & Self::KEEP_DESCENDANTS != 0,
+            sidecar: bits & Self::SIDECAR != 0,
+        }
+    }
 }
 
 /// An event to append.
@@ -177,7 +217,7 @@ const COLUMNS: &str =
     "task_id, status, created_at, updated_at, started_at, finished_at, duration_ms,
     shim_pid, shim_start_ticks, pid, pgid, exit_code, exit_signal, error_json, usage_json,
     request_json, plan_json, reservation_json, reserved_at, released, tenant, owner,
-    kill_requested, launch_attempted";
+    kill_requested, launch_attempted, launch_flags";
 
 fn json_col<T: serde::de::DeserializeOwned>(id: &str, s: Option<String>) -> Result<Option<T>> {
     s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(id.to_string(), e)))
@@ -210,6 +250,7 @@ fn read_row(r: &Row<'_>) -> rusqlite::Result<RawRow> {
         owner: r.get(21)?,
         kill_requested: r.get::<_, i64>(22)? != 0,
         launch_attempted: r.get::<_, i64>(23)? != 0,
+        launch: LaunchOptions::from_bits(r.get(24)?),
     })
 }
 
@@ -238,6 +279,7 @@ struct RawRow {
     owner: Option<String>,
     kill_requested: bool,
     launch_attempted: bool,
+    launch: LaunchOptions,
 }
 
 impl RawRow {
@@ -275,8 +317,27 @@ impl RawRow {
             owner: self.owner,
             kill_requested: self.kill_requested,
             launch_attempted: self.launch_attempted,
+            launch: self.launch,
         })
     }
+}
+
+/// Columns added after the first release, for databases created before
+/// them (`CREATE TABLE IF NOT EXISTS` leaves an old table as it is).
+fn migrate(conn: &Connection) -> Result<()> {
+    let has_launch_flags: bool = conn
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('tasks') WHERE name = 'launch_flags'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(sql("reading the tasks table's columns"))?
+        > 0;
+    if !has_launch_flags {
+        conn.execute_batch("ALTER TABLE tasks ADD COLUMN launch_flags INTEGER NOT NULL DEFAULT 0")
+            .map_err(sql("adding the launch_flags column"))?;
+    }
+    Ok(())
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> String {
@@ -300,6 +361,7 @@ impl Store {
             .map_err(sql("setting the busy timeout"))?;
         conn.execute_batch(SCHEMA)
             .map_err(sql("creating the schema"))?;
+        migrate(&conn)?;
         Ok(Store {
             jobs: worker::start(conn)?,
         })
@@ -545,8 +607,8 @@ pub fn insert(tx: &Transaction<'_>, row: &TaskRow) -> Result<()> {
     let mut stmt = tx
         .prepare_cached(
             "INSERT INTO tasks (task_id, status, created_at, updated_at, request_json, plan_json,
-             tenant, owner, memory_request, pids_request)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+             tenant, owner, memory_request, pids_request, launch_flags)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )
         .map_err(sql("preparing an insert"))?;
     stmt.execute(params![
@@ -560,6 +622,7 @@ pub fn insert(tx: &Transaction<'_>, row: &TaskRow) -> Result<()> {
         row.owner,
         row.request.limits.memory_bytes.map(|v| v as i64),
         row.request.limits.pids_max.map(|v| v as i64),
+        row.launch.to_bits(),
     ])
     .map_err(sql("inserting a task"))?;
     Ok(())

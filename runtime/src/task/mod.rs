@@ -231,6 +231,7 @@ pub fn create(
         owner: cc.owner,
         kill_requested: false,
         launch_attempted: false,
+        launch: Default::default(),
     };
     Change {
         row,
