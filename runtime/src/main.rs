@@ -10,6 +10,7 @@ mod helper_link;
 mod ledger;
 mod metrics;
 mod model;
+mod notify;
 mod plan;
 mod platform;
 mod serve;
