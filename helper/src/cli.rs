@@ -145,6 +145,20 @@ pub struct Args {
     pub idle_timeout_secs: Option<u64>,
 }
 
+/// Writes the man page, rendered from [`Args`], to stdout (the hidden
+/// `--print-man-page`, used by packaging/build.sh).
+pub fn print_man_page() -> std::process::ExitCode {
+    use clap::CommandFactory;
+    let man = clap_mangen::Man::new(Args::command()).title("EXECGO-RUNTIME-HELPER");
+    match man.render(&mut std::io::stdout().lock()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("execgo-runtime-helper: writing the man page failed: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// `--cgroup-root` and `--rootfs-dir`: absolute, normalised, not `/`.
 /// Rejected, never repaired.
 fn parse_cgroup_root(s: &str) -> Result<PathBuf, String> {

@@ -109,6 +109,14 @@ fn main() -> ExitCode {
     // Socket activation: read (and removed) before anything else, so that
     // its descriptor survives the clean-up below only when announced.
     let activation = activation::parse(&activation::take_env(), std::process::id());
+    // Packaging (packaging/build.sh): the man page, from the definition
+    // clap parses, on stdout. Only as the sole argument.
+    if std::env::args_os()
+        .skip(1)
+        .eq([std::ffi::OsStr::new("--print-man-page")])
+    {
+        return cli::print_man_page();
+    }
     // clap exits 2 on a usage error and 0 for --help/--version.
     let args = cli::Args::parse();
     let format = logging::Format::resolve(args.log_format, journal_stream);
