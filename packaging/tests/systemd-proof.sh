@@ -107,18 +107,35 @@ fi
 # --- cgroups of our own, in every hierarchy the root will see ---
 # The namespace's cgroup root is a fresh child of our current cgroup in
 # each hierarchy, so systemd inside manages a subtree and nothing else.
-v1_controllers=(memory pids freezer)
+# Hybrid hosts (as the development machines: systemd's named hierarchy,
+# the unified one beside it, memory and pids on v1) get the same layout;
+# a unified-only host gets one cgroup2 mount (that branch has not run on
+# the hybrid development machines).
 own_cgroup() { # hierarchy mount point, key of /proc/self/cgroup
     local path
     path=$(awk -F: -v k="$2" '$2 == k { print $3 }' /proc/self/cgroup)
     echo "$1${path%/}/$name"
 }
 declare -A cg_of
-cg_of[systemd]=$(own_cgroup /sys/fs/cgroup/systemd name=systemd)
-cg_of[unified]=$(own_cgroup /sys/fs/cgroup/unified "")
-for c in "${v1_controllers[@]}"; do
-    cg_of[$c]=$(own_cgroup "/sys/fs/cgroup/$c" "$c")
-done
+v1_controllers=()
+if [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ]; then
+    layout=unified
+    cg_of[unified]=$(own_cgroup /sys/fs/cgroup "")
+else
+    layout=hybrid
+    for dir in systemd unified; do
+        mountpoint -q "/sys/fs/cgroup/$dir" || fail "/sys/fs/cgroup/$dir is not mounted: neither a hybrid nor a unified cgroup host"
+    done
+    cg_of[systemd]=$(own_cgroup /sys/fs/cgroup/systemd name=systemd)
+    cg_of[unified]=$(own_cgroup /sys/fs/cgroup/unified "")
+    for c in memory pids freezer; do
+        if mountpoint -q "/sys/fs/cgroup/$c"; then
+            v1_controllers+=("$c")
+            cg_of[$c]=$(own_cgroup "/sys/fs/cgroup/$c" "$c")
+        fi
+    done
+fi
+log "cgroup layout: $layout${v1_controllers[*]:+ (v1: ${v1_controllers[*]})}"
 for h in "${!cg_of[@]}"; do
     mkdir "${cg_of[$h]}"
     cgroups+=("${cg_of[$h]}")
@@ -136,14 +153,18 @@ mount --make-rprivate /
 mount -t overlay overlay -o lowerdir=$lower,upperdir=$work/upper,workdir=$work/ovl "$root"
 mount -t proc proc "$root/proc"
 mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$root/sys"
-mount -t tmpfs -o mode=755,nosuid,nodev,noexec tmpfs "$root/sys/fs/cgroup"
-mkdir "$root/sys/fs/cgroup/systemd" "$root/sys/fs/cgroup/unified"
-mount -t cgroup -o none,name=systemd,xattr cgroup "$root/sys/fs/cgroup/systemd"
-mount -t cgroup2 -o nsdelegate cgroup2 "$root/sys/fs/cgroup/unified"
-for c in ${v1_controllers[*]}; do
-    mkdir "$root/sys/fs/cgroup/\$c"
-    mount -t cgroup -o "\$c" cgroup "$root/sys/fs/cgroup/\$c"
-done
+if [ $layout = unified ]; then
+    mount -t cgroup2 -o nsdelegate cgroup2 "$root/sys/fs/cgroup"
+else
+    mount -t tmpfs -o mode=755,nosuid,nodev,noexec tmpfs "$root/sys/fs/cgroup"
+    mkdir "$root/sys/fs/cgroup/systemd" "$root/sys/fs/cgroup/unified"
+    mount -t cgroup -o none,name=systemd,xattr cgroup "$root/sys/fs/cgroup/systemd"
+    mount -t cgroup2 -o nsdelegate cgroup2 "$root/sys/fs/cgroup/unified"
+    for c in ${v1_controllers[*]}; do
+        mkdir "$root/sys/fs/cgroup/\$c"
+        mount -t cgroup -o "\$c" cgroup "$root/sys/fs/cgroup/\$c"
+    done
+fi
 mount -t tmpfs -o mode=755,nosuid tmpfs "$root/dev"
 for node in null:1:3 zero:1:5 full:1:7 random:1:8 urandom:1:9 tty:5:0; do
     IFS=: read -r n maj min <<<"\$node"
