@@ -17,7 +17,10 @@ use clap::{ArgGroup, Parser};
         credentials (SO_PEERCRED) on every connection. A launch starts a \
         detached per-task shim that runs and monitors the task and writes \
         <data-dir>/tasks/<task_id>/result.json.\n\n\
-        Standalone: --socket PATH --allowed-uid UID [--allowed-gid GID].\n\
+        Standalone: --socket PATH --allowed-uid UID|--allowed-user NAME \
+        [--allowed-gid GID]. Under systemd the socket may be passed by socket \
+        activation (LISTEN_FDS=1, LISTEN_PID=the helper): it must then be a \
+        listening Unix stream socket bound to the --socket path.\n\
         Embedded: started by `execgo-runtime serve` itself over a socketpair.\n\n\
         Tasks never run as root by accident: as root the helper needs \
         --task-user (the unprivileged user tasks run as), refuses uid 0 \
@@ -26,7 +29,7 @@ use clap::{ArgGroup, Parser};
         Logs are JSON lines on stderr, or journald entries with --log-format \
         journald (the default when JOURNAL_STREAM is set); RUST_LOG sets the \
         level.",
-    override_usage = "execgo-runtime-helper --data-dir <PATH> --socket <PATH> --allowed-uid <UID>... \
+    override_usage = "execgo-runtime-helper --data-dir <PATH> --socket <PATH> (--allowed-uid <UID> | --allowed-user <NAME>)... \
         [--allowed-gid <GID>] [--task-user <USER>] [--allow-root-tasks] [--cgroup-root <PATH>] \
         [--log-format <FORMAT>]"
 )]
@@ -36,6 +39,7 @@ use clap::{ArgGroup, Parser};
         .multiple(false)
         .args(["socket", "inherited_fd"])
 ))]
+#[command(group(ArgGroup::new("peers").multiple(true).args(["allowed_uid", "allowed_user"])))]
 pub struct Args {
     /// The runtime's data directory; task directories are
     /// <PATH>/tasks/<task_id>/. Must exist.
@@ -46,7 +50,7 @@ pub struct Args {
     /// socket there is replaced; any other file is an error). The socket is
     /// created with mode 0660 and, when running as root, owned by the
     /// allowed uid/gid.
-    #[arg(long, value_name = "PATH", requires = "allowed_uid")]
+    #[arg(long, value_name = "PATH", requires = "peers")]
     pub socket: Option<PathBuf>,
 
     /// Standalone mode: a uid allowed to connect (checked with
@@ -58,6 +62,17 @@ pub struct Args {
         conflicts_with = "inherited_fd"
     )]
     pub allowed_uid: Vec<u32>,
+
+    /// Standalone mode: a user allowed to connect, by name (its uid is
+    /// looked up at start, so a unit file need not know it). Repeatable;
+    /// adds to --allowed-uid.
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "socket",
+        conflicts_with = "inherited_fd"
+    )]
+    pub allowed_user: Vec<String>,
 
     /// Standalone mode: also require this gid of every peer.
     #[arg(
@@ -130,6 +145,20 @@ pub struct Args {
     pub idle_timeout_secs: Option<u64>,
 }
 
+/// Writes the man page, rendered from [`Args`], to stdout (the hidden
+/// `--print-man-page`, used by packaging/build.sh).
+pub fn print_man_page() -> std::process::ExitCode {
+    use clap::CommandFactory;
+    let man = clap_mangen::Man::new(Args::command()).title("EXECGO-RUNTIME-HELPER");
+    match man.render(&mut std::io::stdout().lock()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("execgo-runtime-helper: writing the man page failed: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// `--cgroup-root` and `--rootfs-dir`: absolute, normalised, not `/`.
 /// Rejected, never repaired.
 fn parse_cgroup_root(s: &str) -> Result<PathBuf, String> {
@@ -185,6 +214,9 @@ mod tests {
         assert_eq!(a.allowed_uid, vec![7, 8]);
         assert_eq!(a.task_user.as_deref(), Some("nobody"));
         assert!(a.allow_root_tasks);
+        let a = parse(&["--data-dir", "d", "--socket", "s", "--allowed-user", "rt"]).unwrap();
+        assert_eq!(a.allowed_user, vec!["rt".to_string()]);
+        assert!(a.allowed_uid.is_empty());
         let a = parse(&["--data-dir", "d", "--inherited-fd", "5"]).unwrap();
         assert_eq!(a.inherited_fd, Some(5));
         assert_eq!(a.idle_timeout_secs, None);
@@ -291,6 +323,14 @@ mod tests {
                 "4",
                 "--allowed-uid",
                 "1",
+            ],
+            &[
+                "--data-dir",
+                "d",
+                "--inherited-fd",
+                "4",
+                "--allowed-user",
+                "rt",
             ],
             &["--socket", "s", "--allowed-uid", "1"],
         ] {

@@ -10,6 +10,7 @@
 #![deny(unsafe_code)]
 
 mod accept;
+mod activation;
 mod cgroup;
 mod cli;
 mod conn;
@@ -77,6 +78,20 @@ enum MainError {
     Serve(#[from] server::ServeError),
     #[error("exactly one of --socket and --inherited-fd is required")]
     Usage,
+    #[error(transparent)]
+    Activation(#[from] activation::ActivationError),
+    #[error(transparent)]
+    ActivatedSocket(#[from] activation::AdoptError),
+    #[error("socket activation passed a listening socket, but --inherited-fd asks for embedded mode; use --socket with the activated socket's path")]
+    ActivatedEmbedded,
+    #[error("--allowed-user {name:?}: no such user")]
+    UnknownAllowedUser { name: String },
+    #[error("--allowed-user {name:?}: looking the user up failed")]
+    AllowedUserLookup {
+        name: String,
+        #[source]
+        source: Errno,
+    },
     #[error("--rootfs-dir {path}: cannot be opened as a directory")]
     RootfsDir {
         path: PathBuf,
@@ -92,16 +107,32 @@ fn main() -> ExitCode {
     // EXECGO_RUNTIME_LOG_FORMAT while parsing, also before).
     let rust_log = std::env::var("RUST_LOG").ok();
     let journal_stream = std::env::var_os("JOURNAL_STREAM").is_some();
+    // Socket activation: read (and removed) before anything else, so that
+    // its descriptor survives the clean-up below only when announced.
+    let activation = activation::parse(&activation::take_env(), std::process::id());
+    // Packaging (packaging/build.sh): the man page, from the definition
+    // clap parses, on stdout. Only as the sole argument.
+    if std::env::args_os()
+        .skip(1)
+        .eq([std::ffi::OsStr::new("--print-man-page")])
+    {
+        return cli::print_man_page();
+    }
     // clap exits 2 on a usage error and 0 for --help/--version.
     let args = cli::Args::parse();
     let format = logging::Format::resolve(args.log_format, journal_stream);
     // Logging starts after the clean-up, which closes every descriptor we
     // did not open since (journald's socket would be one); a failed
     // clean-up is reported as JSON on stderr.
-    let result = match startup::clean(args.inherited_fd) {
+    let keep = args
+        .inherited_fd
+        .or(activation.as_ref().ok().copied().flatten());
+    let result = match startup::clean(keep) {
         Ok(()) => {
             logging::init(rust_log.as_deref(), format);
-            run(args)
+            activation
+                .map_err(MainError::from)
+                .and_then(|activated| run(args, activated))
         }
         Err(e) => {
             logging::init(rust_log.as_deref(), logging::Format::Json);
@@ -113,18 +144,29 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(target: logging::TARGET, error = %logging::chain(&e), "helper stopped");
             match e {
-                MainError::Usage | MainError::TaskUser(_) => ExitCode::from(2),
+                MainError::Usage
+                | MainError::TaskUser(_)
+                | MainError::UnknownAllowedUser { .. }
+                | MainError::ActivatedEmbedded => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
         }
     }
 }
 
-fn run(args: cli::Args) -> Result<(), MainError> {
+/// `activated`: the descriptor socket activation passed, if any.
+fn run(args: cli::Args, activated: Option<i32>) -> Result<(), MainError> {
     let own_uid = nix::unistd::geteuid().as_raw();
     let peers = match args.inherited_fd {
+        Some(_) if activated.is_some() => return Err(MainError::ActivatedEmbedded),
         Some(_) => vec![own_uid],
-        None => args.allowed_uid.clone(),
+        None => {
+            let mut uids = args.allowed_uid.clone();
+            for name in &args.allowed_user {
+                uids.push(allowed_user_uid(name)?);
+            }
+            uids
+        }
     };
     let requested = args
         .task_user
@@ -197,11 +239,16 @@ fn run(args: cli::Args) -> Result<(), MainError> {
                 uids: peers,
                 gid: args.allowed_gid,
             };
-            let owner = capabilities.privileged.then_some((first, policy.gid));
-            ServeMode::Standalone {
-                listener: listener::bind(path, owner, policy.gid)?,
-                policy,
-            }
+            // An activated socket was created, owned and given its mode
+            // by systemd (SocketUser=, SocketGroup=, SocketMode=).
+            let listener = match activated {
+                Some(fd) => activation::adopt_listener(fd, path)?,
+                None => {
+                    let owner = capabilities.privileged.then_some((first, policy.gid));
+                    listener::bind(path, owner, policy.gid)?
+                }
+            };
+            ServeMode::Standalone { listener, policy }
         }
         (None, Some(fd)) => ServeMode::Embedded {
             stream: adopt_socket(fd)?,
@@ -216,6 +263,7 @@ fn run(args: cli::Args) -> Result<(), MainError> {
         target: logging::TARGET,
         version = env!("CARGO_PKG_VERSION"),
         pid = std::process::id(),
+        socket_activated = activated.is_some(),
         mode = match mode {
             ServeMode::Standalone { .. } => "standalone",
             ServeMode::Embedded { .. } => "embedded",
@@ -280,6 +328,20 @@ fn run(args: cli::Args) -> Result<(), MainError> {
     dispatcher.release_cgroups();
     served?;
     Ok(())
+}
+
+/// `--allowed-user`: the uid of a user name, looked up after the clean-up
+/// (the NSS modules it loads open descriptors of their own).
+fn allowed_user_uid(name: &str) -> Result<u32, MainError> {
+    nix::unistd::User::from_name(name)
+        .map_err(|source| MainError::AllowedUserLookup {
+            name: name.to_string(),
+            source,
+        })?
+        .map(|u| u.uid.as_raw())
+        .ok_or_else(|| MainError::UnknownAllowedUser {
+            name: name.to_string(),
+        })
 }
 
 /// The embedded mode's socket: must be an open unix stream socket; made

@@ -10,7 +10,9 @@ mod helper_link;
 mod ledger;
 mod metrics;
 mod model;
+mod notify;
 mod opensandbox;
+mod packaging;
 mod plan;
 mod platform;
 mod serve;
@@ -44,6 +46,13 @@ enum Command {
     Kill(cli::KillArgs),
     /// Submit, then wait: prints the final status.
     Run(cli::SubmitArgs),
+    /// Packaging (packaging/build.sh): writes the man pages and shell
+    /// completions into DIR.
+    #[command(hide = true)]
+    GeneratePackagingFiles {
+        #[arg(long, value_name = "DIR")]
+        out_dir: std::path::PathBuf,
+    },
 }
 
 fn main() {
@@ -74,6 +83,14 @@ fn main() {
         Command::Wait(a) => cli::wait(&a),
         Command::Kill(a) => cli::kill(&a),
         Command::Run(a) => cli::run(&a),
+        Command::GeneratePackagingFiles { out_dir } => {
+            use clap::CommandFactory;
+            if let Err(e) = packaging::generate(Cli::command(), &out_dir) {
+                eprintln!("execgo-runtime: {e:#}");
+                std::process::exit(1);
+            }
+            return;
+        }
     };
     if let Err(e) = result {
         eprintln!("{e}");

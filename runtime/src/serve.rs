@@ -89,6 +89,8 @@ impl LogFormat {
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Read while single-threaded (it removes the variable).
+    let notify = crate::notify::from_env().context("systemd readiness notification")?;
     let cfg = Config::from_args(args)?;
     // Before the store opens: a second runtime on this data dir stops here.
     let _lock = crate::data_lock::acquire(&cfg.data_dir)?;
@@ -97,10 +99,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .thread_name("execgo-runtime")
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(run(cfg))
+    rt.block_on(run(cfg, notify))
 }
 
-async fn run(cfg: Config) -> anyhow::Result<()> {
+async fn run(cfg: Config, notify: Option<crate::notify::Target>) -> anyhow::Result<()> {
     let store = Arc::new(
         Store::open(&cfg.db_path())
             .with_context(|| format!("opening {}", cfg.db_path().display()))?,
@@ -171,6 +173,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         None => None,
     };
     tracing::info!(listen = %listen, runtime_id = %engine.cfg.runtime_id, "execgo-runtime serving");
+    if let Some(target) = notify.clone() {
+        tokio::spawn(notify_ready(Arc::clone(&engine), target));
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -195,8 +200,34 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         }
         None => main_api.await,
     }
+    if let Some(target) = &notify {
+        let _ = crate::notify::send(target, "STOPPING=1");
+    }
     tracing::info!("execgo-runtime stopped; running tasks continue under their shims");
     Ok(())
+}
+
+/// Under systemd's `Type=notify`: `READY=1` as soon as the check behind
+/// `/readyz` passes (storage and helper answer), retried until it does.
+/// Until then systemd keeps the unit "activating", and units ordered after
+/// it wait.
+async fn notify_ready(engine: Arc<Engine>, target: crate::notify::Target) {
+    let mut logged = false;
+    loop {
+        match engine.ready().await {
+            Ok(()) => break,
+            Err(e) if !logged => {
+                tracing::info!(reason = %crate::engine::error_chain(&e), "not ready yet; systemd is told once ready");
+                logged = true;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    match crate::notify::send(&target, "READY=1\nSTATUS=serving") {
+        Ok(()) => tracing::info!("ready; told systemd"),
+        Err(e) => tracing::warn!(error = %e, "telling systemd we are ready failed"),
+    }
 }
 
 async fn shutdown_signal() {
