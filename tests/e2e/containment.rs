@@ -69,11 +69,25 @@ fn assert_all_dead(pids: &[i32]) {
     }
 }
 
+/// The shim removes a task's cgroups right after it writes the result, so
+/// they may outlive the terminal status by a moment: waits for that.
+fn assert_cgroups_removed(id: &str) {
+    let until = Instant::now() + Duration::from_secs(5);
+    while !task_cgroups(id).is_empty() {
+        assert!(
+            Instant::now() < until,
+            "cgroups left: {:?}",
+            task_cgroups(id)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The task's cgroup directories, wherever a hierarchy has one
 /// (`<root>/<data dir scope>/<task_id>`).
 fn task_cgroups(id: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
-    for h in ["memory", "pids", "freezer", "unified", ""] {
+    for h in ["memory", "pids", "cpu", "freezer", "unified", ""] {
         let root = PathBuf::from("/sys/fs/cgroup")
             .join(h)
             .join("execgo-runtime");
@@ -113,7 +127,7 @@ fn escapees_die_on_kill() {
     let st = s.wait_terminal(&id, T);
     assert_eq!(st["status"], "cancelled", "{st}");
     assert_all_dead(&pids);
-    assert_eq!(task_cgroups(&id), Vec::<PathBuf>::new(), "cgroups left");
+    assert_cgroups_removed(&id);
     // The one cgroup a process task joins has the memory controller only
     // on v2 (on v1 it is the freezer's): the peak comes with it.
     let peak = st["usage"]["memory_peak_bytes"].as_u64();
@@ -140,7 +154,7 @@ fn escapees_die_at_the_wall_time() {
     let st = s.wait_terminal(&id, T);
     assert_eq!(st["error"]["code"], "timeout", "{st}");
     assert_all_dead(&pids);
-    assert_eq!(task_cgroups(&id), Vec::<PathBuf>::new(), "cgroups left");
+    assert_cgroups_removed(&id);
 }
 
 #[test]
@@ -162,7 +176,7 @@ fn escapees_die_when_the_main_process_exits() {
             .unwrap();
         assert_all_dead(&[pid]);
     }
-    assert_eq!(task_cgroups(&id), Vec::<PathBuf>::new(), "cgroups left");
+    assert_cgroups_removed(&id);
 }
 
 /// A shim killed outright leaves its task's cgroups and the escapees in
