@@ -31,7 +31,7 @@ pub struct AcceptGate {
 impl AcceptGate {
     /// Whether to poll the listener now.
     pub fn is_open(&self, now: Instant) -> bool {
-        self.paused_until.map_or(true, |t| now >= t)
+        self.paused_until.is_none_or(|t| now >= t)
     }
 
     /// When a pause ends, to wake poll for it.

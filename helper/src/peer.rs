@@ -31,7 +31,7 @@ pub struct PeerPolicy {
 
 impl PeerPolicy {
     pub fn allows(&self, peer: &Peer) -> bool {
-        self.uids.contains(&peer.uid) && self.gid.map_or(true, |gid| peer.gid == gid)
+        self.uids.contains(&peer.uid) && self.gid.is_none_or(|gid| peer.gid == gid)
     }
 }
 

@@ -166,7 +166,7 @@ fn acceptable(s: &LaunchSpec) -> bool {
         && s.env.iter().all(|(k, v)| {
             !k.is_empty() && !k.contains(['=', '\0']) && !v.contains('\0') && keys.insert(k)
         })
-        && s.workspace_subdir.as_deref().map_or(true, subdir_ok)
+        && s.workspace_subdir.as_deref().is_none_or(subdir_ok)
         && matches!(
             serde_json::from_str(&s.result_template),
             Ok(Value::Object(_))
@@ -176,7 +176,7 @@ fn acceptable(s: &LaunchSpec) -> bool {
         && output_ok(s.limits.stderr_max_bytes)
         && s.limits.cpu_time_sec != Some(0)
         && s.limits.memory_bytes != Some(0)
-        && s.limits.cpu_millis.map_or(true, cpu_millis_ok)
+        && s.limits.cpu_millis.is_none_or(cpu_millis_ok)
 }
 
 fn cpu_millis_ok(m: u64) -> bool {
