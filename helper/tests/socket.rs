@@ -99,7 +99,15 @@ fn the_socket_is_0660_and_owned_by_the_allowed_uid() {
         common::my_uid()
     };
     let h = Helper::start_allowing(uid);
-    let meta = std::fs::symlink_metadata(&h.socket).unwrap();
+    // The socket exists from its bind on; the owner follows a moment later.
+    let until = Instant::now() + Duration::from_secs(10);
+    let meta = loop {
+        let meta = std::fs::symlink_metadata(&h.socket).unwrap();
+        if meta.uid() == uid || Instant::now() > until {
+            break meta;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(meta.mode() & 0o7777, 0o660);
     assert_eq!(meta.uid(), uid);
     if common::my_uid() != 0 {

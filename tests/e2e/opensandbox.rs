@@ -738,6 +738,16 @@ fn sidecar_tasks_run_in_the_main_containers_namespaces() {
     assert_eq!(lines[7], "/", "{out}");
     // The output stayed in the runtime's data dir.
     assert!(o.server.task_dir("side").join("stdout.log").exists());
+    // It had no cgroup of its own, and its plan says so.
+    let plan = &st["execution_plan"];
+    assert_eq!(
+        plan["resource_enforcement"]["cgroup_enforced"], false,
+        "{st}"
+    );
+    assert!(
+        plan["capability_warnings"].to_string().contains("sidecar"),
+        "{st}"
+    );
 
     // The bootstrap pattern in the main container: its daemon is kept
     // until the delete (the shim found it from outside the namespaces).

@@ -126,12 +126,22 @@ impl Engine {
         extras: SubmitExtras,
     ) -> Result<SubmitTaskResponse, EngineError> {
         let rootfs_dirs = self.helper.with_probe(|p| p.rootfs_dirs.clone());
-        let plan = plan::resolve(
+        let mut plan = plan::resolve(
             &req,
             self.cfg.args.default_capability_mode.into(),
             &self.host_caps(),
             &rootfs_dirs,
         )?;
+        if extras.launch.sidecar && plan.resource_enforcement.cgroup_enforced {
+            // Its shim joins another container's namespaces, where the
+            // task's cgroups are not made (see engine/launch.rs).
+            plan.resource_enforcement.cgroup_enforced = false;
+            plan.capability_warnings.push(
+                "a sidecar task gets no task cgroup: a kill or the wall time reaches its \
+                 process group and what its shim finds of it"
+                    .to_string(),
+            );
+        }
         self.check_capacity(&req)?;
 
         let task_id = req
