@@ -61,6 +61,18 @@ pub enum TaskErrorCode {
 }
 
 impl TaskErrorCode {
+    /// Every code, for metric series that exist before the first failure.
+    pub const ALL: [TaskErrorCode; 8] = [
+        TaskErrorCode::Timeout,
+        TaskErrorCode::Cancelled,
+        TaskErrorCode::MemoryLimitExceeded,
+        TaskErrorCode::CpuLimitExceeded,
+        TaskErrorCode::ExitNonzero,
+        TaskErrorCode::LaunchFailed,
+        TaskErrorCode::SandboxSetupFailed,
+        TaskErrorCode::Internal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             TaskErrorCode::Timeout => "timeout",

@@ -24,6 +24,11 @@ pub struct ServeArgs {
     /// `accepted` tasks waiting at most; beyond it submit answers 429.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_queued_tasks: u64,
+    /// Event and log followers (`follow=true`) open at once; beyond it a
+    /// follow answers 429.
+    #[arg(long, env = "EXECGO_RUNTIME_MAX_STREAMS", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub max_streams: u64,
     /// Wait between SIGTERM and SIGKILL for kills and timeouts.
     #[arg(long, default_value_t = 5000)]
     pub termination_grace_ms: u64,

@@ -1,5 +1,5 @@
 //! `execgo-runtime`: the HTTP service (`serve`) and its CLI client
-//! (`submit`, `status`, `wait`, `kill`, `run`).
+//! (`submit`, `status`, `wait`, `kill`, `run`, `list`, `logs`, `events`).
 
 mod api;
 mod cli;
@@ -44,8 +44,15 @@ enum Command {
     Wait(cli::WaitArgs),
     /// Kill a task (cancel it if it has not started).
     Kill(cli::KillArgs),
-    /// Submit, then wait: prints the final status.
+    /// Submit, then wait: prints the final status (with --follow, streams
+    /// the task's output first).
     Run(cli::SubmitArgs),
+    /// List tasks, newest first, one page (JSON).
+    List(cli::ListArgs),
+    /// Print a task's stdout (or --stream stderr); -f follows it.
+    Logs(cli::LogsArgs),
+    /// Print a task's events; -f prints each as it is recorded.
+    Events(cli::EventsArgs),
     /// Packaging (packaging/build.sh): writes the man pages and shell
     /// completions into DIR.
     #[command(hide = true)]
@@ -83,6 +90,9 @@ fn main() {
         Command::Wait(a) => cli::wait(&a),
         Command::Kill(a) => cli::kill(&a),
         Command::Run(a) => cli::run(&a),
+        Command::List(a) => cli::list(&a),
+        Command::Logs(a) => cli::logs(&a),
+        Command::Events(a) => cli::events(&a),
         Command::GeneratePackagingFiles { out_dir } => {
             use clap::CommandFactory;
             if let Err(e) = packaging::generate(Cli::command(), &out_dir) {

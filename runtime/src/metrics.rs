@@ -109,6 +109,11 @@ impl Metrics {
         for status in execgo_runtime_protocol::TaskStatus::ALL {
             tasks_total.with_label_values(&[status.as_str()]);
         }
+        // Every known code has its series at 0 from the start, so alerts
+        // and rates see it before the first failure.
+        for code in execgo_runtime_protocol::TaskErrorCode::ALL {
+            task_errors_total.with_label_values(&[code.as_str()]);
+        }
         Metrics {
             registry,
             tasks_total,
@@ -176,6 +181,8 @@ mod tests {
             "execgo_runtime_tasks_total{status=\"failed\"} 0",
             "execgo_runtime_tasks_running",
             "execgo_runtime_task_errors_total{code=\"exit_nonzero\"} 1",
+            "execgo_runtime_task_errors_total{code=\"timeout\"} 0",
+            "execgo_runtime_task_errors_total{code=\"sandbox_setup_failed\"} 0",
             "execgo_runtime_task_duration_seconds_bucket",
         ] {
             assert!(text.contains(name), "{name} missing:\n{text}");

@@ -229,9 +229,10 @@ pub struct Artifacts {
     pub script_path: Option<String>,
 }
 
-/// `GET /api/v1/tasks/:id` body; also the content of `result.json`.
+/// A task as `GET /api/v1/tasks` lists it: the status body without its
+/// logs (so a listing never reads a log file).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TaskStatusResponse {
+pub struct TaskSummary {
     pub task_id: String,
     pub handle_id: String,
     pub status: TaskStatus,
@@ -253,10 +254,6 @@ pub struct TaskStatusResponse {
     pub exit_code: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_signal: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
-    pub stdout_truncated: bool,
-    pub stderr_truncated: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<TaskError>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -267,10 +264,31 @@ pub struct TaskStatusResponse {
     pub artifacts: Artifacts,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+}
+
+/// `GET /api/v1/tasks/:id` body; also the content of `result.json`: the
+/// summary and the head of each log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskStatusResponse {
+    #[serde(flatten)]
+    pub task: TaskSummary,
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
     /// Why some of the above is missing, e.g. a log that could not be read
     /// (replaced by a FIFO or a directory): omitted when there is none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+}
+
+/// `GET /api/v1/tasks` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskList {
+    pub tasks: Vec<TaskSummary>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// One entry of `GET /api/v1/tasks/:id/events`.

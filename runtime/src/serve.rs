@@ -184,10 +184,7 @@ async fn run(cfg: Config, notify: Option<crate::notify::Target>) -> anyhow::Resu
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let main_api = warp::serve(crate::api::routes::routes(Arc::clone(&engine)))
-        .incoming(listener)
-        .graceful(stopped(stop_rx.clone()))
-        .run();
+    let main_api = crate::api::server::run(Arc::clone(&engine), listener, stopped(stop_rx.clone()));
     match osbx_listener {
         Some(l) => {
             tracing::info!(listen = %engine.cfg.args.opensandbox_listen_addr.map(|a| a.to_string()).unwrap_or_default(),

@@ -290,8 +290,10 @@ fn not_found_conflict_and_method_errors() {
     let r = request("GET", &s.url("/api/v1/tasks/x/kill"), None, &[]);
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("POST"));
-    let r = request("GET", &s.url("/api/v1/tasks"), None, &[]);
+    // GET lists tasks (issue "Beyond the contract"); other methods are 405.
+    let r = request("PUT", &s.url("/api/v1/tasks"), None, &[]);
     assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, POST"));
     let body = json!({"task_id": "dup", "execution": {"kind": "command", "program": "/bin/true"}});
     assert_eq!(s.post("/api/v1/tasks", &body).status, 200);
     let r = s.post("/api/v1/tasks", &body);

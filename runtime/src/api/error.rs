@@ -66,6 +66,9 @@ pub struct ApiError {
     /// `Allow` header for 405.
     #[serde(skip)]
     pub allow: Option<&'static str>,
+    /// The length for `Content-Range: bytes */<len>` on 416.
+    #[serde(skip)]
+    pub content_range: Option<u64>,
 }
 
 impl ApiError {
@@ -77,6 +80,7 @@ impl ApiError {
             details: None,
             http_status: code.http_status(),
             allow: None,
+            content_range: None,
         }
     }
 
@@ -88,6 +92,7 @@ impl ApiError {
             details: None,
             http_status: code.http_status(),
             allow: None,
+            content_range: None,
         }
     }
 
@@ -151,6 +156,13 @@ impl From<EngineError> for ApiError {
             EngineError::NotFound(_) => ApiError::verbatim(C::NotFound, msg),
             EngineError::Conflict(_) => ApiError::verbatim(C::Conflict, msg),
             EngineError::QueueFull => ApiError::verbatim(C::ResourceLimitExceeded, msg),
+            EngineError::TooManyStreams(_) => ApiError::new(C::ResourceLimitExceeded, msg),
+            EngineError::RangeNotSatisfiable(len) => {
+                let mut e = ApiError::new(C::InvalidInput, msg);
+                e.http_status = 416;
+                e.content_range = Some(len);
+                e
+            }
             EngineError::NotOwner(_) => ApiError::verbatim(C::PermissionDenied, msg),
             EngineError::InsufficientResources(_) => ApiError::new(C::InsufficientResources, msg),
             EngineError::Unsupported { missing } => ApiError::new(C::UnsupportedCapability, msg)

@@ -1,7 +1,11 @@
-//! The public HTTP API: errors ([`error`]), submit
-//! validation ([`validate`]) and the router ([`routes`]); the bodies are
-//! `crate::model`.
+//! The public HTTP API: errors ([`error`]), submit validation
+//! ([`validate`]), listing filters ([`list`]), streamed answers
+//! ([`streams`]), the router ([`routes`]) and the server ([`server`]); the
+//! bodies are `crate::model`.
 
 pub mod error;
+pub mod list;
 pub mod routes;
+pub mod server;
+pub mod streams;
 pub mod validate;

@@ -6,6 +6,9 @@
 //! shim's exit stays the event for shims that die without a result (see
 //! `Engine::watch`).
 //!
+//! The same instance watches a log while someone follows it
+//! (`watch_writes`): each write to it wakes its followers.
+//!
 //! One instance for the whole runtime, not one per task: inotify instances
 //! are few per user (`fs.inotify.max_user_instances`, often 128), watches
 //! are many.
@@ -81,8 +84,21 @@ impl Arrivals {
             | AddWatchFlags::IN_CREATE
             | AddWatchFlags::IN_ONLYDIR
             | AddWatchFlags::IN_DONT_FOLLOW;
+        self.add(dir, flags)
+    }
+
+    /// Starts watching the file at `path` (a log) for writes, for a
+    /// follower of it. Writes before this returns are not reported.
+    pub fn watch_writes(&self, path: &Path) -> io::Result<Arrival> {
+        self.add(
+            path,
+            AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_DONT_FOLLOW,
+        )
+    }
+
+    fn add(&self, path: &Path, flags: AddWatchFlags) -> io::Result<Arrival> {
         let mut watches = self.shared.lock();
-        let wd = self.shared.fd.get_ref().0.add_watch(dir, flags)?;
+        let wd = self.shared.fd.get_ref().0.add_watch(path, flags)?;
         let woken = Arc::new(Notify::new());
         let next = watches.next_token;
         let entry = watches.by_wd.entry(wd).or_insert_with(|| Watched {
@@ -195,7 +211,8 @@ async fn read_events(shared: Arc<Shared>) {
                     } else if e
                         .name
                         .as_deref()
-                        .is_some_and(|n| n == RESULT || n == STARTED)
+                        // No name: a write to a watched log itself.
+                        .is_none_or(|n| n == RESULT || n == STARTED)
                     {
                         shared.wake(e.wd, false);
                     }
@@ -268,6 +285,25 @@ mod tests {
         assert!(arrivals.shared.lock().by_wd.is_empty());
         first = arrivals.watch(tmp.path()).unwrap();
         assert!(!within(&mut first, 50).await, "nothing new arrived");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_write_to_a_watched_log_wakes_its_follower() {
+        use std::io::Write;
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("stdout.log");
+        std::fs::write(&log, b"").unwrap();
+        let arrivals = Arrivals::start().unwrap();
+        let mut dir = arrivals.watch(tmp.path()).unwrap();
+        let mut w = arrivals.watch_writes(&log).unwrap();
+        assert!(!within(&mut w, 50).await);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(b"x").unwrap();
+        assert!(within(&mut w, 5000).await, "the write wakes");
+        assert!(
+            !within(&mut dir, 50).await,
+            "the dir watch is not woken by it"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]

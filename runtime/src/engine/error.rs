@@ -11,6 +11,11 @@ pub enum EngineError {
     Conflict(String),
     #[error("queue is full")]
     QueueFull,
+    #[error("too many streams: at most {0} follow at once (--max-streams)")]
+    TooManyStreams(u64),
+    /// A `Range` outside the log; its length is given.
+    #[error("range not satisfiable: the log is {0} bytes")]
+    RangeNotSatisfiable(u64),
     #[error("permission denied: kill requires owner '{0}'")]
     NotOwner(String),
     /// The task's reservation can never fit; the message says where.

@@ -5,6 +5,7 @@
 
 mod admission;
 pub mod arrivals;
+mod changes;
 pub mod error;
 pub mod files;
 mod follow;
@@ -12,6 +13,7 @@ pub mod gc;
 mod launch;
 pub mod log_cache;
 pub mod recovery;
+pub mod streams;
 mod transition;
 pub mod view;
 
@@ -24,7 +26,7 @@ use crate::config::Config;
 use crate::helper_link::HelperLink;
 use crate::ledger::{Amounts, Ledger};
 use crate::model::{
-    EventRecord, ExecutionKind, SubmitTaskRequest, SubmitTaskResponse, TaskStatusResponse,
+    EventRecord, ExecutionKind, SubmitTaskRequest, SubmitTaskResponse, TaskList, TaskStatusResponse,
 };
 use crate::plan::{self, HostCaps};
 use crate::store::{self, Store, TaskRow};
@@ -48,6 +50,12 @@ pub struct Engine {
     /// Results seen as the shims rename them in; `None` when inotify is
     /// unavailable, and then a shim's exit alone ends its task.
     arrivals: Option<arrivals::Arrivals>,
+    /// Followers of tasks, woken by each committed change.
+    changes: Arc<changes::Changes>,
+    /// Places for open streams (`--max-streams`).
+    streams: Arc<tokio::sync::Semaphore>,
+    /// Set when the server stops: every stream ends.
+    stopping: tokio::sync::watch::Sender<bool>,
     wake: Notify,
     /// Capacity, reservations of tasks handed to the helper, tenant quotas.
     pub ledger: Mutex<Ledger>,
@@ -65,6 +73,7 @@ impl Engine {
             pids: cfg.args.capacity_pids.or_else(pid_max),
         };
         let ledger = Mutex::new(Ledger::new(capacity, &cfg.args.tenant_quota));
+        let streams = Arc::new(tokio::sync::Semaphore::new(cfg.args.max_streams as usize));
         let base_env = INHERITED_ENV
             .iter()
             .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
@@ -82,6 +91,9 @@ impl Engine {
                     |e| tracing::warn!(error = %e, "no inotify: tasks end when their shims exit"),
                 )
                 .ok(),
+            changes: Arc::default(),
+            streams,
+            stopping: tokio::sync::watch::channel(false).0,
             wake: Notify::new(),
             ledger,
             base_env,
@@ -93,6 +105,12 @@ impl Engine {
 
     pub fn task_dir(&self, task_id: &str) -> TaskDir {
         TaskDir::new(&self.cfg.tasks_dir(), task_id).with_cache(Arc::clone(&self.logs))
+    }
+
+    /// Wakes the followers of `task_id`: a change of it was committed
+    /// outside the lifecycle's transitions (an event of another API).
+    pub fn changed(&self, task_id: &str) {
+        self.changes.changed(task_id);
     }
 
     /// Wakes the dispatcher now.
@@ -247,31 +265,55 @@ impl Engine {
     async fn row(&self, task_id: &str) -> Result<TaskRow, EngineError> {
         let id = task_id.to_string();
         self.store
-            .call(move |conn| store::get(conn, &id))
+            .read(move |conn| store::get(conn, &id))
             .await?
             .ok_or_else(|| EngineError::NotFound(task_id.to_string()))
     }
 
-    /// `GET /api/v1/tasks/:id`.
+    /// `GET /api/v1/tasks/:id`: the row and the logs' heads in one trip
+    /// to the blocking pool (the reads never block, but a slow disk may).
     pub async fn status(&self, task_id: &str) -> Result<TaskStatusResponse, EngineError> {
-        let row = self.row(task_id).await?;
-        // Log files a task may have tampered with are read off the
-        // executor (the reads never block, but a slow disk may).
+        let id = task_id.to_string();
         let td = self.task_dir(task_id);
-        tokio::task::spawn_blocking(move || view::status_body(&td, &row))
+        self.store
+            .read(move |conn| -> Result<_, EngineError> {
+                let row = store::get(conn, &id)?.ok_or(EngineError::NotFound(id))?;
+                Ok(view::status_body(&td, &row))
+            })
             .await
-            .map_err(|e| EngineError::Internal(format!("reading the task's logs: {e}")))
     }
 
     /// `GET /api/v1/tasks/:id/events`.
     pub async fn events(&self, task_id: &str) -> Result<Vec<EventRecord>, EngineError> {
-        let _ = self.row(task_id).await?;
         let id = task_id.to_string();
         let rows = self
             .store
-            .call(move |conn| store::events(conn, &id))
+            .read(move |conn| -> Result<_, EngineError> {
+                if !store::exists(conn, &id)? {
+                    return Err(EngineError::NotFound(id));
+                }
+                Ok(store::events(conn, &id)?)
+            })
             .await?;
         Ok(rows.into_iter().map(view::event_record).collect())
+    }
+
+    /// `GET /api/v1/tasks`: one page of stored tasks, newest first.
+    pub async fn list(&self, filter: store::TaskFilter) -> Result<TaskList, EngineError> {
+        let tasks_dir = self.cfg.tasks_dir();
+        self.store
+            .read(move |conn| -> Result<_, EngineError> {
+                let page = store::list::list(conn, &filter)?;
+                Ok(TaskList {
+                    tasks: page
+                        .tasks
+                        .iter()
+                        .map(|row| view::summary(&TaskDir::new(&tasks_dir, &row.task_id), row))
+                        .collect(),
+                    next_cursor: page.next.map(|c| c.encode()),
+                })
+            })
+            .await
     }
 
     /// `POST /api/v1/tasks/:id/kill`.

@@ -55,6 +55,7 @@ impl Engine {
     /// What a committed change asks for outside the database.
     pub(super) fn after_commit(self: &Arc<Self>, change: &Change) {
         let id = &change.row.task_id;
+        self.changes.changed(id);
         for effect in &change.effects {
             match effect {
                 Effect::WriteResult => {}

@@ -3,7 +3,7 @@
 use execgo_runtime_protocol::{ResourceUsage, TaskStatus};
 
 use super::files::{TaskDir, STDERR, STDOUT};
-use crate::model::{EventRecord, ExecutionKind, TaskStatusResponse};
+use crate::model::{EventRecord, ExecutionKind, TaskStatusResponse, TaskSummary};
 use crate::store::{EventRow, TaskRow};
 
 /// The ExecGo client's name for an event type (it reads only `type`).
@@ -50,6 +50,18 @@ pub fn status_body(td: &TaskDir, row: &TaskRow) -> TaskStatusResponse {
     };
     let (stdout, stdout_truncated) = head(STDOUT, limits.stdout_max_bytes);
     let (stderr, stderr_truncated) = head(STDERR, limits.stderr_max_bytes);
+    TaskStatusResponse {
+        task: summary(td, row),
+        stdout,
+        stderr,
+        stdout_truncated,
+        stderr_truncated,
+        warnings,
+    }
+}
+
+/// `row` as a listing shows it: everything but the logs.
+pub fn summary(td: &TaskDir, row: &TaskRow) -> TaskSummary {
     let running = row.status == TaskStatus::Running;
     let live_ms = if running {
         row.started_at.as_deref().and_then(since_ms)
@@ -65,7 +77,7 @@ pub fn status_body(td: &TaskDir, row: &TaskRow) -> TaskStatusResponse {
     } else {
         row.usage.clone()
     };
-    TaskStatusResponse {
+    TaskSummary {
         task_id: row.task_id.clone(),
         handle_id: row.task_id.clone(),
         status: row.status,
@@ -79,17 +91,12 @@ pub fn status_body(td: &TaskDir, row: &TaskRow) -> TaskStatusResponse {
         pgid: row.pgid,
         exit_code: row.exit_code,
         exit_signal: row.exit_signal,
-        stdout,
-        stderr,
-        stdout_truncated,
-        stderr_truncated,
         error: row.error.clone(),
         usage,
         reservation: row.reservation.clone(),
         execution_plan: row.plan.clone(),
         artifacts: td.artifacts(row.request.execution.kind == ExecutionKind::Script),
         metadata: row.request.metadata.clone(),
-        warnings,
     }
 }
 

@@ -212,6 +212,7 @@ impl OpenSandbox {
                 })
             })
             .await?;
+        self.engine.changed(name);
         if requested {
             self.follow_stop(name.to_string());
         }
@@ -330,6 +331,7 @@ impl OpenSandbox {
                 })
             })
             .await?;
+        self.engine.changed(id);
         tracing::info!(task_id = %id, "opensandbox task removed");
         Ok(())
     }

@@ -9,8 +9,12 @@ use std::path::Path;
 use execgo_runtime_protocol::{ResourceUsage, TaskError, TaskStatus};
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
+pub mod list;
+mod readers;
 mod worker;
 
+pub use list::{Cursor, TaskFilter};
+pub use readers::Readers;
 pub use worker::Committed;
 
 use crate::ledger::Candidate;
@@ -89,8 +93,18 @@ CREATE TABLE IF NOT EXISTS tasks (
     pids_request INTEGER,
     launch_flags INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks(status);
+CREATE INDEX IF NOT EXISTS tasks_by_status_created ON tasks(status, created_at, task_id);
+CREATE INDEX IF NOT EXISTS tasks_by_created ON tasks(created_at, task_id);
+CREATE INDEX IF NOT EXISTS tasks_by_tenant ON tasks(tenant, created_at, task_id) WHERE tenant IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks(owner, created_at, task_id) WHERE owner IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_by_finish ON tasks(finished_unix_ms) WHERE finished_unix_ms IS NOT NULL;
+CREATE TABLE IF NOT EXISTS task_labels (
+    task_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (task_id, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS task_labels_by_pair ON task_labels(key, value);
 CREATE TABLE IF NOT EXISTS events (
     task_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -211,6 +225,7 @@ pub struct EventRow {
 
 pub struct Store {
     jobs: std::sync::mpsc::Sender<worker::Job>,
+    readers: std::sync::Arc<Readers>,
 }
 
 const COLUMNS: &str =
@@ -322,9 +337,32 @@ impl RawRow {
     }
 }
 
-/// Columns added after the first release, for databases created before
-/// them (`CREATE TABLE IF NOT EXISTS` leaves an old table as it is).
-fn migrate(conn: &Connection) -> Result<()> {
+fn has_table(conn: &Connection, name: &str) -> Result<bool> {
+    conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+    .map_err(sql("reading the schema"))
+}
+
+/// What changed after the first release, for databases created before
+/// (`CREATE ... IF NOT EXISTS` leaves old tables as they are). `labels_new`:
+/// the label table did not exist before this start, so the labels of the
+/// tasks already stored are copied in from their requests.
+fn migrate(conn: &Connection, labels_new: bool) -> Result<()> {
+    // Replaced by tasks_by_status_created, which serves the same lookups.
+    conn.execute_batch("DROP INDEX IF EXISTS tasks_by_status")
+        .map_err(sql("dropping an old index"))?;
+    if labels_new {
+        conn.execute_batch(
+            "INSERT OR IGNORE INTO task_labels (task_id, key, value)
+             SELECT t.task_id, l.key, l.value
+             FROM tasks t, json_each(t.request_json, '$.control_context.labels') l",
+        )
+        .map_err(sql("copying the stored tasks' labels"))?;
+    }
     let has_launch_flags: bool = conn
         .query_row(
             "SELECT COUNT(*) FROM pragma_table_info('tasks') WHERE name = 'launch_flags'",
@@ -359,12 +397,33 @@ impl Store {
             .map_err(sql("enabling foreign keys"))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql("setting the busy timeout"))?;
+        let labels_new = !has_table(&conn, "task_labels")?;
         conn.execute_batch(SCHEMA)
             .map_err(sql("creating the schema"))?;
-        migrate(&conn)?;
+        migrate(&conn, labels_new)?;
         Ok(Store {
             jobs: worker::start(conn)?,
+            readers: std::sync::Arc::new(Readers::new(path)),
         })
+    }
+
+    /// The read-only connections, for reads that need not queue behind
+    /// the writes (they see what is committed when they begin).
+    pub fn readers(&self) -> std::sync::Arc<Readers> {
+        std::sync::Arc::clone(&self.readers)
+    }
+
+    /// Runs `f` on a read-only connection on the blocking pool.
+    pub async fn read<T, E, F>(&self, f: F) -> std::result::Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> std::result::Result<T, E> + Send + 'static,
+    {
+        let readers = self.readers();
+        tokio::task::spawn_blocking(move || readers.with(f))
+            .await
+            .unwrap_or_else(|_| Err(E::from(StoreError::Panicked)))
     }
 
     /// Runs `f` on the database thread and awaits its result. `f` manages
@@ -464,6 +523,18 @@ pub fn get(conn: &Connection, task_id: &str) -> Result<Option<TaskRow>> {
         .optional()
         .map_err(sql("reading a task"))?;
     raw.map(RawRow::decode).transpose()
+}
+
+/// The task's status, `None` when there is no such task.
+pub fn status_of(conn: &Connection, task_id: &str) -> Result<Option<TaskStatus>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT status FROM tasks WHERE task_id = ?1")
+        .map_err(sql("preparing a status lookup"))?;
+    let status: Option<String> = stmt
+        .query_row([task_id], |r| r.get(0))
+        .optional()
+        .map_err(sql("reading a task's status"))?;
+    Ok(status.and_then(|s| TaskStatus::parse(&s)))
 }
 
 pub fn exists(conn: &Connection, task_id: &str) -> Result<bool> {
@@ -625,6 +696,15 @@ pub fn insert(tx: &Transaction<'_>, row: &TaskRow) -> Result<()> {
         row.launch.to_bits(),
     ])
     .map_err(sql("inserting a task"))?;
+    if let Some(cc) = &row.request.control_context {
+        let mut stmt = tx
+            .prepare_cached("INSERT INTO task_labels (task_id, key, value) VALUES (?1, ?2, ?3)")
+            .map_err(sql("preparing a label insert"))?;
+        for (k, v) in &cc.labels {
+            stmt.execute(params![row.task_id, k, v])
+                .map_err(sql("inserting a label"))?;
+        }
+    }
     Ok(())
 }
 
@@ -685,14 +765,19 @@ pub fn append_event(tx: &Transaction<'_>, task_id: &str, ts: &str, ev: &NewEvent
 }
 
 pub fn events(conn: &Connection, task_id: &str) -> Result<Vec<EventRow>> {
+    events_after(conn, task_id, 0)
+}
+
+/// The task's events with `seq` above `after`, in order.
+pub fn events_after(conn: &Connection, task_id: &str, after: i64) -> Result<Vec<EventRow>> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT seq, task_id, event_type, timestamp, message, data_json FROM events
-             WHERE task_id = ?1 ORDER BY seq",
+             WHERE task_id = ?1 AND seq > ?2 ORDER BY seq",
         )
         .map_err(sql("preparing an event listing"))?;
     let rows = stmt
-        .query_map([task_id], |r| {
+        .query_map(params![task_id, after], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
@@ -738,6 +823,8 @@ pub fn expired(conn: &Connection, cutoff_unix_ms: i64, limit: u64) -> Result<Vec
 pub fn delete(tx: &Transaction<'_>, task_id: &str) -> Result<()> {
     tx.execute("DELETE FROM events WHERE task_id = ?1", [task_id])
         .map_err(sql("deleting events"))?;
+    tx.execute("DELETE FROM task_labels WHERE task_id = ?1", [task_id])
+        .map_err(sql("deleting labels"))?;
     tx.execute("DELETE FROM tasks WHERE task_id = ?1", [task_id])
         .map_err(sql("deleting a task"))?;
     Ok(())
@@ -747,4 +834,69 @@ pub fn delete(tx: &Transaction<'_>, task_id: &str) -> Result<()> {
 pub fn ping(conn: &Connection) -> Result<()> {
     conn.query_row("SELECT 1", [], |_| Ok(()))
         .map_err(sql("pinging the database"))
+}
+
+/// An in-memory database with the schema, and tasks to list in it.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub fn conn() -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(SCHEMA).unwrap();
+        c
+    }
+
+    /// Stores an `accepted` task created at `created_at` with `labels`.
+    pub fn insert_task(c: &Connection, id: &str, created_at: &str, labels: &[(&str, &str)]) {
+        let labels: std::collections::BTreeMap<_, _> = labels.iter().copied().collect();
+        let req: SubmitTaskRequest = serde_json::from_value(serde_json::json!({
+            "task_id": id,
+            "execution": {"kind": "command", "program": "/bin/true"},
+            "control_context": {"labels": labels}
+        }))
+        .unwrap();
+        let plan = crate::plan::resolve(
+            &req,
+            crate::model::CapabilityMode::Adaptive,
+            &crate::plan::PROCESS_HOST,
+            &[],
+        )
+        .unwrap();
+        let row = crate::task::create(id.into(), req, plan, created_at).row;
+        let tx = rusqlite::Transaction::new_unchecked(c, rusqlite::TransactionBehavior::Deferred)
+            .unwrap();
+        insert(&tx, &row).unwrap();
+        tx.commit().unwrap();
+    }
+
+    #[test]
+    fn labels_of_stored_tasks_are_copied_in_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            insert_task(&c, "old", "2026-01-01T00:00:00.000Z", &[("team", "a")]);
+            // As a database from before the label table.
+            c.execute_batch("DELETE FROM task_labels; DROP TABLE task_labels;")
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let page = store
+            .readers()
+            .with(|c| {
+                list::list(
+                    c,
+                    &TaskFilter {
+                        labels: vec![("team".into(), "a".into())],
+                        limit: 10,
+                        ..Default::default()
+                    },
+                )
+            })
+            .unwrap();
+        assert_eq!(page.tasks.len(), 1);
+        assert_eq!(page.tasks[0].task_id, "old");
+    }
 }

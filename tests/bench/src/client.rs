@@ -76,6 +76,12 @@ impl Client {
         Ok(v["task_id"].as_str().expect("task_id").to_string())
     }
 
+    /// A GET answered 2xx, its body.
+    pub fn get_text(&self, path: &str) -> String {
+        self.send("GET", path, None)
+            .unwrap_or_else(|e| panic!("GET {path}: {} {}", e.status, e.text))
+    }
+
     pub fn submit(&self, body: &Value) -> String {
         let bytes = serde_json::to_vec(body).expect("encode");
         self.try_submit(&bytes)

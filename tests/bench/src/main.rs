@@ -3,7 +3,8 @@
 //! It asserts nothing about speed: the figures go to `docs/benchmarks.md`.
 //!
 //! Scenarios (all by default): `latency`, `throughput`, `timeout`, `kill`,
-//! `rss`, `output`, `sandbox` (root only: it skips with a reason elsewhere). Each starts its own runtime under a unique directory of
+//! `rss`, `output`, `sandbox` (root only: it skips with a reason elsewhere),
+//! `list` (pages over 100k stored tasks), `followers` (CPU of idle streams). Each starts its own runtime under a unique directory of
 //! `--data-root`, which is removed at the end, and runs in a cgroup of
 //! its own that counts the CPU time of its whole tree (see `tree_cpu`).
 
@@ -13,9 +14,11 @@ mod cgroup_mounts;
 mod client;
 mod cpu;
 mod env;
+mod followers;
 mod fsprobe;
 mod kill;
 mod latency;
+mod listing;
 mod output;
 mod procfs;
 mod rss;
@@ -39,6 +42,8 @@ enum Scenario {
     Rss,
     Output,
     Sandbox,
+    List,
+    Followers,
 }
 
 impl Scenario {
@@ -52,6 +57,8 @@ impl Scenario {
             Scenario::Rss => "rss",
             Scenario::Output => "output",
             Scenario::Sandbox => "sandbox",
+            Scenario::List => "list",
+            Scenario::Followers => "followers",
         }
     }
 }
@@ -129,6 +136,22 @@ struct Args {
     /// Sequential linux_sandbox /bin/true tasks (and runs of each bwrap).
     #[arg(long, default_value_t = 200)]
     sandbox_tasks: usize,
+
+    /// Tasks in the store the list figure pages through.
+    #[arg(long, default_value_t = 100_000)]
+    list_tasks: usize,
+
+    /// Timed requests per list case.
+    #[arg(long, default_value_t = 50)]
+    list_rounds: usize,
+
+    /// Idle streams held open for the followers figure.
+    #[arg(long, default_value_t = 100)]
+    followers: usize,
+
+    /// Seconds of each followers window (with and without them).
+    #[arg(long, default_value_t = 20)]
+    followers_window_secs: u64,
 }
 
 fn main() {
@@ -143,6 +166,8 @@ fn main() {
         Scenario::Rss,
         Scenario::Output,
         Scenario::Sandbox,
+        Scenario::List,
+        Scenario::Followers,
     ];
     let chosen: Vec<Scenario> = if args.scenarios.is_empty() {
         all.to_vec()
@@ -192,6 +217,12 @@ fn main() {
             Scenario::Rss => rss::run(&env, args.rss_shims),
             Scenario::Output => output::run(&env, args.output_bytes, args.output_runs),
             Scenario::Sandbox => sandbox::run(&env, args.sandbox_tasks),
+            Scenario::List => listing::run(&env, args.list_tasks, args.list_rounds),
+            Scenario::Followers => followers::run(
+                &env,
+                args.followers,
+                Duration::from_secs(args.followers_window_secs),
+            ),
         }
         env.probe_after(s.dir_name());
         println!("  ({s:?} took {:.1} s)", t.elapsed().as_secs_f64());
