@@ -123,11 +123,15 @@ pub struct Args {
     /// controllers and systemd did not start the helper in supervisor
     /// (systemd < 254 on a pure v2 host), a restart would fail with tasks
     /// running, so the default PATH is used instead, with a warning.
+    ///
+    /// Given more than once, the last one counts (a unit's
+    /// EXECGO_RUNTIME_HELPER_OPTS can override the unit's own).
     #[arg(
         long,
         value_name = "PATH|delegated",
         default_value = "/sys/fs/cgroup/execgo-runtime",
-        value_parser = parse_cgroup_root_arg
+        value_parser = parse_cgroup_root_arg,
+        overrides_with = "cgroup_root"
     )]
     pub cgroup_root: CgroupRoot,
 
@@ -312,6 +316,22 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(a.cgroup_root, CgroupRoot::Delegated);
+        // The unit's value, then the operator's: the last counts.
+        let a = parse(&[
+            "--data-dir",
+            "d",
+            "--inherited-fd",
+            "5",
+            "--cgroup-root",
+            "delegated",
+            "--cgroup-root",
+            "/sys/fs/cgroup/execgo-runtime",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.cgroup_root,
+            CgroupRoot::Path(PathBuf::from("/sys/fs/cgroup/execgo-runtime"))
+        );
     }
 
     #[test]
