@@ -586,6 +586,36 @@ mod tests {
     }
 
     #[test]
+    fn a_v1_only_host() {
+        // Legacy mode: no unified mount; the kernel still lists "0::/".
+        let f = Fixture::v1_only();
+        let text = format!("3:cpu,cpuacct:{UNIT}\n2:memory:{UNIT}\n1:name=systemd:{UNIT}\n0::/\n");
+        let d = resolve_on(&f, &text).unwrap();
+        assert_eq!(d.unit, UNIT);
+        let bases: Vec<PathBuf> = d.hierarchies.iter().map(|h| h.base.clone()).collect();
+        // The second mount of the cpu hierarchy is not used.
+        assert_eq!(
+            bases,
+            ["cgroup/cpu,cpuacct", "cgroup/memory", "cgroup/systemd"]
+                .map(|m| f.path(&format!("{m}{UNIT}")))
+        );
+        let layout = Layout::detect(&f.mounts, &f.kernel).unwrap();
+        let (root, warning) = choose(d.clone(), &layout);
+        assert_eq!(warning, None);
+        for m in ["cgroup/cpu,cpuacct", "cgroup/memory", "cgroup/systemd"] {
+            make_unit(&f, m, UNIT);
+        }
+        d.enter_supervisor(11, &f.kernel).unwrap();
+        let (p, warnings) = Placement::prepare(&layout, &root, "d-1", &f.kernel);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let roots: Vec<PathBuf> = p.unwrap().roots.iter().map(|r| r.root.clone()).collect();
+        assert_eq!(
+            roots,
+            ["cgroup/memory", "cgroup/cpu,cpuacct"].map(|m| f.path(&format!("{m}{UNIT}/d-1")))
+        );
+    }
+
+    #[test]
     fn not_delegated_is_a_start_up_error() {
         let f = Fixture::hybrid();
         // Not under systemd at all (a shell, a container's init).
