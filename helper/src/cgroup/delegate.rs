@@ -208,6 +208,9 @@ impl Delegation {
             hierarchies: Vec::new(),
             skipped: Vec::new(),
         };
+        // The hierarchies met so far (their controllers; empty: unified),
+        // used or not: the first mount of each serves, as in Layout.
+        let mut met: Vec<Vec<String>> = Vec::new();
         for m in mounts {
             let controllers: Vec<String> = match m.fs_type.as_str() {
                 "cgroup2" => Vec::new(),
@@ -220,14 +223,13 @@ impl Delegation {
                 _ => continue,
             };
             let v2 = m.fs_type == "cgroup2";
-            // The first mount of each hierarchy serves, as in Layout.
-            let seen = d.hierarchies.iter().any(|h| {
-                (v2 && h.controllers.is_empty())
-                    || (!v2 && h.controllers.iter().any(|c| controllers.contains(c)))
+            let seen = met.iter().any(|h| {
+                (v2 && h.is_empty()) || (!v2 && h.iter().any(|c| controllers.contains(c)))
             });
             if seen || (!v2 && controllers.is_empty()) {
                 continue;
             }
+            met.push(controllers.clone());
             let Some(ours) = memberships
                 .iter()
                 .find(|x| same_set(&x.controllers, &controllers))
