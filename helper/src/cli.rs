@@ -30,7 +30,7 @@ use clap::{ArgGroup, Parser};
         journald (the default when JOURNAL_STREAM is set); RUST_LOG sets the \
         level.",
     override_usage = "execgo-runtime-helper --data-dir <PATH> --socket <PATH> (--allowed-uid <UID> | --allowed-user <NAME>)... \
-        [--allowed-gid <GID>] [--task-user <USER>] [--allow-root-tasks] [--cgroup-root <PATH>] \
+        [--allowed-gid <GID>] [--task-user <USER>] [--allow-root-tasks] [--cgroup-root <PATH|delegated>] \
         [--log-format <FORMAT>]"
 )]
 #[command(group(
@@ -102,18 +102,38 @@ pub struct Args {
     #[arg(long, value_name = "DIR", value_parser = parse_cgroup_root)]
     pub rootfs_dir: Vec<PathBuf>,
 
-    /// Parent cgroup of per-task cgroups. Where the unified (v2) hierarchy
-    /// is mounted at or above PATH it is used as given; in any other
-    /// hierarchy (every v1 one, a hybrid host's /sys/fs/cgroup/unified) the
-    /// parent is <mount point>/<basename of PATH>. Must be absolute and
-    /// normalised (no ".", ".." or empty components).
+    /// Parent cgroup of per-task cgroups: a PATH, or `delegated`.
+    ///
+    /// PATH: where the unified (v2) hierarchy is mounted at or above PATH
+    /// it is used as given; in any other hierarchy (every v1 one, a hybrid
+    /// host's /sys/fs/cgroup/unified) the parent is <mount point>/<basename
+    /// of PATH>. Must be absolute and normalised (no ".", ".." or empty
+    /// components).
+    ///
+    /// `delegated` (for a systemd service with Delegate=yes): task cgroups
+    /// go in the helper's own cgroup, as read from /proc/self/cgroup. At
+    /// start the helper moves itself into <own cgroup>/supervisor (made if
+    /// missing) in every hierarchy systemd delegates to it (the unified
+    /// one; memory, pids, cpu on v1) and replicates that path in v1
+    /// hierarchies systemd leaves alone (freezer); task cgroups are
+    /// siblings of supervisor. Started in a cgroup named supervisor
+    /// (DelegateSubgroup=supervisor, systemd >= 254), it stays there. The
+    /// root cgroup, or one that is not a systemd service's or scope's, is a
+    /// start-up error. Where the unified hierarchy serves the task
+    /// controllers and systemd did not start the helper in supervisor
+    /// (systemd < 254 on a pure v2 host), a restart would fail with tasks
+    /// running, so the default PATH is used instead, with a warning.
+    ///
+    /// Given more than once, the last one counts (a unit's
+    /// EXECGO_RUNTIME_HELPER_OPTS can override the unit's own).
     #[arg(
         long,
-        value_name = "PATH",
+        value_name = "PATH|delegated",
         default_value = "/sys/fs/cgroup/execgo-runtime",
-        value_parser = parse_cgroup_root
+        value_parser = parse_cgroup_root_arg,
+        overrides_with = "cgroup_root"
     )]
-    pub cgroup_root: PathBuf,
+    pub cgroup_root: CgroupRoot,
 
     /// Log destination: JSON lines on stderr, or journald's native protocol
     /// (fields upper-cased: `journalctl TASK_ID=<id>`) [default: journald
@@ -157,6 +177,34 @@ pub fn print_man_page() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `--cgroup-root`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupRoot {
+    Path(PathBuf),
+    /// The helper's own delegated cgroup
+    /// (`crate::cgroup::delegate`).
+    Delegated,
+}
+
+impl std::fmt::Display for CgroupRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CgroupRoot::Path(p) => write!(f, "{}", p.display()),
+            CgroupRoot::Delegated => f.write_str(crate::cgroup::delegate::DELEGATED),
+        }
+    }
+}
+
+/// `--cgroup-root`: `delegated`, or a path as [`parse_cgroup_root`] takes.
+fn parse_cgroup_root_arg(s: &str) -> Result<CgroupRoot, String> {
+    if s == crate::cgroup::delegate::DELEGATED {
+        return Ok(CgroupRoot::Delegated);
+    }
+    parse_cgroup_root(s)
+        .map(CgroupRoot::Path)
+        .map_err(|e| format!("{e}, or be the word \"delegated\""))
 }
 
 /// `--cgroup-root` and `--rootfs-dir`: absolute, normalised, not `/`.
@@ -243,7 +291,7 @@ mod tests {
         .is_err());
         assert_eq!(
             a.cgroup_root,
-            PathBuf::from("/sys/fs/cgroup/execgo-runtime")
+            CgroupRoot::Path(PathBuf::from("/sys/fs/cgroup/execgo-runtime"))
         );
         let a = parse(&[
             "--data-dir",
@@ -254,7 +302,36 @@ mod tests {
             "/sys/fs/cgroup/x/y",
         ])
         .unwrap();
-        assert_eq!(a.cgroup_root, PathBuf::from("/sys/fs/cgroup/x/y"));
+        assert_eq!(
+            a.cgroup_root,
+            CgroupRoot::Path(PathBuf::from("/sys/fs/cgroup/x/y"))
+        );
+        let a = parse(&[
+            "--data-dir",
+            "d",
+            "--inherited-fd",
+            "5",
+            "--cgroup-root",
+            "delegated",
+        ])
+        .unwrap();
+        assert_eq!(a.cgroup_root, CgroupRoot::Delegated);
+        // The unit's value, then the operator's: the last counts.
+        let a = parse(&[
+            "--data-dir",
+            "d",
+            "--inherited-fd",
+            "5",
+            "--cgroup-root",
+            "delegated",
+            "--cgroup-root",
+            "/sys/fs/cgroup/execgo-runtime",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.cgroup_root,
+            CgroupRoot::Path(PathBuf::from("/sys/fs/cgroup/execgo-runtime"))
+        );
     }
 
     #[test]
@@ -286,8 +363,20 @@ mod tests {
 
     #[test]
     fn cgroup_root_is_validated() {
-        for bad in ["", "/", "rel/x", "/a/../b", "/a/./b", "/a//b", "/a/", "/.."] {
-            assert!(parse_cgroup_root(bad).is_err(), "{bad:?}");
+        for bad in [
+            "",
+            "/",
+            "rel/x",
+            "/a/../b",
+            "/a/./b",
+            "/a//b",
+            "/a/",
+            "/..",
+            "delegate",
+            "Delegated",
+            "auto",
+        ] {
+            assert!(parse_cgroup_root_arg(bad).is_err(), "{bad:?}");
             let e = parse(&[
                 "--data-dir",
                 "d",
@@ -299,6 +388,11 @@ mod tests {
             .unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad:?}");
         }
+        // The message says what is accepted.
+        let e = parse_cgroup_root_arg("delegate").unwrap_err();
+        assert_eq!(e, "must be an absolute path, or be the word \"delegated\"");
+        // --rootfs-dir takes paths only.
+        assert!(parse_cgroup_root("delegated").is_err());
     }
 
     #[test]

@@ -100,6 +100,12 @@ enum MainError {
     },
     #[error(transparent)]
     TaskUser(#[from] identity::IdentityError),
+    #[error(transparent)]
+    Delegation(#[from] cgroup::delegate::DelegateError),
+    #[error("--cgroup-root delegated: reading the cgroup layout failed")]
+    Layout(#[source] cgroup::CgroupError),
+    #[error("--cgroup-root delegated: moving the helper into its supervisor cgroup failed")]
+    EnterSupervisor(#[source] cgroup::CgroupError),
 }
 
 fn main() -> ExitCode {
@@ -147,7 +153,8 @@ fn main() -> ExitCode {
                 MainError::Usage
                 | MainError::TaskUser(_)
                 | MainError::UnknownAllowedUser { .. }
-                | MainError::ActivatedEmbedded => ExitCode::from(2),
+                | MainError::ActivatedEmbedded
+                | MainError::Delegation(_) => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
         }
@@ -185,10 +192,14 @@ fn run(args: cli::Args, activated: Option<i32>) -> Result<(), MainError> {
         Mode::empty(),
     )
     .map_err(|e| data_err(e.into()))?;
+    let mounts = PathBuf::from("/proc/self/mountinfo");
+    // Before the probe: on v2 the delegated cgroup can enable controllers
+    // for task cgroups only once the helper has left it.
+    let (task_root, root_warning) = task_root(&args.cgroup_root, &mounts)?;
     let probe_config = probe::ProbeConfig {
         data_dir: data_dir.clone(),
-        cgroup_root: args.cgroup_root.clone(),
-        mounts: PathBuf::from("/proc/self/mountinfo"),
+        cgroup_root: task_root,
+        mounts,
     };
     let mut capabilities = probe::probe(&probe_config, data_fd.as_fd());
     // The data dir's identity names its task cgroups' parent: runtimes
@@ -200,7 +211,7 @@ fn run(args: cli::Args, activated: Option<i32>) -> Result<(), MainError> {
         match cgroup::Layout::detect(&probe_config.mounts, &cgroup::HostFs) {
             Ok(layout) => cgroup::task::Placement::prepare(
                 &layout,
-                &args.cgroup_root,
+                &probe_config.cgroup_root,
                 &scope,
                 &cgroup::HostFs,
             ),
@@ -269,12 +280,15 @@ fn run(args: cli::Args, activated: Option<i32>) -> Result<(), MainError> {
             ServeMode::Embedded { .. } => "embedded",
         },
         data_dir = %data_dir.display(),
-        cgroup_root = %args.cgroup_root.display(),
+        cgroup_root = %probe_config.cgroup_root,
         task_uid = task_identity.map_or(own_uid, |t| t.uid),
         task_gid = task_identity.map(|t| t.gid),
         capabilities = serde_json::to_string(&capabilities).ok(),
         "helper started"
     );
+    if let Some(w) = &root_warning {
+        tracing::warn!(target: logging::TARGET, reason = w.as_str(), "task cgroups not delegated");
+    }
     for w in &capabilities.warnings {
         tracing::warn!(target: logging::TARGET, reason = w.as_str(), "capability missing");
     }
@@ -328,6 +342,32 @@ fn run(args: cli::Args, activated: Option<i32>) -> Result<(), MainError> {
     dispatcher.release_cgroups();
     served?;
     Ok(())
+}
+
+/// Where task cgroups go, from `--cgroup-root`; for `delegated`, after
+/// moving the helper into its `supervisor` cgroup. The warning says why
+/// `delegated` fell back to the default root.
+fn task_root(
+    arg: &cli::CgroupRoot,
+    mounts: &std::path::Path,
+) -> Result<(cgroup::TaskRoot, Option<String>), MainError> {
+    let delegation = match arg {
+        cli::CgroupRoot::Path(p) => return Ok((cgroup::TaskRoot::Path(p.clone()), None)),
+        cli::CgroupRoot::Delegated => {
+            cgroup::delegate::Delegation::detect(std::path::Path::new("/proc/self/cgroup"), mounts)?
+        }
+    };
+    let layout = cgroup::Layout::detect(mounts, &cgroup::HostFs).map_err(MainError::Layout)?;
+    let (root, warning) = cgroup::delegate::choose(delegation, &layout);
+    if let cgroup::TaskRoot::Delegated(d) = &root {
+        // Single-threaded here, and cgroup.procs moves every thread anyway.
+        d.enter_supervisor(std::process::id(), &cgroup::HostFs)
+            .map_err(MainError::EnterSupervisor)?;
+        for s in &d.skipped {
+            tracing::warn!(target: logging::TARGET, reason = s.as_str(), "cgroup hierarchy not delegated");
+        }
+    }
+    Ok((root, warning))
 }
 
 /// `--allowed-user`: the uid of a user name, looked up after the clean-up

@@ -39,7 +39,7 @@ pub struct ProbeConfig {
     /// The data dir's canonical path (the descriptor is passed separately).
     pub data_dir: PathBuf,
     /// `--cgroup-root`.
-    pub cgroup_root: PathBuf,
+    pub cgroup_root: cgroup::TaskRoot,
     /// The mounts file: `/proc/self/mountinfo`.
     pub mounts: PathBuf,
 }
@@ -239,7 +239,7 @@ mod tests {
         let f = Fixture::hybrid();
         let cfg = ProbeConfig {
             data_dir: tmp.path().canonicalize().unwrap(),
-            cgroup_root: f.path("cgroup/execgo-runtime"),
+            cgroup_root: crate::cgroup::TaskRoot::Path(f.path("cgroup/execgo-runtime")),
             mounts: f.mounts.clone(),
         };
         let caps = probe_with(&cfg, fd.as_fd(), &f.kernel);
@@ -294,7 +294,7 @@ mod tests {
         let f = Fixture::none();
         let cfg = ProbeConfig {
             data_dir: tmp.path().to_path_buf(),
-            cgroup_root: f.path("cgroup/execgo-runtime"),
+            cgroup_root: crate::cgroup::TaskRoot::Path(f.path("cgroup/execgo-runtime")),
             mounts: f.mounts.clone(),
         };
         let caps = probe_with(&cfg, fd.as_fd(), &f.kernel);

@@ -273,6 +273,59 @@ caps=$(inside grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb):' "/proc/$main_pid/status" | aw
 [ "$caps" = "0000000000000000 " ] || fail "the runtime has capabilities: $caps"
 log "runtime: user $user, capability sets all empty"
 
+# --- where the helper and its tasks live (--cgroup-root delegated) ---
+unit_cg=$(inside systemctl show -P ControlGroup execgo-runtime-helper.service)
+[ -n "$unit_cg" ] && [ "$unit_cg" != / ] || fail "the helper unit has no cgroup of its own ('$unit_cg')"
+cg_of_pid() { # pid, key of /proc/<pid>/cgroup ("" for the unified hierarchy)
+    inside awk -F: -v k="$2" '$2 == k { print $3 }' "/proc/$1/cgroup"
+}
+# The hierarchies the unit's processes are placed in, by key, and where
+# a process task's one cgroup goes (the one that kills: the v1 freezer,
+# else the unified hierarchy's cgroup.kill), mounted where.
+if [ $layout = unified ]; then
+    unit_keys=("")
+    task_key=
+    task_mount=/sys/fs/cgroup
+    # systemd 252 starts the helper in the unit's cgroup itself; on a pure
+    # v2 host the helper then keeps the default root (see
+    # docs/deployment.md), so that is what is checked.
+    supervisor=$unit_cg
+    task_parent=/execgo-runtime
+else
+    unit_keys=(name=systemd "" memory pids)
+    if [[ " ${v1_controllers[*]} " == *" freezer "* ]]; then
+        task_key=freezer
+        task_mount=/sys/fs/cgroup/freezer
+    else
+        task_key=
+        task_mount=/sys/fs/cgroup/unified
+    fi
+    supervisor=$unit_cg/supervisor
+    task_parent=$unit_cg
+fi
+check_supervisor() { # pid, what
+    local k got
+    for k in "${unit_keys[@]}"; do
+        [[ $k =~ ^(memory|pids)$ && " ${v1_controllers[*]} " != *" $k "* ]] && continue
+        got=$(cg_of_pid "$1" "$k")
+        [ "$got" = "$supervisor" ] || fail "$2 (pid $1) is in '$got' in the '${k:-unified}' hierarchy, not in $supervisor"
+    done
+}
+helper_pid=$(inside systemctl show -P MainPID execgo-runtime-helper.service)
+check_supervisor "$helper_pid" "the helper"
+# Every hierarchy the tasks use is delegated (hybrid), or the fallback is
+# explained (unified).
+helper_journal=$(inside journalctl --no-pager -o json -u execgo-runtime-helper.service)
+not_delegated=$(grep 'not delegated' <<<"$helper_journal" || true)
+if [ $layout = unified ]; then
+    [ -n "$not_delegated" ] || fail "the helper did not say why task cgroups stay under /sys/fs/cgroup/execgo-runtime"
+else
+    [ -z "$not_delegated" ] || fail "the helper left hierarchies out: $not_delegated"
+    grep -q "delegated: $unit_cg" <<<"$helper_journal" ||
+        fail "the helper's start-up line does not name its delegated cgroup $unit_cg"
+fi
+log "helper (pid $helper_pid) in $supervisor (unit cgroup $unit_cg)"
+
 run_task() { # json → prints the terminal status
     inside execgo-runtime run --poll-interval-ms 100 --json "$1"
 }
@@ -314,6 +367,15 @@ main_pids() {
 }
 submit_sleep proof-restarts
 first=$(inside execgo-runtime status proof-restarts)
+task_pid=$(field "$first" pid)
+check_supervisor "$(field "$first" shim_pid)" "the shim of proof-restarts"
+task_cg=$(cg_of_pid "$task_pid" "$task_key")
+case "$task_cg" in
+"$task_parent"/data-*/proof-restarts) ;;
+*) fail "proof-restarts (pid $task_pid) is in '$task_cg' in the '${task_key:-unified}' hierarchy, not in $task_parent/data-*/proof-restarts" ;;
+esac
+inside test -d "$task_mount$task_cg" || fail "$task_mount$task_cg is not a directory"
+log "proof-restarts (pid $task_pid) in $task_cg, its shim in $supervisor"
 before=$(main_pids)
 inside systemctl restart execgo-runtime-helper.service
 wait_active execgo-runtime-helper.service
@@ -328,6 +390,12 @@ now=$(inside execgo-runtime status proof-restarts)
 [ "$(field "$now" shim_pid)" = "$(field "$first" shim_pid)" ] ||
     fail "proof-restarts has another shim after the restarts"
 log "restarted the helper and the runtime (pids $before, then $after); proof-restarts still running under shim $(field "$now" shim_pid)"
+# The restarted helper, placed by systemd in the unit's cgroup again,
+# joined the existing supervisor, the old shim still in it.
+check_supervisor "${after%/*}" "the restarted helper"
+check_supervisor "$(field "$now" shim_pid)" "the shim of proof-restarts"
+[ "$(cg_of_pid "$task_pid" "$task_key")" = "$task_cg" ] || fail "proof-restarts moved cgroup across the restart"
+log "the restarted helper is in $supervisor again; proof-restarts still in $task_cg"
 
 submit_sleep proof-upgrade
 log "dpkg -i $v2"
@@ -351,6 +419,13 @@ for t in proof-restarts proof-upgrade; do
     [ "$(field "$events" exit_code)" = 0 ] || fail "$t: $events"
 done
 log "proof-restarts and proof-upgrade: success"
+# The shim removes the task's cgroups right after its result.
+for _ in $(seq 50); do
+    inside test -e "$task_mount$task_cg" || break
+    sleep 0.1
+done
+! inside test -e "$task_mount$task_cg" || fail "$task_mount$task_cg is still there after proof-restarts ended"
+log "proof-restarts ended: $task_cg is gone"
 
 # --- purge ---
 inside dpkg --purge execgo-runtime execgo-runtime-helper >>"$work/dpkg.log" 2>&1 || {

@@ -18,7 +18,13 @@
 //! Task cgroups sit one level further down, in a directory named after the
 //! data dir (see [`task`]), so runtimes with different data dirs never
 //! touch each other's tasks.
+//!
+//! `--cgroup-root delegated` ([`TaskRoot::Delegated`], see [`delegate`])
+//! puts them instead in the helper's own cgroup under systemd
+//! (`Delegate=yes`): `<mount point>/<unit cgroup>/<scope>/<task_id>`, next
+//! to the `supervisor` cgroup the helper moved itself into.
 
+pub mod delegate;
 pub mod mountinfo;
 pub mod probe;
 pub mod task;
@@ -64,7 +70,7 @@ impl Controller {
 
 /// The kernel's v1 controller names, to tell a v1 mount with controllers
 /// from a named hierarchy without any (`name=systemd`).
-const V1_CONTROLLERS: [&str; 14] = [
+pub(crate) const V1_CONTROLLERS: [&str; 14] = [
     "cpu",
     "cpuacct",
     "cpuset",
@@ -185,6 +191,8 @@ pub enum CgroupError {
         content: String,
         expected: &'static str,
     },
+    #[error("the hierarchy at {mount} is not delegated to the helper")]
+    NotDelegated { mount: PathBuf },
     #[error("{path} reads back {got:?} after writing {wrote:?}")]
     ReadBack {
         path: PathBuf,
@@ -203,8 +211,43 @@ pub struct Hierarchy {
 }
 
 impl Hierarchy {
-    fn has(&self, c: Controller) -> bool {
+    pub(crate) fn has(&self, c: Controller) -> bool {
         self.controllers.iter().any(|x| x == c.name())
+    }
+}
+
+/// Where task cgroups go: under a path (`--cgroup-root PATH`, placed in
+/// each hierarchy as the module header says), or in the helper's
+/// delegated cgroup (`--cgroup-root delegated`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskRoot {
+    Path(PathBuf),
+    Delegated(delegate::Delegation),
+}
+
+impl TaskRoot {
+    /// For the hierarchy mounted at `mount`: the top level the helper may
+    /// create and enable controllers from (the mount point, or the
+    /// delegated cgroup) and the parent of the task cgroups, `scope` below
+    /// the root. `None` when the hierarchy is not delegated to us.
+    pub fn place(&self, mount: &Path, scope: Option<&str>) -> Option<(PathBuf, PathBuf)> {
+        let (top, root) = match self {
+            TaskRoot::Path(p) => (mount.to_path_buf(), root_under(mount, p)),
+            TaskRoot::Delegated(d) => {
+                let base = d.base(mount)?.to_path_buf();
+                (base.clone(), base)
+            }
+        };
+        Some((top, scope.map_or_else(|| root.clone(), |s| root.join(s))))
+    }
+}
+
+impl std::fmt::Display for TaskRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TaskRoot::Path(p) => write!(f, "{}", p.display()),
+            TaskRoot::Delegated(d) => write!(f, "delegated: {}", d.unit),
+        }
     }
 }
 
@@ -291,34 +334,33 @@ impl Layout {
 
     /// The backend of the hierarchy serving `c`, with task cgroups under
     /// `cgroup_root` as the module header describes.
+    #[cfg(test)]
     pub fn backend<'a>(
         &self,
         c: Controller,
         cgroup_root: &Path,
         fs: &'a dyn CgroupFs,
     ) -> Option<Box<dyn CgroupBackend + 'a>> {
-        self.scoped_backend(c, cgroup_root, None, fs)
+        self.scoped_backend(c, &TaskRoot::Path(cgroup_root.to_path_buf()), None, fs)
     }
 
-    /// [`Layout::backend`], its root one level further down, in `scope`.
+    /// The backend of the hierarchy serving `c`, its root placed by `root`
+    /// and one level further down, in `scope`. `None` also when that
+    /// hierarchy is not delegated to us.
     pub fn scoped_backend<'a>(
         &self,
         c: Controller,
-        cgroup_root: &Path,
+        root: &TaskRoot,
         scope: Option<&str>,
         fs: &'a dyn CgroupFs,
     ) -> Option<Box<dyn CgroupBackend + 'a>> {
-        let root_in = |mount: &Path| {
-            let root = root_under(mount, cgroup_root);
-            scope.map_or_else(|| root.clone(), |s| root.join(s))
-        };
         if let Some(h) = self.unified.as_ref().filter(|h| h.has(c)) {
-            let root = root_in(&h.mount_point);
-            return Some(Box::new(V2::new(fs, h.mount_point.clone(), root)));
+            let (top, dir) = root.place(&h.mount_point, scope)?;
+            return Some(Box::new(V2::new(fs, top, dir)));
         }
         let h = self.v1.iter().find(|h| h.has(c))?;
-        let root = root_in(&h.mount_point);
-        Some(Box::new(V1::new(fs, h.mount_point.clone(), root)))
+        let (top, dir) = root.place(&h.mount_point, scope)?;
+        Some(Box::new(V1::new(fs, top, dir)))
     }
 }
 

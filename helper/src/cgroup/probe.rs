@@ -12,7 +12,7 @@ use std::path::Path;
 
 use execgo_runtime_protocol::CgroupVersion;
 
-use super::{CgroupBackend, CgroupError, CgroupFs, Controller, Layout};
+use super::{CgroupBackend, CgroupError, CgroupFs, Controller, Layout, TaskRoot};
 use crate::logging;
 
 /// Values the probe writes: always limits, never grants.
@@ -38,9 +38,9 @@ pub struct Report {
     pub warnings: Vec<String>,
 }
 
-/// Probes with the mounts file `mounts`, task cgroups under `cgroup_root`,
+/// Probes with the mounts file `mounts`, task cgroups placed by `root`,
 /// and `name` (`probe-<pid>`) for the throwaway cgroups.
-pub fn probe(mounts: &Path, cgroup_root: &Path, fs: &dyn CgroupFs, name: &str) -> Report {
+pub fn probe(mounts: &Path, root: &TaskRoot, fs: &dyn CgroupFs, name: &str) -> Report {
     let mut report = Report::default();
     let layout = match Layout::detect(mounts, fs) {
         Ok(l) => l,
@@ -64,8 +64,13 @@ pub fn probe(mounts: &Path, cgroup_root: &Path, fs: &dyn CgroupFs, name: &str) -
             Some(_) => report.v1 = true,
             None => {}
         }
-        let Some(backend) = layout.backend(c, cgroup_root, fs) else {
-            if report.version != CgroupVersion::None {
+        let Some(backend) = layout.scoped_backend(c, root, None, fs) else {
+            if layout.serving(c).is_some() {
+                report.warnings.push(format!(
+                    "cgroup {} controller: its hierarchy is not delegated to the helper ({root})",
+                    c.name()
+                ));
+            } else if report.version != CgroupVersion::None {
                 report.warnings.push(not_served(&layout, c));
             }
             continue;
@@ -211,7 +216,7 @@ mod tests {
         let f = Fixture::v2(&["cpuset", "cpu", "io", "memory", "pids"]);
         let r = probe(
             &f.mounts,
-            &f.path("cgroup/execgo-runtime"),
+            &TaskRoot::Path(f.path("cgroup/execgo-runtime")),
             &f.kernel,
             "probe-7",
         );
@@ -241,7 +246,7 @@ mod tests {
         let f = Fixture::hybrid();
         let r = probe(
             &f.mounts,
-            &f.path("cgroup/execgo-runtime"),
+            &TaskRoot::Path(f.path("cgroup/execgo-runtime")),
             &f.kernel,
             "probe-7",
         );
@@ -262,7 +267,7 @@ mod tests {
         let b = layout.backend(Controller::Pids, &root, &f.kernel).unwrap();
         b.prepare(Controller::Pids).unwrap();
         b.create("probe-7").unwrap();
-        let r = probe(&f.mounts, &root, &f.kernel, "probe-7");
+        let r = probe(&f.mounts, &TaskRoot::Path(root), &f.kernel, "probe-7");
         assert!(r.pids_limit, "{:?}", r.warnings);
         assert!(leftovers(f.tmp.path()).is_empty());
     }
@@ -278,7 +283,7 @@ mod tests {
             .push(f.path("cgroup/pids/execgo-runtime/probe-7"));
         let r = probe(
             &f.mounts,
-            &f.path("cgroup/execgo-runtime"),
+            &TaskRoot::Path(f.path("cgroup/execgo-runtime")),
             &f.kernel,
             "probe-7",
         );
@@ -306,7 +311,7 @@ mod tests {
         f.kernel.deny_mkdir.push(f.path("cgroup/execgo-runtime"));
         let r = probe(
             &f.mounts,
-            &f.path("cgroup/execgo-runtime"),
+            &TaskRoot::Path(f.path("cgroup/execgo-runtime")),
             &f.kernel,
             "probe-7",
         );
@@ -325,7 +330,7 @@ mod tests {
         f.kernel.busy.push(f.path("cgroup/execgo-runtime/probe-7"));
         let r = probe(
             &f.mounts,
-            &f.path("cgroup/execgo-runtime"),
+            &TaskRoot::Path(f.path("cgroup/execgo-runtime")),
             &f.kernel,
             "probe-7",
         );
@@ -339,7 +344,7 @@ mod tests {
         let f = Fixture::v2(&["memory"]);
         let r = probe(
             &f.mounts,
-            &f.path("cgroup/execgo-runtime"),
+            &TaskRoot::Path(f.path("cgroup/execgo-runtime")),
             &f.kernel,
             "probe-7",
         );
@@ -356,7 +361,7 @@ mod tests {
         let f = Fixture::none();
         let r = probe(
             &f.mounts,
-            Path::new("/x/execgo-runtime"),
+            &TaskRoot::Path("/x/execgo-runtime".into()),
             &f.kernel,
             "probe-7",
         );
@@ -371,7 +376,7 @@ mod tests {
         let f = Fixture::none();
         let r = probe(
             &f.path("missing"),
-            Path::new("/x/execgo-runtime"),
+            &TaskRoot::Path("/x/execgo-runtime".into()),
             &f.kernel,
             "probe-7",
         );

@@ -22,7 +22,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::{mkdir_below, root_under, CgroupError, CgroupFs, Controller, Layout};
+use super::{mkdir_below, CgroupError, CgroupFs, Controller, Layout, TaskRoot};
 
 /// The directory under the cgroup root that holds one data dir's task
 /// cgroups, named after the data dir's device and inode.
@@ -66,14 +66,20 @@ impl Placement {
     /// when no hierarchy is usable.
     pub fn prepare(
         layout: &Layout,
-        cgroup_root: &Path,
+        task_root: &TaskRoot,
         scope: &str,
         fs: &dyn CgroupFs,
     ) -> (Option<Placement>, Vec<String>) {
         let mut roots: Vec<PlacedRoot> = Vec::new();
         let mut warnings = Vec::new();
         for c in Controller::ALL {
-            let Some(backend) = layout.scoped_backend(c, cgroup_root, Some(scope), fs) else {
+            let Some(backend) = layout.scoped_backend(c, task_root, Some(scope), fs) else {
+                if layout.serving(c).is_some() {
+                    warnings.push(format!(
+                        "task cgroups: {} controller: its hierarchy is not delegated to the helper ({task_root})",
+                        c.name()
+                    ));
+                }
                 continue;
             };
             match backend.prepare(c) {
@@ -110,10 +116,15 @@ impl Placement {
                 (None, None) => None,
             };
             if let Some((version, mount, via)) = killer {
-                let root = root_under(mount, cgroup_root).join(scope);
                 let controller = (via == KillVia::Freezer).then_some("freezer");
-                match mkdir_below(fs, mount, &root) {
-                    Ok(()) => {
+                let made = match task_root.place(mount, Some(scope)) {
+                    Some((top, root)) => mkdir_below(fs, &top, &root).map(|()| root),
+                    None => Err(CgroupError::NotDelegated {
+                        mount: mount.clone(),
+                    }),
+                };
+                match made {
+                    Ok(root) => {
                         add(&mut roots, version, root, controller);
                         kill = via;
                     }
@@ -601,7 +612,7 @@ mod tests {
 
     fn placement(f: &Fixture, root: &str) -> (Option<Placement>, Vec<String>) {
         let layout = Layout::detect(&f.mounts, &f.kernel).unwrap();
-        Placement::prepare(&layout, Path::new(root), "d-1", &f.kernel)
+        Placement::prepare(&layout, &TaskRoot::Path(root.into()), "d-1", &f.kernel)
     }
 
     #[test]
@@ -812,7 +823,7 @@ mod tests {
         // Another data dir's task, next to ours: not ours to judge.
         let other = Placement::prepare(
             &Layout::detect(&f.mounts, &f.kernel).unwrap(),
-            Path::new("/sys/fs/cgroup/execgo-runtime"),
+            &TaskRoot::Path("/sys/fs/cgroup/execgo-runtime".into()),
             "d-2",
             &f.kernel,
         )

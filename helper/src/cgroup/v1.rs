@@ -18,13 +18,13 @@ const V1_UNLIMITED_FROM: u64 = 1 << 62;
 
 pub struct V1<'a> {
     fs: &'a dyn CgroupFs,
-    mount: PathBuf,
+    top: PathBuf,
     root: PathBuf,
 }
 
 impl<'a> V1<'a> {
-    pub fn new(fs: &'a dyn CgroupFs, mount: PathBuf, root: PathBuf) -> Self {
-        V1 { fs, mount, root }
+    pub fn new(fs: &'a dyn CgroupFs, top: PathBuf, root: PathBuf) -> Self {
+        V1 { fs, top, root }
     }
 
     fn number(&self, path: &Path) -> Result<i64, CgroupError> {
@@ -47,7 +47,7 @@ impl CgroupBackend for V1<'_> {
     }
 
     fn prepare(&self, _c: Controller) -> Result<(), CgroupError> {
-        mkdir_below(self.fs, &self.mount, &self.root)
+        mkdir_below(self.fs, &self.top, &self.root)
     }
 
     fn set_memory_max(&self, dir: &Path, bytes: u64) -> Result<(), CgroupError> {

@@ -18,13 +18,13 @@ use super::{
 
 pub struct V2<'a> {
     fs: &'a dyn CgroupFs,
-    mount: PathBuf,
+    top: PathBuf,
     root: PathBuf,
 }
 
 impl<'a> V2<'a> {
-    pub fn new(fs: &'a dyn CgroupFs, mount: PathBuf, root: PathBuf) -> Self {
-        V2 { fs, mount, root }
+    pub fn new(fs: &'a dyn CgroupFs, top: PathBuf, root: PathBuf) -> Self {
+        V2 { fs, top, root }
     }
 
     /// Adds `c` to `dir/cgroup.subtree_control` unless it is there already.
@@ -49,9 +49,9 @@ impl CgroupBackend for V2<'_> {
 
     fn prepare(&self, c: Controller) -> Result<(), CgroupError> {
         // Top down: a level can enable only what its parent enabled for it.
-        self.enable(&self.mount, c)?;
-        for dir in levels_below(&self.mount, &self.root) {
-            mkdir_below(self.fs, &self.mount, &dir)?;
+        self.enable(&self.top, c)?;
+        for dir in levels_below(&self.top, &self.root) {
+            mkdir_below(self.fs, &self.top, &dir)?;
             self.enable(&dir, c)?;
         }
         Ok(())
