@@ -120,6 +120,30 @@ impl Client {
         self.wait_for(id, every, is_terminal)
     }
 
+    /// Follows the task's events (`?follow=true`) until the stream ends
+    /// after the terminal event: the status, and the instant the end was
+    /// read. No polling: the runtime sends each event as it commits it.
+    pub fn wait_terminal_by_events(&self, id: &str) -> (Value, Instant) {
+        use std::io::BufRead;
+        let url = format!("{}/api/v1/tasks/{id}/events?follow=true", self.base);
+        let resp = self
+            .agent
+            .get(&url)
+            .call()
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let mut reader = std::io::BufReader::new(resp.into_reader());
+        let mut line = String::new();
+        while reader
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("reading {url}: {e}"))
+            > 0
+        {
+            line.clear();
+        }
+        let seen = Instant::now();
+        (self.status(id), seen)
+    }
+
     pub fn wait_for(
         &self,
         id: &str,

@@ -28,6 +28,8 @@ pub struct Env {
     pub root: PathBuf,
     /// Interval of the tight status polls (latency, kill).
     pub poll: Duration,
+    /// How the latency figures learn that a task is over.
+    pub wait: WaitBy,
     /// Whether the root spreads its subdirectories (`chattr +T`).
     spread: bool,
     rows: RefCell<Vec<Row>>,
@@ -65,11 +67,21 @@ impl Runtime {
     }
 }
 
+/// How a sequential task's end is seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WaitBy {
+    /// `GET /api/v1/tasks/:id` every `--poll-us`.
+    Poll,
+    /// `GET /api/v1/tasks/:id/events?follow=true` read to its end.
+    Events,
+}
+
 impl Env {
-    pub fn new(root: PathBuf, poll: Duration, spread: bool) -> Env {
+    pub fn new(root: PathBuf, poll: Duration, wait: WaitBy, spread: bool) -> Env {
         let mut env = Env {
             root,
             poll,
+            wait,
             spread,
             rows: RefCell::default(),
             waited: std::cell::Cell::default(),

@@ -81,7 +81,10 @@ pub fn sequential(
         let t = Instant::now();
         let id = c.submit(body);
         let submit_rtt = t.elapsed();
-        let (st, seen) = c.wait_terminal(&id, env.poll);
+        let (st, seen) = match env.wait {
+            crate::env::WaitBy::Poll => c.wait_terminal(&id, env.poll),
+            crate::env::WaitBy::Events => c.wait_terminal_by_events(&id),
+        };
         let seen_at = epoch_now_ms().floor();
         assert_eq!(st["status"], "success", "{st}");
         samples.push(Sample {

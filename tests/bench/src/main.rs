@@ -89,6 +89,11 @@ struct Args {
     #[arg(long, default_value_t = 200)]
     poll_us: u64,
 
+    /// How the latency and sandbox figures see a task's end: status polls
+    /// every --poll-us, or its event stream read to the end.
+    #[arg(long, value_enum, default_value = "poll")]
+    wait: env::WaitBy,
+
     /// Sequential /bin/true tasks for the latency figure.
     #[arg(long, default_value_t = 500)]
     latency_tasks: usize,
@@ -195,8 +200,10 @@ fn main() {
     let env = env::Env::new(
         root.clone(),
         Duration::from_micros(args.poll_us),
+        args.wait,
         !args.no_spread,
     );
+    println!("task ends seen by: {:?}", args.wait);
     println!("{}", env.cpu_method());
     let started = Instant::now();
     for s in chosen {
