@@ -1,7 +1,8 @@
 //! The public HTTP API: errors ([`error`]), submit
-//! validation ([`validate`]) and the router ([`routes`]); the bodies are
-//! `crate::model`.
+//! validation ([`validate`]), the router ([`routes`]) and its OpenAPI
+//! document ([`openapi`]); the bodies are `crate::model`.
 
 pub mod error;
+pub mod openapi;
 pub mod routes;
 pub mod validate;
