@@ -114,22 +114,22 @@ mod tests {
         let s = &d["components"]["schemas"];
         let api_codes: BTreeSet<String> = ALL_CODES
             .into_iter()
-        .map(|c| {
-            // Exhaustive: a new code fails to compile until it is listed.
-            match c {
-                ApiErrorCode::InvalidInput
-                | ApiErrorCode::UnsupportedCapability
-                | ApiErrorCode::InsufficientResources
-                | ApiErrorCode::PermissionDenied
-                | ApiErrorCode::NotFound
-                | ApiErrorCode::Conflict
-                | ApiErrorCode::ResourceLimitExceeded
-                | ApiErrorCode::StorageUnavailable
-                | ApiErrorCode::NotReady
-                | ApiErrorCode::Internal => json_name(c),
-            }
-        })
-        .collect();
+            .map(|c| {
+                // Exhaustive: a new code fails to compile until it is listed.
+                match c {
+                    ApiErrorCode::InvalidInput
+                    | ApiErrorCode::UnsupportedCapability
+                    | ApiErrorCode::InsufficientResources
+                    | ApiErrorCode::PermissionDenied
+                    | ApiErrorCode::NotFound
+                    | ApiErrorCode::Conflict
+                    | ApiErrorCode::ResourceLimitExceeded
+                    | ApiErrorCode::StorageUnavailable
+                    | ApiErrorCode::NotReady
+                    | ApiErrorCode::Internal => json_name(c),
+                }
+            })
+            .collect();
         assert_eq!(strings(&s["ApiErrorCode"]["enum"]), api_codes);
         let statuses: BTreeSet<String> = TaskStatus::ALL.into_iter().map(json_name).collect();
         assert_eq!(strings(&s["TaskStatus"]["enum"]), statuses);
@@ -166,12 +166,14 @@ mod tests {
                     };
                     let resp = &d["components"]["responses"][name];
                     let schema = &resp["content"]["application/json"]["schema"]["allOf"][1];
-                    let codes = strings(&schema["properties"]["error"]["properties"]["code"]["enum"]);
+                    let codes =
+                        strings(&schema["properties"]["error"]["properties"]["code"]["enum"]);
                     assert!(!codes.is_empty(), "{method} {path} {status}: no codes");
                     for code in codes {
                         let want = status_of[&code];
                         let ok = want.to_string() == *status
-                            || (code == "invalid_input" && ["405", "413"].contains(&status.as_str()));
+                            || (code == "invalid_input"
+                                && ["405", "413"].contains(&status.as_str()));
                         assert!(ok, "{method} {path}: {code} under {status}, answers {want}");
                     }
                 }
