@@ -12,7 +12,7 @@
 #
 # Usage: tests/schemathesis/run.sh [BIN_DIR]   (default: the cargo target
 # dir's release/, i.e. after `cargo build --release`)
-# Env: SCHEMATHESIS_MAX_EXAMPLES (default 40), SCHEMATHESIS_VENV (default
+# Env: SCHEMATHESIS_MAX_EXAMPLES (default 100), SCHEMATHESIS_VENV (default
 # a venv under the cargo target dir, created on first use).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,7 +20,7 @@ cd "$(dirname "$0")/../.."
 SCHEMATHESIS_VERSION=4.32.5
 target=${CARGO_TARGET_DIR:-target}
 bin_dir=${1:-$target/release}
-max_examples=${SCHEMATHESIS_MAX_EXAMPLES:-40}
+max_examples=${SCHEMATHESIS_MAX_EXAMPLES:-100}
 venv=$(realpath -m "${SCHEMATHESIS_VENV:-$target/schemathesis-venv}")
 
 for b in execgo-runtime execgo-runtime-helper; do
