@@ -2,8 +2,9 @@
 # Property-based API test: schemathesis generates requests from the
 # OpenAPI document the live runtime serves (GET /api/v1/openapi.json) and
 # checks every answer: no 5xx, a status the document lists for the
-# operation, its content type, a body its schema accepts. It must report
-# no failure.
+# operation, its content type, headers and a body its schema accepts, and
+# 405 with a correct Allow for methods a path does not answer. It must
+# report no failure.
 #
 # Generated submits run real commands with random argv, so the runtime
 # (and its embedded helper, and so every task) runs as `nobody` from a
@@ -90,7 +91,7 @@ cmp "$work/openapi.json" docs/openapi.json
 status=0
 # From $work: schemathesis keeps a crash cache in ./.schemathesis.
 (cd "$work" && "$venv/bin/schemathesis" run "$work/openapi.json" --url "$base" \
-    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,unsupported_method,allow_header_conformance \
     --phases examples,coverage,fuzzing,stateful \
     --max-examples "$max_examples" \
     --workers 2 \
