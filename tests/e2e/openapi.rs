@@ -575,3 +575,39 @@ fn every_answer_matches_the_document() {
         "operations never exercised: {missing:?}"
     );
 }
+
+/// A runtime whose helper cannot be reached: `/readyz` answers 503
+/// `not_ready`, the capabilities say nothing was probed, and a submitted
+/// task stays `accepted` (its launch in flight); each answer as the
+/// document says.
+#[test]
+fn answers_without_a_helper_match_the_document() {
+    let tmp = tempdir();
+    let sock = tmp.path().join("no-helper.sock");
+    let s = Server::builder()
+        .arg("--helper-socket")
+        .arg(sock.to_string_lossy().to_string())
+        .start();
+    let mut spec = Spec::load();
+    let r = s.get("/readyz");
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.code(), "not_ready");
+    spec.check("GET", "/readyz", &r);
+    let r = s.get("/api/v1/runtime/capabilities");
+    spec.check("GET", "/api/v1/runtime/capabilities", &r);
+    assert!(r.text.contains("helper: not reached yet"), "{}", r.text);
+    let id = s.submit(&json!({"execution": {"kind": "command", "program": "/bin/true"}}));
+    for p in [
+        format!("/api/v1/tasks/{id}"),
+        format!("/api/v1/tasks/{id}/events"),
+    ] {
+        let tpl = p.replace(&id, "{id}");
+        let r = s.get(&p);
+        assert_eq!(r.status, 200, "{}", r.text);
+        spec.check("GET", &tpl, &r);
+    }
+    let r = s.get("/api/v1/runtime/resources");
+    spec.check("GET", "/api/v1/runtime/resources", &r);
+    let r = s.get("/metrics");
+    spec.check("GET", "/metrics", &r);
+}
