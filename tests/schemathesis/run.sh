@@ -42,13 +42,17 @@ cleanup() {
         kill -KILL "$serve_pid" 2>/dev/null || true
     fi
     # Shims and tasks outlive the runtime by design: end the ones this run
-    # started, known by their executable (this run's copy of the helper)
-    # or working directory (a task workspace under $work).
+    # started, known by their executable (this run's copy of the helper),
+    # working directory (a task workspace under $work) or the HOME the
+    # runtime passes on to tasks.
     for _ in 1 2 3; do
         for d in /proc/[0-9]*; do
             case "$(readlink "$d/exe" 2>/dev/null)|$(readlink "$d/cwd" 2>/dev/null)" in
-                "$work/"*|*"|$work/"*) kill -KILL "${d#/proc/}" 2>/dev/null || true ;;
+                "$work/"*|*"|$work/"*) kill -KILL "${d#/proc/}" 2>/dev/null || true; continue ;;
             esac
+            if { tr '\0' '\n' <"$d/environ"; } 2>/dev/null | grep -qxF "HOME=$work/home"; then
+                kill -KILL "${d#/proc/}" 2>/dev/null || true
+            fi
         done
         sleep 0.1
     done
