@@ -97,6 +97,7 @@ mod tests {
     fn the_document_names_exactly_the_routers_paths() {
         let d = doc();
         assert_eq!(d["openapi"], "3.1.0");
+        assert_eq!(d["info"]["version"], env!("CARGO_PKG_VERSION"));
         let documented: BTreeSet<String> = d["paths"]
             .as_object()
             .expect("paths")
