@@ -206,6 +206,10 @@ where
             method_check(method, get, path, "GET")?;
             Ok(json_reply(200, &crate::views::resources(&engine).await?))
         }
+        ["api", "v1", "openapi.json"] => {
+            method_check(method, get, path, "GET")?;
+            Ok(super::openapi::reply())
+        }
         ["metrics"] => {
             method_check(method, get, path, "GET")?;
             let text = engine.metrics_text().await?;
