@@ -250,3 +250,63 @@ fn open_task_dir(ctx: &Context, id: &str) -> Result<OwnedFd, LaunchError> {
     let tasks = fs_at::open_dir(ctx.data_fd.as_fd(), "tasks").map_err(classify)?;
     fs_at::open_dir(tasks.as_fd(), id).map_err(classify)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+
+    fn ctx_with_root(root: &std::path::Path) -> (tempfile::TempDir, Context) {
+        let data = tempfile::tempdir().unwrap();
+        let open = |p: &std::path::Path| {
+            sys::open(
+                p,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .unwrap()
+        };
+        let ctx = Context {
+            data_fd: open(data.path()),
+            capabilities: Default::default(),
+            task_identity: None,
+            cgroups: None,
+            rootfs_dirs: Vec::new(),
+            workdir_roots: vec![(root.display().to_string(), open(root))],
+            task_seccomp: None,
+        };
+        (data, ctx)
+    }
+
+    #[test]
+    fn a_workdir_is_opened_beneath_its_root_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::create_dir(tmp.path().join("out")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("out"), root.join("link")).unwrap();
+        std::fs::write(root.join("file"), "").unwrap();
+        let (_data, ctx) = ctx_with_root(&root);
+        let r = root.display().to_string();
+        assert!(open_workdir(&ctx, None).unwrap().is_none());
+        for ok in [r.clone(), format!("{r}/a"), format!("{r}/a/b")] {
+            assert!(open_workdir(&ctx, Some(&ok)).unwrap().is_some(), "{ok}");
+        }
+        let out = tmp.path().join("out").display().to_string();
+        for refused in [out, format!("{r}x"), format!("{r}/a/../../out"), "/".into()] {
+            let e = open_workdir(&ctx, Some(&refused)).unwrap_err();
+            assert_eq!(e.kind(), HelperErrorKind::InvalidRequest, "{refused}");
+            assert!(e.to_string().contains(&r), "names the roots: {e}");
+        }
+        for failed in [
+            format!("{r}/nope"),
+            format!("{r}/link"),
+            format!("{r}/link/x"),
+            format!("{r}/file"),
+        ] {
+            let e = open_workdir(&ctx, Some(&failed)).unwrap_err();
+            assert_eq!(e.kind(), HelperErrorKind::LaunchFailed, "{failed}: {e}");
+        }
+    }
+}

@@ -336,6 +336,17 @@ mod tests {
     }
 
     #[test]
+    fn workdir_roots_are_absolute_and_normalised() {
+        assert_eq!(
+            parse_workdir_root("/srv/apps").unwrap(),
+            PathBuf::from("/srv/apps")
+        );
+        for bad in ["", "/", "rel", "/a/", "/a//b", "/a/./b", "/a/../b", "/a\0b"] {
+            assert!(parse_workdir_root(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn runtime_id_default() {
         let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         assert_eq!(
