@@ -11,7 +11,10 @@
 //! behave as the peer does: the task's base environment is the runtime's
 //! whole environment, and processes the main process leaves running (the
 //! bootstrap pattern, `sh -c 'daemon &'`) are kept until the task is
-//! deleted instead of being killed when it exits.
+//! deleted instead of being killed when it exits. A third is taken when
+//! asked: an absolute `workingDir` under a `--opensandbox-workdir-root`
+//! becomes the task's working directory (checked again, and opened, by the
+//! helper).
 //!
 //! A deletion stops the task (a kill: SIGTERM, grace, SIGKILL of the whole
 //! task, by its shim; for a task that ended with processes left behind, the

@@ -98,7 +98,7 @@ CREATE INDEX IF NOT EXISTS tasks_by_status_created ON tasks(status, created_at, 
 CREATE INDEX IF NOT EXISTS tasks_by_created ON tasks(created_at, task_id);
 CREATE INDEX IF NOT EXISTS tasks_by_tenant ON tasks(tenant, created_at, task_id) WHERE tenant IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks(owner, created_at, task_id) WHERE owner IS NOT NULL;
-CREATE INDEX IF NOT EXISTS tasks_by_finish ON tasks(finished_unix_ms) WHERE finished_unix_ms IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_by_finish_id ON tasks(finished_unix_ms, task_id) WHERE finished_unix_ms IS NOT NULL;
 CREATE TABLE IF NOT EXISTS task_labels (
     task_id TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -360,6 +360,10 @@ fn has_table(conn: &Connection, name: &str) -> Result<bool> {
 fn migrate(conn: &Connection, labels_new: bool) -> Result<()> {
     // Replaced by tasks_by_status_created, which serves the same lookups.
     conn.execute_batch("DROP INDEX IF EXISTS tasks_by_status")
+        .map_err(sql("dropping an old index"))?;
+    // Replaced by tasks_by_finish_id, whose order the GC's keyset pages
+    // follow (no sort of the whole backlog per page).
+    conn.execute_batch("DROP INDEX IF EXISTS tasks_by_finish")
         .map_err(sql("dropping an old index"))?;
     if labels_new {
         conn.execute_batch(
@@ -838,8 +842,7 @@ pub fn expired(
     let mut stmt = conn
         .prepare_cached(
             "SELECT task_id, finished_unix_ms FROM tasks WHERE finished_unix_ms IS NOT NULL
-             AND finished_unix_ms < ?1
-             AND (finished_unix_ms > ?2 OR (finished_unix_ms = ?2 AND task_id > ?3))
+             AND finished_unix_ms < ?1 AND (finished_unix_ms, task_id) > (?2, ?3)
              ORDER BY finished_unix_ms, task_id LIMIT ?4",
         )
         .map_err(sql("preparing the expiry scan"))?;
@@ -930,6 +933,55 @@ pub(crate) mod testing {
             ["b", "d"]
         );
         assert!(expired(&c, 50, Some((20, "d")), 2).unwrap().is_empty());
+        // One index range, in order: no sort of every expired task.
+        let plan: Vec<String> = c
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT task_id, finished_unix_ms FROM tasks
+                 WHERE finished_unix_ms IS NOT NULL AND finished_unix_ms < 50
+                 AND (finished_unix_ms, task_id) > (5, 'c')
+                 ORDER BY finished_unix_ms, task_id LIMIT 2",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("tasks_by_finish_id"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    }
+
+    #[test]
+    fn an_older_tasks_table_gains_the_launch_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            insert_task(&c, "old", "2026-01-01T00:00:00.000Z", &[]);
+            // As a database from before the launch columns and the
+            // keyset index of the GC.
+            c.execute_batch(
+                "DROP INDEX tasks_by_finish_id;
+                 CREATE INDEX tasks_by_finish ON tasks(finished_unix_ms)
+                   WHERE finished_unix_ms IS NOT NULL;
+                 ALTER TABLE tasks DROP COLUMN workdir;
+                 ALTER TABLE tasks DROP COLUMN launch_flags;",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let row = store.readers().with(|c| get(c, "old")).unwrap().unwrap();
+        assert_eq!(row.launch, LaunchOptions::default());
+        let c = Connection::open(&path).unwrap();
+        let old_index: i64 = c
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'tasks_by_finish'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old_index, 0);
     }
 
     #[test]
