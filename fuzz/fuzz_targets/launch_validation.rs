@@ -139,6 +139,7 @@ fn build(u: &mut Unstructured) -> Result<LaunchSpec> {
         } else {
             None
         },
+        workdir: None,
     })
 }
 

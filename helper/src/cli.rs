@@ -102,6 +102,14 @@ pub struct Args {
     #[arg(long, value_name = "DIR", value_parser = parse_cgroup_root)]
     pub rootfs_dir: Vec<PathBuf>,
 
+    /// A directory under which a `process` task may be given an absolute
+    /// working directory (OpenSandbox's `workingDir`): the directory itself
+    /// or any below it, opened without following symlinks. Absolute and
+    /// normalised; repeatable. Without one, every task starts in its
+    /// workspace.
+    #[arg(long, value_name = "DIR", value_parser = parse_cgroup_root)]
+    pub workdir_root: Vec<PathBuf>,
+
     /// Parent cgroup of per-task cgroups: a PATH, or `delegated`.
     ///
     /// PATH: where the unified (v2) hierarchy is mounted at or above PATH
@@ -207,7 +215,8 @@ fn parse_cgroup_root_arg(s: &str) -> Result<CgroupRoot, String> {
         .map_err(|e| format!("{e}, or be the word \"delegated\""))
 }
 
-/// `--cgroup-root` and `--rootfs-dir`: absolute, normalised, not `/`.
+/// `--cgroup-root`, `--rootfs-dir` and `--workdir-root`: absolute,
+/// normalised, not `/`.
 /// Rejected, never repaired.
 fn parse_cgroup_root(s: &str) -> Result<PathBuf, String> {
     let p = Path::new(s);

@@ -24,6 +24,8 @@ pub struct Context {
     pub cgroups: Option<crate::cgroup::task::Placement>,
     /// The `--rootfs-dir`s, as given and opened at start.
     pub rootfs_dirs: Vec<(String, OwnedFd)>,
+    /// The `--workdir-root`s, as given and opened at start.
+    pub workdir_roots: Vec<(String, OwnedFd)>,
     /// The sandbox's seccomp filters, compiled once at start (each shim
     /// inherits them by the fork); `None` when the host has no seccomp or
     /// they did not compile, and a sandbox shim compiles (and fails) then.
@@ -143,6 +145,7 @@ pub fn test_dispatcher() -> (tempfile::TempDir, Dispatcher) {
         task_identity: None,
         cgroups: None,
         rootfs_dirs: Vec::new(),
+        workdir_roots: Vec::new(),
         task_seccomp: None,
     };
     (tmp, Dispatcher::new(ctx))

@@ -63,6 +63,16 @@ pub enum LaunchError {
     },
     #[error(transparent)]
     Sidecar(crate::sidecar::SidecarError),
+    #[error(
+        "workdir {path:?} is not a --workdir-root of this helper or inside one (allowed: {roots})"
+    )]
+    WorkdirNotAllowed { path: String, roots: String },
+    #[error("opening the working directory {path:?} beneath its --workdir-root without following symlinks failed (it must exist and be a directory)")]
+    Workdir {
+        path: String,
+        #[source]
+        source: Errno,
+    },
 }
 
 impl LaunchError {
@@ -70,14 +80,17 @@ impl LaunchError {
         match self {
             LaunchError::Invalid(_)
             | LaunchError::TaskDirMissing(_)
-            | LaunchError::TaskDirNotADir(_) => HelperErrorKind::InvalidRequest,
+            | LaunchError::TaskDirNotADir(_)
+            | LaunchError::WorkdirNotAllowed { .. } => HelperErrorKind::InvalidRequest,
             LaunchError::RootfsNotAllowed(_)
             | LaunchError::Rootfs { .. }
             | LaunchError::Sidecar(_) => HelperErrorKind::SandboxSetupFailed,
             // A shim may be running, and nobody knows its pid: not a plain
             // launch failure (see docs/helper.md).
             LaunchError::Start(DetachError::Lost(_)) => HelperErrorKind::Internal,
-            LaunchError::TaskDir { .. } | LaunchError::Start(_) => HelperErrorKind::LaunchFailed,
+            LaunchError::TaskDir { .. } | LaunchError::Start(_) | LaunchError::Workdir { .. } => {
+                HelperErrorKind::LaunchFailed
+            }
             LaunchError::Threaded(_) | LaunchError::ThreadCount(_) => HelperErrorKind::LaunchFailed,
         }
     }
@@ -119,6 +132,7 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, Launc
     // Validation first: a refused request has no side effect at all.
     let launch = validate(spec)?;
     let rootfs = open_rootfs(ctx, &launch.profile)?;
+    let workdir = open_workdir(ctx, launch.workdir.as_deref())?;
     let task_dir = open_task_dir(ctx, &launch.task_id)?;
     // Sidecar mode: the target is found by the helper itself, never taken
     // from the runtime (which names only the container).
@@ -142,6 +156,7 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, Launc
         rootfs,
         seccomp,
         sidecar,
+        workdir,
     };
     let threads = sys::thread_count().map_err(LaunchError::ThreadCount)?;
     if threads != 1 {
@@ -189,6 +204,37 @@ fn open_rootfs(ctx: &Context, profile: &LaunchProfile) -> Result<Option<OwnedFd>
         })
 }
 
+/// A task's absolute working directory, opened beneath the `--workdir-root`
+/// it lies in (lexically, checked again here: the runtime's word is not
+/// taken), no symlink followed on the way. It must exist.
+fn open_workdir(ctx: &Context, path: Option<&str>) -> Result<Option<OwnedFd>, LaunchError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let names: Vec<String> = ctx.workdir_roots.iter().map(|(d, _)| d.clone()).collect();
+    let not_allowed = || LaunchError::WorkdirNotAllowed {
+        path: path.to_string(),
+        roots: names.join(", "),
+    };
+    let (root, rel) =
+        execgo_runtime_protocol::workdir_within(path, &names).ok_or_else(not_allowed)?;
+    let (_, fd) = ctx
+        .workdir_roots
+        .iter()
+        .find(|(d, _)| d == root)
+        .ok_or_else(not_allowed)?;
+    let opened = if rel.is_empty() {
+        fd.try_clone()
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EBADF)))
+    } else {
+        fs_at::open_dir_beneath(fd.as_fd(), rel)
+    };
+    opened.map(Some).map_err(|source| LaunchError::Workdir {
+        path: path.to_string(),
+        source,
+    })
+}
+
 /// `tasks/<id>`, resolved under the data dir descriptor one component at a
 /// time, neither component allowed to be a symlink.
 fn open_task_dir(ctx: &Context, id: &str) -> Result<OwnedFd, LaunchError> {
@@ -203,4 +249,64 @@ fn open_task_dir(ctx: &Context, id: &str) -> Result<OwnedFd, LaunchError> {
     };
     let tasks = fs_at::open_dir(ctx.data_fd.as_fd(), "tasks").map_err(classify)?;
     fs_at::open_dir(tasks.as_fd(), id).map_err(classify)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+
+    fn ctx_with_root(root: &std::path::Path) -> (tempfile::TempDir, Context) {
+        let data = tempfile::tempdir().unwrap();
+        let open = |p: &std::path::Path| {
+            sys::open(
+                p,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .unwrap()
+        };
+        let ctx = Context {
+            data_fd: open(data.path()),
+            capabilities: Default::default(),
+            task_identity: None,
+            cgroups: None,
+            rootfs_dirs: Vec::new(),
+            workdir_roots: vec![(root.display().to_string(), open(root))],
+            task_seccomp: None,
+        };
+        (data, ctx)
+    }
+
+    #[test]
+    fn a_workdir_is_opened_beneath_its_root_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::create_dir(tmp.path().join("out")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("out"), root.join("link")).unwrap();
+        std::fs::write(root.join("file"), "").unwrap();
+        let (_data, ctx) = ctx_with_root(&root);
+        let r = root.display().to_string();
+        assert!(open_workdir(&ctx, None).unwrap().is_none());
+        for ok in [r.clone(), format!("{r}/a"), format!("{r}/a/b")] {
+            assert!(open_workdir(&ctx, Some(&ok)).unwrap().is_some(), "{ok}");
+        }
+        let out = tmp.path().join("out").display().to_string();
+        for refused in [out, format!("{r}x"), format!("{r}/a/../../out"), "/".into()] {
+            let e = open_workdir(&ctx, Some(&refused)).unwrap_err();
+            assert_eq!(e.kind(), HelperErrorKind::InvalidRequest, "{refused}");
+            assert!(e.to_string().contains(&r), "names the roots: {e}");
+        }
+        for failed in [
+            format!("{r}/nope"),
+            format!("{r}/link"),
+            format!("{r}/link/x"),
+            format!("{r}/file"),
+        ] {
+            let e = open_workdir(&ctx, Some(&failed)).unwrap_err();
+            assert_eq!(e.kind(), HelperErrorKind::LaunchFailed, "{failed}: {e}");
+        }
+    }
 }

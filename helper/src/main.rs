@@ -92,6 +92,12 @@ enum MainError {
         #[source]
         source: Errno,
     },
+    #[error("--workdir-root {path}: cannot be opened as a directory")]
+    WorkdirRoot {
+        path: PathBuf,
+        #[source]
+        source: Errno,
+    },
     #[error("--rootfs-dir {path}: cannot be opened as a directory")]
     RootfsDir {
         path: PathBuf,
@@ -243,6 +249,23 @@ fn run(args: cli::Args, activated: Option<i32>) -> Result<(), MainError> {
         capabilities.rootfs_dirs.push(text.clone());
         rootfs_dirs.push((text, fd));
     }
+    // Opened now, like the rootfs dirs: a later rename of the path changes
+    // nothing, and a task's workdir is resolved beneath the descriptor.
+    let mut workdir_roots = Vec::new();
+    for dir in &args.workdir_root {
+        let fd = sys::open(
+            dir,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|source| MainError::WorkdirRoot {
+            path: dir.clone(),
+            source,
+        })?;
+        let text = dir.display().to_string();
+        capabilities.workdir_roots.push(text.clone());
+        workdir_roots.push((text, fd));
+    }
     let mode = match (&args.socket, args.inherited_fd) {
         (Some(path), None) => {
             let first = *peers.first().ok_or(MainError::Usage)?;
@@ -326,6 +349,7 @@ fn run(args: cli::Args, activated: Option<i32>) -> Result<(), MainError> {
         task_identity,
         cgroups,
         rootfs_dirs,
+        workdir_roots,
         task_seccomp,
     });
     dispatcher.sweep_cgroups();

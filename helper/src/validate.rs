@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use execgo_runtime_protocol::taskdir::MAX_OUTPUT_HEAD_BYTES;
 use execgo_runtime_protocol::{
-    valid_relative_path, valid_task_id, LaunchLimits, LaunchProfile, LaunchSpec, CPU_MILLIS_MAX,
-    CPU_MILLIS_MIN,
+    valid_absolute_path, valid_relative_path, valid_task_id, LaunchLimits, LaunchProfile,
+    LaunchSpec, CPU_MILLIS_MAX, CPU_MILLIS_MIN,
 };
 use serde_json::{Map, Value};
 
@@ -58,6 +58,13 @@ pub enum ValidateError {
         "sidecar_target {0:?} is invalid: use 1 to 253 ascii letters, digits, '-', '_' or '.'"
     )]
     SidecarTarget(String),
+    #[error(
+        "workdir {0:?} is invalid: it must be absolute, without '..', '.' or empty components, \
+         and not '/'"
+    )]
+    Workdir(String),
+    #[error("workdir is only for the process profile, without a sidecar target")]
+    WorkdirProfile,
 }
 
 /// A launch request that passed every check.
@@ -77,6 +84,9 @@ pub struct ValidatedLaunch {
     pub keep_descendants: bool,
     /// The main container whose namespaces the task joins (sidecar mode).
     pub sidecar_target: Option<String>,
+    /// An absolute working directory instead of the workspace; checked
+    /// against the `--workdir-root`s when it is opened (`launch.rs`).
+    pub workdir: Option<String>,
 }
 
 impl ValidatedLaunch {
@@ -153,6 +163,17 @@ pub fn validate(spec: LaunchSpec) -> Result<ValidatedLaunch, ValidateError> {
             return Err(ValidateError::SidecarTarget(name.clone()));
         }
     }
+    if let Some(dir) = &spec.workdir {
+        if !valid_absolute_path(dir) {
+            return Err(ValidateError::Workdir(dir.clone()));
+        }
+        // A linux_sandbox task sees a read-only host root, or its own
+        // rootfs, and a sidecar task another file system: a host path
+        // means something else there.
+        if spec.sidecar_target.is_some() || !matches!(spec.profile, LaunchProfile::Process) {
+            return Err(ValidateError::WorkdirProfile);
+        }
+    }
     // Every field of every profile is a plain flag: nothing to refuse.
     let profile = spec.profile;
     Ok(ValidatedLaunch {
@@ -167,6 +188,7 @@ pub fn validate(spec: LaunchSpec) -> Result<ValidatedLaunch, ValidateError> {
         task_cgroups: spec.task_cgroups,
         keep_descendants: spec.keep_descendants,
         sidecar_target: spec.sidecar_target,
+        workdir: spec.workdir,
     })
 }
 
@@ -195,6 +217,7 @@ mod tests {
             task_cgroups: true,
             keep_descendants: false,
             sidecar_target: None,
+            workdir: None,
         }
     }
 
@@ -262,5 +285,34 @@ mod tests {
         assert!(err(|s| s.limits.memory_bytes = Some(0)).contains("memory_bytes"));
         assert!(err(|s| s.limits.cpu_millis = Some(9)).contains("cpu_millis"));
         assert!(err(|s| s.limits.cpu_millis = Some(1_000_001)).contains("cpu_millis"));
+        for bad in ["rel", "/", "/a/../b", "/a/./b", "/a//b", "/a/", "", "/a\0"] {
+            assert!(
+                err(|s| s.workdir = Some(bad.into())).starts_with("workdir"),
+                "{bad:?}"
+            );
+        }
+        assert!(err(|s| {
+            s.workdir = Some("/srv/app".into());
+            s.sidecar_target = Some("main".into());
+        })
+        .contains("process profile"));
+        assert!(err(|s| {
+            s.workdir = Some("/srv/app".into());
+            s.profile = LaunchProfile::LinuxSandbox(execgo_runtime_protocol::SandboxSpec {
+                mount: true,
+                pid: false,
+                uts: false,
+                ipc: false,
+                net: false,
+                rootfs: None,
+            });
+        })
+        .contains("process profile"));
+        let v = validate(LaunchSpec {
+            workdir: Some("/srv/app".into()),
+            ..good()
+        })
+        .unwrap();
+        assert_eq!(v.workdir.as_deref(), Some("/srv/app"));
     }
 }

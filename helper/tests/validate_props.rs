@@ -131,6 +131,7 @@ fn spec() -> impl Strategy<Value = LaunchSpec> {
                     task_cgroups: cgroups,
                     keep_descendants: keep,
                     sidecar_target: None,
+                    workdir: None,
                 }
             },
         )
@@ -212,6 +213,8 @@ fn breaks(s: &LaunchSpec, e: &ValidateError) -> bool {
         ValidateError::CpuMillis => l.cpu_millis.is_some_and(|m| !cpu_millis_ok(m)),
         // The strategy never sets a target (sidecar_target: None).
         ValidateError::SidecarTarget(_) => false,
+        // Nor a workdir (workdir: None).
+        ValidateError::Workdir(_) | ValidateError::WorkdirProfile => false,
     }
 }
 

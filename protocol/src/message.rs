@@ -130,6 +130,10 @@ pub struct HelperCapabilities {
     /// The operator's `--rootfs-dir`s: a sandbox's `rootfs` must lie
     /// inside one of them.
     pub rootfs_dirs: Vec<String>,
+    // Protocol version 6.
+    /// The operator's `--workdir-root`s: a task's absolute working
+    /// directory ([`LaunchSpec::workdir`]) must lie inside one of them.
+    pub workdir_roots: Vec<String>,
 }
 
 /// Namespaces a throwaway child could create with unshare(2).
@@ -244,6 +248,14 @@ pub struct LaunchSpec {
     /// first whose environment holds exactly `SANDBOX_MAIN_CONTAINER=<name>`,
     /// see [`SIDECAR_MARKER`]); the name follows [`valid_container_name`].
     pub sidecar_target: Option<String>,
+    // Protocol version 6.
+    /// The task's working directory, instead of its workspace: an
+    /// absolute, normalised path strictly inside one of the helper's
+    /// `--workdir-root`s ([`HelperCapabilities::workdir_roots`], the rule of
+    /// [`rootfs_allowed`]); it must exist (it is not created). Process
+    /// profile only, and not with `sidecar_target`. For OpenSandbox's
+    /// absolute `workingDir`.
+    pub workdir: Option<String>,
 }
 
 /// The environment variable that marks the main container's process in
@@ -334,24 +346,48 @@ pub fn valid_task_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
-/// Whether `path` is absolute and normalised (no `.`, `..` or empty
-/// components, no trailing slash, not `/`) and strictly inside one of
-/// `dirs` (each itself such a path).
+/// Whether `path` is absolute and normalised: no `.`, `..` or empty
+/// components, no trailing slash, no NUL, not `/`.
+pub fn valid_absolute_path(p: &str) -> bool {
+    p.len() > 1
+        && p.starts_with('/')
+        && !p.contains('\0')
+        && p[1..]
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+/// Whether `path` is absolute and normalised ([`valid_absolute_path`]) and
+/// strictly inside one of `dirs` (each itself such a path).
 pub fn rootfs_allowed(path: &str, dirs: &[String]) -> bool {
-    let normalised = |p: &str| {
-        p.len() > 1
-            && p.starts_with('/')
-            && !p.contains('\0')
-            && p[1..]
-                .split('/')
-                .all(|c| !c.is_empty() && c != "." && c != "..")
-    };
-    normalised(path)
+    valid_absolute_path(path)
         && dirs.iter().any(|d| {
-            normalised(d)
+            valid_absolute_path(d)
                 && path
                     .strip_prefix(d.as_str())
                     .is_some_and(|rest| rest.starts_with('/'))
+        })
+}
+
+/// The rule of a task's absolute working directory
+/// ([`LaunchSpec::workdir`]): absolute and normalised, and one of `roots`
+/// or inside one (lexically: `/srv/app` is under `/srv`, `/srvx` is not).
+/// Returns the root it lies in and the relative rest (empty for the root
+/// itself).
+pub fn workdir_within<'a>(path: &'a str, roots: &'a [String]) -> Option<(&'a str, &'a str)> {
+    if !valid_absolute_path(path) {
+        return None;
+    }
+    roots
+        .iter()
+        .filter(|r| valid_absolute_path(r))
+        .find_map(|r| {
+            let rest = path.strip_prefix(r.as_str())?;
+            if rest.is_empty() {
+                Some((r.as_str(), ""))
+            } else {
+                rest.strip_prefix('/').map(|rel| (r.as_str(), rel))
+            }
         })
 }
 
@@ -369,6 +405,36 @@ pub fn valid_relative_path(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workdir_rule() {
+        let roots = vec!["/srv".to_string(), "/data/apps".to_string()];
+        assert_eq!(workdir_within("/srv", &roots), Some(("/srv", "")));
+        assert_eq!(workdir_within("/srv/a/b", &roots), Some(("/srv", "a/b")));
+        assert_eq!(
+            workdir_within("/data/apps/x", &roots),
+            Some(("/data/apps", "x"))
+        );
+        for bad in [
+            "/srvx",
+            "/srv/../etc",
+            "/srv/./a",
+            "/srv//a",
+            "/srv/",
+            "srv/a",
+            "/",
+            "",
+            "/etc",
+            "/data",
+            "/srv/a\0",
+        ] {
+            assert_eq!(workdir_within(bad, &roots), None, "{bad:?}");
+        }
+        assert_eq!(workdir_within("/srv/a", &[]), None);
+        // A root that is not itself normalised allows nothing.
+        assert_eq!(workdir_within("/a/b", &["/a/".to_string()]), None);
+        assert_eq!(workdir_within("/x", &["/".to_string()]), None);
+    }
 
     #[test]
     fn task_id_rule() {

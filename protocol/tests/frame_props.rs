@@ -63,6 +63,7 @@ fn spec() -> impl Strategy<Value = LaunchSpec> {
                     task_cgroups: cgroups,
                     keep_descendants: keep,
                     sidecar_target: None,
+                    workdir: None,
                 }
             },
         )

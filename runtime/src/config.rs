@@ -133,6 +133,29 @@ pub struct ServeArgs {
     #[arg(long, env = "MAIN_CONTAINER_NAME", value_name = "NAME", default_value = "main",
           value_parser = parse_container_name)]
     pub main_container_name: String,
+    /// A directory under which tasks created through the OpenSandbox API
+    /// may name an absolute workingDir (the directory itself or any below
+    /// it; it must exist); repeatable (the env var takes a ':'-separated
+    /// list), passed to the embedded helper as --workdir-root. Without
+    /// one, an absolute workingDir is refused.
+    #[arg(
+        long,
+        env = "EXECGO_RUNTIME_OPENSANDBOX_WORKDIR_ROOT",
+        value_name = "DIR",
+        value_delimiter = ':',
+        value_parser = parse_workdir_root
+    )]
+    pub opensandbox_workdir_root: Vec<PathBuf>,
+}
+
+/// `--opensandbox-workdir-root`: absolute, normalised (no `.`, `..` or
+/// empty components, no trailing slash), not `/`. Rejected, never repaired.
+fn parse_workdir_root(s: &str) -> Result<PathBuf, String> {
+    if execgo_runtime_protocol::valid_absolute_path(s) {
+        Ok(PathBuf::from(s))
+    } else {
+        Err("must be an absolute path below / without '.', '..', empty components or a trailing slash".to_string())
+    }
 }
 
 fn parse_container_name(s: &str) -> Result<String, String> {
@@ -309,6 +332,17 @@ mod tests {
             "a=slots:-1",
         ] {
             assert!(parse_tenant_quota(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn workdir_roots_are_absolute_and_normalised() {
+        assert_eq!(
+            parse_workdir_root("/srv/apps").unwrap(),
+            PathBuf::from("/srv/apps")
+        );
+        for bad in ["", "/", "rel", "/a/", "/a//b", "/a/./b", "/a/../b", "/a\0b"] {
+            assert!(parse_workdir_root(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -73,6 +73,9 @@ pub enum HelperMode {
         allow_root_tasks: bool,
         /// `--rootfs-dir`s for the helper.
         rootfs_dirs: Vec<PathBuf>,
+        /// `--workdir-root`s for the helper (the runtime's
+        /// `--opensandbox-workdir-root`s).
+        workdir_roots: Vec<PathBuf>,
     },
     Socket(PathBuf),
 }
@@ -244,6 +247,7 @@ impl HelperLink {
                 task_user,
                 allow_root_tasks,
                 rootfs_dirs,
+                workdir_roots,
             } => {
                 let (stream, child) = spawn_embedded(
                     binary,
@@ -253,6 +257,7 @@ impl HelperLink {
                     task_user.as_deref(),
                     *allow_root_tasks,
                     rootfs_dirs,
+                    workdir_roots,
                 )?;
                 (stream, Some(child))
             }
@@ -471,6 +476,8 @@ fn handshake(stream: &mut UnixStream) -> Result<HelperCapabilities, LinkError> {
     }
 }
 
+// One argument per helper flag, as `HelperMode::Embedded` lists them.
+#[allow(clippy::too_many_arguments)]
 fn spawn_embedded(
     binary: &Path,
     data_dir: &Path,
@@ -479,6 +486,7 @@ fn spawn_embedded(
     task_user: Option<&str>,
     allow_root_tasks: bool,
     rootfs_dirs: &[PathBuf],
+    workdir_roots: &[PathBuf],
 ) -> Result<(UnixStream, Child), LinkError> {
     let (ours, theirs) = UnixStream::pair().map_err(LinkError::Socketpair)?;
     // The helper's end must survive exec; ours stays close-on-exec.
@@ -505,6 +513,9 @@ fn spawn_embedded(
     }
     for dir in rootfs_dirs {
         cmd.arg("--rootfs-dir").arg(dir);
+    }
+    for dir in workdir_roots {
+        cmd.arg("--workdir-root").arg(dir);
     }
     let child = cmd.spawn().map_err(|source| LinkError::Spawn {
         path: binary.to_path_buf(),

@@ -125,6 +125,7 @@ async fn run(cfg: Config, notify: Option<crate::notify::Target>) -> anyhow::Resu
             }),
             allow_root_tasks: cfg.args.allow_root_tasks,
             rootfs_dirs: cfg.args.rootfs_dir.clone(),
+            workdir_roots: cfg.args.opensandbox_workdir_root.clone(),
         },
     };
     let embedded = matches!(mode, HelperMode::Embedded { .. });

@@ -53,6 +53,8 @@ fn serve_help_lists_contract_flags_and_env() {
         "ENABLE_SIDECAR_MODE",
         "--main-container-name",
         "MAIN_CONTAINER_NAME",
+        "--opensandbox-workdir-root",
+        "EXECGO_RUNTIME_OPENSANDBOX_WORKDIR_ROOT",
     ] {
         assert!(text.contains(flag), "{flag} missing from serve --help");
     }
@@ -139,6 +141,14 @@ fn serve_rejects_bad_configuration_with_exit_2() {
         (vec!["serve", "--opensandbox-tenant", " "], None),
         (vec!["serve", "--main-container-name", "a/b"], None),
         (vec!["serve"], Some(("ENABLE_SIDECAR_MODE", "yes"))),
+        (vec!["serve", "--opensandbox-workdir-root", "rel"], None),
+        (vec!["serve", "--opensandbox-workdir-root", "/"], None),
+        (vec!["serve", "--opensandbox-workdir-root", "/a/../b"], None),
+        (vec!["serve", "--opensandbox-workdir-root", "/a/"], None),
+        (
+            vec!["serve"],
+            Some(("EXECGO_RUNTIME_OPENSANDBOX_WORKDIR_ROOT", "/srv:rel")),
+        ),
     ] {
         let mut c = bin();
         c.args(&args);

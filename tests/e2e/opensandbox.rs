@@ -3,7 +3,9 @@
 //! (waiting → running → terminated, TaskTimeout/137), setTasks, deletion
 //! (the process is gone, an audit trail stays), the bootstrap pattern (a
 //! backgrounded daemon outlives its task and dies with its deletion), a
-//! restart mid-task, and the peer's error envelope.
+//! restart mid-task, the peer's error envelope, an absolute `workingDir`
+//! under `--opensandbox-workdir-root`, and retention GC sparing a task
+//! whose shim still keeps its daemons.
 
 use std::time::{Duration, Instant};
 
@@ -805,4 +807,170 @@ fn remote_exec_mode_needs_sidecar_mode() {
     let m = envelope(&r, 400, "Bad Request");
     assert!(m.contains("sidecar mode"), "{m}");
     assert!(o.get("r").is_none());
+}
+
+/// A directory tasks may enter whoever they run as (0755), canonical.
+fn open_dir(path: &std::path::Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::canonicalize(path).unwrap().display().to_string()
+}
+
+#[test]
+fn an_absolute_working_dir_under_a_configured_root() {
+    let tmp = tempdir();
+    let root = open_dir(&tmp.path().join("apps"));
+    let app = open_dir(&tmp.path().join("apps/app"));
+    let outside = open_dir(&tmp.path().join("elsewhere"));
+    std::os::unix::fs::symlink(&outside, tmp.path().join("apps/link")).unwrap();
+    let o = Osbx::start(&["--opensandbox-workdir-root", &root]);
+    for (name, dir) in [("abs", app.as_str()), ("root", root.as_str())] {
+        o.create(json!({"name": name, "process": {
+            "command": ["/bin/pwd"], "workingDir": format!("{dir}/")}}));
+        let done = o.wait_state(name, "terminated");
+        assert_eq!(
+            done["processStatus"]["terminated"]["reason"], "Succeeded",
+            "{done}"
+        );
+        // Echoed as given, normalised.
+        assert_eq!(done["process"]["workingDir"], dir, "{done}");
+        assert_eq!(o.server.status(name)["stdout"], format!("{dir}\n"));
+    }
+
+    // Outside every root, or not normalised: refused, nothing stored.
+    for (name, dir) in [
+        ("out", outside.clone()),
+        ("prefix", format!("{root}x")),
+        ("dots", format!("{root}/app/../../elsewhere")),
+    ] {
+        let m = envelope(
+            &o.call(
+                "POST",
+                "/tasks",
+                Some(
+                    &json!({"name": name, "process": {"command": ["/bin/pwd"], "workingDir": dir}}),
+                ),
+            ),
+            400,
+            "Bad Request",
+        );
+        assert!(m.contains("workingDir"), "{m}");
+        assert!(o.get(name).is_none(), "{name}");
+        assert_eq!(o.server.get(&format!("/api/v1/tasks/{name}")).status, 404);
+    }
+    let m = envelope(
+        &o.call(
+            "POST",
+            "/tasks",
+            Some(&json!({"name": "out", "process": {"command": ["/bin/pwd"], "workingDir": outside}})),
+        ),
+        400,
+        "Bad Request",
+    );
+    assert!(m.contains(&root), "the allowed roots are named: {m}");
+    // setTasks validates the whole array first.
+    envelope(
+        &o.call(
+            "POST",
+            "/setTasks",
+            Some(&json!([
+                {"name": "fine", "process": {"command": ["true"]}},
+                {"name": "out", "process": {"command": ["true"], "workingDir": outside}}
+            ])),
+        ),
+        400,
+        "Bad Request",
+    );
+    assert!(o.get("fine").is_none());
+
+    // Missing, or reached through a symlink: the launch fails, clearly.
+    for (name, dir, needle) in [
+        ("missing", format!("{root}/nope"), "working directory"),
+        ("link", format!("{root}/link"), "without following symlinks"),
+    ] {
+        o.create(json!({"name": name, "process": {"command": ["/bin/pwd"], "workingDir": dir}}));
+        let done = o.wait_state(name, "terminated");
+        let t = &done["processStatus"]["terminated"];
+        assert_eq!(
+            (t["exitCode"].as_i64(), t["reason"].as_str()),
+            (Some(127), Some("Failed")),
+            "{done}"
+        );
+        let st = o.server.status(name);
+        assert_eq!(st["error"]["code"], "launch_failed", "{st}");
+        let msg = st["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(needle) && msg.contains(&dir), "{msg}");
+    }
+}
+
+#[test]
+fn bad_workdir_roots_are_usage_errors() {
+    for bad in ["relative", "/", "/a/../b", "/a/", "/a//b", ""] {
+        let out = std::process::Command::new(runtime_bin())
+            .args(["serve", "--opensandbox-workdir-root", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--opensandbox-workdir-root"), "{bad:?}: {err}");
+    }
+    let out = std::process::Command::new(runtime_bin())
+        .arg("serve")
+        .env("EXECGO_RUNTIME_OPENSANDBOX_WORKDIR_ROOT", "/srv:rel")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn retention_gc_spares_a_task_whose_shim_keeps_daemons() {
+    let o = Osbx::start(&[
+        "--result-retention-secs",
+        "1",
+        "--gc-interval-ms",
+        "100",
+        "--termination-grace-ms",
+        "200",
+    ]);
+    let boot = &["/bin/sh", "-c", "sleep 300 & echo $! > daemon.pid"];
+    o.create(flat("kept", boot));
+    o.create(flat("deleted", boot));
+    o.create(flat("plain", &["true"]));
+    for name in ["kept", "deleted", "plain"] {
+        o.wait_state(name, "terminated");
+    }
+    let daemon = read_pid(&o, "kept", "daemon.pid");
+    let other = read_pid(&o, "deleted", "daemon.pid");
+    let gone = |name: &str| o.server.get(&format!("/api/v1/tasks/{name}")).status == 404;
+    let wait_collected = |name: &str| {
+        let start = Instant::now();
+        while !gone(name) {
+            assert!(start.elapsed() < T, "{name} never collected");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!o.server.task_dir(name).exists(), "{name}: dir left");
+    };
+    // A task with nothing left running goes once expired...
+    wait_collected("plain");
+    // ...one whose shim keeps a daemon stays, over many passes.
+    std::thread::sleep(Duration::from_millis(1500));
+    for name in ["kept", "deleted"] {
+        assert!(!gone(name), "{name} collected while its shim lives");
+        assert!(o.server.task_dir(name).join("stdout.log").exists());
+        assert!(o.get(name).is_some());
+    }
+    assert!(alive(daemon) && alive(other));
+
+    // The daemon ends: its shim exits, and the task goes.
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &daemon.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    wait_collected("kept");
+    // Deleted through the API: stopped, removed, then collected.
+    o.delete("deleted");
+    wait_dead(other);
+    wait_collected("deleted");
 }

@@ -109,6 +109,7 @@ impl Steps for Host {
         let mut keep = vec![self.ctx.task_dir.as_raw_fd()];
         keep.extend(self.ctx.rootfs.as_ref().map(AsRawFd::as_raw_fd));
         keep.extend(self.ctx.sidecar.as_ref().map(|t| t.pidfd.as_raw_fd()));
+        keep.extend(self.ctx.workdir.as_ref().map(AsRawFd::as_raw_fd));
         // The journal socket, in journald mode: the shim logs there too.
         keep.extend(logging::journal_fd());
         let isolated = isolate::isolate(&keep);
@@ -163,11 +164,18 @@ impl Steps for Host {
             Some(t) => Some(t.nix()),
             None => self.hand_over_to(),
         };
-        self.workspace = Some(workspace::prepare(
+        let workspace = workspace::prepare(
             self.ctx.task_dir.as_fd(),
             &self.ctx.launch.workspace_subdir,
             owner,
-        )?);
+        )?;
+        // An absolute working directory (opened by the helper beneath its
+        // --workdir-root) replaces the workspace as the task's cwd; the
+        // workspace still exists, as for every task.
+        self.workspace = Some(match &self.ctx.workdir {
+            Some(dir) => dir.try_clone().map_err(ShimError::Workdir)?,
+            None => workspace,
+        });
         Ok(())
     }
 

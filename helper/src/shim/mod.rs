@@ -49,6 +49,9 @@ pub struct ShimContext {
     pub seccomp: Option<[seccompiler::BpfProgram; 2]>,
     /// Sidecar mode: the main container's process, found by the helper.
     pub sidecar: Option<crate::sidecar::Target>,
+    /// An absolute working directory (`LaunchSpec::workdir`), opened by
+    /// the helper beneath its `--workdir-root` (an `O_PATH` descriptor).
+    pub workdir: Option<OwnedFd>,
 }
 
 /// Exit code of a shim that panicked (a bug); the panic message is in

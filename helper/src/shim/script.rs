@@ -39,6 +39,8 @@ pub enum ShimError {
     Control(#[from] ControlError),
     #[error("preparing the workspace failed")]
     Workspace(#[from] WorkspaceError),
+    #[error("duplicating the working directory's descriptor failed")]
+    Workdir(#[source] std::io::Error),
     #[error("opening the task's stdio failed")]
     Stdio(#[from] StdioError),
     #[error("creating the task's cgroups failed")]

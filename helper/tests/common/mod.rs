@@ -260,6 +260,7 @@ pub fn spec(id: &str, argv: &[&str]) -> LaunchSpec {
         task_cgroups: true,
         keep_descendants: false,
         sidecar_target: None,
+        workdir: None,
     }
 }
 

@@ -109,6 +109,7 @@ impl Engine {
             task_cgroups: enforced.cgroup_enforced && !row.launch.sidecar,
             keep_descendants: row.launch.keep_descendants,
             sidecar_target,
+            workdir: row.launch.workdir.clone(),
         })
     }
 

@@ -11,7 +11,10 @@
 //! behave as the peer does: the task's base environment is the runtime's
 //! whole environment, and processes the main process leaves running (the
 //! bootstrap pattern, `sh -c 'daemon &'`) are kept until the task is
-//! deleted instead of being killed when it exits.
+//! deleted instead of being killed when it exits. A third is taken when
+//! asked: an absolute `workingDir` under a `--opensandbox-workdir-root`
+//! becomes the task's working directory (checked again, and opened, by the
+//! helper).
 //!
 //! A deletion stops the task (a kill: SIGTERM, grace, SIGKILL of the whole
 //! task, by its shim; for a task that ended with processes left behind, the
@@ -61,6 +64,9 @@ pub struct OpenSandbox {
     tenant: String,
     /// `--enable-sidecar-mode`.
     sidecar_mode: bool,
+    /// `--opensandbox-workdir-root`s: where an absolute `workingDir` may
+    /// lie.
+    workdir_roots: Vec<String>,
     /// Tasks whose stop is being followed by this process.
     stopping: Mutex<HashSet<String>>,
 }
@@ -82,6 +88,13 @@ impl OpenSandbox {
             .await?;
         let me = Arc::new(OpenSandbox {
             sidecar_mode: engine.cfg.args.enable_sidecar_mode,
+            workdir_roots: engine
+                .cfg
+                .args
+                .opensandbox_workdir_root
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect(),
             engine,
             tenant,
             stopping: Mutex::default(),
@@ -98,6 +111,7 @@ impl OpenSandbox {
         let req = wire::to_submit(&t, &self.tenant);
         crate::api::validate::submit(&req).map_err(|e| WireError::Invalid(e.message))?;
         let sidecar = wire::runs_in_sidecar(&t.process, self.sidecar_mode)?;
+        let workdir = wire::absolute_workdir(&t.process, &self.workdir_roots, sidecar)?;
         let process_json = serde_json::to_string(&t.process)
             .map_err(|e| EngineError::Internal(format!("encoding the process: {e}")))?;
         self.purge_removed(&t.name).await?;
@@ -107,6 +121,7 @@ impl OpenSandbox {
                 full_env: true,
                 keep_descendants: true,
                 sidecar,
+                workdir,
             },
             also: Some(Box::new(move |tx| {
                 store::insert(tx, &id, &process_json, &now())?;
@@ -226,7 +241,9 @@ impl OpenSandbox {
         for t in &desired {
             crate::api::validate::submit(&wire::to_submit(t, &self.tenant))
                 .map_err(|e| WireError::Invalid(format!("task '{}': {}", t.name, e.message)))?;
-            wire::runs_in_sidecar(&t.process, self.sidecar_mode)
+            let sidecar = wire::runs_in_sidecar(&t.process, self.sidecar_mode)
+                .map_err(|e| WireError::Invalid(format!("task '{}': {e}", t.name)))?;
+            wire::absolute_workdir(&t.process, &self.workdir_roots, sidecar)
                 .map_err(|e| WireError::Invalid(format!("task '{}': {e}", t.name)))?;
         }
         let live: HashSet<String> = self

@@ -10,7 +10,8 @@
 //! Mapping of a process: `command[0]` is the program, the rest of `command`
 //! and then `args` its arguments; `env` goes on top of the base
 //! environment; a relative `workingDir` is a directory under the task's
-//! workspace; `timeoutSeconds` is the wall-time limit (absent: none, see
+//! workspace, an absolute one is taken as it is when it lies under a
+//! `--opensandbox-workdir-root` ([`absolute_workdir`]); `timeoutSeconds` is the wall-time limit (absent: none, see
 //! [`NO_TIMEOUT_MS`]).
 //!
 //! Mapping of a state ([`process_status`]), as the controller reads it:
@@ -90,6 +91,37 @@ pub fn runs_in_sidecar(p: &Process, sidecar_mode: bool) -> Result<bool, WireErro
         Some(_) => Ok(true),
         None => Ok(sidecar_mode),
     }
+}
+
+/// The absolute working directory of `p`, if it has one and it is allowed:
+/// one of `roots` (`--opensandbox-workdir-root`) or below it, lexically
+/// (the helper checks it again, and opens it without following symlinks).
+/// Not in sidecar mode, where the task starts in the container's `/`.
+pub fn absolute_workdir(
+    p: &Process,
+    roots: &[String],
+    sidecar: bool,
+) -> Result<Option<String>, WireError> {
+    let Some(dir) = p.working_dir.as_deref().filter(|d| d.starts_with('/')) else {
+        return Ok(None);
+    };
+    if roots.is_empty() {
+        return Err(WireError::Invalid(format!(
+            "process.workingDir '{dir}': absolute working directories are not allowed here (no --opensandbox-workdir-root is configured); give a path relative to the task's workspace"
+        )));
+    }
+    if execgo_runtime_protocol::workdir_within(dir, roots).is_none() {
+        return Err(WireError::Invalid(format!(
+            "process.workingDir '{dir}': an absolute working directory must be one of these directories or inside one: {}",
+            roots.join(", ")
+        )));
+    }
+    if sidecar {
+        return Err(WireError::Invalid(format!(
+            "process.workingDir '{dir}': an absolute working directory is not supported in sidecar mode (the task starts in the main container's /)"
+        )));
+    }
+    Ok(Some(dir.to_string()))
 }
 
 /// What either input shape may hold; unknown fields are ignored.
@@ -281,9 +313,17 @@ fn normalise(p: ProcessIn) -> Result<Process, WireError> {
         None => None,
         Some(d) if d.is_empty() || d == "." => None,
         Some(d) if d.starts_with('/') => {
-            return invalid(format!(
-                "process.workingDir '{d}': absolute working directories are not supported; give a path relative to the task's workspace"
-            ))
+            let trimmed = if d.len() > 1 {
+                d.trim_end_matches('/')
+            } else {
+                &d
+            };
+            if !execgo_runtime_protocol::valid_absolute_path(trimmed) {
+                return invalid(format!(
+                    "process.workingDir '{d}': an absolute working directory must be normalised (no '..', '.' or empty components) and not '/'"
+                ));
+            }
+            Some(trimmed.to_string())
         }
         Some(d) => {
             let trimmed = d.trim_end_matches('/');
@@ -330,8 +370,10 @@ pub fn to_submit(t: &NewTask, tenant: &str) -> SubmitTaskRequest {
         },
         ..Default::default()
     };
+    // An absolute workingDir is a launch option (see `absolute_workdir`),
+    // not a workspace subdir.
     let sandbox = crate::model::SandboxPolicy {
-        workspace_subdir: p.working_dir.clone(),
+        workspace_subdir: p.working_dir.clone().filter(|d| !d.starts_with('/')),
         ..Default::default()
     };
     SubmitTaskRequest {
@@ -558,6 +600,43 @@ mod tests {
     }
 
     #[test]
+    fn an_absolute_working_dir_needs_a_root() {
+        let t = parse(json!({"name": "t", "process": {
+            "command": ["pwd"], "workingDir": "/srv/app/"}}))
+        .unwrap();
+        assert_eq!(t.process.working_dir.as_deref(), Some("/srv/app"));
+        assert_eq!(to_submit(&t, "x").sandbox.workspace_subdir, None);
+        let roots = vec!["/srv".to_string(), "/data".to_string()];
+        assert_eq!(
+            absolute_workdir(&t.process, &roots, false).unwrap(),
+            Some("/srv/app".to_string())
+        );
+        let root_itself = parse(json!({"name": "t", "process": {
+            "command": ["pwd"], "workingDir": "/data"}}))
+        .unwrap();
+        assert!(absolute_workdir(&root_itself.process, &roots, false)
+            .unwrap()
+            .is_some());
+        let e = absolute_workdir(&t.process, &[], false).unwrap_err();
+        assert!(
+            e.to_string().contains("no --opensandbox-workdir-root"),
+            "{e}"
+        );
+        let outside = parse(json!({"name": "t", "process": {
+            "command": ["pwd"], "workingDir": "/srvx"}}))
+        .unwrap();
+        let e = absolute_workdir(&outside.process, &roots, false).unwrap_err();
+        assert!(e.to_string().contains("/srv, /data"), "{e}");
+        let e = absolute_workdir(&t.process, &roots, true).unwrap_err();
+        assert!(e.to_string().contains("sidecar"), "{e}");
+        // A relative one is not a launch option.
+        let rel = parse(json!({"name": "t", "process": {
+            "command": ["pwd"], "workingDir": "a/b"}}))
+        .unwrap();
+        assert_eq!(absolute_workdir(&rel.process, &roots, false).unwrap(), None);
+    }
+
+    #[test]
     fn the_submit_request_follows_the_mapping() {
         let t = parse(json!({"name": "t1", "process": {
             "command": ["/bin/sh", "-c"], "args": ["echo $A"],
@@ -614,7 +693,11 @@ mod tests {
                 "timeoutSeconds",
             ),
             (
-                json!({"name": "t", "process": {"command": ["true"], "workingDir": "/abs"}}),
+                json!({"name": "t", "process": {"command": ["true"], "workingDir": "/abs/../x"}}),
+                "absolute",
+            ),
+            (
+                json!({"name": "t", "process": {"command": ["true"], "workingDir": "/"}}),
                 "absolute",
             ),
             (

@@ -91,13 +91,14 @@ CREATE TABLE IF NOT EXISTS tasks (
     launch_attempted INTEGER NOT NULL DEFAULT 0,
     memory_request INTEGER,
     pids_request INTEGER,
-    launch_flags INTEGER NOT NULL DEFAULT 0
+    launch_flags INTEGER NOT NULL DEFAULT 0,
+    workdir TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_by_status_created ON tasks(status, created_at, task_id);
 CREATE INDEX IF NOT EXISTS tasks_by_created ON tasks(created_at, task_id);
 CREATE INDEX IF NOT EXISTS tasks_by_tenant ON tasks(tenant, created_at, task_id) WHERE tenant IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks(owner, created_at, task_id) WHERE owner IS NOT NULL;
-CREATE INDEX IF NOT EXISTS tasks_by_finish ON tasks(finished_unix_ms) WHERE finished_unix_ms IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_by_finish_id ON tasks(finished_unix_ms, task_id) WHERE finished_unix_ms IS NOT NULL;
 CREATE TABLE IF NOT EXISTS task_labels (
     task_id TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -150,7 +151,7 @@ pub struct TaskRow {
 
 /// Per-task launch choices that are not part of the public request: the
 /// OpenSandbox API (`crate::opensandbox`) sets them, `/api/v1` never does.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LaunchOptions {
     /// The task's base environment is the runtime's whole environment,
     /// not the minimal set (`PATH`, `HOME`, `LANG`, `TMPDIR`, `USER`).
@@ -162,6 +163,10 @@ pub struct LaunchOptions {
     /// Sidecar mode: the task runs in the main container's namespaces
     /// (`serve --enable-sidecar-mode`), with its environment as the base.
     pub sidecar: bool,
+    /// An absolute working directory instead of the workspace (an
+    /// OpenSandbox `workingDir` under `--opensandbox-workdir-root`; see
+    /// `LaunchSpec::workdir`). Stored in its own column.
+    pub workdir: Option<String>,
 }
 
 impl LaunchOptions {
@@ -169,17 +174,18 @@ impl LaunchOptions {
     const KEEP_DESCENDANTS: i64 = 2;
     const SIDECAR: i64 = 4;
 
-    fn to_bits(self) -> i64 {
+    fn to_bits(&self) -> i64 {
         (self.full_env as i64 * Self::FULL_ENV)
             | (self.keep_descendants as i64 * Self::KEEP_DESCENDANTS)
             | (self.sidecar as i64 * Self::SIDECAR)
     }
 
-    fn from_bits(bits: i64) -> LaunchOptions {
+    fn from_columns(bits: i64, workdir: Option<String>) -> LaunchOptions {
         LaunchOptions {
             full_env: bits & Self::FULL_ENV != 0,
             keep_descendants: bits & Self::KEEP_DESCENDANTS != 0,
             sidecar: bits & Self::SIDECAR != 0,
+            workdir,
         }
     }
 }
@@ -232,7 +238,7 @@ const COLUMNS: &str =
     "task_id, status, created_at, updated_at, started_at, finished_at, duration_ms,
     shim_pid, shim_start_ticks, pid, pgid, exit_code, exit_signal, error_json, usage_json,
     request_json, plan_json, reservation_json, reserved_at, released, tenant, owner,
-    kill_requested, launch_attempted, launch_flags";
+    kill_requested, launch_attempted, launch_flags, workdir";
 
 fn json_col<T: serde::de::DeserializeOwned>(id: &str, s: Option<String>) -> Result<Option<T>> {
     s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(id.to_string(), e)))
@@ -265,7 +271,7 @@ fn read_row(r: &Row<'_>) -> rusqlite::Result<RawRow> {
         owner: r.get(21)?,
         kill_requested: r.get::<_, i64>(22)? != 0,
         launch_attempted: r.get::<_, i64>(23)? != 0,
-        launch: LaunchOptions::from_bits(r.get(24)?),
+        launch: LaunchOptions::from_columns(r.get(24)?, r.get(25)?),
     })
 }
 
@@ -355,6 +361,10 @@ fn migrate(conn: &Connection, labels_new: bool) -> Result<()> {
     // Replaced by tasks_by_status_created, which serves the same lookups.
     conn.execute_batch("DROP INDEX IF EXISTS tasks_by_status")
         .map_err(sql("dropping an old index"))?;
+    // Replaced by tasks_by_finish_id, whose order the GC's keyset pages
+    // follow (no sort of the whole backlog per page).
+    conn.execute_batch("DROP INDEX IF EXISTS tasks_by_finish")
+        .map_err(sql("dropping an old index"))?;
     if labels_new {
         conn.execute_batch(
             "INSERT OR IGNORE INTO task_labels (task_id, key, value)
@@ -374,6 +384,18 @@ fn migrate(conn: &Connection, labels_new: bool) -> Result<()> {
     if !has_launch_flags {
         conn.execute_batch("ALTER TABLE tasks ADD COLUMN launch_flags INTEGER NOT NULL DEFAULT 0")
             .map_err(sql("adding the launch_flags column"))?;
+    }
+    let has_workdir: bool = conn
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('tasks') WHERE name = 'workdir'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(sql("reading the tasks table's columns"))?
+        > 0;
+    if !has_workdir {
+        conn.execute_batch("ALTER TABLE tasks ADD COLUMN workdir TEXT")
+            .map_err(sql("adding the workdir column"))?;
     }
     Ok(())
 }
@@ -678,8 +700,8 @@ pub fn insert(tx: &Transaction<'_>, row: &TaskRow) -> Result<()> {
     let mut stmt = tx
         .prepare_cached(
             "INSERT INTO tasks (task_id, status, created_at, updated_at, request_json, plan_json,
-             tenant, owner, memory_request, pids_request, launch_flags)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             tenant, owner, memory_request, pids_request, launch_flags, workdir)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )
         .map_err(sql("preparing an insert"))?;
     stmt.execute(params![
@@ -694,6 +716,7 @@ pub fn insert(tx: &Transaction<'_>, row: &TaskRow) -> Result<()> {
         row.request.limits.memory_bytes.map(|v| v as i64),
         row.request.limits.pids_max.map(|v| v as i64),
         row.launch.to_bits(),
+        row.launch.workdir,
     ])
     .map_err(sql("inserting a task"))?;
     if let Some(cc) = &row.request.control_context {
@@ -805,17 +828,31 @@ pub fn events_after(conn: &Connection, task_id: &str, after: i64) -> Result<Vec<
 }
 
 /// Terminal tasks finished before `cutoff_unix_ms`, at most `limit`.
-pub fn expired(conn: &Connection, cutoff_unix_ms: i64, limit: u64) -> Result<Vec<String>> {
+/// Terminal tasks finished before `cutoff_unix_ms`, oldest first, as
+/// `(task_id, finished_unix_ms)`, starting strictly after the key `after`
+/// (keyset paging: a pass that skips some candidates still reaches the
+/// ones behind them).
+pub fn expired(
+    conn: &Connection,
+    cutoff_unix_ms: i64,
+    after: Option<(i64, &str)>,
+    limit: u64,
+) -> Result<Vec<(String, i64)>> {
+    let (after_ms, after_id) = after.unwrap_or((i64::MIN, ""));
     let mut stmt = conn
         .prepare_cached(
-            "SELECT task_id FROM tasks WHERE finished_unix_ms IS NOT NULL
-             AND finished_unix_ms < ?1 ORDER BY finished_unix_ms LIMIT ?2",
+            "SELECT task_id, finished_unix_ms FROM tasks WHERE finished_unix_ms IS NOT NULL
+             AND finished_unix_ms < ?1 AND (finished_unix_ms, task_id) > (?2, ?3)
+             ORDER BY finished_unix_ms, task_id LIMIT ?4",
         )
         .map_err(sql("preparing the expiry scan"))?;
     let ids = stmt
-        .query_map(params![cutoff_unix_ms, limit as i64], |r| r.get(0))
+        .query_map(
+            params![cutoff_unix_ms, after_ms, after_id, limit as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .map_err(sql("scanning expired tasks"))?
-        .collect::<rusqlite::Result<Vec<String>>>()
+        .collect::<rusqlite::Result<Vec<(String, i64)>>>()
         .map_err(sql("scanning expired tasks"))?;
     Ok(ids)
 }
@@ -868,6 +905,83 @@ pub(crate) mod testing {
             .unwrap();
         insert(&tx, &row).unwrap();
         tx.commit().unwrap();
+    }
+
+    #[test]
+    fn expired_pages_by_finish_time_then_id() {
+        let c = conn();
+        for (id, ms) in [("b", 10), ("a", 10), ("c", 5), ("d", 20), ("e", 99)] {
+            insert_task(&c, id, "2026-01-01T00:00:00.000Z", &[]);
+            c.execute(
+                "UPDATE tasks SET finished_unix_ms = ?2 WHERE task_id = ?1",
+                params![id, ms],
+            )
+            .unwrap();
+        }
+        insert_task(&c, "running", "2026-01-01T00:00:00.000Z", &[]);
+        let ids = |v: Vec<(String, i64)>| v.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(expired(&c, 50, None, 10).unwrap()),
+            ["c", "a", "b", "d"]
+        );
+        let first = expired(&c, 50, None, 2).unwrap();
+        assert_eq!(ids(first.clone()), ["c", "a"]);
+        let (id, ms) = first.last().unwrap();
+        // The page after a kept candidate goes on behind it.
+        assert_eq!(
+            ids(expired(&c, 50, Some((*ms, id)), 2).unwrap()),
+            ["b", "d"]
+        );
+        assert!(expired(&c, 50, Some((20, "d")), 2).unwrap().is_empty());
+        // One index range, in order: no sort of every expired task.
+        let plan: Vec<String> = c
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT task_id, finished_unix_ms FROM tasks
+                 WHERE finished_unix_ms IS NOT NULL AND finished_unix_ms < 50
+                 AND (finished_unix_ms, task_id) > (5, 'c')
+                 ORDER BY finished_unix_ms, task_id LIMIT 2",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("tasks_by_finish_id"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    }
+
+    #[test]
+    fn an_older_tasks_table_gains_the_launch_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            insert_task(&c, "old", "2026-01-01T00:00:00.000Z", &[]);
+            // As a database from before the launch columns and the
+            // keyset index of the GC.
+            c.execute_batch(
+                "DROP INDEX tasks_by_finish_id;
+                 CREATE INDEX tasks_by_finish ON tasks(finished_unix_ms)
+                   WHERE finished_unix_ms IS NOT NULL;
+                 ALTER TABLE tasks DROP COLUMN workdir;
+                 ALTER TABLE tasks DROP COLUMN launch_flags;",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let row = store.readers().with(|c| get(c, "old")).unwrap().unwrap();
+        assert_eq!(row.launch, LaunchOptions::default());
+        let c = Connection::open(&path).unwrap();
+        let old_index: i64 = c
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'tasks_by_finish'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old_index, 0);
     }
 
     #[test]
