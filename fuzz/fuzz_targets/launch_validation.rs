@@ -53,6 +53,7 @@ const ID: &[&str] = &[
 const ARG: &[&str] = &["/bin/echo", "a", "", "\0", "=", " "];
 const ENV: &[&str] = &["PATH", "A", "=", "\0", "", "/bin", "é"];
 const SUBDIR: &[&str] = &["a", "b", "/", ".", "..", "\0", "é", ".a"];
+const WORKDIR: &[&str] = &["/", "/", "srv", "a", ".", "..", "\0", "é"];
 const JSON: &[&str] = &[
     "{}", "{", "}", "[", "]", "\"k\"", ":", ",", "1", "null", " ", "\"", "\\",
 ];
@@ -139,7 +140,11 @@ fn build(u: &mut Unstructured) -> Result<LaunchSpec> {
         } else {
             None
         },
-        workdir: None,
+        workdir: if u.arbitrary()? {
+            Some(text(u, WORKDIR)?)
+        } else {
+            None
+        },
     })
 }
 
@@ -176,6 +181,23 @@ fn subdir_ok(s: &str) -> bool {
         && s.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
+fn absolute_ok(s: &str) -> bool {
+    s.len() > 1
+        && s.starts_with('/')
+        && !s.contains('\0')
+        && s[1..]
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+/// A workdir is an absolute, normalised path, for a process task that is
+/// not a sidecar's.
+fn workdir_ok(s: &LaunchSpec) -> bool {
+    s.workdir.as_deref().is_none_or(|d| {
+        absolute_ok(d) && s.sidecar_target.is_none() && matches!(s.profile, LaunchProfile::Process)
+    })
+}
+
 fn template_ok(t: &str) -> bool {
     matches!(serde_json::from_str(t), Ok(serde_json::Value::Object(_)))
 }
@@ -187,8 +209,7 @@ fn limits_ok(l: &LaunchLimits) -> bool {
         && out.contains(&l.stderr_max_bytes)
         && l.cpu_time_sec != Some(0)
         && l.memory_bytes != Some(0)
-        && l
-            .cpu_millis
+        && l.cpu_millis
             .map_or(true, |m| (CPU_MILLIS_MIN..=CPU_MILLIS_MAX).contains(&m))
 }
 
@@ -207,6 +228,7 @@ fn acceptable(s: &LaunchSpec) -> bool {
         && template_ok(&s.result_template)
         && limits_ok(&s.limits)
         && s.sidecar_target.as_deref().is_none_or(container_ok)
+        && workdir_ok(s)
 }
 
 /// The spec breaks the rule that `e` names.
@@ -241,8 +263,10 @@ fn breaks(s: &LaunchSpec, e: &ValidateError) -> bool {
         ValidateError::CpuMillis => l
             .cpu_millis
             .is_some_and(|m| !(CPU_MILLIS_MIN..=CPU_MILLIS_MAX).contains(&m)),
-        ValidateError::SidecarTarget(n) => {
-            s.sidecar_target.as_ref() == Some(n) && !container_ok(n)
+        ValidateError::SidecarTarget(n) => s.sidecar_target.as_ref() == Some(n) && !container_ok(n),
+        ValidateError::Workdir(d) => s.workdir.as_ref() == Some(d) && !absolute_ok(d),
+        ValidateError::WorkdirProfile => {
+            s.workdir.as_deref().is_some_and(absolute_ok) && !workdir_ok(s)
         }
     }
 }
@@ -260,6 +284,7 @@ fn check(spec: LaunchSpec) {
             assert_eq!(v.task_cgroups, spec.task_cgroups);
             assert_eq!(v.keep_descendants, spec.keep_descendants);
             assert_eq!(v.sidecar_target, spec.sidecar_target);
+            assert_eq!(v.workdir, spec.workdir);
             assert_eq!(
                 v.termination_grace,
                 Duration::from_millis(spec.termination_grace_ms)
