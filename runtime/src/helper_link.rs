@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -59,24 +59,28 @@ pub enum LinkError {
     Join(String),
 }
 
+/// How the runtime starts its embedded helper: one field per helper flag.
+#[derive(Debug, Clone)]
+pub struct EmbeddedHelper {
+    pub binary: PathBuf,
+    pub data_dir: PathBuf,
+    pub cgroup_root: PathBuf,
+    /// `json` or `journald`, as the runtime resolved it.
+    pub log_format: &'static str,
+    /// `--task-user` for the helper, if any.
+    pub task_user: Option<String>,
+    pub allow_root_tasks: bool,
+    /// `--rootfs-dir`s for the helper.
+    pub rootfs_dirs: Vec<PathBuf>,
+    /// `--workdir-root`s for the helper (the runtime's
+    /// `--opensandbox-workdir-root`s).
+    pub workdir_roots: Vec<PathBuf>,
+}
+
 /// Where the helper is.
 #[derive(Debug, Clone)]
 pub enum HelperMode {
-    Embedded {
-        binary: PathBuf,
-        data_dir: PathBuf,
-        cgroup_root: PathBuf,
-        /// `json` or `journald`, as the runtime resolved it.
-        log_format: &'static str,
-        /// `--task-user` for the helper, if any.
-        task_user: Option<String>,
-        allow_root_tasks: bool,
-        /// `--rootfs-dir`s for the helper.
-        rootfs_dirs: Vec<PathBuf>,
-        /// `--workdir-root`s for the helper (the runtime's
-        /// `--opensandbox-workdir-root`s).
-        workdir_roots: Vec<PathBuf>,
-    },
+    Embedded(EmbeddedHelper),
     Socket(PathBuf),
 }
 
@@ -239,26 +243,8 @@ impl HelperLink {
             *last = Some(Instant::now());
         }
         let (mut stream, mut child) = match &self.mode {
-            HelperMode::Embedded {
-                binary,
-                data_dir,
-                cgroup_root,
-                log_format,
-                task_user,
-                allow_root_tasks,
-                rootfs_dirs,
-                workdir_roots,
-            } => {
-                let (stream, child) = spawn_embedded(
-                    binary,
-                    data_dir,
-                    cgroup_root,
-                    log_format,
-                    task_user.as_deref(),
-                    *allow_root_tasks,
-                    rootfs_dirs,
-                    workdir_roots,
-                )?;
+            HelperMode::Embedded(helper) => {
+                let (stream, child) = spawn_embedded(helper)?;
                 (stream, Some(child))
             }
             HelperMode::Socket(path) => {
@@ -476,18 +462,9 @@ fn handshake(stream: &mut UnixStream) -> Result<HelperCapabilities, LinkError> {
     }
 }
 
-// One argument per helper flag, as `HelperMode::Embedded` lists them.
-#[allow(clippy::too_many_arguments)]
-fn spawn_embedded(
-    binary: &Path,
-    data_dir: &Path,
-    cgroup_root: &Path,
-    log_format: &str,
-    task_user: Option<&str>,
-    allow_root_tasks: bool,
-    rootfs_dirs: &[PathBuf],
-    workdir_roots: &[PathBuf],
-) -> Result<(UnixStream, Child), LinkError> {
+/// Starts the embedded helper on one end of a new socket pair; ours is
+/// the other end.
+fn spawn_embedded(h: &EmbeddedHelper) -> Result<(UnixStream, Child), LinkError> {
     let (ours, theirs) = UnixStream::pair().map_err(LinkError::Socketpair)?;
     // The helper's end must survive exec; ours stays close-on-exec.
     nix::fcntl::fcntl(
@@ -495,30 +472,30 @@ fn spawn_embedded(
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
     )
     .map_err(|e| LinkError::Socketpair(e.into()))?;
-    let mut cmd = Command::new(binary);
+    let mut cmd = Command::new(&h.binary);
     cmd.arg("--data-dir")
-        .arg(data_dir)
+        .arg(&h.data_dir)
         .arg("--cgroup-root")
-        .arg(cgroup_root)
+        .arg(&h.cgroup_root)
         .arg("--log-format")
-        .arg(log_format)
+        .arg(h.log_format)
         .arg("--inherited-fd")
         .arg(theirs.as_raw_fd().to_string())
         .stdin(Stdio::null());
-    if let Some(user) = task_user {
+    if let Some(user) = &h.task_user {
         cmd.arg("--task-user").arg(user);
     }
-    if allow_root_tasks {
+    if h.allow_root_tasks {
         cmd.arg("--allow-root-tasks");
     }
-    for dir in rootfs_dirs {
+    for dir in &h.rootfs_dirs {
         cmd.arg("--rootfs-dir").arg(dir);
     }
-    for dir in workdir_roots {
+    for dir in &h.workdir_roots {
         cmd.arg("--workdir-root").arg(dir);
     }
     let child = cmd.spawn().map_err(|source| LinkError::Spawn {
-        path: binary.to_path_buf(),
+        path: h.binary.clone(),
         source,
     })?;
     drop(theirs);

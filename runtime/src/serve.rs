@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use crate::config::{Config, ServeArgs};
 use crate::engine::Engine;
-use crate::helper_link::{HelperLink, HelperMode};
+use crate::helper_link::{EmbeddedHelper, HelperLink, HelperMode};
 use crate::store::Store;
 
 /// Logs filtered by `RUST_LOG` (default `default`): JSON lines on stderr,
@@ -109,7 +109,7 @@ async fn run(cfg: Config, notify: Option<crate::notify::Target>) -> anyhow::Resu
     );
     let mode = match &cfg.args.helper_socket {
         Some(path) => HelperMode::Socket(path.clone()),
-        None => HelperMode::Embedded {
+        None => HelperMode::Embedded(EmbeddedHelper {
             binary: cfg
                 .args
                 .helper_path
@@ -126,9 +126,9 @@ async fn run(cfg: Config, notify: Option<crate::notify::Target>) -> anyhow::Resu
             allow_root_tasks: cfg.args.allow_root_tasks,
             rootfs_dirs: cfg.args.rootfs_dir.clone(),
             workdir_roots: cfg.args.opensandbox_workdir_root.clone(),
-        },
+        }),
     };
-    let embedded = matches!(mode, HelperMode::Embedded { .. });
+    let embedded = matches!(mode, HelperMode::Embedded(_));
     let helper = Arc::new(HelperLink::new(mode));
     match helper.capabilities().await {
         Ok(_) => {}
