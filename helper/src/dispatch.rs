@@ -30,6 +30,8 @@ pub struct Context {
     /// inherits them by the fork); `None` when the host has no seccomp or
     /// they did not compile, and a sandbox shim compiles (and fails) then.
     pub task_seccomp: Option<[seccompiler::BpfProgram; 2]>,
+    /// The spare network namespace sandbox launches take.
+    pub net_spare: crate::sys::NetnsSpare,
 }
 
 pub struct Dispatcher {
@@ -39,6 +41,17 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(ctx: Context) -> Self {
         Dispatcher { ctx }
+    }
+
+    /// Whether there is work to do while idle: a spare network namespace
+    /// to make (see [`crate::sys::netns`]).
+    pub fn has_idle_work(&self) -> bool {
+        self.ctx.net_spare.wants_one()
+    }
+
+    /// Does the idle work: makes the spare network namespace.
+    pub fn idle_work(&self) {
+        self.ctx.net_spare.refill();
     }
 
     /// Answers the first frame of a connection.
@@ -147,6 +160,7 @@ pub fn test_dispatcher() -> (tempfile::TempDir, Dispatcher) {
         rootfs_dirs: Vec::new(),
         workdir_roots: Vec::new(),
         task_seccomp: None,
+        net_spare: crate::sys::NetnsSpare::disabled(),
     };
     (tmp, Dispatcher::new(ctx))
 }

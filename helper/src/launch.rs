@@ -145,6 +145,10 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, Launc
         LaunchProfile::LinuxSandbox(_) => ctx.task_seccomp.clone(),
         LaunchProfile::Process => None,
     };
+    let netns = match &launch.profile {
+        LaunchProfile::LinuxSandbox(spec) if spec.net => ctx.net_spare.take(),
+        _ => None,
+    };
     let shim_ctx = ShimContext {
         launch,
         task_dir,
@@ -157,6 +161,7 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, Launc
         seccomp,
         sidecar,
         workdir,
+        netns,
     };
     let threads = sys::thread_count().map_err(LaunchError::ThreadCount)?;
     if threads != 1 {
@@ -275,6 +280,7 @@ mod tests {
             rootfs_dirs: Vec::new(),
             workdir_roots: vec![(root.display().to_string(), open(root))],
             task_seccomp: None,
+            net_spare: sys::NetnsSpare::disabled(),
         };
         (data, ctx)
     }

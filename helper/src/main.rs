@@ -343,8 +343,10 @@ fn run(args: cli::Args, activated: Option<i32>) -> Result<(), MainError> {
     } else {
         None
     };
+    let net_spare = sys::NetnsSpare::new(capabilities.privileged && capabilities.namespaces.net);
     let dispatcher = Dispatcher::new(Context {
         data_fd,
+        net_spare,
         capabilities,
         task_identity,
         cgroups,

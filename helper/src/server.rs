@@ -76,7 +76,14 @@ pub fn serve(mode: Mode, d: &Dispatcher, limits: Limits) -> Result<(), ServeErro
             .filter_map(Conn::deadline)
             .chain(gate.deadline())
             .min();
-        let timeout = deadline::poll_timeout_ms(now, next);
+        // Idle work (a spare network namespace) waits for a poll that finds
+        // nothing to do, so it never delays a request already waiting.
+        let idle_work = d.has_idle_work();
+        let timeout = if idle_work {
+            0
+        } else {
+            deadline::poll_timeout_ms(now, next)
+        };
         // Each descriptor's events: the listener's first, if it is polled,
         // then each connection's in order.
         let events: Vec<PollFlags> = {
@@ -95,6 +102,10 @@ pub fn serve(mode: Mode, d: &Dispatcher, limits: Limits) -> Result<(), ServeErro
                 .map(|f| f.revents().unwrap_or(PollFlags::empty()))
                 .collect()
         };
+        if idle_work && events.iter().all(PollFlags::is_empty) {
+            d.idle_work();
+            continue;
+        }
         let (accept_ready, conn_events) = match (accepting, events.split_first()) {
             (Some(_), Some((first, rest))) => (!first.is_empty(), rest),
             _ => (false, events.as_slice()),

@@ -109,9 +109,36 @@ l = socket.socket(); l.bind((\"127.0.0.1\", 0)); l.listen()
 c = socket.create_connection(l.getsockname(), timeout=5)
 print(\"loopback-works\")'";
     let ns = json!({"namespaces": {"net": true}});
-    let id = s.submit(&sandboxed(script, ns));
-    let st = s.wait_terminal(&id, T);
-    assert_eq!(st["stdout"], "lo\nloopback-works\n", "{st}");
+    // The first launch clones its namespace; the helper then keeps a spare
+    // ready, which later ones join. Each must still be fresh, with only a
+    // working `lo`, never the host's, and never shared: the second and
+    // third run at the same time (a namespace's inode number can be reused
+    // only once it is gone), the second surely on the spare.
+    let script =
+        format!("{script}\necho fds $(ls /proc/self/fd)\nreadlink /proc/self/ns/net; sleep 1");
+    let host = std::fs::read_link("/proc/self/ns/net").expect("our network namespace");
+    let host = host.display().to_string();
+    let check = |st: &Value| -> String {
+        let out = st["stdout"].as_str().unwrap_or_default();
+        let (checks, ns_name) = out.trim_end().rsplit_once('\n').unwrap_or((out, ""));
+        // No descriptor of the namespace (nor any other) reaches the task:
+        // the command substitution's ls sees its stdio and its directory.
+        assert_eq!(checks, "lo\nloopback-works\nfds 0 1 2 3", "{st}");
+        assert!(ns_name.starts_with("net:["), "{st}");
+        assert_ne!(ns_name, host, "the host's namespace: {st}");
+        ns_name.to_string()
+    };
+    let first = s.submit(&sandboxed(&script, ns.clone()));
+    check(&s.wait_terminal(&first, T));
+    let both = [
+        s.submit(&sandboxed(&script, ns.clone())),
+        s.submit(&sandboxed(&script, ns)),
+    ];
+    let names: Vec<String> = both
+        .iter()
+        .map(|id| check(&s.wait_terminal(id, T)))
+        .collect();
+    assert_ne!(names[0], names[1], "two running tasks shared a namespace");
 }
 
 #[test]

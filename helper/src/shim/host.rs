@@ -110,6 +110,7 @@ impl Steps for Host {
         keep.extend(self.ctx.rootfs.as_ref().map(AsRawFd::as_raw_fd));
         keep.extend(self.ctx.sidecar.as_ref().map(|t| t.pidfd.as_raw_fd()));
         keep.extend(self.ctx.workdir.as_ref().map(AsRawFd::as_raw_fd));
+        keep.extend(self.ctx.netns.as_ref().map(AsRawFd::as_raw_fd));
         // The journal socket, in journald mode: the shim logs there too.
         keep.extend(logging::journal_fd());
         let isolated = isolate::isolate(&keep);
@@ -284,6 +285,7 @@ impl Steps for Host {
         if let Some(spec) = sandbox {
             plan.sandbox = Some(SandboxPlan {
                 rootfs: self.ctx.rootfs.as_ref().map(AsRawFd::as_raw_fd),
+                netns: self.ctx.netns.as_ref().map(AsRawFd::as_raw_fd),
                 spec: spec.clone(),
                 seccomp: match self.ctx.seccomp.take() {
                     Some(filters) => filters,
@@ -354,6 +356,9 @@ impl Steps for Host {
         self.stdio = None;
         self.workspace = None;
         self.cgroup_join.clear();
+        // The namespace is the task's init's now; our hold would only keep
+        // it alive past the task.
+        self.ctx.netns = None;
         logging::shim_info!(
             pid = started.pid,
             profile,

@@ -52,6 +52,9 @@ pub struct ShimContext {
     /// An absolute working directory (`LaunchSpec::workdir`), opened by
     /// the helper beneath its `--workdir-root` (an `O_PATH` descriptor).
     pub workdir: Option<OwnedFd>,
+    /// A spare network namespace for a sandbox that asks for one, made by
+    /// the helper ahead of time (see [`crate::sys::netns`]).
+    pub netns: Option<OwnedFd>,
 }
 
 /// Exit code of a shim that panicked (a bug); the panic message is in

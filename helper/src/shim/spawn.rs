@@ -53,6 +53,7 @@ impl SpawnError {
                 step: ChildStep::Mounts
                     | ChildStep::Hostname
                     | ChildStep::Loopback
+                    | ChildStep::NetNamespace
                     | ChildStep::Fork
                     | ChildStep::Seccomp,
                 ..
@@ -93,6 +94,8 @@ pub struct SandboxPlan {
     pub seccomp: [seccompiler::BpfProgram; 2],
     /// The rootfs directory the helper opened, when the task has one.
     pub rootfs: Option<RawFd>,
+    /// The spare network namespace the helper handed over, if any.
+    pub netns: Option<RawFd>,
 }
 
 impl Plan {
@@ -167,6 +170,7 @@ pub fn spawn(
                 net: sb.spec.net,
                 report_fd: report.map_or(-1, AsRawFd::as_raw_fd),
                 rootfs: sb.rootfs,
+                netns: sb.netns,
             },
         ),
     }

@@ -18,6 +18,7 @@
 
 pub mod detach;
 pub mod fd;
+pub mod netns;
 pub mod process;
 pub mod sandbox;
 pub mod signals;
@@ -27,6 +28,7 @@ pub mod wait;
 
 pub use detach::{spawn_detached, DetachError};
 pub use fd::{adopt_fd, close_fds_except, open, open_dir_beneath, openat, Mounts};
+pub use netns::NetnsSpare;
 pub use process::{exit_now, fork, thread_count, Forked};
 pub use sandbox::{spawn_sandboxed, Report, SandboxSetup};
 pub use signals::{ignore_sigpipe, unignore_inherited_signals};

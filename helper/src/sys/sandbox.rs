@@ -40,6 +40,9 @@ pub struct SandboxSetup {
     pub report_fd: RawFd,
     /// The directory to make the task's root, opened by the helper.
     pub rootfs: Option<RawFd>,
+    /// A spare network namespace the helper made (`lo` up), joined instead
+    /// of cloning one (see [`super::netns`]); only with `net`.
+    pub netns: Option<RawFd>,
 }
 
 impl SandboxSetup {
@@ -49,7 +52,7 @@ impl SandboxSetup {
             (self.pid, libc::CLONE_NEWPID),
             (self.uts, libc::CLONE_NEWUTS),
             (self.ipc, libc::CLONE_NEWIPC),
-            (self.net, libc::CLONE_NEWNET),
+            (self.net && self.netns.is_none(), libc::CLONE_NEWNET),
         ]
         .iter()
         .filter(|(on, _)| *on)
@@ -110,8 +113,21 @@ fn sandbox_child(s: &ChildSetup<'_>, sb: &SandboxSetup) -> ! {
             child_fail(s.status_fd, ChildStep::Hostname);
         }
     }
-    if sb.net && loopback_up().is_err() {
-        child_fail(s.status_fd, ChildStep::Loopback);
+    if sb.net {
+        match sb.netns {
+            Some(fd) => {
+                if super::netns::enter(fd).is_err() {
+                    child_fail(s.status_fd, ChildStep::NetNamespace);
+                }
+                // SAFETY: closing the descriptor we were given, now joined.
+                unsafe { libc::close(fd) };
+            }
+            None => {
+                if super::netns::loopback_up().is_err() {
+                    child_fail(s.status_fd, ChildStep::Loopback);
+                }
+            }
+        }
     }
     let task = ChildSetup {
         cgroup_join: &[],
@@ -418,30 +434,6 @@ fn reopen_here(fd: RawFd) -> Result<RawFd, ChildStep> {
         return Err(ChildStep::Mounts);
     }
     Ok(here)
-}
-
-/// Brings `lo` up in a new network namespace, where it starts down.
-fn loopback_up() -> Result<(), Errno> {
-    // SAFETY: socket(2), ioctl(2) on a zeroed, then filled, local ifreq,
-    // close(2) of the socket we made.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(Errno::last());
-        }
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo") {
-            *dst = *src as libc::c_char;
-        }
-        let mut r = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
-        if r == 0 {
-            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            r = libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
-        }
-        let result = if r == 0 { Ok(()) } else { Err(Errno::last()) };
-        libc::close(fd);
-        result
-    }
 }
 
 #[cfg(test)]

@@ -93,6 +93,7 @@ pub enum ChildStep {
     Fork = 18,
     Seccomp = 19,
     RlimitNofile = 20,
+    NetNamespace = 21,
 }
 
 impl ChildStep {
@@ -118,6 +119,7 @@ impl ChildStep {
             ChildStep::Fork,
             ChildStep::Seccomp,
             ChildStep::RlimitNofile,
+            ChildStep::NetNamespace,
         ]
         .into_iter()
         .find(|s| *s as u8 == b)
@@ -145,6 +147,7 @@ impl ChildStep {
             ChildStep::Fork => "fork of the task by the sandbox's init",
             ChildStep::Seccomp => "loading the seccomp filter",
             ChildStep::RlimitNofile => "setrlimit RLIMIT_NOFILE",
+            ChildStep::NetNamespace => "joining the spare network namespace (setns)",
         }
     }
 }
@@ -454,13 +457,13 @@ mod tests {
 
     #[test]
     fn child_steps_round_trip() {
-        for b in 1..=20u8 {
+        for b in 1..=21u8 {
             let step = ChildStep::from_u8(b).unwrap();
             assert_eq!(step as u8, b);
             assert!(!step.name().is_empty());
         }
         assert_eq!(ChildStep::from_u8(0), None);
-        assert_eq!(ChildStep::from_u8(21), None);
+        assert_eq!(ChildStep::from_u8(22), None);
     }
 
     #[test]
