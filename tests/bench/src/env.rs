@@ -28,8 +28,9 @@ pub struct Env {
     pub root: PathBuf,
     /// Interval of the tight status polls (latency, kill).
     pub poll: Duration,
-    /// How the latency figures learn that a task is over.
-    pub wait: WaitBy,
+    /// How the latency and sandbox figures learn that a task is over;
+    /// `None`: each scenario's own default (see [`Env::wait_or`]).
+    wait: Option<WaitBy>,
     /// Whether the root spreads its subdirectories (`chattr +T`).
     spread: bool,
     rows: RefCell<Vec<Row>>,
@@ -77,7 +78,12 @@ pub enum WaitBy {
 }
 
 impl Env {
-    pub fn new(root: PathBuf, poll: Duration, wait: WaitBy, spread: bool) -> Env {
+    /// How a scenario sees a task's end: `--wait`, or its own default.
+    pub fn wait_or(&self, default: WaitBy) -> WaitBy {
+        self.wait.unwrap_or(default)
+    }
+
+    pub fn new(root: PathBuf, poll: Duration, wait: Option<WaitBy>, spread: bool) -> Env {
         let mut env = Env {
             root,
             poll,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use execgo_runtime_tests::{json, Value};
 
 use crate::client::{epoch_ms, Client};
-use crate::env::{Env, Row, Runtime};
+use crate::env::{Env, Row, Runtime, WaitBy};
 use crate::stats::{ms, ratio, Stats};
 use crate::{baseline, cpu, tree_cpu};
 
@@ -56,6 +56,7 @@ pub fn sequential(
     c: &Client,
     body: &Value,
     n: usize,
+    wait: WaitBy,
     baselines: &mut [Baseline<'_>],
 ) -> Sequential {
     // Warm up the helper connection, SQLite's page cache, the allocator.
@@ -81,9 +82,9 @@ pub fn sequential(
         let t = Instant::now();
         let id = c.submit(body);
         let submit_rtt = t.elapsed();
-        let (st, seen) = match env.wait {
-            crate::env::WaitBy::Poll => c.wait_terminal(&id, env.poll),
-            crate::env::WaitBy::Events => c.wait_terminal_by_events(&id),
+        let (st, seen) = match wait {
+            WaitBy::Poll => c.wait_terminal(&id, env.poll),
+            WaitBy::Events => c.wait_terminal_by_events(&id),
         };
         let seen_at = epoch_now_ms().floor();
         assert_eq!(st["status"], "success", "{st}");
@@ -161,7 +162,9 @@ pub fn run(env: &Env, n: usize) {
     let s = env.server("latency", &[]);
     let c = Client::new(&s.base);
     let body = json!({"execution": {"kind": "command", "program": "/bin/true"}});
-    let seq = sequential(env, &s, &c, &body, n, &mut [&mut baseline::true_once]);
+    let wait = env.wait_or(WaitBy::Poll);
+    println!("  task ends seen by: {wait:?}");
+    let seq = sequential(env, &s, &c, &body, n, wait, &mut [&mut baseline::true_once]);
     // The same number of bare fork/exec + waits, one at a time, in a
     // cgroup of their own.
     let tree = tree_cpu::Figure::new(env, seq.tree.clone(), tree_cpu::bare_true(env, n, 1), 1);

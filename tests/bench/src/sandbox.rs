@@ -15,7 +15,7 @@
 use execgo_runtime_tests::{is_root, json, Value};
 
 use crate::client::Client;
-use crate::env::{Env, Row};
+use crate::env::{Env, Row, WaitBy};
 use crate::stats::ratio;
 use crate::{baseline, latency, tree_cpu};
 
@@ -175,12 +175,18 @@ pub fn run(env: &Env, n: usize) {
     }
     println!("  bwrap (target's baseline): {}", like.join(" "));
     println!("  bwrap (as in the issue):   {}", issued.join(" "));
+    // bwrap is waited for: the runtime's end is followed too, unless
+    // --wait says otherwise (status polls are requests the runtime answers
+    // on the CPUs the launch needs).
+    let wait = env.wait_or(WaitBy::Events);
+    println!("  task ends seen by: {wait:?}");
     let seq = latency::sequential(
         env,
         &s,
         &c,
         &body,
         n,
+        wait,
         &mut [
             &mut baseline::true_once,
             &mut || baseline::command_once(&like),
