@@ -18,7 +18,7 @@ use super::stdio::{self, TaskStdio};
 use super::{control, isolate, resolve, result, workspace, ShimContext};
 use crate::cgroup::task::{Need, TaskCgroups, TaskLimits};
 use crate::cgroup::HostFs;
-use crate::logging;
+use crate::{logging, sys};
 use execgo_runtime_protocol::taskdir::{self, now_rfc3339, StartedRecord, STARTED};
 
 pub struct Host {
@@ -315,7 +315,9 @@ impl Steps for Host {
         let can_drop = caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)
             .map_err(ShimError::Capabilities)?;
         if can_drop {
-            caps::clear(None, CapSet::Bounding).map_err(ShimError::Capabilities)?;
+            // Without reading each one first (`caps::clear` does): half the
+            // system calls.
+            sys::drop_bounding_set().map_err(ShimError::Bounding)?;
         }
         caps::clear(None, CapSet::Ambient).map_err(ShimError::Capabilities)?;
         caps::clear(None, CapSet::Inheritable).map_err(ShimError::Capabilities)?;

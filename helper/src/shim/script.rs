@@ -51,6 +51,8 @@ pub enum ShimError {
     Watch(#[source] nix::errno::Errno),
     #[error("clearing the capability sets the task would inherit failed")]
     Capabilities(#[source] caps::errors::CapsError),
+    #[error("emptying the capability bounding set the task would inherit failed")]
+    Bounding(#[source] nix::errno::Errno),
     #[error(transparent)]
     Spawn(#[from] SpawnError),
     #[error("creating the started record failed")]

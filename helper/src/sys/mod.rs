@@ -29,7 +29,7 @@ pub mod wait;
 pub use detach::{spawn_detached, DetachError};
 pub use fd::{adopt_fd, close_fds_except, open, open_dir_beneath, openat, Mounts};
 pub use netns::NetnsSpare;
-pub use process::{exit_now, fork, thread_count, Forked};
+pub use process::{drop_bounding_set, exit_now, fork, thread_count, Forked};
 pub use sandbox::{spawn_sandboxed, Report, SandboxSetup};
 pub use signals::{ignore_sigpipe, unignore_inherited_signals};
 pub use task_child::{spawn_task, ChildSetup, ChildStep, ExecImage, CHILD_STATUS_LEN};

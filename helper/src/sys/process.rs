@@ -29,8 +29,25 @@ pub fn fork() -> nix::Result<Forked> {
 }
 
 /// How many threads this process has (`Threads:` of `/proc/self/status`).
+/// One read into a buffer the whole file fits in (it is ~1.5 KiB), as it is
+/// asked before every launch.
 pub fn thread_count() -> std::io::Result<usize> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
+    use std::io::Read;
+    let mut buf = [0u8; 8192];
+    let mut file = std::fs::File::open("/proc/self/status")?;
+    let mut len = 0;
+    loop {
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        if len == buf.len() {
+            break;
+        }
+    }
+    let status = String::from_utf8_lossy(&buf[..len]);
     parse_threads(&status).ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -48,6 +65,23 @@ fn parse_threads(status: &str) -> Option<usize> {
         .ok()
 }
 
+/// Empties the calling thread's capability bounding set: one
+/// `PR_CAPBSET_DROP` per capability the kernel knows (dropping one not in
+/// the set is a no-op), up to the first it does not (`EINVAL`). Needs
+/// `CAP_SETPCAP`.
+pub fn drop_bounding_set() -> Result<(), nix::errno::Errno> {
+    for cap in 0..64 {
+        // SAFETY: prctl(2) with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
+            return match nix::errno::Errno::last() {
+                nix::errno::Errno::EINVAL if cap > 0 => Ok(()),
+                e => Err(e),
+            };
+        }
+    }
+    Ok(())
+}
+
 /// _exit(2): ends the process at once, without unwinding, destructors or
 /// atexit handlers, all of which belong to the process we were forked from.
 pub fn exit_now(code: i32) -> ! {
@@ -59,6 +93,26 @@ pub fn exit_now(code: i32) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bounding set is per thread: a thread of its own empties its own.
+    #[test]
+    fn the_bounding_set_is_emptied() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: dropping from the bounding set needs CAP_SETPCAP");
+            return;
+        }
+        let bnd = std::thread::spawn(|| {
+            drop_bounding_set().unwrap();
+            let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .map(|v| v.trim().to_string())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(bnd.as_deref(), Some("0000000000000000"));
+    }
 
     #[test]
     fn threads_are_counted() {

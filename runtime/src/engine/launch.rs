@@ -60,7 +60,7 @@ impl Engine {
         };
         let mut env: std::collections::BTreeMap<String, String> = base.iter().cloned().collect();
         env.extend(e.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let template = view::status_body(&td, row);
+        let template = view::result_template(&td, row);
         let result_template = serde_json::to_string(&template)
             .map_err(|e| EngineError::Internal(format!("encoding the result template: {e}")))?;
         let l = &req.limits;

@@ -228,7 +228,13 @@ impl Engine {
         tracing::info!(task_id = %task_id, "task accepted");
         self.metrics.status(TaskStatus::Accepted);
         match admitted {
-            Some(change) => self.after_commit(&change),
+            Some(change) => {
+                self.after_commit(&change);
+                // The launch it spawned writes its request to the helper
+                // before our answer is written: the task starts a little
+                // sooner, the client hears a little later.
+                tokio::task::yield_now().await;
+            }
             None => self.wake(),
         }
         Ok(SubmitTaskResponse {

@@ -60,6 +60,19 @@ pub fn status_body(td: &TaskDir, row: &TaskRow) -> TaskStatusResponse {
     }
 }
 
+/// The body a task's `result.json` starts from, at its launch: the logs
+/// are not read, since the shim fills them in from the files it writes.
+pub fn result_template(td: &TaskDir, row: &TaskRow) -> TaskStatusResponse {
+    TaskStatusResponse {
+        task: summary(td, row),
+        stdout: String::new(),
+        stderr: String::new(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        warnings: Vec::new(),
+    }
+}
+
 /// `row` as a listing shows it: everything but the logs.
 pub fn summary(td: &TaskDir, row: &TaskRow) -> TaskSummary {
     let running = row.status == TaskStatus::Running;
