@@ -43,6 +43,9 @@ pub struct Host {
     /// `/proc/thread-self` of the host's procfs, opened before a sidecar
     /// task's shim joins the main container's mount namespace.
     thread_dir: Option<OwnedFd>,
+    /// A sandbox's claim is made durable during the spawn, while the
+    /// sandbox child sets up (see [`spawn::spawn`]).
+    claim_durable_at_spawn: bool,
 }
 
 impl Host {
@@ -62,6 +65,7 @@ impl Host {
             report: None,
             init: None,
             sigchld: None,
+            claim_durable_at_spawn: false,
             result: None,
             main_pid: None,
             thread_dir: None,
@@ -144,6 +148,13 @@ impl Steps for Host {
     }
 
     fn make_claim_durable(&mut self) -> Result<(), ShimError> {
+        // A sandbox child, cloned fork-like, sets up its namespaces while
+        // the fsync runs and waits for it before the task starts; the
+        // process profile's vfork-style spawn has nothing to overlap.
+        if self.sandbox().is_some() {
+            self.claim_durable_at_spawn = true;
+            return Ok(());
+        }
         claim::make_durable(self.ctx.task_dir.as_fd())?;
         Ok(())
     }
@@ -351,6 +362,8 @@ impl Steps for Host {
             cwd,
             &self.cgroup_join,
             report.as_ref().map(|(_, w)| w),
+            self.claim_durable_at_spawn
+                .then(|| self.ctx.task_dir.as_fd()),
         )?;
         self.report = report.map(|(r, _)| r);
         self.main_pid = Some(nix::unistd::Pid::from_raw(started.pid));

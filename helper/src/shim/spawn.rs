@@ -14,7 +14,7 @@
 //! suspended while its child sets up, so only a second thread could fsync
 //! meanwhile, and starting one costs more than the set-up it would hide.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -41,6 +41,10 @@ pub enum SpawnError {
     Exec { program: String, errno: i32 },
     #[error("setting up the task process failed at {}: {}", step.name(), std::io::Error::from_raw_os_error(*errno))]
     Setup { step: ChildStep, errno: i32 },
+    /// The claim could not be made durable while the sandbox was set up:
+    /// the task was stopped at the gate, before it could exec.
+    #[error("making the claim durable failed; the task was not started")]
+    Durable(#[source] super::claim::ClaimError),
 }
 
 impl SpawnError {
@@ -124,6 +128,12 @@ impl Plan {
 /// Starts the task. Returns once it has exec'd, or failed to. The caller
 /// has SIGCHLD blocked (and a signalfd for it), so the child's exit cannot
 /// be missed.
+///
+/// `claim_dir`, for a sandbox only: the task directory whose fsync makes
+/// the claim durable. It is done here, while the sandbox child sets up
+/// (namespaces, mounts), which waits at a gate for it before it starts the
+/// task: the task still never execs before its claim is durable.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     plan: &Plan,
     stdin: &OwnedFd,
@@ -132,9 +142,14 @@ pub fn spawn(
     cwd: &OwnedFd,
     cgroup_join: &[OwnedFd],
     report: Option<&OwnedFd>,
+    claim_dir: Option<BorrowedFd<'_>>,
 ) -> Result<Started, SpawnError> {
     let cgroup_join: Vec<RawFd> = cgroup_join.iter().map(AsRawFd::as_raw_fd).collect();
     let (status_r, status_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
+    let gate = match (&plan.sandbox, claim_dir) {
+        (Some(_), Some(_)) => Some(nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?),
+        _ => None,
+    };
     let setup = ChildSetup {
         image: &plan.image,
         stdin: stdin.as_raw_fd(),
@@ -171,14 +186,35 @@ pub fn spawn(
                 report_fd: report.map_or(-1, AsRawFd::as_raw_fd),
                 rootfs: sb.rootfs,
                 netns: sb.netns,
+                gate: gate.as_ref().map(|(r, w)| (r.as_raw_fd(), w.as_raw_fd())),
             },
         ),
     }
     .map_err(SpawnError::Clone)?;
     drop(status_w);
+    // The claim's fsync, while the sandbox child sets up; then the gate
+    // opens (one byte), or closes unopened (end of file) if it failed.
+    let durable = match (gate, claim_dir) {
+        (Some((gate_r, gate_w)), Some(dir)) => {
+            drop(gate_r);
+            let synced = super::claim::make_durable(dir);
+            if synced.is_ok() {
+                // EPIPE only if the child is gone already: its status says
+                // why.
+                let _ = nix::unistd::write(&gate_w, b"1");
+            }
+            synced
+        }
+        _ => Ok(()),
+    };
     // Usually end-of-file at once; the exec closes the pipe a little after
     // the moment it lets us go on.
     let status = read_status(&status_r)?;
+    if let Err(e) = durable {
+        // Stopped at the gate (or exec'd before? impossible: it waits).
+        let _ = sys::wait4(pid.as_raw(), false);
+        return Err(SpawnError::Durable(e));
+    }
     let at = Instant::now();
     match status.map(|b| decode_status(&b)) {
         None => Ok(Started {
@@ -255,7 +291,88 @@ mod tests {
         let null = || open(Path::new("/dev/null"), OFlag::O_RDWR);
         let out = open(&tmp.path().join("out"), OFlag::O_WRONLY | OFlag::O_CREAT);
         let cwd = open(tmp.path(), OFlag::O_RDONLY | OFlag::O_DIRECTORY);
-        (spawn(&plan, &null(), &out, &null(), &cwd, &[], None), tmp)
+        (
+            spawn(&plan, &null(), &out, &null(), &cwd, &[], None, None),
+            tmp,
+        )
+    }
+
+    /// A sandbox (uts namespace only: its child allocates nothing, so it is
+    /// sound to clone from the test harness's threads) whose claim's fsync
+    /// runs during the spawn: the task starts only when it succeeded.
+    fn spawn_gated(claim_dir_flags: OFlag) -> (Result<Started, SpawnError>, tempfile::TempDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        let argv: Vec<String> = ["sh", "-c", "hostname > ran"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        let mut plan = Plan::new(&[PathBuf::from("/bin/sh")], &argv, &[], None, None).unwrap();
+        plan.sandbox = Some(SandboxPlan {
+            spec: SandboxSpec {
+                mount: false,
+                pid: false,
+                uts: true,
+                ipc: false,
+                net: false,
+                rootfs: None,
+            },
+            seccomp: crate::seccomp::task_filters().unwrap(),
+            rootfs: None,
+            netns: None,
+        });
+        let open = |path: &Path, flags: OFlag| {
+            sys::open(
+                path,
+                flags | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )
+            .unwrap()
+        };
+        let null = || open(Path::new("/dev/null"), OFlag::O_RDWR);
+        let cwd = open(tmp.path(), OFlag::O_RDONLY | OFlag::O_DIRECTORY);
+        let claim_dir = open(tmp.path(), claim_dir_flags | OFlag::O_DIRECTORY);
+        let started = spawn(
+            &plan,
+            &null(),
+            &null(),
+            &null(),
+            &cwd,
+            &[],
+            None,
+            Some(claim_dir.as_fd()),
+        );
+        (started, tmp)
+    }
+
+    #[test]
+    fn a_sandbox_task_starts_once_its_claim_is_durable() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: a uts namespace needs root");
+            return;
+        }
+        let (started, tmp) = spawn_gated(OFlag::O_RDONLY);
+        let started = started.unwrap();
+        assert_eq!(exit_code(started.pid), 0);
+        let ran = std::fs::read_to_string(tmp.path().join("ran")).unwrap();
+        assert_eq!(ran.trim_end(), "execgo-sandbox");
+    }
+
+    #[test]
+    fn a_sandbox_task_never_starts_when_its_claim_cannot_be_made_durable() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: a uts namespace needs root");
+            return;
+        }
+        // fsync(2) of an O_PATH descriptor fails (EBADF).
+        let (started, tmp) = spawn_gated(OFlag::O_PATH);
+        assert!(
+            matches!(started, Err(SpawnError::Durable(_))),
+            "{started:?}"
+        );
+        assert!(
+            !tmp.path().join("ran").exists(),
+            "the task ran without a durable claim"
+        );
     }
 
     fn exit_code(pid: i32) -> i32 {

@@ -43,6 +43,11 @@ pub struct SandboxSetup {
     /// A spare network namespace the helper made (`lo` up), joined instead
     /// of cloning one (see [`super::netns`]); only with `net`.
     pub netns: Option<RawFd>,
+    /// The claim's gate, (read end, write end) of a pipe: the child sets up
+    /// the sandbox while the shim makes the task's claim durable, and
+    /// starts the task only once the shim has written one byte to it. End
+    /// of file (the fsync failed, or the shim is gone) stops it.
+    pub gate: Option<(RawFd, RawFd)>,
 }
 
 impl SandboxSetup {
@@ -91,6 +96,12 @@ pub fn spawn_sandboxed(setup: &ChildSetup<'_>, sb: &SandboxSetup) -> nix::Result
 
 /// The sandbox child. Never returns: it execs the task, or exits.
 fn sandbox_child(s: &ChildSetup<'_>, sb: &SandboxSetup) -> ! {
+    if let Some((_, write_end)) = sb.gate {
+        // Only the shim may open the gate; without our copy of its end, the
+        // shim's death is an end of file.
+        // SAFETY: closing our copy of a descriptor the shim keeps.
+        unsafe { libc::close(write_end) };
+    }
     if let Err(step) = super::task_child::join_cgroups(s) {
         child_fail(s.status_fd, step);
     }
@@ -129,6 +140,11 @@ fn sandbox_child(s: &ChildSetup<'_>, sb: &SandboxSetup) -> ! {
             }
         }
     }
+    if let Some((read_end, _)) = sb.gate {
+        if !gate_opened(read_end) {
+            child_fail(s.status_fd, ChildStep::ClaimGate);
+        }
+    }
     let task = ChildSetup {
         cgroup_join: &[],
         own_group: false,
@@ -147,6 +163,23 @@ fn sandbox_child(s: &ChildSetup<'_>, sb: &SandboxSetup) -> ! {
         Ok(child) => init(child.as_raw(), s.status_fd, sb.report_fd),
         Err(_) => child_fail(s.status_fd, ChildStep::Fork),
     }
+}
+
+/// Waits at the claim's gate: true once the shim wrote its byte, false on
+/// end of file or an error. The descriptor is closed either way.
+fn gate_opened(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    let opened = loop {
+        // SAFETY: read(2) of one byte into a live local.
+        let n = unsafe { libc::read(fd, (&mut byte as *mut u8).cast(), 1) };
+        if n < 0 && Errno::last_raw() == libc::EINTR {
+            continue;
+        }
+        break n == 1;
+    };
+    // SAFETY: closing a descriptor we own.
+    unsafe { libc::close(fd) };
+    opened
 }
 
 /// The pid namespace's init: reaps everything until the task is reaped,

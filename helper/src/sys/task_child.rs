@@ -94,6 +94,7 @@ pub enum ChildStep {
     Seccomp = 19,
     RlimitNofile = 20,
     NetNamespace = 21,
+    ClaimGate = 22,
 }
 
 impl ChildStep {
@@ -120,6 +121,7 @@ impl ChildStep {
             ChildStep::Seccomp,
             ChildStep::RlimitNofile,
             ChildStep::NetNamespace,
+            ChildStep::ClaimGate,
         ]
         .into_iter()
         .find(|s| *s as u8 == b)
@@ -148,6 +150,9 @@ impl ChildStep {
             ChildStep::Seccomp => "loading the seccomp filter",
             ChildStep::RlimitNofile => "setrlimit RLIMIT_NOFILE",
             ChildStep::NetNamespace => "joining the spare network namespace (setns)",
+            ChildStep::ClaimGate => {
+                "waiting for the shim to make the claim durable (it failed, or the shim is gone)"
+            }
         }
     }
 }
@@ -457,13 +462,13 @@ mod tests {
 
     #[test]
     fn child_steps_round_trip() {
-        for b in 1..=21u8 {
+        for b in 1..=22u8 {
             let step = ChildStep::from_u8(b).unwrap();
             assert_eq!(step as u8, b);
             assert!(!step.name().is_empty());
         }
         assert_eq!(ChildStep::from_u8(0), None);
-        assert_eq!(ChildStep::from_u8(22), None);
+        assert_eq!(ChildStep::from_u8(23), None);
     }
 
     #[test]
