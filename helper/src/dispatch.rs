@@ -32,6 +32,8 @@ pub struct Context {
     pub task_seccomp: Option<[seccompiler::BpfProgram; 2]>,
     /// The spare network namespace sandbox launches take.
     pub net_spare: crate::sys::NetnsSpare,
+    /// The shim forked ahead of the next launch.
+    pub prefork: crate::prefork::Prefork,
 }
 
 pub struct Dispatcher {
@@ -44,14 +46,19 @@ impl Dispatcher {
     }
 
     /// Whether there is work to do while idle: a spare network namespace
-    /// to make (see [`crate::sys::netns`]).
+    /// (see [`crate::sys::netns`]) or a spare shim (see
+    /// [`crate::prefork`]) to make.
     pub fn has_idle_work(&self) -> bool {
-        self.ctx.net_spare.wants_one()
+        self.ctx.net_spare.wants_one() || self.ctx.prefork.wants_one()
     }
 
-    /// Does the idle work: makes the spare network namespace.
+    /// Does one piece of the idle work.
     pub fn idle_work(&self) {
-        self.ctx.net_spare.refill();
+        if self.ctx.net_spare.wants_one() {
+            self.ctx.net_spare.refill();
+        } else if self.ctx.prefork.wants_one() {
+            self.ctx.prefork.refill();
+        }
     }
 
     /// Answers the first frame of a connection.
@@ -161,6 +168,7 @@ pub fn test_dispatcher() -> (tempfile::TempDir, Dispatcher) {
         workdir_roots: Vec::new(),
         task_seccomp: None,
         net_spare: crate::sys::NetnsSpare::disabled(),
+        prefork: crate::prefork::Prefork::disabled(),
     };
     (tmp, Dispatcher::new(ctx))
 }

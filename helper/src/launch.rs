@@ -24,6 +24,7 @@ use nix::errno::Errno;
 
 use crate::dispatch::Context;
 use crate::peer::Peer;
+use crate::prefork::Handover;
 use crate::shim::{self, ShimContext};
 use crate::sys::DetachError;
 use crate::validate::{validate, ValidateError};
@@ -129,6 +130,8 @@ pub fn launch(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Response {
 
 /// Validates, starts the shim, and names it.
 fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, LaunchError> {
+    // A spare shim validates the request again, as the runtime sent it.
+    let for_spare = ctx.prefork.enabled().then(|| spec.clone());
     // Validation first: a refused request has no side effect at all.
     let launch = validate(spec)?;
     let rootfs = open_rootfs(ctx, &launch.profile)?;
@@ -163,6 +166,21 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, Launc
         workdir,
         netns,
     };
+    if let (Some(spec), None) = (&for_spare, &shim_ctx.sidecar) {
+        let handed = ctx.prefork.hand_over(&Handover {
+            spec,
+            peer_uid: peer.uid,
+            peer_gid: peer.gid,
+            task_dir: shim_ctx.task_dir.as_fd(),
+            rootfs: shim_ctx.rootfs.as_ref().map(AsFd::as_fd),
+            workdir: shim_ctx.workdir.as_ref().map(AsFd::as_fd),
+            netns: shim_ctx.netns.as_ref().map(AsFd::as_fd),
+        });
+        if let Some(launched) = handed {
+            // The spare has its own copies of our descriptors.
+            return Ok(launched);
+        }
+    }
     let threads = sys::thread_count().map_err(LaunchError::ThreadCount)?;
     if threads != 1 {
         return Err(LaunchError::Threaded(threads));
@@ -281,6 +299,7 @@ mod tests {
             workdir_roots: vec![(root.display().to_string(), open(root))],
             task_seccomp: None,
             net_spare: sys::NetnsSpare::disabled(),
+            prefork: crate::prefork::Prefork::disabled(),
         };
         (data, ctx)
     }

@@ -25,6 +25,7 @@ mod namespaces;
 mod os_error;
 mod outbox;
 mod peer;
+mod prefork;
 mod probe;
 mod probe_child;
 mod rlimits;
@@ -344,9 +345,19 @@ fn run(args: cli::Args, activated: Option<i32>) -> Result<(), MainError> {
         None
     };
     let net_spare = sys::NetnsSpare::new(capabilities.privileged && capabilities.namespaces.net);
+    let prefork = prefork::Prefork::new(
+        prefork::Statics {
+            privileged: capabilities.privileged,
+            task_identity,
+            cgroups: cgroups.clone(),
+            seccomp: task_seccomp.clone(),
+        },
+        true,
+    );
     let dispatcher = Dispatcher::new(Context {
         data_fd,
         net_spare,
+        prefork,
         capabilities,
         task_identity,
         cgroups,

@@ -30,6 +30,13 @@ pub fn isolate(keep: &[RawFd]) -> Result<(), IsolateError> {
     // A session of our own: the shim outlives the helper's session and no
     // terminal signal of it reaches us.
     nix::unistd::setsid().map_err(IsolateError::Setsid)?;
+    drop_inherited(keep)
+}
+
+/// Every descriptor but `keep` closed, and 0, 1 and 2 on /dev/null: also
+/// what a spare shim does at once (see [`crate::prefork`]), long before
+/// its [`isolate`].
+pub fn drop_inherited(keep: &[RawFd]) -> Result<(), IsolateError> {
     sys::close_fds_except(keep).map_err(IsolateError::CloseFds)?;
     // Nothing of the helper's stdio stays open here (its stderr may be the
     // runtime's pipe, whose reader waits for every writer to close).
