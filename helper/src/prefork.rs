@@ -1,7 +1,7 @@
 //! A shim forked ahead of its launch. Starting a shim costs a fork of the
 //! helper through a short-lived intermediate (see [`crate::sys::detach`])
-//! and the new process's first steps, ~0.7 ms on this project's 2-vCPU
-//! test VM, all of it between the runtime's request and the task's start.
+//! and the new process's first steps, all of it between the runtime's
+//! request and the task's start (figures in docs/benchmarks.md).
 //! So once a launch has been asked for, the helper keeps one shim forked
 //! ahead (the *spare*), made between requests the way a shim is made: a
 //! detached copy of the helper, nobody's child. It drops every descriptor

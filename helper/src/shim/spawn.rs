@@ -271,6 +271,16 @@ mod tests {
     use nix::sys::stat::Mode;
     use std::path::Path;
 
+    /// `path` opened close-on-exec (created 0600 with `O_CREAT`).
+    fn open(path: &Path, flags: OFlag) -> OwnedFd {
+        sys::open(
+            path,
+            flags | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .unwrap()
+    }
+
     /// Spawns `program` with `argv` in a fresh directory, its stdout in
     /// `out` there.
     fn spawn_in_tmp(
@@ -280,14 +290,6 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
         let plan = Plan::new(&[PathBuf::from(program)], &argv, &[], None, None).unwrap();
-        let open = |path: &Path, flags: OFlag| {
-            sys::open(
-                path,
-                flags | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o600),
-            )
-            .unwrap()
-        };
         let null = || open(Path::new("/dev/null"), OFlag::O_RDWR);
         let out = open(&tmp.path().join("out"), OFlag::O_WRONLY | OFlag::O_CREAT);
         let cwd = open(tmp.path(), OFlag::O_RDONLY | OFlag::O_DIRECTORY);
@@ -320,14 +322,6 @@ mod tests {
             rootfs: None,
             netns: None,
         });
-        let open = |path: &Path, flags: OFlag| {
-            sys::open(
-                path,
-                flags | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o600),
-            )
-            .unwrap()
-        };
         let null = || open(Path::new("/dev/null"), OFlag::O_RDWR);
         let cwd = open(tmp.path(), OFlag::O_RDONLY | OFlag::O_DIRECTORY);
         let claim_dir = open(tmp.path(), claim_dir_flags | OFlag::O_DIRECTORY);

@@ -1,7 +1,7 @@
 //! A spare network namespace, made ahead of the sandbox launch that takes
 //! it. A new network namespace is the dearest part of a sandbox's clone
-//! (about two thirds of a five-namespace clone here: the kernel runs every
-//! per-namespace init of the network stack), so the helper makes the next
+//! (the kernel runs every per-namespace init of the network stack; figures
+//! in docs/benchmarks.md), so the helper makes the next
 //! one while it has nothing else to do, with `lo` already up, and the
 //! sandbox child joins it with `setns(2)` instead of cloning its own.
 //!
