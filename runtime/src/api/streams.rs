@@ -26,10 +26,19 @@ fn flag(name: &str, value: &str) -> Result<bool, ApiError> {
     }
 }
 
+/// A byte offset into a file: 0..=i64::MAX, the most a file offset can be
+/// (a read past it is EINVAL, not end of file).
 fn number(name: &str, value: &str) -> Result<u64, ApiError> {
     value
         .parse::<u64>()
-        .map_err(|_| ApiError::invalid(format!("{name} '{value}' must be a whole number of bytes")))
+        .ok()
+        .filter(|n| i64::try_from(*n).is_ok())
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "{name} '{value}' must be a whole number of bytes, at most {}",
+                i64::MAX
+            ))
+        })
 }
 
 /// `GET .../events` query: `Some(after)` to follow from after event
