@@ -293,6 +293,9 @@ impl EventFollow {
     }
 }
 
+/// The largest offset a file can have (`loff_t`).
+const MAX_OFFSET: u64 = i64::MAX as u64;
+
 struct LogFollow {
     engine: Arc<Engine>,
     task_id: String,
@@ -319,6 +322,11 @@ impl LogFollow {
                 Some(end) => CHUNK.min((end - self.offset) as usize),
                 None => CHUNK,
             };
+            // A read whose end would pass the largest file offset is
+            // EINVAL, not end of file; nothing can be there anyway.
+            let want = want.min(
+                usize::try_from(MAX_OFFSET - self.offset.min(MAX_OFFSET)).unwrap_or(usize::MAX),
+            );
             let over_before_read = self.over;
             let (file, offset) = (Arc::clone(&self.file), self.offset);
             let read = tokio::task::spawn_blocking(move || {
