@@ -13,6 +13,7 @@ mod cgroup_cpu;
 mod cgroup_mounts;
 mod client;
 mod cpu;
+mod durable;
 mod env;
 mod followers;
 mod fsprobe;
