@@ -141,7 +141,9 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     output_runs: usize,
 
-    /// Sequential linux_sandbox /bin/true tasks (and runs of each bwrap).
+    /// Sequential linux_sandbox /bin/true tasks (and runs of each bwrap
+    /// baseline: the runtime's set-up, the command, and the first
+    /// with the design's durable writes in line).
     #[arg(long, default_value_t = 200)]
     sandbox_tasks: usize,
 
