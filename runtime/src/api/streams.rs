@@ -13,7 +13,7 @@ use warp::http::{header, HeaderMap, Response, StatusCode};
 
 use super::error::ApiError;
 use super::routes::{Body, Reply};
-use crate::engine::streams::{EventItem, LogName, LogSpan};
+use crate::engine::streams::{EventItem, LogName, LogSpan, MAX_OFFSET};
 use crate::engine::Engine;
 
 fn flag(name: &str, value: &str) -> Result<bool, ApiError> {
@@ -26,17 +26,16 @@ fn flag(name: &str, value: &str) -> Result<bool, ApiError> {
     }
 }
 
-/// A byte offset into a file: 0..=i64::MAX, the most a file offset can be
-/// (a read past it is EINVAL, not end of file).
+/// A byte offset into a log: at most [`MAX_OFFSET`] (a read past it is
+/// EINVAL, not end of file).
 fn number(name: &str, value: &str) -> Result<u64, ApiError> {
     value
         .parse::<u64>()
         .ok()
-        .filter(|n| i64::try_from(*n).is_ok())
+        .filter(|n| *n <= MAX_OFFSET)
         .ok_or_else(|| {
             ApiError::invalid(format!(
-                "{name} '{value}' must be a whole number of bytes, at most {}",
-                i64::MAX
+                "{name} '{value}' must be a whole number of bytes, at most {MAX_OFFSET}"
             ))
         })
 }

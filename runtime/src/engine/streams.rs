@@ -293,8 +293,9 @@ impl EventFollow {
     }
 }
 
-/// The largest offset a file can have (`loff_t`).
-const MAX_OFFSET: u64 = i64::MAX as u64;
+/// The largest offset a file can have (`loff_t`): the most a log offset
+/// may be.
+pub const MAX_OFFSET: u64 = i64::MAX as u64;
 
 struct LogFollow {
     engine: Arc<Engine>,
@@ -324,9 +325,8 @@ impl LogFollow {
             };
             // A read whose end would pass the largest file offset is
             // EINVAL, not end of file; nothing can be there anyway.
-            let want = want.min(
-                usize::try_from(MAX_OFFSET - self.offset.min(MAX_OFFSET)).unwrap_or(usize::MAX),
-            );
+            let want = want
+                .min(usize::try_from(MAX_OFFSET.saturating_sub(self.offset)).unwrap_or(usize::MAX));
             let over_before_read = self.over;
             let (file, offset) = (Arc::clone(&self.file), self.offset);
             let read = tokio::task::spawn_blocking(move || {
