@@ -17,6 +17,7 @@ use execgo_runtime_fuzz::validate::{validate, ValidateError};
 use execgo_runtime_protocol::taskdir::MAX_OUTPUT_HEAD_BYTES;
 use execgo_runtime_protocol::{
     decode, LaunchLimits, LaunchProfile, LaunchSpec, SandboxSpec, CPU_MILLIS_MAX, CPU_MILLIS_MIN,
+    SCRIPT_ARG,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -82,7 +83,11 @@ fn opt_limit(u: &mut Unstructured) -> Result<Option<u64>> {
 
 fn build(u: &mut Unstructured) -> Result<LaunchSpec> {
     let argv_len = u.int_in_range(0..=4)?;
-    let argv = (0..argv_len).map(|_| text(u, ARG)).collect::<Result<_>>()?;
+    let mut argv: Vec<String> = (0..argv_len).map(|_| text(u, ARG)).collect::<Result<_>>()?;
+    let script_fd = u.arbitrary()?;
+    if script_fd && u.arbitrary()? {
+        argv.push(SCRIPT_ARG.to_string());
+    }
     let env_len = u.int_in_range(0..=4)?;
     let env = (0..env_len)
         .map(|_| Ok((text(u, ENV)?, text(u, ENV)?)))
@@ -145,6 +150,7 @@ fn build(u: &mut Unstructured) -> Result<LaunchSpec> {
         } else {
             None
         },
+        script_fd,
     })
 }
 
@@ -198,6 +204,12 @@ fn workdir_ok(s: &LaunchSpec) -> bool {
     })
 }
 
+/// A script on descriptor 3 is named by the last of two or more
+/// arguments.
+fn script_ok(s: &LaunchSpec) -> bool {
+    !s.script_fd || (s.argv.len() >= 2 && s.argv.last().map(String::as_str) == Some(SCRIPT_ARG))
+}
+
 fn template_ok(t: &str) -> bool {
     matches!(serde_json::from_str(t), Ok(serde_json::Value::Object(_)))
 }
@@ -229,6 +241,7 @@ fn acceptable(s: &LaunchSpec) -> bool {
         && limits_ok(&s.limits)
         && s.sidecar_target.as_deref().is_none_or(container_ok)
         && workdir_ok(s)
+        && script_ok(s)
 }
 
 /// The spec breaks the rule that `e` names.
@@ -268,6 +281,7 @@ fn breaks(s: &LaunchSpec, e: &ValidateError) -> bool {
         ValidateError::WorkdirProfile => {
             s.workdir.as_deref().is_some_and(absolute_ok) && !workdir_ok(s)
         }
+        ValidateError::ScriptArg => !script_ok(s),
     }
 }
 
@@ -285,6 +299,7 @@ fn check(spec: LaunchSpec) {
             assert_eq!(v.keep_descendants, spec.keep_descendants);
             assert_eq!(v.sidecar_target, spec.sidecar_target);
             assert_eq!(v.workdir, spec.workdir);
+            assert_eq!(v.script_fd, spec.script_fd);
             assert_eq!(
                 v.termination_grace,
                 Duration::from_millis(spec.termination_grace_ms)

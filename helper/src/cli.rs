@@ -22,15 +22,16 @@ use clap::{ArgGroup, Parser};
         activation (LISTEN_FDS=1, LISTEN_PID=the helper): it must then be a \
         listening Unix stream socket bound to the --socket path.\n\
         Embedded: started by `execgo-runtime serve` itself over a socketpair.\n\n\
-        Tasks never run as root by accident: as root the helper needs \
-        --task-user (the unprivileged user tasks run as), refuses uid 0 \
-        without --allow-root-tasks and refuses a uid allowed to connect. \
-        Unprivileged, it runs tasks as itself.\n\n\
+        Tasks never run as root by accident: as root the helper gives every \
+        task a uid of its own from --task-uid-range, or, with --task-user, \
+        runs them all as that one user (uid 0 only with --allow-root-tasks, \
+        never a uid allowed to connect). Unprivileged, it runs tasks as \
+        itself.\n\n\
         Logs are JSON lines on stderr, or journald entries with --log-format \
         journald (the default when JOURNAL_STREAM is set); RUST_LOG sets the \
         level.",
     override_usage = "execgo-runtime-helper --data-dir <PATH> --socket <PATH> (--allowed-uid <UID> | --allowed-user <NAME>)... \
-        [--allowed-gid <GID>] [--task-user <USER>] [--allow-root-tasks] [--cgroup-root <PATH|delegated>] \
+        [--allowed-gid <GID>] [--task-uid-range <FIRST-LAST> | --task-user <USER>] [--allow-root-tasks] [--cgroup-root <PATH|delegated>] \
         [--log-format <FORMAT>]"
 )]
 #[command(group(
@@ -83,13 +84,23 @@ pub struct Args {
     )]
     pub allowed_gid: Option<u32>,
 
-    /// The user tasks run as: NAME (with its primary group), UID (with the
-    /// group of its passwd entry, else the same number) or UID:GID.
-    /// Required when running as root; it may not be uid 0 (see
+    /// One user for every task: NAME (with its primary group), UID (with
+    /// the group of its passwd entry, else the same number) or UID:GID. An
+    /// explicit choice: as root, without it, every task gets a uid of its
+    /// own (--task-uid-range). It may not be uid 0 (see
     /// --allow-root-tasks) nor a uid allowed to connect. Unprivileged, the
     /// helper runs tasks as itself and accepts only its own uid here.
-    #[arg(long, value_name = "USER")]
+    #[arg(long, value_name = "USER", conflicts_with = "task_uid_range")]
     pub task_user: Option<String>,
+
+    /// Root only: the uids tasks are given, one of its own per task (its
+    /// gid the same number), leased in <data-dir>/task-uids/ and given
+    /// back when the task is over. Start-up refuses a range that holds a
+    /// user or group of /etc/passwd or /etc/group or overlaps an
+    /// allocation of /etc/subuid or /etc/subgid (exit 2).
+    /// [default: 1879048192-1879113727]
+    #[arg(long, value_name = "FIRST-LAST")]
+    pub task_uid_range: Option<String>,
 
     /// Allow --task-user to be uid 0. Root tasks still run with every
     /// capability set empty and no new privileges.

@@ -18,8 +18,10 @@ pub struct Context {
     pub data_fd: OwnedFd,
     /// What the probe at start found.
     pub capabilities: HelperCapabilities,
-    /// Who tasks run as, when not as the helper itself.
+    /// Who every task runs as, when they share one user (`--task-user`).
     pub task_identity: Option<crate::identity::TaskIdentity>,
+    /// The task uid leases, when each task gets a uid of its own.
+    pub leases: Option<std::rc::Rc<crate::uid_lease::Leases>>,
     /// Where task cgroups go; `None` when the host has no usable one.
     pub cgroups: Option<crate::cgroup::task::Placement>,
     /// The `--rootfs-dir`s, as given and opened at start.
@@ -163,6 +165,7 @@ pub fn test_dispatcher() -> (tempfile::TempDir, Dispatcher) {
             ..Default::default()
         },
         task_identity: None,
+        leases: None,
         cgroups: None,
         rootfs_dirs: Vec::new(),
         workdir_roots: Vec::new(),

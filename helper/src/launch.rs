@@ -23,6 +23,7 @@ use execgo_runtime_protocol::{
 use nix::errno::Errno;
 
 use crate::dispatch::Context;
+use crate::identity::TaskIdentity;
 use crate::peer::Peer;
 use crate::prefork::Handover;
 use crate::shim::{self, ShimContext};
@@ -74,6 +75,8 @@ pub enum LaunchError {
         #[source]
         source: Errno,
     },
+    #[error("leasing a task uid failed")]
+    Lease(#[source] crate::uid_lease::LeaseError),
 }
 
 impl LaunchError {
@@ -92,7 +95,9 @@ impl LaunchError {
             LaunchError::TaskDir { .. } | LaunchError::Start(_) | LaunchError::Workdir { .. } => {
                 HelperErrorKind::LaunchFailed
             }
-            LaunchError::Threaded(_) | LaunchError::ThreadCount(_) => HelperErrorKind::LaunchFailed,
+            LaunchError::Threaded(_) | LaunchError::ThreadCount(_) | LaunchError::Lease(_) => {
+                HelperErrorKind::LaunchFailed
+            }
         }
     }
 }
@@ -136,7 +141,7 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, Launc
     let launch = validate(spec)?;
     let rootfs = open_rootfs(ctx, &launch.profile)?;
     let workdir = open_workdir(ctx, launch.workdir.as_deref())?;
-    let task_dir = open_task_dir(ctx, &launch.task_id)?;
+    let (tasks, task_dir) = open_task_dir(ctx, &launch.task_id)?;
     // Sidecar mode: the target is found by the helper itself, never taken
     // from the runtime (which names only the container).
     let sidecar = match &launch.sidecar_target {
@@ -152,13 +157,38 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, Launc
         LaunchProfile::LinuxSandbox(spec) if spec.net => ctx.net_spare.take(),
         _ => None,
     };
+    // Last before the shim: a refused launch leaves no lease. From here
+    // on, a launch that starts no shim gives it back.
+    let leased = match &ctx.leases {
+        Some(leases) => {
+            let owner = crate::shim::runtime_owner(ctx.capabilities.privileged, peer.uid, peer.gid);
+            let uid = leases
+                .acquire(&launch.task_id, tasks.as_fd(), owner)
+                .map_err(LaunchError::Lease)?;
+            Some((leases, uid))
+        }
+        None => None,
+    };
+    let task_identity = match leased {
+        Some((_, uid)) => Some(TaskIdentity { uid, gid: uid }),
+        None => ctx.task_identity,
+    };
+    let task_uid = task_identity.map_or_else(|| nix::unistd::geteuid().as_raw(), |t| t.uid);
+    let for_id = launch.task_id.clone();
+    let give_back = |e: LaunchError| {
+        if let Some((leases, uid)) = leased {
+            crate::uid_lease::forget(leases.dir(), uid, &for_id);
+        }
+        e
+    };
     let shim_ctx = ShimContext {
         launch,
         task_dir,
         peer_uid: peer.uid,
         peer_gid: peer.gid,
         privileged: ctx.capabilities.privileged,
-        task_identity: ctx.task_identity,
+        task_identity,
+        lease: leased.map(|(l, _)| std::rc::Rc::clone(l)),
         cgroups,
         rootfs,
         seccomp,
@@ -171,6 +201,7 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, Launc
             spec,
             peer_uid: peer.uid,
             peer_gid: peer.gid,
+            task_uid: leased.map(|(_, uid)| uid),
             task_dir: shim_ctx.task_dir.as_fd(),
             rootfs: shim_ctx.rootfs.as_ref().map(AsFd::as_fd),
             workdir: shim_ctx.workdir.as_ref().map(AsFd::as_fd),
@@ -178,22 +209,33 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, Launc
         });
         if let Some(launched) = handed {
             // The spare has its own copies of our descriptors.
-            return Ok(launched);
+            return Ok(Launched {
+                task_uid,
+                ..launched
+            });
         }
     }
-    let threads = sys::thread_count().map_err(LaunchError::ThreadCount)?;
+    let threads = sys::thread_count()
+        .map_err(LaunchError::ThreadCount)
+        .map_err(give_back)?;
     if threads != 1 {
-        return Err(LaunchError::Threaded(threads));
+        return Err(give_back(LaunchError::Threaded(threads)));
     }
     // The shim runs in a copy of our memory, owning its own copy of the
     // context; ours is dropped when this returns.
-    let shim = sys::spawn_detached(move || shim::run(shim_ctx)).map_err(LaunchError::Start)?;
+    let shim = match sys::spawn_detached(move || shim::run(shim_ctx)) {
+        Ok(pid) => pid,
+        // Lost: a shim may run with the lease; it gives it back itself.
+        Err(e @ DetachError::Lost(_)) => return Err(LaunchError::Start(e)),
+        Err(e) => return Err(give_back(LaunchError::Start(e))),
+    };
     let shim_pid = shim.as_raw();
     // 0 when the shim has exited already (it found the task claimed, say).
     let shim_start_ticks = start_ticks(shim_pid).unwrap_or(0);
     Ok(Launched {
         shim_pid,
         shim_start_ticks,
+        task_uid,
     })
 }
 
@@ -258,9 +300,9 @@ fn open_workdir(ctx: &Context, path: Option<&str>) -> Result<Option<OwnedFd>, La
     })
 }
 
-/// `tasks/<id>`, resolved under the data dir descriptor one component at a
-/// time, neither component allowed to be a symlink.
-fn open_task_dir(ctx: &Context, id: &str) -> Result<OwnedFd, LaunchError> {
+/// `tasks/` and `tasks/<id>`, resolved under the data dir descriptor one
+/// component at a time, neither component allowed to be a symlink.
+fn open_task_dir(ctx: &Context, id: &str) -> Result<(OwnedFd, OwnedFd), LaunchError> {
     // ENOTDIR or ELOOP: a symlink or a file where a directory belongs.
     let classify = |e: Errno| match e {
         Errno::ENOENT => LaunchError::TaskDirMissing(id.to_string()),
@@ -271,7 +313,8 @@ fn open_task_dir(ctx: &Context, id: &str) -> Result<OwnedFd, LaunchError> {
         },
     };
     let tasks = fs_at::open_dir(ctx.data_fd.as_fd(), "tasks").map_err(classify)?;
-    fs_at::open_dir(tasks.as_fd(), id).map_err(classify)
+    let dir = fs_at::open_dir(tasks.as_fd(), id).map_err(classify)?;
+    Ok((tasks, dir))
 }
 
 #[cfg(test)]
@@ -294,6 +337,7 @@ mod tests {
             data_fd: open(data.path()),
             capabilities: Default::default(),
             task_identity: None,
+            leases: None,
             cgroups: None,
             rootfs_dirs: Vec::new(),
             workdir_roots: vec![(root.display().to_string(), open(root))],

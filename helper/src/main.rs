@@ -36,6 +36,7 @@ mod shim;
 mod sidecar;
 mod startup;
 mod sys;
+mod uid_lease;
 
 // Compiled once, in the library (src/lib.rs); `crate::validate` still
 // names it here.
@@ -113,6 +114,12 @@ enum MainError {
     Layout(#[source] cgroup::CgroupError),
     #[error("--cgroup-root delegated: moving the helper into its supervisor cgroup failed")]
     EnterSupervisor(#[source] cgroup::CgroupError),
+    #[error("the task uid leases of --task-uid-range {range} are unusable")]
+    Leases {
+        range: identity::UidRange,
+        #[source]
+        source: uid_lease::LeaseError,
+    },
 }
 
 fn main() -> ExitCode {
@@ -187,7 +194,17 @@ fn run(args: cli::Args, activated: Option<i32>) -> Result<(), MainError> {
         .as_deref()
         .map(identity::resolve)
         .transpose()?;
-    let task_identity = identity::decide(requested, args.allow_root_tasks, own_uid, &peers)?;
+    let range = args
+        .task_uid_range
+        .as_deref()
+        .map(identity::UidRange::parse)
+        .transpose()?;
+    let task_users = identity::decide(requested, range, args.allow_root_tasks, own_uid, &peers)?;
+    if let identity::TaskUsers::PerTask(range) = task_users {
+        let host = identity::HostIds::read(std::path::Path::new("/etc"), range)?;
+        identity::check_range_free(range, &host)?;
+    }
+    let task_identity = task_users.shared();
     let data_err = |source| MainError::DataDir {
         path: args.data_dir.clone(),
         source,
@@ -214,6 +231,14 @@ fn run(args: cli::Args, activated: Option<i32>) -> Result<(), MainError> {
     let data_stat = nix::sys::stat::fstat(data_fd.as_raw_fd()).map_err(|e| data_err(e.into()))?;
     let scope = cgroup::task::scope_name(data_stat.st_dev, data_stat.st_ino);
     capabilities.task_uid = task_identity.map_or(own_uid, |t| t.uid);
+    capabilities.task_uid_range = task_users.range().map(|r| (r.first, r.last));
+    let leases = match task_users.range() {
+        Some(range) => Some(std::rc::Rc::new(
+            uid_lease::Leases::open(data_fd.as_fd(), range)
+                .map_err(|source| MainError::Leases { range, source })?,
+        )),
+        None => None,
+    };
     let (cgroups, cgroup_warnings) =
         match cgroup::Layout::detect(&probe_config.mounts, &cgroup::HostFs) {
             Ok(layout) => cgroup::task::Placement::prepare(
@@ -307,6 +332,7 @@ fn run(args: cli::Args, activated: Option<i32>) -> Result<(), MainError> {
         cgroup_root = %probe_config.cgroup_root,
         task_uid = task_identity.map_or(own_uid, |t| t.uid),
         task_gid = task_identity.map(|t| t.gid),
+        task_uid_range = task_users.range().map(|r| r.to_string()),
         capabilities = serde_json::to_string(&capabilities).ok(),
         "helper started"
     );
@@ -349,6 +375,7 @@ fn run(args: cli::Args, activated: Option<i32>) -> Result<(), MainError> {
         prefork::Statics {
             privileged: capabilities.privileged,
             task_identity,
+            leases: leases.clone(),
             cgroups: cgroups.clone(),
             seccomp: task_seccomp.clone(),
         },
@@ -360,6 +387,7 @@ fn run(args: cli::Args, activated: Option<i32>) -> Result<(), MainError> {
         prefork,
         capabilities,
         task_identity,
+        leases,
         cgroups,
         rootfs_dirs,
         workdir_roots,

@@ -28,6 +28,7 @@ use std::cell::{Cell, RefCell};
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::rc::Rc;
 
 use execgo_runtime_protocol::taskdir::start_ticks;
 use execgo_runtime_protocol::{LaunchProfile, LaunchSpec, Launched};
@@ -42,6 +43,8 @@ use crate::{logging, sys};
 pub struct Statics {
     pub privileged: bool,
     pub task_identity: Option<crate::identity::TaskIdentity>,
+    /// The task uid leases (their directory stays open in the spare).
+    pub leases: Option<Rc<crate::uid_lease::Leases>>,
     pub cgroups: Option<crate::cgroup::task::Placement>,
     pub seccomp: Option<[seccompiler::BpfProgram; 2]>,
 }
@@ -51,6 +54,8 @@ pub struct Handover<'a> {
     pub spec: &'a LaunchSpec,
     pub peer_uid: u32,
     pub peer_gid: u32,
+    /// The uid the helper leased for the task, if tasks get their own.
+    pub task_uid: Option<u32>,
     pub task_dir: BorrowedFd<'a>,
     pub rootfs: Option<BorrowedFd<'a>>,
     pub workdir: Option<BorrowedFd<'a>>,
@@ -112,6 +117,7 @@ impl Prefork {
             Statics {
                 privileged: false,
                 task_identity: None,
+                leases: None,
                 cgroups: None,
                 seccomp: None,
             },
@@ -171,9 +177,11 @@ impl Prefork {
         self.wanted.set(true);
         let mut spare = self.spare.borrow_mut().take()?;
         match send(&mut spare.link, h) {
+            // The helper fills in the task's uid.
             Ok(()) => Some(Launched {
                 shim_pid: spare.pid,
                 shim_start_ticks: spare.start_ticks,
+                task_uid: 0,
             }),
             Err(e) => {
                 tracing::warn!(
@@ -193,6 +201,7 @@ fn send(link: &mut UnixStream, h: &Handover<'_>) -> std::io::Result<()> {
         "spec": h.spec,
         "peer_uid": h.peer_uid,
         "peer_gid": h.peer_gid,
+        "task_uid": h.task_uid,
     }))
     .map_err(std::io::Error::other)?;
     let len = u32::try_from(body.len()).map_err(std::io::Error::other)?;
@@ -230,6 +239,7 @@ fn send(link: &mut UnixStream, h: &Handover<'_>) -> std::io::Result<()> {
 fn wait_for_launch(link: UnixStream, statics: Statics) -> i32 {
     let mut keep = vec![link.as_raw_fd()];
     keep.extend(logging::journal_fd());
+    keep.extend(statics.leases.as_ref().map(|l| l.dir().as_raw_fd()));
     if shim::isolate::drop_inherited(&keep).is_err() {
         return exit::BAD_HANDOVER;
     }
@@ -285,6 +295,18 @@ fn receive(mut link: UnixStream, statics: Statics) -> Result<Option<ShimContext>
     let spec: LaunchSpec = serde_json::from_value(v["spec"].take()).map_err(drop)?;
     let id = |k: &str| v[k].as_u64().and_then(|n| u32::try_from(n).ok()).ok_or(());
     let (peer_uid, peer_gid) = (id("peer_uid")?, id("peer_gid")?);
+    // A leased uid, checked against our own range: the spare trusts the
+    // helper no more than it must.
+    let task_identity = match &statics.leases {
+        Some(leases) => {
+            let uid = id("task_uid")?;
+            if !leases.range().contains(uid) {
+                return Err(());
+            }
+            Some(crate::identity::TaskIdentity { uid, gid: uid })
+        }
+        None => statics.task_identity,
+    };
     let flags = header[4];
     let mut fds = fds.into_iter();
     let task_dir = fds.next().ok_or(())?;
@@ -309,7 +331,8 @@ fn receive(mut link: UnixStream, statics: Statics) -> Result<Option<ShimContext>
         peer_uid,
         peer_gid,
         privileged: statics.privileged,
-        task_identity: statics.task_identity,
+        task_identity,
+        lease: statics.leases,
         cgroups,
         rootfs,
         seccomp,
@@ -354,6 +377,7 @@ mod tests {
         Statics {
             privileged: false,
             task_identity: None,
+            leases: None,
             cgroups: None,
             seccomp: None,
         }
@@ -378,6 +402,7 @@ mod tests {
                 spec: &s,
                 peer_uid: 1234,
                 peer_gid: 5678,
+                task_uid: None,
                 task_dir: task_dir.as_fd(),
                 rootfs: None,
                 workdir: Some(workdir.as_fd()),
@@ -429,6 +454,7 @@ mod tests {
                 spec: &bad,
                 peer_uid: 0,
                 peer_gid: 0,
+                task_uid: None,
                 task_dir: task_dir.as_fd(),
                 rootfs: None,
                 workdir: None,
@@ -448,6 +474,7 @@ mod tests {
             spec: &s,
             peer_uid: 0,
             peer_gid: 0,
+            task_uid: None,
             task_dir: task_dir.as_fd(),
             rootfs: None,
             workdir: None,

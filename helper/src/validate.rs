@@ -8,7 +8,7 @@ use std::time::Duration;
 use execgo_runtime_protocol::taskdir::MAX_OUTPUT_HEAD_BYTES;
 use execgo_runtime_protocol::{
     valid_absolute_path, valid_relative_path, valid_task_id, LaunchLimits, LaunchProfile,
-    LaunchSpec, CPU_MILLIS_MAX, CPU_MILLIS_MIN,
+    LaunchSpec, CPU_MILLIS_MAX, CPU_MILLIS_MIN, SCRIPT_ARG,
 };
 use serde_json::{Map, Value};
 
@@ -65,6 +65,8 @@ pub enum ValidateError {
     Workdir(String),
     #[error("workdir is only for the process profile, without a sidecar target")]
     WorkdirProfile,
+    #[error("script_fd needs an interpreter and the script's path, {SCRIPT_ARG:?}, as the last argument")]
+    ScriptArg,
 }
 
 /// A launch request that passed every check.
@@ -87,6 +89,8 @@ pub struct ValidatedLaunch {
     /// An absolute working directory instead of the workspace; checked
     /// against the `--workdir-root`s when it is opened (`launch.rs`).
     pub workdir: Option<String>,
+    /// See `LaunchSpec::script_fd`; its last argument checked.
+    pub script_fd: bool,
 }
 
 impl ValidatedLaunch {
@@ -174,6 +178,11 @@ pub fn validate(spec: LaunchSpec) -> Result<ValidatedLaunch, ValidateError> {
             return Err(ValidateError::WorkdirProfile);
         }
     }
+    if spec.script_fd
+        && (spec.argv.len() < 2 || spec.argv.last().map(String::as_str) != Some(SCRIPT_ARG))
+    {
+        return Err(ValidateError::ScriptArg);
+    }
     // Every field of every profile is a plain flag: nothing to refuse.
     let profile = spec.profile;
     Ok(ValidatedLaunch {
@@ -189,6 +198,7 @@ pub fn validate(spec: LaunchSpec) -> Result<ValidatedLaunch, ValidateError> {
         keep_descendants: spec.keep_descendants,
         sidecar_target: spec.sidecar_target,
         workdir: spec.workdir,
+        script_fd: spec.script_fd,
     })
 }
 
@@ -218,6 +228,7 @@ mod tests {
             keep_descendants: false,
             sidecar_target: None,
             workdir: None,
+            script_fd: false,
         }
     }
 
@@ -314,5 +325,22 @@ mod tests {
         })
         .unwrap();
         assert_eq!(v.workdir.as_deref(), Some("/srv/app"));
+    }
+
+    #[test]
+    fn a_script_fd_needs_the_scripts_path_last() {
+        assert!(err(|s| s.script_fd = true).contains("script_fd"));
+        assert!(err(|s| {
+            s.script_fd = true;
+            s.argv = vec![SCRIPT_ARG.into()];
+        })
+        .contains("script_fd"));
+        let v = validate(LaunchSpec {
+            script_fd: true,
+            argv: vec!["python3".into(), SCRIPT_ARG.into()],
+            ..good()
+        })
+        .unwrap();
+        assert!(v.script_fd);
     }
 }

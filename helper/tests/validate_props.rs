@@ -132,6 +132,7 @@ fn spec() -> impl Strategy<Value = LaunchSpec> {
                     keep_descendants: keep,
                     sidecar_target: None,
                     workdir: None,
+                    script_fd: false,
                 }
             },
         )
@@ -215,6 +216,8 @@ fn breaks(s: &LaunchSpec, e: &ValidateError) -> bool {
         ValidateError::SidecarTarget(_) => false,
         // Nor a workdir (workdir: None).
         ValidateError::Workdir(_) | ValidateError::WorkdirProfile => false,
+        // Nor a script descriptor (script_fd: false).
+        ValidateError::ScriptArg => false,
     }
 }
 

@@ -25,7 +25,7 @@ pub use outcome::*;
 
 /// Version spoken in the handshake. Both sides must agree exactly; any
 /// change of a type's shape bumps it (the history is in `docs/helper.md`).
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Magic bytes opening every [`message::Hello`], so a stray client is told
 /// apart from a version mismatch.

@@ -134,6 +134,11 @@ pub struct HelperCapabilities {
     /// The operator's `--workdir-root`s: a task's absolute working
     /// directory ([`LaunchSpec::workdir`]) must lie inside one of them.
     pub workdir_roots: Vec<String>,
+    // Protocol version 7.
+    /// Tasks get a uid (and the same gid) of their own, leased from this
+    /// inclusive range (a root helper's `--task-uid-range`); `None` when
+    /// every task runs as [`Self::task_uid`].
+    pub task_uid_range: Option<(u32, u32)>,
 }
 
 /// Namespaces a throwaway child could create with unshare(2).
@@ -256,7 +261,19 @@ pub struct LaunchSpec {
     /// profile only, and not with `sidecar_target`. For OpenSandbox's
     /// absolute `workingDir`.
     pub workdir: Option<String>,
+    // Protocol version 7.
+    /// The task directory's `script` is handed to the task as descriptor
+    /// [`SCRIPT_FD`] (a private copy), and `argv`'s last element names it
+    /// ([`SCRIPT_ARG`]): the interpreter needs no path into the data dir,
+    /// which tasks cannot search.
+    pub script_fd: bool,
 }
+
+/// The descriptor a script task's script is on ([`LaunchSpec::script_fd`]).
+pub const SCRIPT_FD: i32 = 3;
+/// The path an interpreter is given for its script: the descriptor
+/// [`SCRIPT_FD`] through the task's own `/proc`.
+pub const SCRIPT_ARG: &str = "/proc/self/fd/3";
 
 /// The environment variable that marks the main container's process in
 /// sidecar mode, as OpenSandbox's task-executor looks for it.
@@ -308,6 +325,10 @@ pub struct Launched {
     /// `/proc/<pid>/stat`), so a reused pid is never mistaken for it; 0
     /// when the shim had exited already when the helper looked.
     pub shim_start_ticks: u64,
+    // Protocol version 7.
+    /// The uid the task runs as: leased for this task from the helper's
+    /// range, or the shared task user's, or the helper's own.
+    pub task_uid: u32,
 }
 
 /// Why the helper refused or failed a request.

@@ -152,6 +152,9 @@ pub struct Outcome {
     /// Whether the wall-clock limit fired.
     #[serde(default)]
     pub timed_out: bool,
+    /// The uid the task ran as (absent where the shim never switched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_uid: Option<u32>,
 }
 
 /// How the task's main process ended, as wait4 reported it.

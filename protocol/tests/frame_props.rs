@@ -64,6 +64,7 @@ fn spec() -> impl Strategy<Value = LaunchSpec> {
                     keep_descendants: keep,
                     sidecar_target: None,
                     workdir: None,
+                    script_fd: false,
                 }
             },
         )

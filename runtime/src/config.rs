@@ -83,16 +83,29 @@ pub struct ServeArgs {
     /// next to this executable].
     #[arg(long)]
     pub helper_path: Option<PathBuf>,
-    /// Embedded mode: the user tasks run as, NAME|UID[:GID], passed to the
-    /// helper [default: nobody when running as root; otherwise tasks run
-    /// as this user and only its own uid is accepted here].
+    /// Embedded mode: one user for every task, NAME|UID[:GID], passed to
+    /// the helper. An explicit choice: as root, without it, every task
+    /// gets a uid of its own (--task-uid-range). Unprivileged, tasks run
+    /// as this user and only its own uid is accepted here.
     #[arg(
         long,
         env = "EXECGO_RUNTIME_TASK_USER",
         value_name = "USER",
-        conflicts_with = "helper_socket"
+        conflicts_with_all = ["helper_socket", "task_uid_range"]
     )]
     pub task_user: Option<String>,
+    /// Embedded mode, as root: the uids tasks are given, one of its own per
+    /// task (its gid the same number), passed to the helper. Start-up
+    /// refuses a range holding a user or group of /etc/passwd or
+    /// /etc/group or overlapping /etc/subuid or /etc/subgid (exit 2)
+    /// [default: 1879048192-1879113727].
+    #[arg(
+        long,
+        env = "EXECGO_RUNTIME_TASK_UID_RANGE",
+        value_name = "FIRST-LAST",
+        conflicts_with = "helper_socket"
+    )]
+    pub task_uid_range: Option<String>,
     /// Embedded mode: allow --task-user to be uid 0 (passed to the helper;
     /// tasks then still run without capabilities).
     #[arg(long, env = "EXECGO_RUNTIME_ALLOW_ROOT_TASKS", action = ArgAction::SetTrue,
@@ -175,9 +188,26 @@ fn parse_tenant_name(s: &str) -> Result<String, String> {
     }
 }
 
-/// The embedded helper's task user when `serve` runs as root and names
-/// none: tasks never run as root by default.
-pub const ROOT_DEFAULT_TASK_USER: &str = "nobody";
+/// Makes the data dir and its `tasks/` mode 0700: everything the runtime
+/// keeps (the database, every task's request, output and result) is then
+/// out of every task's reach, whatever the files' own modes. A task
+/// reaches its own workspace through the working directory its shim gives
+/// it, never by a path.
+fn close_to_others(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [data_dir.to_path_buf(), data_dir.join("tasks")] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).with_context(
+            || {
+                format!(
+                    "making the data dir {} mode 0700 (it must belong to the runtime's user)",
+                    dir.display()
+                )
+            },
+        )?;
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModeArg {
@@ -289,6 +319,7 @@ impl Config {
             .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
         let data_dir = std::fs::canonicalize(&args.data_dir)
             .with_context(|| format!("resolving data dir {}", args.data_dir.display()))?;
+        close_to_others(&data_dir)?;
         Ok(Config {
             args,
             runtime_id,

@@ -69,6 +69,8 @@ pub struct EmbeddedHelper {
     pub log_format: &'static str,
     /// `--task-user` for the helper, if any.
     pub task_user: Option<String>,
+    /// `--task-uid-range` for the helper, if any.
+    pub task_uid_range: Option<String>,
     pub allow_root_tasks: bool,
     /// `--rootfs-dir`s for the helper.
     pub rootfs_dirs: Vec<PathBuf>,
@@ -484,6 +486,9 @@ fn spawn_embedded(h: &EmbeddedHelper) -> Result<(UnixStream, Child), LinkError> 
         .stdin(Stdio::null());
     if let Some(user) = &h.task_user {
         cmd.arg("--task-user").arg(user);
+    }
+    if let Some(range) = &h.task_uid_range {
+        cmd.arg("--task-uid-range").arg(range);
     }
     if h.allow_root_tasks {
         cmd.arg("--allow-root-tasks");

@@ -250,6 +250,9 @@ pub struct TaskSummary {
     pub pid: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pgid: Option<i32>,
+    /// The uid the task runs (ran) as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_uid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

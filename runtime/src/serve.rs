@@ -118,11 +118,8 @@ async fn run(cfg: Config, notify: Option<crate::notify::Target>) -> anyhow::Resu
             data_dir: cfg.data_dir.clone(),
             cgroup_root: cfg.args.cgroup_root.clone(),
             log_format: LogFormat::resolve(cfg.args.log_format).as_str(),
-            task_user: cfg.args.task_user.clone().or_else(|| {
-                nix::unistd::geteuid()
-                    .is_root()
-                    .then(|| crate::config::ROOT_DEFAULT_TASK_USER.to_string())
-            }),
+            task_user: cfg.args.task_user.clone(),
+            task_uid_range: cfg.args.task_uid_range.clone(),
             allow_root_tasks: cfg.args.allow_root_tasks,
             rootfs_dirs: cfg.args.rootfs_dir.clone(),
             workdir_roots: cfg.args.opensandbox_workdir_root.clone(),

@@ -18,7 +18,7 @@ use super::stdio::{self, TaskStdio};
 use super::{control, isolate, resolve, result, workspace, ShimContext};
 use crate::cgroup::task::{Need, TaskCgroups, TaskLimits};
 use crate::cgroup::HostFs;
-use crate::{logging, sys};
+use crate::{logging, sys, uid_lease};
 use execgo_runtime_protocol::taskdir::{self, now_rfc3339, StartedRecord, STARTED};
 
 pub struct Host {
@@ -46,6 +46,9 @@ pub struct Host {
     /// A sandbox's claim is made durable during the spawn, while the
     /// sandbox child sets up (see [`spawn::spawn`]).
     claim_durable_at_spawn: bool,
+    /// The task's cgroups were found empty after the clean-up: no process
+    /// of the task is left anywhere.
+    emptied: bool,
 }
 
 impl Host {
@@ -66,6 +69,7 @@ impl Host {
             init: None,
             sigchld: None,
             claim_durable_at_spawn: false,
+            emptied: false,
             result: None,
             main_pid: None,
             thread_dir: None,
@@ -115,6 +119,7 @@ impl Steps for Host {
         keep.extend(self.ctx.sidecar.as_ref().map(|t| t.pidfd.as_raw_fd()));
         keep.extend(self.ctx.workdir.as_ref().map(AsRawFd::as_raw_fd));
         keep.extend(self.ctx.netns.as_ref().map(AsRawFd::as_raw_fd));
+        keep.extend(self.ctx.lease.as_ref().map(|l| l.dir().as_raw_fd()));
         // The journal socket, in journald mode: the shim logs there too.
         keep.extend(logging::journal_fd());
         let isolated = isolate::isolate(&keep);
@@ -192,7 +197,10 @@ impl Steps for Host {
     }
 
     fn open_stdio(&mut self) -> Result<(), ShimError> {
-        self.stdio = Some(stdio::open(self.ctx.task_dir.as_fd())?);
+        self.stdio = Some(stdio::open(
+            self.ctx.task_dir.as_fd(),
+            self.ctx.launch.script_fd,
+        )?);
         Ok(())
     }
 
@@ -356,9 +364,7 @@ impl Steps for Host {
         };
         let started = spawn::spawn(
             plan,
-            &io.stdin,
-            &io.stdout,
-            &io.stderr,
+            io,
             cwd,
             &self.cgroup_join,
             report.as_ref().map(|(_, w)| w),
@@ -441,6 +447,66 @@ impl Steps for Host {
         }
     }
 
+    fn give_back_identity(&mut self) {
+        let (Some(leases), Some(id)) = (self.ctx.lease.take(), self.ctx.task_identity) else {
+            return;
+        };
+        let owner = super::runtime_owner(self.ctx.privileged, self.ctx.peer_uid, self.ctx.peer_gid);
+        let warn = |e: &dyn std::error::Error, what: &str| {
+            tracing::error!(
+                target: logging::TARGET,
+                uid = id.uid,
+                error = %logging::chain(e),
+                "{what}; the task uid stays leased"
+            );
+        };
+        // A task's processes cannot leave its cgroups: found empty, none
+        // is left. Without cgroups, the uid says which are the task's.
+        if !self.emptied {
+            if let Err(e) = uid_lease::kill_all(id.uid, monitor::reap_leftovers) {
+                return warn(&e, "killing what is left of the task failed");
+            }
+        }
+        // What the task may have written: its workspace, or its working
+        // directory (OpenSandbox's workingDir).
+        let mut trees = Vec::new();
+        if let Ok(ws) = crate::fs_at::open_dir(self.ctx.task_dir.as_fd(), workspace::WORKSPACE) {
+            trees.push(ws);
+        }
+        if let Some(dir) = &self.ctx.workdir {
+            if let Ok(d) = crate::sys::openat(
+                dir.as_fd(),
+                ".",
+                nix::fcntl::OFlag::O_RDONLY
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            ) {
+                trees.push(d);
+            }
+        }
+        for tree in &trees {
+            if let Err(e) = uid_lease::hand_back(tree.as_fd(), id.uid, owner) {
+                return warn(&e, "handing the task's files back failed");
+            }
+        }
+        uid_lease::forget(leases.dir(), id.uid, &self.ctx.launch.task_id);
+    }
+
+    fn drop_lease(&mut self) {
+        if let (Some(leases), Some(id)) = (self.ctx.lease.take(), self.ctx.task_identity) {
+            uid_lease::forget(leases.dir(), id.uid, &self.ctx.launch.task_id);
+        }
+    }
+
+    fn task_uid(&self) -> Option<u32> {
+        Some(
+            self.ctx
+                .task_identity
+                .map_or_else(|| nix::unistd::geteuid().as_raw(), |t| t.uid),
+        )
+    }
+
     fn keeps_descendants(&self) -> bool {
         self.ctx.launch.keep_descendants
     }
@@ -484,11 +550,13 @@ impl Steps for Host {
         if self.init.is_some() {
             // The init killed and reaped everything else of its namespace
             // before it reported, and nothing leaves a pid namespace.
+            self.emptied = true;
             return cg.memory_peak(&HostFs);
         }
         // Whatever of the task outlived its main process dies now, wherever
         // it moved its group or session; we reap what comes to us.
-        if !cg.kill_all(&HostFs, monitor::reap_leftovers) {
+        self.emptied = cg.kill_all(&HostFs, monitor::reap_leftovers);
+        if !self.emptied {
             tracing::warn!(
                 target: logging::TARGET,
                 pids = ?cg.pids(&HostFs),

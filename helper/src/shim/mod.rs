@@ -26,6 +26,8 @@ pub mod workspace;
 use std::os::fd::OwnedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use nix::unistd::{Gid, Uid};
+
 use crate::sys;
 use crate::validate::ValidatedLaunch;
 
@@ -41,6 +43,9 @@ pub struct ShimContext {
     pub privileged: bool,
     /// Who the task runs as, when not as the shim itself.
     pub task_identity: Option<crate::identity::TaskIdentity>,
+    /// The lease table, when `task_identity`'s uid is leased to this task
+    /// alone: the shim gives it back once the task is over.
+    pub lease: Option<std::rc::Rc<crate::uid_lease::Leases>>,
     /// Where the task's cgroups go, when the host has usable ones.
     pub cgroups: Option<crate::cgroup::task::Placement>,
     /// A sandbox's root, opened by the helper (close-on-exec).
@@ -55,6 +60,16 @@ pub struct ShimContext {
     /// A spare network namespace for a sandbox that asks for one, made by
     /// the helper ahead of time (see [`crate::sys::netns`]).
     pub netns: Option<OwnedFd>,
+}
+
+/// Who gets what a task leaves behind: the runtime's user when we are
+/// root and it is not, else our own user.
+pub fn runtime_owner(privileged: bool, peer_uid: u32, peer_gid: u32) -> (Uid, Gid) {
+    if privileged && peer_uid != 0 {
+        (Uid::from_raw(peer_uid), Gid::from_raw(peer_gid))
+    } else {
+        (nix::unistd::geteuid(), nix::unistd::getegid())
+    }
 }
 
 /// Exit code of a shim that panicked (a bug); the panic message is in

@@ -126,6 +126,7 @@ pub fn finished(
         }),
         kill_requested: ended.kill_requested,
         timed_out: ended.timed_out,
+        task_uid: None,
     }
 }
 
@@ -154,6 +155,7 @@ pub fn not_started(
         usage: None,
         kill_requested: false,
         timed_out: false,
+        task_uid: None,
     }
 }
 

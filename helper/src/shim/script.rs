@@ -141,6 +141,17 @@ pub trait Steps {
     /// and removes the task's cgroups, emptied by [`Steps::clean_up`]:
     /// after the result, which waits for neither.
     fn remove_cgroups(&mut self);
+    /// Gives the task's leased uid back once nothing of the task can run
+    /// any more: every process of the uid killed (where the cgroups did
+    /// not already), what the task left handed to the runtime's user, the
+    /// lease removed. A failure keeps the lease (logged). Nothing without
+    /// a lease.
+    fn give_back_identity(&mut self);
+    /// Removes a lease under which nothing ran (the task was claimed by
+    /// an earlier shim, or this one stops before it could run anything).
+    fn drop_lease(&mut self);
+    /// The uid the task runs as, for the result.
+    fn task_uid(&self) -> Option<u32>;
     /// Whether what the main process leaves running is kept after its
     /// exit (`LaunchSpec::keep_descendants`).
     fn keeps_descendants(&self) -> bool;
@@ -159,6 +170,7 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
     //    may reach the task, and diagnostics need a home (shim.log, created
     //    by the first line that goes there).
     if let Err(e) = s.isolate() {
+        s.drop_lease();
         return unclaimed(&e);
     }
     // 2. Claim before anything visible happens, so a repeated launch never
@@ -168,8 +180,14 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
     match s.claim() {
         Ok(Claim::Taken) => {}
         // An earlier shim has it: nothing else is touched.
-        Ok(Claim::Existing(_)) => return exit::DONE,
-        Err(e) => return unclaimed(&e),
+        Ok(Claim::Existing(_)) => {
+            s.drop_lease();
+            return exit::DONE;
+        }
+        Err(e) => {
+            s.drop_lease();
+            return unclaimed(&e);
+        }
     }
     // 3. The temp file every later way out writes its result into. Without
     //    it none can be written: the runtime finds the claim of a shim
@@ -180,6 +198,7 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
             error = %logging::chain(&e),
             "preparing result.json failed; the task will not run"
         );
+        s.drop_lease();
         return exit::FAILED;
     }
     // 4. Durable before the task can exec, so that it runs exactly once
@@ -233,12 +252,15 @@ pub fn run<S: Steps>(s: &mut S) -> i32 {
             let code = record(s, &outcome);
             s.keep_leftovers(kill_now);
             s.clean_up();
+            s.give_back_identity();
             s.remove_cgroups();
             return code;
         }
     }
-    // 8. Leave nothing behind.
+    // 8. Leave nothing behind, and give the uid back before the result
+    //    says the task is over: a terminal task holds nothing.
     let memory_peak = s.clean_up();
+    s.give_back_identity();
     // 9-10. Classify and record.
     let outcome = classify(s, me, &started, monitored, memory_peak);
     let code = record(s, &outcome);
@@ -290,6 +312,7 @@ fn fail_launch<S: Steps>(s: &mut S, me: ClaimRecord, e: &ShimError) -> i32 {
     );
     // Nothing of it may stay behind: cgroups already made go.
     s.clean_up();
+    s.give_back_identity();
     let outcome = result::not_started(me.shim_pid, e.code(), message, s.now());
     let code = record(s, &outcome);
     s.remove_cgroups();
@@ -297,7 +320,11 @@ fn fail_launch<S: Steps>(s: &mut S, me: ClaimRecord, e: &ShimError) -> i32 {
 }
 
 fn record<S: Steps>(s: &mut S, outcome: &Outcome) -> i32 {
-    match s.write_result(outcome) {
+    let outcome = Outcome {
+        task_uid: s.task_uid(),
+        ..outcome.clone()
+    };
+    match s.write_result(&outcome) {
         Ok(()) => exit::DONE,
         Err(e) => {
             tracing::error!(
@@ -454,6 +481,15 @@ mod tests {
         fn remove_cgroups(&mut self) {
             self.calls.push("remove_cgroups");
         }
+        fn give_back_identity(&mut self) {
+            self.calls.push("give_back");
+        }
+        fn drop_lease(&mut self) {
+            self.calls.push("drop_lease");
+        }
+        fn task_uid(&self) -> Option<u32> {
+            Some(4242)
+        }
         fn keeps_descendants(&self) -> bool {
             self.keep
         }
@@ -466,7 +502,7 @@ mod tests {
         }
     }
 
-    const HAPPY: [&str; 19] = [
+    const HAPPY: [&str; 20] = [
         "isolate",
         "claim",
         "prepare_result",
@@ -484,6 +520,7 @@ mod tests {
         "record_started",
         "monitor",
         "clean_up",
+        "give_back",
         "write_result",
         "remove_cgroups",
     ];
@@ -495,7 +532,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(run(&mut f), exit::DONE);
-        let tail = &f.calls[f.calls.len() - 5..];
+        let tail = &f.calls[f.calls.len() - 6..];
         assert_eq!(
             tail,
             [
@@ -503,6 +540,7 @@ mod tests {
                 "write_result",
                 "keep_leftovers",
                 "clean_up",
+                "give_back",
                 "remove_cgroups"
             ]
         );
@@ -528,10 +566,16 @@ mod tests {
         };
         run(&mut f);
         assert!(f.kept.is_empty());
-        let tail = &f.calls[f.calls.len() - 4..];
+        let tail = &f.calls[f.calls.len() - 5..];
         assert_eq!(
             tail,
-            ["monitor", "clean_up", "write_result", "remove_cgroups"]
+            [
+                "monitor",
+                "clean_up",
+                "give_back",
+                "write_result",
+                "remove_cgroups"
+            ]
         );
     }
 
@@ -543,6 +587,11 @@ mod tests {
         assert!(f.execd);
         assert_eq!(f.started, [300], "started names the task's process");
         assert_eq!(f.results[0].status, TaskStatus::Success);
+        assert_eq!(
+            f.results[0].task_uid,
+            Some(4242),
+            "the result names the uid"
+        );
         assert_eq!(f.results[0].pid, Some(300));
         assert_eq!(f.results[0].shim_pid, Some(100));
         let usage = f.results[0].usage.as_ref().unwrap();
@@ -556,7 +605,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(run(&mut f), exit::DONE);
-        assert_eq!(f.calls, ["isolate", "claim"]);
+        assert_eq!(f.calls, ["isolate", "claim", "drop_lease"]);
         assert!(f.started.is_empty());
         assert!(f.results.is_empty());
     }
@@ -566,7 +615,7 @@ mod tests {
         for step in ["isolate", "claim"] {
             let mut f = Fake::failing(&[step]);
             assert_eq!(run(&mut f), exit::FAILED, "{step}");
-            assert_eq!(f.calls.last(), Some(&step));
+            assert_eq!(f.calls[f.calls.len() - 2..], [step, "drop_lease"]);
             assert!(f.results.is_empty(), "{step}");
             assert!(f.started.is_empty(), "{step}");
             assert!(!f.execd, "{step}");
@@ -577,7 +626,10 @@ mod tests {
     fn without_a_result_file_the_task_does_not_run() {
         let mut f = Fake::failing(&["prepare_result"]);
         assert_eq!(run(&mut f), exit::FAILED);
-        assert_eq!(f.calls, ["isolate", "claim", "prepare_result"]);
+        assert_eq!(
+            f.calls,
+            ["isolate", "claim", "prepare_result", "drop_lease"]
+        );
         assert!(f.results.is_empty());
         assert!(!f.execd);
     }
@@ -601,7 +653,7 @@ mod tests {
             assert_eq!(run(&mut f), exit::DONE, "{step}");
             let at = HAPPY.iter().position(|s| *s == step).unwrap();
             let mut want: Vec<&str> = HAPPY[..=at].to_vec();
-            want.extend(["clean_up", "write_result", "remove_cgroups"]);
+            want.extend(["clean_up", "give_back", "write_result", "remove_cgroups"]);
             assert_eq!(f.calls, want, "{step}");
             assert!(f.started.is_empty(), "no started after {step} failed");
             assert!(!f.calls.contains(&"record_started"), "{step}");
@@ -641,8 +693,14 @@ mod tests {
         let mut f = Fake::failing(&["monitor"]);
         assert_eq!(run(&mut f), exit::DONE);
         assert_eq!(
-            f.calls[f.calls.len() - 4..],
-            ["monitor", "clean_up", "write_result", "remove_cgroups"]
+            f.calls[f.calls.len() - 5..],
+            [
+                "monitor",
+                "clean_up",
+                "give_back",
+                "write_result",
+                "remove_cgroups"
+            ]
         );
         let o = &f.results[0];
         assert_eq!(o.error.as_ref().unwrap().code, TaskErrorCode::Internal);

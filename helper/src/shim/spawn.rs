@@ -136,9 +136,7 @@ impl Plan {
 #[allow(clippy::too_many_arguments)]
 pub fn spawn(
     plan: &Plan,
-    stdin: &OwnedFd,
-    stdout: &OwnedFd,
-    stderr: &OwnedFd,
+    io: &super::stdio::TaskStdio,
     cwd: &OwnedFd,
     cgroup_join: &[OwnedFd],
     report: Option<&OwnedFd>,
@@ -152,9 +150,10 @@ pub fn spawn(
     };
     let setup = ChildSetup {
         image: &plan.image,
-        stdin: stdin.as_raw_fd(),
-        stdout: stdout.as_raw_fd(),
-        stderr: stderr.as_raw_fd(),
+        stdin: io.stdin.as_raw_fd(),
+        stdout: io.stdout.as_raw_fd(),
+        stderr: io.stderr.as_raw_fd(),
+        script: io.script.as_ref().map(AsRawFd::as_raw_fd),
         cwd: cwd.as_raw_fd(),
         cpu: plan.cpu,
         address_space: plan.address_space,
@@ -268,6 +267,7 @@ pub fn decode_status(buf: &[u8; CHILD_STATUS_LEN]) -> (ChildStep, i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shim::stdio::TaskStdio;
     use nix::sys::stat::Mode;
     use std::path::Path;
 
@@ -293,10 +293,13 @@ mod tests {
         let null = || open(Path::new("/dev/null"), OFlag::O_RDWR);
         let out = open(&tmp.path().join("out"), OFlag::O_WRONLY | OFlag::O_CREAT);
         let cwd = open(tmp.path(), OFlag::O_RDONLY | OFlag::O_DIRECTORY);
-        (
-            spawn(&plan, &null(), &out, &null(), &cwd, &[], None, None),
-            tmp,
-        )
+        let io = TaskStdio {
+            stdin: null(),
+            stdout: out,
+            stderr: null(),
+            script: None,
+        };
+        (spawn(&plan, &io, &cwd, &[], None, None), tmp)
     }
 
     /// A sandbox (uts namespace only: its child allocates nothing, so it is
@@ -325,16 +328,13 @@ mod tests {
         let null = || open(Path::new("/dev/null"), OFlag::O_RDWR);
         let cwd = open(tmp.path(), OFlag::O_RDONLY | OFlag::O_DIRECTORY);
         let claim_dir = open(tmp.path(), claim_dir_flags | OFlag::O_DIRECTORY);
-        let started = spawn(
-            &plan,
-            &null(),
-            &null(),
-            &null(),
-            &cwd,
-            &[],
-            None,
-            Some(claim_dir.as_fd()),
-        );
+        let io = TaskStdio {
+            stdin: null(),
+            stdout: null(),
+            stderr: null(),
+            script: None,
+        };
+        let started = spawn(&plan, &io, &cwd, &[], None, Some(claim_dir.as_fd()));
         (started, tmp)
     }
 

@@ -1,6 +1,11 @@
-//! The task's stdio: stdin on /dev/null, stdout and stderr appended to the
-//! `stdout.log` and `stderr.log` the runtime created at submit. They must
-//! already exist and be plain, singly-linked files (see [`crate::fs_at`]).
+//! The task's descriptors: stdin on /dev/null, stdout and stderr appended
+//! to the `stdout.log` and `stderr.log` the runtime created at submit
+//! (they must already exist and be plain, singly-linked files, see
+//! [`crate::fs_at`]), and for a script task a private copy of its
+//! `script`, which it gets as descriptor 3: the interpreter opens it as
+//! `/proc/self/fd/3`, needing no path into the data dir, which tasks
+//! cannot search. The copy is a memfd, readable by whoever holds it, so
+//! the task's uid needs no right on the runtime's file.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -12,7 +17,7 @@ use nix::sys::stat::Mode;
 use crate::fs_at::{self, Access, AtError};
 use crate::sys;
 
-pub use execgo_runtime_protocol::taskdir::{STDERR as STDERR_LOG, STDOUT as STDOUT_LOG};
+pub use execgo_runtime_protocol::taskdir::{SCRIPT, STDERR as STDERR_LOG, STDOUT as STDOUT_LOG};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StdioError {
@@ -20,15 +25,22 @@ pub enum StdioError {
     DevNull(#[source] Errno),
     #[error("opening the output log failed")]
     Log(#[source] AtError),
+    #[error("opening the task's script failed")]
+    Script(#[source] AtError),
+    #[error("copying the task's script for the task failed")]
+    ScriptCopy(#[source] std::io::Error),
 }
 
 pub struct TaskStdio {
     pub stdin: OwnedFd,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// A script task's script (`LaunchSpec::script_fd`), to become its
+    /// descriptor [`execgo_runtime_protocol::SCRIPT_FD`].
+    pub script: Option<OwnedFd>,
 }
 
-pub fn open(task_dir: BorrowedFd<'_>) -> Result<TaskStdio, StdioError> {
+pub fn open(task_dir: BorrowedFd<'_>, script: bool) -> Result<TaskStdio, StdioError> {
     let stdin = sys::open(
         Path::new("/dev/null"),
         OFlag::O_RDONLY | OFlag::O_CLOEXEC,
@@ -37,9 +49,32 @@ pub fn open(task_dir: BorrowedFd<'_>) -> Result<TaskStdio, StdioError> {
     .map_err(StdioError::DevNull)?;
     let stdout = fs_at::open_file(task_dir, STDOUT_LOG, Access::Append).map_err(StdioError::Log)?;
     let stderr = fs_at::open_file(task_dir, STDERR_LOG, Access::Append).map_err(StdioError::Log)?;
+    let script = if script {
+        Some(copy_script(task_dir)?)
+    } else {
+        None
+    };
     Ok(TaskStdio {
         stdin,
         stdout: stdout.into(),
         stderr: stderr.into(),
+        script,
     })
+}
+
+/// The task directory's `script`, copied into a close-on-exec memfd and
+/// rewound (the task child puts it at descriptor 3 without the flag).
+fn copy_script(task_dir: BorrowedFd<'_>) -> Result<OwnedFd, StdioError> {
+    use std::io::{Seek, Write};
+    let mut file = fs_at::open_file(task_dir, SCRIPT, Access::Read).map_err(StdioError::Script)?;
+    let memfd = nix::sys::memfd::memfd_create(
+        c"execgo-script",
+        nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+    )
+    .map_err(|e| StdioError::ScriptCopy(e.into()))?;
+    let mut copy = std::fs::File::from(memfd);
+    std::io::copy(&mut file, &mut copy).map_err(StdioError::ScriptCopy)?;
+    copy.flush().map_err(StdioError::ScriptCopy)?;
+    copy.rewind().map_err(StdioError::ScriptCopy)?;
+    Ok(copy.into())
 }

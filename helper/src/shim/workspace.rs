@@ -40,9 +40,10 @@ pub enum WorkspaceError {
     },
 }
 
-/// Creates and opens `workspace/<subdir...>`, returning the innermost
-/// directory. Directories we create are handed to `owner` (the runtime's
-/// user, when we are root and it is not), so it can clean them up later.
+/// Creates and opens `workspace/<subdir...>` (mode 0700), returning the
+/// innermost directory. Directories we create are handed to `owner` (the
+/// task's user; without one, the runtime's user when we are root and it
+/// is not).
 pub fn prepare(
     task_dir: BorrowedFd<'_>,
     subdir: &[String],
@@ -68,7 +69,9 @@ fn make_and_open(
     let created = match nix::sys::stat::mkdirat(
         Some(parent.as_raw_fd()),
         name,
-        Mode::from_bits_truncate(0o755),
+        // The task's alone: other tasks, even under a shared task user,
+        // never reach in through a path.
+        Mode::from_bits_truncate(0o700),
     ) {
         Ok(()) => true,
         Err(Errno::EEXIST) => false,

@@ -14,6 +14,7 @@ use nix::unistd::Pid;
 use super::process::exit_now;
 use super::signals::{HANDLED_BY_STD, IGNORED_BY_US};
 use super::stack::ChildStack;
+use execgo_runtime_protocol::SCRIPT_FD;
 
 /// The program's candidate paths (tried in order, see
 /// [`exec_candidates`]), its argv and its envp as C strings, with the
@@ -95,6 +96,7 @@ pub enum ChildStep {
     RlimitNofile = 20,
     NetNamespace = 21,
     ClaimGate = 22,
+    Script = 23,
 }
 
 impl ChildStep {
@@ -122,6 +124,7 @@ impl ChildStep {
             ChildStep::RlimitNofile,
             ChildStep::NetNamespace,
             ChildStep::ClaimGate,
+            ChildStep::Script,
         ]
         .into_iter()
         .find(|s| *s as u8 == b)
@@ -150,6 +153,7 @@ impl ChildStep {
             ChildStep::Seccomp => "loading the seccomp filter",
             ChildStep::RlimitNofile => "setrlimit RLIMIT_NOFILE",
             ChildStep::NetNamespace => "joining the spare network namespace (setns)",
+            ChildStep::Script => "putting the script at descriptor 3",
             ChildStep::ClaimGate => {
                 "waiting for the shim to make the claim durable (it failed, or the shim is gone)"
             }
@@ -168,6 +172,8 @@ pub struct ChildSetup<'a> {
     pub stdin: RawFd,
     pub stdout: RawFd,
     pub stderr: RawFd,
+    /// A script task's script, put at [`SCRIPT_FD`] without close-on-exec.
+    pub script: Option<RawFd>,
     pub cwd: RawFd,
     /// (soft, hard) RLIMIT_CPU in seconds.
     pub cpu: Option<(u64, u64)>,
@@ -315,10 +321,16 @@ pub(super) fn exec_child(s: &ChildSetup<'_>) -> ! {
     if let Err(step) = drop_privileges(s) {
         child_fail(s.status_fd, step);
     }
+    // After every step that uses a descriptor of the shim's: the script
+    // takes its fixed number, moving the status pipe if that was it.
+    let status_fd = match place_script(s) {
+        Ok(fd) => fd,
+        Err(()) => child_fail(s.status_fd, ChildStep::Script),
+    };
     // Last: from here on the filters refuse what they list, to us too.
     for filter in s.seccomp {
         if seccompiler::apply_filter(filter).is_err() {
-            child_fail(s.status_fd, ChildStep::Seccomp);
+            child_fail(status_fd, ChildStep::Seccomp);
         }
     }
     // The task starts with an empty mask (the shim blocks SIGCHLD, and
@@ -333,10 +345,31 @@ pub(super) fn exec_child(s: &ChildSetup<'_>) -> ! {
     )
     .is_err()
     {
-        child_fail(s.status_fd, ChildStep::SignalMask);
+        child_fail(status_fd, ChildStep::SignalMask);
     }
     exec_candidates(s.image);
-    child_fail(s.status_fd, ChildStep::Exec)
+    child_fail(status_fd, ChildStep::Exec)
+}
+
+/// Puts the script at [`SCRIPT_FD`], inherited across exec. Returns the
+/// status pipe's descriptor from here on: moved up first when it was at
+/// [`SCRIPT_FD`]. Nothing else of the shim's is used after this.
+fn place_script(s: &ChildSetup<'_>) -> Result<RawFd, ()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let Some(script) = s.script else {
+        return Ok(s.status_fd);
+    };
+    let status = if s.status_fd == SCRIPT_FD {
+        fcntl(s.status_fd, FcntlArg::F_DUPFD_CLOEXEC(SCRIPT_FD + 1)).map_err(drop)?
+    } else {
+        s.status_fd
+    };
+    if script == SCRIPT_FD {
+        fcntl(script, FcntlArg::F_SETFD(FdFlag::empty())).map_err(drop)?;
+    } else {
+        nix::unistd::dup2(script, SCRIPT_FD).map_err(drop)?;
+    }
+    Ok(status)
 }
 
 /// execve of each candidate path in turn, returning only when none could

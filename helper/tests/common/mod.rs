@@ -261,6 +261,7 @@ pub fn spec(id: &str, argv: &[&str]) -> LaunchSpec {
         keep_descendants: false,
         sidecar_target: None,
         workdir: None,
+        script_fd: false,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -63,7 +63,7 @@ impl TaskDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        fs::create_dir(&self.dir)?;
+        std::fs::DirBuilder::new().mode(0o700).create(&self.dir)?;
         write_new(&self.path(REQUEST), request_json)?;
         write_new(&self.path(STDOUT), b"")?;
         write_new(&self.path(STDERR), b"")?;
@@ -246,7 +246,7 @@ fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(0o600)
         .open(path)?;
     f.write_all(bytes)
 }

@@ -61,7 +61,9 @@ impl Engine {
                 }
                 let me = Arc::clone(self);
                 let id = task_id.to_string();
-                tokio::spawn(async move { me.watch(id, shim, StartedBy::ClaimAtRecovery).await });
+                tokio::spawn(
+                    async move { me.watch(id, shim, StartedBy::ClaimAtRecovery, None).await },
+                );
             }
             Action::FinishFromDisk => self.finish_from_disk(task_id).await,
             Action::Unclaimed => return Some(row),
@@ -85,11 +87,18 @@ impl Engine {
     /// end is whichever comes first: `result.json` renamed in (the shim's
     /// last act) or the shim's exit. A shim that exits without starting
     /// the task found it claimed by another (followed in turn), or failed
-    /// before claiming it (the launch failed).
-    pub async fn watch(self: &Arc<Self>, task_id: String, shim: ClaimRecord, by: StartedBy) {
-        let (mut shim, mut by) = (shim, by);
+    /// before claiming it (the launch failed). `task_uid` is the uid the
+    /// launch reply named, when the task was launched by this runtime.
+    pub async fn watch(
+        self: &Arc<Self>,
+        task_id: String,
+        shim: ClaimRecord,
+        by: StartedBy,
+        task_uid: Option<u32>,
+    ) {
+        let (mut shim, mut by, mut task_uid) = (shim, by, task_uid);
         loop {
-            if self.watch_shim(&task_id, shim, by).await {
+            if self.watch_shim(&task_id, shim, by, task_uid).await {
                 return self.finish_from_disk(&task_id).await;
             }
             match self.task_dir(&task_id).read_claim() {
@@ -97,7 +106,9 @@ impl Engine {
                     let message = "re-attached to the shim that claimed the task";
                     tracing::info!(task_id, message, "recovered");
                     self.record(&task_id, Input::Recovered(message)).await;
-                    (shim, by) = (c, StartedBy::ClaimAtRecovery);
+                    // Another shim's task: its uid is not the one our
+                    // launch was told; its result will say.
+                    (shim, by, task_uid) = (c, StartedBy::ClaimAtRecovery, None);
                 }
                 Ok(Some(_)) => return self.finish_from_disk(&task_id).await,
                 Ok(None) => {
@@ -121,7 +132,13 @@ impl Engine {
     /// Waits until the task's result is in or its shim has exited, recording
     /// the start on the way; whether the shim started the task or left a
     /// result.
-    async fn watch_shim(self: &Arc<Self>, task_id: &str, shim: ClaimRecord, by: StartedBy) -> bool {
+    async fn watch_shim(
+        self: &Arc<Self>,
+        task_id: &str,
+        shim: ClaimRecord,
+        by: StartedBy,
+        task_uid: Option<u32>,
+    ) -> bool {
         let td = self.task_dir(task_id);
         let mut arrival = match self.arrivals.as_ref().map(|a| a.watch(&td.dir)) {
             Some(Ok(a)) => Some(a),
@@ -138,7 +155,7 @@ impl Engine {
         let mut exited = false;
         loop {
             if !started {
-                started = self.note_start(&td, task_id, shim, by).await;
+                started = self.note_start(&td, task_id, shim, by, task_uid).await;
             }
             if exited || td.result_in_place() {
                 break;
@@ -171,6 +188,7 @@ impl Engine {
         task_id: &str,
         shim: ClaimRecord,
         by: StartedBy,
+        task_uid: Option<u32>,
     ) -> bool {
         let Some(rec) = td.read_started() else {
             return false;
@@ -181,6 +199,7 @@ impl Engine {
             pid: Some(rec.pid),
             pgid: Some(rec.pid),
             started_at: Some(rec.started_at),
+            task_uid,
             by,
         };
         self.record(task_id, Input::Start(start)).await;

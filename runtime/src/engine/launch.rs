@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use execgo_runtime_protocol::{
     HelperErrorKind, LaunchLimits, LaunchProfile, LaunchSpec, Launched, Request, Response,
-    SandboxSpec, TaskErrorCode,
+    SandboxSpec, TaskErrorCode, SCRIPT_ARG,
 };
 
-use super::files::SCRIPT;
 use super::EngineError;
 use super::{error_chain, now, view, Engine};
 use crate::model::{ExecutionKind, NamespaceConfig, SandboxProfile};
@@ -32,9 +31,11 @@ impl Engine {
                 v
             }
             ExecutionKind::Script => match &e.interpreter {
+                // The interpreter reads the script from a descriptor the
+                // shim gives it: tasks cannot search the data dir.
                 Some(interp) => {
                     let mut v = interp.clone();
-                    v.push(td.path(SCRIPT).to_string_lossy().into_owned());
+                    v.push(SCRIPT_ARG.to_string());
                     v
                 }
                 None => vec![
@@ -110,6 +111,7 @@ impl Engine {
             keep_descendants: row.launch.keep_descendants,
             sidecar_target,
             workdir: row.launch.workdir.clone(),
+            script_fd: e.kind == ExecutionKind::Script && e.interpreter.is_some(),
         })
     }
 
@@ -168,13 +170,23 @@ impl Engine {
     }
 
     async fn launched(self: &Arc<Self>, task_id: &str, l: Launched) {
-        tracing::debug!(task_id, shim_pid = l.shim_pid, "shim started");
+        tracing::debug!(
+            task_id,
+            shim_pid = l.shim_pid,
+            task_uid = l.task_uid,
+            "shim started"
+        );
         let shim = ClaimRecord {
             shim_pid: l.shim_pid,
             shim_start_ticks: l.shim_start_ticks,
         };
-        self.watch(task_id.to_string(), shim, StartedBy::LaunchReply)
-            .await;
+        self.watch(
+            task_id.to_string(),
+            shim,
+            StartedBy::LaunchReply,
+            Some(l.task_uid),
+        )
+        .await;
     }
 
     /// The helper refused the launch before any shim claimed the task:

@@ -102,6 +102,7 @@ pub fn summary(td: &TaskDir, row: &TaskRow) -> TaskSummary {
         shim_pid: row.shim_pid,
         pid: row.pid,
         pgid: row.pgid,
+        task_uid: row.task_uid,
         exit_code: row.exit_code,
         exit_signal: row.exit_signal,
         error: row.error.clone(),

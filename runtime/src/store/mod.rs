@@ -92,7 +92,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     memory_request INTEGER,
     pids_request INTEGER,
     launch_flags INTEGER NOT NULL DEFAULT 0,
-    workdir TEXT
+    workdir TEXT,
+    task_uid INTEGER
 );
 CREATE INDEX IF NOT EXISTS tasks_by_status_created ON tasks(status, created_at, task_id);
 CREATE INDEX IF NOT EXISTS tasks_by_created ON tasks(created_at, task_id);
@@ -131,6 +132,8 @@ pub struct TaskRow {
     pub shim_start_ticks: Option<u64>,
     pub pid: Option<i32>,
     pub pgid: Option<i32>,
+    /// The uid the task runs (ran) as.
+    pub task_uid: Option<u32>,
     pub exit_code: Option<i32>,
     pub exit_signal: Option<i32>,
     pub error: Option<TaskError>,
@@ -238,7 +241,7 @@ const COLUMNS: &str =
     "task_id, status, created_at, updated_at, started_at, finished_at, duration_ms,
     shim_pid, shim_start_ticks, pid, pgid, exit_code, exit_signal, error_json, usage_json,
     request_json, plan_json, reservation_json, reserved_at, released, tenant, owner,
-    kill_requested, launch_attempted, launch_flags, workdir";
+    kill_requested, launch_attempted, launch_flags, workdir, task_uid";
 
 fn json_col<T: serde::de::DeserializeOwned>(id: &str, s: Option<String>) -> Result<Option<T>> {
     s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(id.to_string(), e)))
@@ -272,6 +275,9 @@ fn read_row(r: &Row<'_>) -> rusqlite::Result<RawRow> {
         kill_requested: r.get::<_, i64>(22)? != 0,
         launch_attempted: r.get::<_, i64>(23)? != 0,
         launch: LaunchOptions::from_columns(r.get(24)?, r.get(25)?),
+        task_uid: r
+            .get::<_, Option<i64>>(26)?
+            .and_then(|v| u32::try_from(v).ok()),
     })
 }
 
@@ -301,6 +307,7 @@ struct RawRow {
     kill_requested: bool,
     launch_attempted: bool,
     launch: LaunchOptions,
+    task_uid: Option<u32>,
 }
 
 impl RawRow {
@@ -330,6 +337,7 @@ impl RawRow {
             shim_start_ticks: self.shim_start_ticks,
             pid: self.pid,
             pgid: self.pgid,
+            task_uid: self.task_uid,
             exit_code: self.exit_code,
             exit_signal: self.exit_signal,
             reserved_at: self.reserved_at,
@@ -396,6 +404,18 @@ fn migrate(conn: &Connection, labels_new: bool) -> Result<()> {
     if !has_workdir {
         conn.execute_batch("ALTER TABLE tasks ADD COLUMN workdir TEXT")
             .map_err(sql("adding the workdir column"))?;
+    }
+    let has_task_uid: bool = conn
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('tasks') WHERE name = 'task_uid'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(sql("reading the tasks table's columns"))?
+        > 0;
+    if !has_task_uid {
+        conn.execute_batch("ALTER TABLE tasks ADD COLUMN task_uid INTEGER")
+            .map_err(sql("adding the task_uid column"))?;
     }
     Ok(())
 }
@@ -739,7 +759,7 @@ pub fn update(tx: &Transaction<'_>, row: &TaskRow, finished_unix_ms: Option<i64>
              duration_ms = ?6, shim_pid = ?7, shim_start_ticks = ?8, pid = ?9, pgid = ?10,
              exit_code = ?11, exit_signal = ?12, error_json = ?13, usage_json = ?14,
              reservation_json = ?15, reserved_at = ?16, released = ?17, kill_requested = ?18,
-             launch_attempted = ?19, finished_unix_ms = ?20 WHERE task_id = ?1",
+             launch_attempted = ?19, finished_unix_ms = ?20, task_uid = ?21 WHERE task_id = ?1",
         )
         .map_err(sql("preparing an update"))?;
     stmt.execute(params![
@@ -763,6 +783,7 @@ pub fn update(tx: &Transaction<'_>, row: &TaskRow, finished_unix_ms: Option<i64>
         row.kill_requested as i64,
         row.launch_attempted as i64,
         finished_unix_ms,
+        row.task_uid.map(i64::from),
     ])
     .map_err(sql("updating a task"))?;
     Ok(())

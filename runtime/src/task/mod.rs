@@ -60,6 +60,8 @@ pub struct Start {
     pub pid: Option<i32>,
     pub pgid: Option<i32>,
     pub started_at: Option<String>,
+    /// The uid the task runs as, when the launch reply named it.
+    pub task_uid: Option<u32>,
     pub by: StartedBy,
 }
 
@@ -218,6 +220,7 @@ pub fn create(
         shim_start_ticks: None,
         pid: None,
         pgid: None,
+        task_uid: None,
         exit_code: None,
         exit_signal: None,
         error: None,
@@ -275,6 +278,7 @@ pub fn step(row: &TaskRow, input: Input, ts: &str) -> Result<Change, Unchanged> 
             next.shim_start_ticks = Some(s.shim_start_ticks);
             next.pid = s.pid;
             next.pgid = s.pgid;
+            next.task_uid = s.task_uid.or(next.task_uid);
             let message = match s.by {
                 StartedBy::LaunchReply => "task process started",
                 StartedBy::ClaimAtRecovery => {
@@ -341,6 +345,7 @@ fn finish(mut row: TaskRow, o: &Outcome, by: DecidedBy) -> Change {
     row.shim_pid = o.shim_pid.or(row.shim_pid);
     row.pid = o.pid.or(row.pid);
     row.pgid = o.pgid.or(row.pgid);
+    row.task_uid = o.task_uid.or(row.task_uid);
     row.exit_code = o.exit_code;
     row.exit_signal = o.exit_signal;
     row.error = o.error.clone();

@@ -17,6 +17,7 @@ fn decided(status: TaskStatus, error: TaskError, at: &str) -> Outcome {
         usage: None,
         kill_requested: false,
         timed_out: false,
+        task_uid: None,
     }
 }
 
