@@ -113,16 +113,7 @@ impl Dispatcher {
 
     /// Whether the shim that claimed `task_id` is alive.
     fn shim_running(&self, task_id: &str) -> bool {
-        use std::os::fd::AsFd;
-        let Ok(tasks) = crate::fs_at::open_dir(self.ctx.data_fd.as_fd(), "tasks") else {
-            return false;
-        };
-        let Ok(dir) = crate::fs_at::open_dir(tasks.as_fd(), task_id) else {
-            return false;
-        };
-        let claim = crate::shim::claim::read_existing(dir.as_fd());
-        claim != execgo_runtime_protocol::taskdir::ClaimRecord::UNKNOWN
-            && execgo_runtime_protocol::taskdir::is_alive(claim.shim_pid, claim.shim_start_ticks)
+        shim_running(&self.ctx, task_id)
     }
 
     /// Serves one request to completion.
@@ -141,8 +132,26 @@ impl Dispatcher {
             // as us) with no capabilities, NO_NEW_PRIVS and only the
             // environment the request lists.
             Request::Launch(spec) => launch::launch(&self.ctx, peer, spec),
+            // Safe: refused while the task's shim is alive; acts only on the
+            // validated task's own cgroups, leased uid and task directory,
+            // as its shim would have at its end.
+            Request::Reap { task_id } => crate::reap::reap(&self.ctx, peer, &task_id),
         }
     }
+}
+
+/// Whether the shim that claimed `task_id` is alive.
+pub fn shim_running(ctx: &Context, task_id: &str) -> bool {
+    use std::os::fd::AsFd;
+    let Ok(tasks) = crate::fs_at::open_dir(ctx.data_fd.as_fd(), "tasks") else {
+        return false;
+    };
+    let Ok(dir) = crate::fs_at::open_dir(tasks.as_fd(), task_id) else {
+        return false;
+    };
+    let claim = crate::shim::claim::read_existing(dir.as_fd());
+    claim != execgo_runtime_protocol::taskdir::ClaimRecord::UNKNOWN
+        && execgo_runtime_protocol::taskdir::is_alive(claim.shim_pid, claim.shim_start_ticks)
 }
 
 /// A dispatcher over a tempdir data dir, for unit tests.

@@ -141,7 +141,7 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, Launc
     let launch = validate(spec)?;
     let rootfs = open_rootfs(ctx, &launch.profile)?;
     let workdir = open_workdir(ctx, launch.workdir.as_deref())?;
-    let (tasks, task_dir) = open_task_dir(ctx, &launch.task_id)?;
+    let task_dir = open_task_dir(ctx, &launch.task_id)?;
     // Sidecar mode: the target is found by the helper itself, never taken
     // from the runtime (which names only the container).
     let sidecar = match &launch.sidecar_target {
@@ -161,9 +161,8 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, Launc
     // on, a launch that starts no shim gives it back.
     let leased = match &ctx.leases {
         Some(leases) => {
-            let owner = crate::shim::runtime_owner(ctx.capabilities.privileged, peer.uid, peer.gid);
             let uid = leases
-                .acquire(&launch.task_id, tasks.as_fd(), owner)
+                .acquire(&launch.task_id)
                 .map_err(LaunchError::Lease)?;
             Some((leases, uid))
         }
@@ -177,7 +176,7 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, Launc
     let for_id = launch.task_id.clone();
     let give_back = |e: LaunchError| {
         if let Some((leases, uid)) = leased {
-            crate::uid_lease::forget(leases.dir(), uid, &for_id);
+            leases.forget(uid, &for_id);
         }
         e
     };
@@ -300,9 +299,9 @@ fn open_workdir(ctx: &Context, path: Option<&str>) -> Result<Option<OwnedFd>, La
     })
 }
 
-/// `tasks/` and `tasks/<id>`, resolved under the data dir descriptor one
-/// component at a time, neither component allowed to be a symlink.
-fn open_task_dir(ctx: &Context, id: &str) -> Result<(OwnedFd, OwnedFd), LaunchError> {
+/// `tasks/<id>`, resolved under the data dir descriptor one component at a
+/// time, neither component allowed to be a symlink.
+fn open_task_dir(ctx: &Context, id: &str) -> Result<OwnedFd, LaunchError> {
     // ENOTDIR or ELOOP: a symlink or a file where a directory belongs.
     let classify = |e: Errno| match e {
         Errno::ENOENT => LaunchError::TaskDirMissing(id.to_string()),
@@ -313,8 +312,7 @@ fn open_task_dir(ctx: &Context, id: &str) -> Result<(OwnedFd, OwnedFd), LaunchEr
         },
     };
     let tasks = fs_at::open_dir(ctx.data_fd.as_fd(), "tasks").map_err(classify)?;
-    let dir = fs_at::open_dir(tasks.as_fd(), id).map_err(classify)?;
-    Ok((tasks, dir))
+    fs_at::open_dir(tasks.as_fd(), id).map_err(classify)
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ mod peer;
 mod prefork;
 mod probe;
 mod probe_child;
+mod reap;
 mod rlimits;
 mod rootfs;
 mod seccomp;
@@ -234,8 +235,12 @@ fn run(args: cli::Args, activated: Option<i32>) -> Result<(), MainError> {
     capabilities.task_uid_range = task_users.range().map(|r| (r.first, r.last));
     let leases = match task_users.range() {
         Some(range) => Some(std::rc::Rc::new(
-            uid_lease::Leases::open(data_fd.as_fd(), range)
-                .map_err(|source| MainError::Leases { range, source })?,
+            uid_lease::Leases::open(
+                std::path::Path::new(uid_lease::LEASE_DIR),
+                &data_dir.display().to_string(),
+                range,
+            )
+            .map_err(|source| MainError::Leases { range, source })?,
         )),
         None => None,
     };

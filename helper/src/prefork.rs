@@ -368,7 +368,8 @@ mod tests {
             "task_cgroups": false,
             "keep_descendants": false,
             "sidecar_target": null,
-            "workdir": null
+            "workdir": null,
+            "script_fd": false
         }))
         .expect("a launch spec")
     }

@@ -1,11 +1,14 @@
 //! Task uid leases: which uid of `--task-uid-range` belongs to which task.
 //!
-//! A lease is a symlink `<data dir>/task-uids/<uid>` whose target is the
-//! task id. `symlinkat` fails on an existing name, so taking a uid is one
-//! exclusive system call, and the table survives a `kill -9` of every
-//! component: it is the directory itself. The directory belongs to the
-//! helper (root) with mode 0700, so neither the runtime nor a task can
-//! touch it.
+//! A lease is a symlink `/run/execgo-runtime-task-uids/<uid>` whose target
+//! is the task's directory, `<data dir>/tasks/<task id>`. The table is the
+//! host's, not a data dir's: two runtimes on one host (with data dirs of
+//! their own, and the same default range) never hand out the same uid.
+//! `symlinkat` fails on an existing name, so taking a uid is one exclusive
+//! system call, and the table survives a `kill -9` of every component: it
+//! is the directory itself. It is root's, mode 0700, on `/run`: neither a
+//! runtime nor a task can touch it, and a reboot, which ends every
+//! process, empties it.
 //!
 //! The rules:
 //! - the helper takes a lease for a launch before the shim exists, from a
@@ -13,23 +16,24 @@
 //!   without looking at each other's leases;
 //! - the task's shim gives its lease back once the task is over: every
 //!   process of the uid is killed ([`kill_all`]), everything the task left
-//!   in its task directory is handed to the runtime's user
-//!   ([`hand_back`]), and only then is the symlink removed;
-//! - a lease the helper finds in its way is stale when the shim that
+//!   in its workspace is handed to the runtime's user ([`hand_back`]), and
+//!   only then is the symlink removed;
+//! - a lease a helper finds in its way is stale when the shim that
 //!   claimed its task is gone (or the task directory is); the helper then
 //!   does the shim's release itself and takes the uid. A lease whose task
 //!   has no claim yet belongs to a shim still starting and is left alone
 //!   for [`UNCLAIMED_GRACE`].
 //!
 //! So a uid never goes to a second task while a process of the first runs
-//! or a file it left in its task directory still belongs to it.
+//! or a file it left in its workspace still belongs to it.
 
 use std::cell::Cell;
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use execgo_runtime_protocol::taskdir::{is_alive, ClaimRecord, CLAIM};
+use execgo_runtime_protocol::taskdir::{is_alive, ClaimRecord, CLAIM, WORKSPACE};
 use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
@@ -39,8 +43,8 @@ use nix::unistd::{Gid, Uid};
 use crate::identity::UidRange;
 use crate::{fs_at, sys};
 
-/// The lease directory's name in the data dir.
-pub const LEASE_DIR: &str = "task-uids";
+/// Where the host's task uid leases are.
+pub const LEASE_DIR: &str = "/run/execgo-runtime-task-uids";
 
 /// How long a lease whose task has no claim is taken for a shim still
 /// starting. A shim claims its task within milliseconds of its launch.
@@ -51,10 +55,15 @@ const KILL_PATIENCE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
-    #[error("creating or opening {LEASE_DIR}/ in the data dir failed")]
-    Open(#[source] Errno),
-    #[error("{LEASE_DIR}/ in the data dir belongs to uid {uid} with mode {mode:o}; it must be the helper's (uid {own}) and closed to everyone else")]
-    Unsafe { uid: u32, mode: u32, own: u32 },
+    #[error("creating or opening the task uid lease directory {0} failed")]
+    Open(String, #[source] Errno),
+    #[error("the task uid lease directory {path} belongs to uid {uid} with mode {mode:o}; it must be the helper's (uid {own}) and closed to everyone else")]
+    Unsafe {
+        path: String,
+        uid: u32,
+        mode: u32,
+        own: u32,
+    },
     #[error("every uid of --task-uid-range {0} is leased to a task that is still running or still owns files")]
     Exhausted(UidRange),
     #[error("taking the lease of uid {uid} failed")]
@@ -79,29 +88,52 @@ pub enum LeaseError {
     },
 }
 
-/// The lease table and the cursor the helper takes uids from.
+/// The lease table, this helper's data dir, and the cursor it takes uids
+/// from.
 pub struct Leases {
     dir: OwnedFd,
+    /// Our data dir, canonical: leases name `<data_dir>/tasks/<id>`.
+    data_dir: String,
     range: UidRange,
     /// How many uids the cursor has passed since start.
     cursor: Cell<u64>,
 }
 
+/// A lease found stale, and what its release needs.
+struct Stale {
+    /// The lease's target, as read.
+    target: String,
+    /// The task's workspace, when it still exists.
+    workspace: Option<OwnedFd>,
+    /// Who gets its files: the owner of its data dir.
+    owner: (Uid, Gid),
+}
+
 impl Leases {
-    /// Creates (mode 0700) or opens `task-uids/` under the data dir, and
-    /// checks it is ours and closed to everyone else. The cursor starts
-    /// at a place drawn from the clock, so a restarted helper does not
-    /// walk first through the uids its predecessor just used.
-    pub fn open(data_dir: BorrowedFd<'_>, range: UidRange) -> Result<Leases, LeaseError> {
-        match nix::sys::stat::mkdirat(Some(data_dir.as_raw_fd()), LEASE_DIR, Mode::S_IRWXU) {
+    /// Creates (mode 0700) or opens the lease directory `dir` (its parent
+    /// must exist), and checks it is ours and closed to everyone else.
+    /// `data_dir` is this helper's, canonical. The cursor starts at a
+    /// place drawn from the clock and the process id, so helpers started
+    /// together, or one restarted, do not walk first through the same
+    /// uids.
+    pub fn open(dir: &Path, data_dir: &str, range: UidRange) -> Result<Leases, LeaseError> {
+        let path = dir.display().to_string();
+        let open_err = |e| LeaseError::Open(path.clone(), e);
+        match nix::unistd::mkdir(dir, Mode::S_IRWXU) {
             Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => return Err(LeaseError::Open(e)),
+            Err(e) => return Err(open_err(e)),
         }
-        let dir = fs_at::open_dir(data_dir, LEASE_DIR).map_err(LeaseError::Open)?;
-        let st = nix::sys::stat::fstat(dir.as_raw_fd()).map_err(LeaseError::Open)?;
+        let fd = sys::open(
+            dir,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(open_err)?;
+        let st = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(open_err)?;
         let own = nix::unistd::geteuid().as_raw();
         if st.st_uid != own || st.st_mode & 0o077 != 0 {
             return Err(LeaseError::Unsafe {
+                path,
                 uid: st.st_uid,
                 mode: st.st_mode & 0o7777,
                 own,
@@ -109,9 +141,11 @@ impl Leases {
         }
         let seed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+            .map_or(0, |d| d.as_micros() as u64)
+            ^ (u64::from(std::process::id()) << 20);
         Ok(Leases {
-            dir,
+            dir: fd,
+            data_dir: data_dir.to_string(),
             range,
             cursor: Cell::new(seed),
         })
@@ -121,40 +155,42 @@ impl Leases {
         self.range
     }
 
-    /// The lease directory, for shims (they give their lease back).
+    /// The lease directory, kept open by shims (they give their lease back).
     pub fn dir(&self) -> BorrowedFd<'_> {
         self.dir.as_fd()
     }
 
+    /// What a lease of `task_id` of this data dir names.
+    fn target(&self, task_id: &str) -> String {
+        format!("{}/tasks/{task_id}", self.data_dir)
+    }
+
     /// Takes a uid for `task_id`: the next one after the cursor that is
     /// free, or whose lease is stale (released first, see the module
-    /// documentation). `tasks` is the data dir's `tasks/`; `owner` the
-    /// runtime's user, who gets a stale task's files.
-    pub fn acquire(
-        &self,
-        task_id: &str,
-        tasks: BorrowedFd<'_>,
-        owner: (Uid, Gid),
-    ) -> Result<u32, LeaseError> {
+    /// documentation).
+    pub fn acquire(&self, task_id: &str) -> Result<u32, LeaseError> {
+        let target = self.target(task_id);
         for _ in 0..self.range.len() {
             let n = self.cursor.get();
             self.cursor.set(n.wrapping_add(1));
             let uid = self.range.nth(n);
             let name = uid.to_string();
-            match nix::unistd::symlinkat(task_id, Some(self.dir.as_raw_fd()), name.as_str()) {
+            match nix::unistd::symlinkat(target.as_str(), Some(self.dir.as_raw_fd()), name.as_str())
+            {
                 Ok(()) => return Ok(uid),
                 Err(Errno::EEXIST) => {}
                 Err(source) => return Err(LeaseError::Take { uid, source }),
             }
-            let Some(holder) = self.stale_holder(&name, tasks) else {
+            let Some(stale) = self.stale(&name) else {
                 continue;
             };
-            let task_dir = fs_at::open_dir(tasks, &holder).ok();
-            if let Err(e) = release(self.dir.as_fd(), uid, &holder, task_dir.as_ref(), owner) {
+            if let Err(e) =
+                self.release_target(uid, &stale.target, stale.workspace.as_ref(), stale.owner)
+            {
                 tracing::warn!(
                     target: crate::logging::TARGET,
                     uid,
-                    holder = holder.as_str(),
+                    holder = stale.target.as_str(),
                     error = %crate::logging::chain(&e),
                     "a stale task uid lease could not be released; the uid stays leased"
                 );
@@ -163,10 +199,11 @@ impl Leases {
             tracing::info!(
                 target: crate::logging::TARGET,
                 uid,
-                holder = holder.as_str(),
+                holder = stale.target.as_str(),
                 "released the task uid of a task whose shim is gone"
             );
-            match nix::unistd::symlinkat(task_id, Some(self.dir.as_raw_fd()), name.as_str()) {
+            match nix::unistd::symlinkat(target.as_str(), Some(self.dir.as_raw_fd()), name.as_str())
+            {
                 Ok(()) => return Ok(uid),
                 Err(Errno::EEXIST) => {}
                 Err(source) => return Err(LeaseError::Take { uid, source }),
@@ -175,24 +212,129 @@ impl Leases {
         Err(LeaseError::Exhausted(self.range))
     }
 
-    /// The task holding lease `name` when the lease is stale: its task
-    /// directory is gone, or its claim names a shim that is not alive. A
-    /// task not claimed yet keeps its lease for [`UNCLAIMED_GRACE`].
-    fn stale_holder(&self, name: &str, tasks: BorrowedFd<'_>) -> Option<String> {
+    /// The uids leased to `task_id` of this data dir (one, unless a
+    /// repeated launch's shim died before it removed its own).
+    pub fn held_by(&self, task_id: &str) -> Result<Vec<u32>, Errno> {
+        let target = self.target(task_id);
+        let fd = sys::openat(
+            self.dir.as_fd(),
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let mut entries = Dir::from_fd(fd.into_raw_fd())?;
+        let dir = entries.as_raw_fd();
+        let mut uids = Vec::new();
+        for entry in entries.iter() {
+            let entry = entry?;
+            let Some(uid) = entry
+                .file_name()
+                .to_str()
+                .ok()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let holder = nix::fcntl::readlinkat(Some(dir), entry.file_name());
+            if holder.is_ok_and(|h| h.as_encoded_bytes() == target.as_bytes()) {
+                uids.push(uid);
+            }
+        }
+        Ok(uids)
+    }
+
+    /// Gives `task_id`'s lease `uid` back (see [`Self::release_target`]).
+    pub fn release(
+        &self,
+        uid: u32,
+        task_id: &str,
+        workspace: Option<&OwnedFd>,
+        owner: (Uid, Gid),
+    ) -> Result<(), LeaseError> {
+        self.release_target(uid, &self.target(task_id), workspace, owner)
+    }
+
+    /// Gives a lease back: kills every process of `uid`, hands what the
+    /// task left in `workspace` (when there is one) to `owner`, then
+    /// removes the lease if it still names `target`. On an error the
+    /// lease stays: a uid that may still be in use is never handed out
+    /// again.
+    fn release_target(
+        &self,
+        uid: u32,
+        target: &str,
+        workspace: Option<&OwnedFd>,
+        owner: (Uid, Gid),
+    ) -> Result<(), LeaseError> {
+        kill_all(uid, || {})?;
+        if let Some(dir) = workspace {
+            hand_back(dir.as_fd(), uid, owner)
+                .map_err(|source| LeaseError::HandBack { uid, source })?;
+        }
+        self.forget_target(uid, target);
+        Ok(())
+    }
+
+    /// Removes lease `uid` if it names `task_id` of this data dir (a lease
+    /// taken for a launch that ran nothing, or one given back).
+    pub fn forget(&self, uid: u32, task_id: &str) {
+        self.forget_target(uid, &self.target(task_id));
+    }
+
+    fn forget_target(&self, uid: u32, target: &str) {
+        let name = uid.to_string();
+        let ours = nix::fcntl::readlinkat(Some(self.dir.as_raw_fd()), name.as_str())
+            .is_ok_and(|t| t.as_encoded_bytes() == target.as_bytes());
+        if ours {
+            let _ = nix::unistd::unlinkat(
+                Some(self.dir.as_raw_fd()),
+                name.as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        }
+    }
+
+    /// Lease `name` when it is stale: its task directory is gone, or its
+    /// claim names a shim that is not alive, or it has no claim
+    /// [`UNCLAIMED_GRACE`] after the lease was made. The task directory is
+    /// found from `/` without following a symlink, whichever data dir it
+    /// is in.
+    fn stale(&self, name: &str) -> Option<Stale> {
         let target = nix::fcntl::readlinkat(Some(self.dir.as_raw_fd()), name).ok()?;
-        let holder = target.to_str()?.to_string();
-        if !execgo_runtime_protocol::valid_task_id(&holder) {
-            // Not ours: nothing the helper writes looks like this.
+        let target = target.to_str()?.to_string();
+        let (data_dir, task_id) = target.rsplit_once("/tasks/")?;
+        if !execgo_runtime_protocol::valid_absolute_path(data_dir)
+            || !execgo_runtime_protocol::valid_task_id(task_id)
+        {
+            // Not a helper's: nothing the helper writes looks like this.
             return None;
         }
-        let Ok(task_dir) = fs_at::open_dir(tasks, &holder) else {
-            return Some(holder);
+        let root = sys::open(
+            Path::new("/"),
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let gone = |target: String| Stale {
+            target,
+            workspace: None,
+            owner: (Uid::from_raw(0), Gid::from_raw(0)),
+        };
+        let Ok(data) = fs_at::open_dir_beneath(root.as_fd(), &data_dir[1..]) else {
+            return Some(gone(target));
+        };
+        let Ok(task_dir) = fs_at::open_dir(data.as_fd(), "tasks")
+            .and_then(|tasks| fs_at::open_dir(tasks.as_fd(), task_id))
+        else {
+            return Some(gone(target));
         };
         match nix::fcntl::readlinkat(Some(task_dir.as_raw_fd()), CLAIM) {
             Ok(claim) => {
                 let record =
                     ClaimRecord::parse(claim.as_encoded_bytes()).unwrap_or(ClaimRecord::UNKNOWN);
-                (!is_alive(record.shim_pid, record.shim_start_ticks)).then_some(holder)
+                if is_alive(record.shim_pid, record.shim_start_ticks) {
+                    return None;
+                }
             }
             Err(_) => {
                 let st = fstatat(
@@ -206,44 +348,17 @@ impl Leases {
                     .ok()?
                     .as_secs()
                     .saturating_sub(u64::try_from(st.st_mtime).unwrap_or(0));
-                (age > UNCLAIMED_GRACE.as_secs()).then_some(holder)
+                if age <= UNCLAIMED_GRACE.as_secs() {
+                    return None;
+                }
             }
         }
-    }
-}
-
-/// Gives a task's lease back: kills every process of `uid`, hands what
-/// the task left in `task_dir` (when there is one) to `owner`, then
-/// removes the lease if it still names `task_id`. On an error the lease
-/// stays: a uid that may still be in use is never handed out again.
-pub fn release(
-    leases: BorrowedFd<'_>,
-    uid: u32,
-    task_id: &str,
-    task_dir: Option<&OwnedFd>,
-    owner: (Uid, Gid),
-) -> Result<(), LeaseError> {
-    kill_all(uid, || {})?;
-    if let Some(dir) = task_dir {
-        hand_back(dir.as_fd(), uid, owner)
-            .map_err(|source| LeaseError::HandBack { uid, source })?;
-    }
-    forget(leases, uid, task_id);
-    Ok(())
-}
-
-/// Removes lease `uid` if it names `task_id` (a lease taken for a launch
-/// that ran nothing, or one released).
-pub fn forget(leases: BorrowedFd<'_>, uid: u32, task_id: &str) {
-    let name = uid.to_string();
-    let ours = nix::fcntl::readlinkat(Some(leases.as_raw_fd()), name.as_str())
-        .is_ok_and(|t| t.as_encoded_bytes() == task_id.as_bytes());
-    if ours {
-        let _ = nix::unistd::unlinkat(
-            Some(leases.as_raw_fd()),
-            name.as_str(),
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        );
+        let st = nix::sys::stat::fstat(data.as_raw_fd()).ok()?;
+        Some(Stale {
+            target,
+            workspace: fs_at::open_dir(task_dir.as_fd(), WORKSPACE).ok(),
+            owner: (Uid::from_raw(st.st_uid), Gid::from_raw(st.st_gid)),
+        })
     }
 }
 
@@ -251,22 +366,25 @@ pub fn forget(leases: BorrowedFd<'_>, uid: u32, task_id: &str) {
 /// session or cgroup, until `/proc` shows none: a child takes the uid and
 /// sends SIGKILL to every process it may signal (`kill(-1)`: those whose
 /// real or saved uid is `uid`). The kernel's answer to `kill(-1)` cannot
-/// tell "none" from "none permitted", hence the look at `/proc`.
-/// `between` runs between rounds, to reap what comes to the caller.
+/// tell "none" from "none permitted", hence the look at `/proc`; one round
+/// is sent whatever `/proc` shows, as a `/proc` mounted `hidepid` may hide
+/// them. `between` runs after each round, to reap what comes to the
+/// caller.
 pub fn kill_all(uid: u32, mut between: impl FnMut()) -> Result<(), LeaseError> {
     let deadline = Instant::now() + KILL_PATIENCE;
     loop {
+        kill_round(uid)?;
+        between();
         if !any_process_of(uid) {
             return Ok(());
         }
         if Instant::now() >= deadline {
             return Err(LeaseError::Survivors(uid));
         }
-        kill_round(uid)?;
+        std::thread::sleep(Duration::from_millis(2));
         between();
-        if any_process_of(uid) {
-            std::thread::sleep(Duration::from_millis(2));
-            between();
+        if !any_process_of(uid) {
+            return Ok(());
         }
     }
 }
@@ -345,15 +463,17 @@ fn kill_round(uid: u32) -> Result<(), LeaseError> {
 }
 
 /// Hands every entry of `dir`'s tree owned by `uid` (or its group, the
-/// same number) to `owner`, `dir` included: the runtime's user can then
-/// read and remove what the task left. Nothing is followed: entries are
-/// looked at and changed with `AT_SYMLINK_NOFOLLOW`, directories opened
-/// `O_NOFOLLOW` and only on `dir`'s file system. Only called once no
-/// process of `uid` is left, so nothing moves underneath.
+/// same number) to `owner`, `dir` included, and opens each such directory
+/// to its new owner (`u+rwx`, as a task may leave read-only ones): the
+/// runtime's user can then read and remove what the task left. Nothing is
+/// followed: entries are looked at and changed with `AT_SYMLINK_NOFOLLOW`,
+/// directories opened `O_NOFOLLOW` and only on `dir`'s file system. Only
+/// called once no process of `uid` is left, so nothing moves underneath.
 pub fn hand_back(dir: BorrowedFd<'_>, uid: u32, owner: (Uid, Gid)) -> Result<(), Errno> {
     let top = nix::sys::stat::fstat(dir.as_raw_fd())?;
     if top.st_uid == uid || top.st_gid == uid {
         nix::unistd::fchown(dir.as_raw_fd(), Some(owner.0), Some(owner.1))?;
+        open_to_owner(dir.as_raw_fd(), top.st_mode)?;
     }
     let reopen = |parent: RawFd, name: &CStr| -> Result<OwnedFd, Errno> {
         let fd = nix::fcntl::openat(
@@ -397,12 +517,25 @@ pub fn hand_back(dir: BorrowedFd<'_>, uid: u32, owner: (Uid, Gid)) -> Result<(),
             // Another file system mounted there is not the task's.
             if is_dir && st.st_dev == top.st_dev {
                 match reopen(parent, &name) {
-                    Ok(sub) => stack.push(sub),
+                    Ok(sub) => {
+                        if st.st_uid == uid || st.st_gid == uid {
+                            open_to_owner(sub.as_raw_fd(), st.st_mode)?;
+                        }
+                        stack.push(sub);
+                    }
                     Err(Errno::ENOENT) => {}
                     Err(e) => return Err(e),
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Adds `u+rwx` to an open directory's `mode`, if it lacks any of them.
+fn open_to_owner(dir: RawFd, mode: u32) -> Result<(), Errno> {
+    if mode & 0o700 != 0o700 {
+        nix::sys::stat::fchmod(dir, Mode::from_bits_truncate((mode & 0o7777) | 0o700))?;
     }
     Ok(())
 }
@@ -430,41 +563,79 @@ mod tests {
         last: 1_879_200_002,
     };
 
-    #[test]
-    fn leases_are_exclusive_and_walk_the_range() {
-        let data = tempfile::tempdir().unwrap();
-        std::fs::create_dir(data.path().join("tasks")).unwrap();
-        let d = dir(data.path());
-        let tasks = dir(&data.path().join("tasks"));
-        let leases = Leases::open(d.as_fd(), R).unwrap();
-        let me = (nix::unistd::geteuid(), nix::unistd::getegid());
-        // The three tasks' dirs carry a claim by this (live) process.
+    /// A lease table in a tempdir and a data dir beside it, canonical.
+    fn fixture(range: UidRange) -> (tempfile::TempDir, std::path::PathBuf, Leases) {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        std::fs::create_dir_all(data.join("tasks")).unwrap();
+        let data = std::fs::canonicalize(data).unwrap();
+        let leases =
+            Leases::open(&tmp.path().join("leases"), data.to_str().unwrap(), range).unwrap();
+        (tmp, data, leases)
+    }
+
+    fn live_claim(task_dir: &std::path::Path) {
         let claim = ClaimRecord {
             shim_pid: std::process::id() as i32,
             shim_start_ticks: execgo_runtime_protocol::taskdir::own_start_ticks().unwrap(),
         };
+        std::fs::create_dir_all(task_dir).unwrap();
+        std::os::unix::fs::symlink(claim.encode(), task_dir.join(CLAIM)).unwrap();
+    }
+
+    #[test]
+    fn leases_are_exclusive_and_walk_the_range() {
+        let (tmp, data, leases) = fixture(R);
         let mut got = Vec::new();
         for t in ["a", "b", "c"] {
-            std::fs::create_dir(data.path().join("tasks").join(t)).unwrap();
-            std::os::unix::fs::symlink(
-                claim.encode(),
-                data.path().join("tasks").join(t).join(CLAIM),
-            )
-            .unwrap();
-            got.push(leases.acquire(t, tasks.as_fd(), me).unwrap());
+            live_claim(&data.join("tasks").join(t));
+            got.push(leases.acquire(t).unwrap());
         }
+        let lease = |uid: u32| std::fs::read_link(tmp.path().join("leases").join(uid.to_string()));
+        assert_eq!(
+            lease(got[0]).unwrap(),
+            data.join("tasks/a"),
+            "a lease names its task's directory"
+        );
         got.sort();
         assert_eq!(got, [R.first, R.first + 1, R.last], "each uid once");
-        let e = leases.acquire("d", tasks.as_fd(), me).unwrap_err();
+        let e = leases.acquire("d").unwrap_err();
         assert!(matches!(e, LeaseError::Exhausted(_)), "{e}");
-        // A lease given back is taken again; forget() removes only the
-        // named task's lease.
-        let b = got[1];
-        let holder = std::fs::read_link(data.path().join(LEASE_DIR).join(b.to_string())).unwrap();
-        forget(leases.dir(), b, "not-the-holder");
-        assert!(leases.acquire("d", tasks.as_fd(), me).is_err());
-        forget(leases.dir(), b, holder.to_str().unwrap());
-        assert_eq!(leases.acquire("d", tasks.as_fd(), me).unwrap(), b);
+        assert!(e.to_string().contains("1879200000-1879200002"), "{e}");
+        // Given back, a uid is taken again; forget() removes only the named
+        // task's lease.
+        let b = leases.held_by("b").unwrap();
+        assert_eq!(b.len(), 1);
+        leases.forget(b[0], "not-the-holder");
+        assert!(leases.acquire("d").is_err());
+        leases.forget(b[0], "b");
+        assert!(lease(b[0]).is_err());
+        assert_eq!(leases.acquire("d").unwrap(), b[0]);
+        assert_eq!(leases.held_by("d").unwrap(), b);
+    }
+
+    #[test]
+    fn two_data_dirs_share_one_table() {
+        let tmp = tempfile::tempdir().unwrap();
+        let one = UidRange {
+            first: R.first,
+            last: R.first,
+        };
+        let mut tables = Vec::new();
+        for name in ["x", "y"] {
+            let data = tmp.path().join(name);
+            std::fs::create_dir_all(data.join("tasks/t")).unwrap();
+            live_claim(&data.join("tasks/t"));
+            let data = std::fs::canonicalize(data).unwrap();
+            tables.push(
+                Leases::open(&tmp.path().join("leases"), data.to_str().unwrap(), one).unwrap(),
+            );
+        }
+        assert_eq!(tables[0].acquire("t").unwrap(), one.first);
+        assert!(
+            matches!(tables[1].acquire("t"), Err(LeaseError::Exhausted(_))),
+            "the other data dir's running task holds the one uid"
+        );
     }
 
     #[test]
@@ -473,80 +644,77 @@ mod tests {
             eprintln!("skipped: releasing a stale lease kills as its uid, which needs root");
             return;
         }
-        let data = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(data.path().join("tasks/dead/workspace")).unwrap();
-        let d = dir(data.path());
-        let tasks = dir(&data.path().join("tasks"));
         let one = UidRange {
             first: R.first,
             last: R.first,
         };
-        let leases = Leases::open(d.as_fd(), one).unwrap();
-        let me = (nix::unistd::geteuid(), nix::unistd::getegid());
+        let (tmp, data, leases) = fixture(one);
+        let task = data.join("tasks/dead");
+        std::fs::create_dir_all(task.join("workspace")).unwrap();
         // The dead task's shim: a pid that is not alive with those ticks.
         let dead = ClaimRecord {
             shim_pid: std::process::id() as i32,
             shim_start_ticks: 1,
         };
-        std::os::unix::fs::symlink(dead.encode(), data.path().join("tasks/dead").join(CLAIM))
-            .unwrap();
-        let ws = data.path().join("tasks/dead/workspace");
+        std::os::unix::fs::symlink(dead.encode(), task.join(CLAIM)).unwrap();
+        let ws = task.join("workspace");
         std::fs::write(ws.join("left"), "x").unwrap();
         std::os::unix::fs::chown(&ws, Some(one.first), Some(one.first)).unwrap();
         std::os::unix::fs::chown(ws.join("left"), Some(one.first), Some(one.first)).unwrap();
-        std::os::unix::fs::symlink(
-            "dead",
-            data.path().join(LEASE_DIR).join(one.first.to_string()),
-        )
-        .unwrap();
-        assert_eq!(leases.acquire("new", tasks.as_fd(), me).unwrap(), one.first);
+        std::os::unix::fs::symlink(&task, tmp.path().join("leases").join(one.first.to_string()))
+            .unwrap();
+        assert_eq!(leases.acquire("new").unwrap(), one.first);
+        let data_owner = std::fs::metadata(&data).unwrap().uid();
         assert_eq!(
             std::fs::metadata(ws.join("left")).unwrap().uid(),
-            0,
+            data_owner,
             "handed back"
         );
-        assert_eq!(std::fs::metadata(&ws).unwrap().uid(), 0);
+        assert_eq!(std::fs::metadata(&ws).unwrap().uid(), data_owner);
         // Taken by "new" now, whose task dir does not exist: stale too.
-        assert_eq!(
-            leases.acquire("newer", tasks.as_fd(), me).unwrap(),
-            one.first
-        );
+        assert_eq!(leases.acquire("newer").unwrap(), one.first);
+        // A target no helper writes is never taken for stale.
+        std::fs::remove_file(tmp.path().join("leases").join(one.first.to_string())).unwrap();
+        std::os::unix::fs::symlink(
+            "elsewhere",
+            tmp.path().join("leases").join(one.first.to_string()),
+        )
+        .unwrap();
+        assert!(leases.acquire("newest").is_err());
     }
 
     #[test]
     fn an_unclaimed_lease_is_kept_for_a_starting_shim() {
-        let data = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(data.path().join("tasks/starting")).unwrap();
-        let d = dir(data.path());
-        let tasks = dir(&data.path().join("tasks"));
         let one = UidRange {
             first: R.first,
             last: R.first,
         };
-        let leases = Leases::open(d.as_fd(), one).unwrap();
-        let me = (nix::unistd::geteuid(), nix::unistd::getegid());
-        assert_eq!(
-            leases.acquire("starting", tasks.as_fd(), me).unwrap(),
-            one.first
-        );
+        let (_tmp, data, leases) = fixture(one);
+        std::fs::create_dir_all(data.join("tasks/starting")).unwrap();
+        assert_eq!(leases.acquire("starting").unwrap(), one.first);
         assert!(matches!(
-            leases.acquire("other", tasks.as_fd(), me),
+            leases.acquire("other"),
             Err(LeaseError::Exhausted(_))
         ));
     }
 
     #[test]
     fn the_lease_dir_must_be_closed_to_others() {
-        let data = tempfile::tempdir().unwrap();
-        std::fs::create_dir(data.path().join(LEASE_DIR)).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("leases")).unwrap();
         std::fs::set_permissions(
-            data.path().join(LEASE_DIR),
+            tmp.path().join("leases"),
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap();
-        let d = dir(data.path());
-        let e = Leases::open(d.as_fd(), R).err().unwrap();
+        let e = Leases::open(&tmp.path().join("leases"), "/d", R)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("mode 755"), "{e}");
+        let fresh = tmp.path().join("fresh");
+        Leases::open(&fresh, "/d", R).unwrap();
+        let m = std::fs::metadata(&fresh).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o700, "created closed");
     }
 
     #[test]
@@ -568,6 +736,12 @@ mod tests {
         for p in ["", "a", "a/b", "a/b/f"] {
             std::os::unix::fs::chown(ws.join(p), Some(uid), Some(uid)).unwrap();
         }
+        // A read-only directory the task left: opened to the new owner.
+        std::fs::set_permissions(
+            ws.join("a/b"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o500),
+        )
+        .unwrap();
         std::os::unix::fs::lchown(ws.join("a/link"), Some(uid), Some(uid)).unwrap();
         std::os::unix::fs::lchown(ws.join("dirlink"), Some(uid), Some(uid)).unwrap();
         std::os::unix::fs::chown(ws.join("other"), Some(4242), Some(4242)).unwrap();
@@ -578,6 +752,8 @@ mod tests {
             let m = std::fs::metadata(ws.join(p)).unwrap();
             assert_eq!((m.uid(), m.gid()), (7, 8), "{p}");
         }
+        let m = std::fs::metadata(ws.join("a/b")).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o700, "u+rwx added, nothing else");
         let l = std::fs::symlink_metadata(ws.join("a/link")).unwrap();
         assert_eq!(l.uid(), 7, "the link itself");
         assert_eq!(std::fs::metadata(ws.join("other")).unwrap().uid(), 4242);

@@ -349,7 +349,17 @@ fn task_user_is_checked_at_start() {
     };
     let cases: Vec<(Vec<&str>, &str)> = if common::my_uid() == 0 {
         vec![
-            (vec![], "needs --task-user"),
+            // A uid per task by default: a range holding the allowed uid
+            // is refused, and so is one naming no uid.
+            (
+                vec!["--task-uid-range", "999-1001"],
+                "uid 1000, which may connect to the helper",
+            ),
+            (vec!["--task-uid-range", "0-9"], "expected FIRST-LAST"),
+            (
+                vec!["--task-user", "nobody", "--task-uid-range", "5-9"],
+                "cannot be used with",
+            ),
             (vec!["--task-user", "root"], "add --allow-root-tasks"),
             (vec!["--task-user", "0:0"], "add --allow-root-tasks"),
             (vec!["--task-user", "1000"], "may connect to the helper"),
@@ -357,10 +367,16 @@ fn task_user_is_checked_at_start() {
             (vec!["--task-user", "1:x"], "expected NAME, UID or UID:GID"),
         ]
     } else {
-        vec![(
-            vec!["--task-user", "4000000000"],
-            "can run tasks only as itself",
-        )]
+        vec![
+            (
+                vec!["--task-user", "4000000000"],
+                "can run tasks only as itself",
+            ),
+            (
+                vec!["--task-uid-range", "1879048192-1879113727"],
+                "needs a root helper",
+            ),
+        ]
     };
     for (extra, want) in cases {
         let (code, err) = run(&extra);

@@ -4,6 +4,5 @@
 if command -v systemd-sysusers >/dev/null 2>&1; then
     systemd-sysusers --replace=/usr/lib/sysusers.d/execgo-runtime.conf - <<'SYSUSERS' || :
 u execgo-runtime - "execgo-runtime service" /var/lib/execgo-runtime /usr/sbin/nologin
-u execgo-task - "execgo-runtime tasks" /nonexistent /usr/sbin/nologin
 SYSUSERS
 fi

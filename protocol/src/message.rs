@@ -60,6 +60,16 @@ pub enum Request {
     /// refuses a task directory that is a symlink, and the shim claims the
     /// task with `O_CREAT|O_EXCL`, so a repeated launch never runs twice.
     Launch(LaunchSpec),
+    // Protocol version 7.
+    /// Ends what is left of a task whose shim is gone (killed, OOM-killed,
+    /// crashed) before the runtime reports it terminal: every process in
+    /// its cgroups and of its leased uid is killed, what it left is handed
+    /// to the runtime's user, its lease and cgroups are removed — the
+    /// shim's own last steps. Safe: refused (`InvalidRequest`) while the
+    /// task's claim names a live shim, so it never reaches a running
+    /// task; the task id is validated and its directory derived from our
+    /// own data dir; it kills only the task's own cgroups and uid.
+    Reap { task_id: String },
 }
 
 /// A reply, helper → runtime.
@@ -69,6 +79,9 @@ pub enum Response {
     Probe(HelperCapabilities),
     Launched(Launched),
     Error(HelperError),
+    // Protocol version 7.
+    /// Nothing of the task is left running ([`Request::Reap`]).
+    Reaped,
 }
 
 /// What the helper found usable when it probed the host (at start, and

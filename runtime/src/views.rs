@@ -149,6 +149,7 @@ pub fn capabilities(e: &Engine) -> Value {
             "pivot_root": p.pivot_root,
             "seccomp": p.seccomp,
             "task_uid": p.task_uid,
+            "task_uid_range": p.task_uid_range.map(|(first, last)| format!("{first}-{last}")),
             "namespaces": {
                 "mount": p.namespaces.mount,
                 "pid": p.namespaces.pid,

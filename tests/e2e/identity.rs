@@ -57,8 +57,11 @@ fn nobody() -> (u32, u32) {
     (u.uid.as_raw(), u.gid.as_raw())
 }
 
+/// The default `--task-uid-range`.
+const DEFAULT_RANGE: std::ops::RangeInclusive<u32> = 1_879_048_192..=1_879_113_727;
+
 #[test]
-fn as_root_the_embedded_helper_runs_tasks_as_nobody_without_privileges() {
+fn as_root_the_embedded_helper_runs_each_task_as_its_own_uid_without_privileges() {
     if !is_root() {
         println!("skipped: switching the task user needs root");
         return;
@@ -74,23 +77,47 @@ fn as_root_the_embedded_helper_runs_tasks_as_nobody_without_privileges() {
     let st = s.wait_terminal(&id, T);
     assert_eq!(st["status"], "success", "{st}");
     let out = st["stdout"].as_str().unwrap();
-    let (uid, gid) = nobody();
-    assert_unprivileged(out, uid, gid);
+    let uid = st["task_uid"].as_u64().expect("task_uid") as u32;
+    assert!(DEFAULT_RANGE.contains(&uid), "{st}");
+    assert_unprivileged(out, uid, uid);
     assert!(out.contains("data\n"), "the workspace is writable: {out}");
     assert!(!out.contains("planted"), "{out}");
     assert!(out.contains("shim-out-of-reach"), "{out}");
     assert!(!s.task_dir(&id).join("planted").exists());
-    let ws = s.task_dir(&id).join("workspace");
-    let meta = std::fs::metadata(&ws).unwrap();
+    // Over, the task's files are handed back to the runtime's user.
     use std::os::unix::fs::MetadataExt;
-    assert_eq!((meta.uid(), meta.gid()), (uid, gid));
-    // An interpreter script is read by the task user too.
-    let id = s.submit(
+    for p in ["workspace", "workspace/written"] {
+        let meta = std::fs::metadata(s.task_dir(&id).join(p)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (0, 0), "{p}");
+    }
+    // An interpreter script is read by the task's uid too, another one.
+    let script = s.submit(
         &json!({"execution": {"kind": "script", "interpreter": ["/bin/sh"],
         "script": "id -u"}}),
     );
-    let st = s.wait_terminal(&id, T);
-    assert_eq!(st["stdout"], format!("{uid}\n"), "{st}");
+    let st = s.wait_terminal(&script, T);
+    let other = st["task_uid"].as_u64().expect("task_uid");
+    assert_eq!(st["stdout"], format!("{other}\n"), "{st}");
+    assert_ne!(other, u64::from(uid), "each task its own uid");
+}
+
+#[test]
+fn with_task_user_every_task_shares_that_user() {
+    if !is_root() {
+        println!("skipped: switching the task user needs root");
+        return;
+    }
+    let s = Server::builder().args(["--task-user", "nobody"]).start();
+    let (uid, gid) = nobody();
+    for _ in 0..2 {
+        let id = s.submit(&sh(STATUS_LINES));
+        let st = s.wait_terminal(&id, T);
+        assert_eq!(st["status"], "success", "{st}");
+        assert_unprivileged(st["stdout"].as_str().unwrap(), uid, gid);
+        assert_eq!(st["task_uid"], uid, "{st}");
+    }
+    let caps = s.get("/api/v1/runtime/capabilities").json();
+    assert_eq!(caps["sandbox"]["task_uid_range"], serde_json::Value::Null);
 }
 
 #[test]
@@ -218,6 +245,57 @@ except OSError as e:
         out.contains(&format!("refused {}", libc::EACCES)),
         "the task reached the helper's socket: {out}"
     );
+    drop(s);
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+}
+
+/// The separated layout with a uid per task: what a task leaves is handed
+/// to the unprivileged runtime when it ends, so the retention GC removes
+/// all of it, and the id can be submitted again.
+#[test]
+fn separated_mode_hands_a_tasks_files_back_so_retention_removes_them() {
+    if !is_root() {
+        println!("skipped: the separated layout needs a root helper");
+        return;
+    }
+    let tmp = tempdir();
+    std::fs::create_dir_all(tmp.path().join("data")).unwrap();
+    let mut helper = start_root_helper(tmp.path(), &[]);
+    let data = tmp.path().join("data");
+    std::os::unix::fs::chown(&data, Some(RUNTIME_UID), Some(RUNTIME_UID)).unwrap();
+    let s = Server::builder()
+        .data_dir(&data)
+        .arg("--helper-socket")
+        .arg(tmp.path().join("helper.sock").to_str().unwrap())
+        .args(["--result-retention-secs", "1", "--gc-interval-ms", "100"])
+        .configure(|cmd| {
+            cmd.uid(RUNTIME_UID).gid(RUNTIME_UID);
+        })
+        .start();
+    let body = json!({
+        "task_id": "again",
+        "execution": {"kind": "command", "program": "/bin/sh",
+            "args": ["-c", "mkdir -p a/b && echo x > a/b/f && chmod 500 a/b && id -u"]},
+    });
+    for round in 0..2 {
+        let id = s.submit(&body);
+        let st = s.wait_terminal(&id, T);
+        assert_eq!(st["status"], "success", "round {round}: {st}");
+        let uid = st["task_uid"].as_u64().unwrap();
+        assert!(DEFAULT_RANGE.contains(&(uid as u32)), "{st}");
+        assert_ne!(uid, u64::from(RUNTIME_UID));
+        // Retention removes the row and the whole directory.
+        let start = Instant::now();
+        while s.get("/api/v1/tasks/again").status != 404 || s.task_dir("again").exists() {
+            assert!(
+                start.elapsed() < T,
+                "round {round}: the task dir stayed: {}",
+                s.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     drop(s);
     helper.kill().unwrap();
     helper.wait().unwrap();

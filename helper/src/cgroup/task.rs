@@ -220,6 +220,15 @@ impl Placement {
         }
     }
 
+    /// Kills everything in the cgroups of one task whose shim is gone and
+    /// removes them; true when they are gone or were never there.
+    pub fn reap(&self, task_id: &str, fs: &dyn CgroupFs) -> bool {
+        let cg = self.existing(task_id);
+        let emptied = cg.kill_all(fs, || {});
+        cg.remove(fs);
+        emptied
+    }
+
     /// Kills and removes the cgroups of every task whose shim is not
     /// running (`running(task_id)` says), as left by a shim that died.
     /// Returns the task ids cleaned up.

@@ -490,12 +490,12 @@ impl Steps for Host {
                 return warn(&e, "handing the task's files back failed");
             }
         }
-        uid_lease::forget(leases.dir(), id.uid, &self.ctx.launch.task_id);
+        leases.forget(id.uid, &self.ctx.launch.task_id);
     }
 
     fn drop_lease(&mut self) {
         if let (Some(leases), Some(id)) = (self.ctx.lease.take(), self.ctx.task_identity) {
-            uid_lease::forget(leases.dir(), id.uid, &self.ctx.launch.task_id);
+            leases.forget(id.uid, &self.ctx.launch.task_id);
         }
     }
 

@@ -96,6 +96,16 @@ pub fn spawn_sandboxed(setup: &ChildSetup<'_>, sb: &SandboxSetup) -> nix::Result
 
 /// The sandbox child. Never returns: it execs the task, or exits.
 fn sandbox_child(s: &ChildSetup<'_>, sb: &SandboxSetup) -> ! {
+    // First: die with the shim. As a pid namespace's init, our death takes
+    // every process of the namespace with it, so a shim killed with
+    // `kill -9` leaves nothing of the sandbox running. (In a new pid
+    // namespace getppid(2) says 0, so the shim's dying just before this
+    // cannot be told; outside one it can.)
+    if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
+        || (!sb.pid && nix::unistd::getppid().as_raw() != s.parent)
+    {
+        child_fail(s.status_fd, ChildStep::ParentDeath);
+    }
     if let Some((_, write_end)) = sb.gate {
         // Only the shim may open the gate; without our copy of its end, the
         // shim's death is an end of file.

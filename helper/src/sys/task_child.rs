@@ -495,13 +495,13 @@ mod tests {
 
     #[test]
     fn child_steps_round_trip() {
-        for b in 1..=22u8 {
+        for b in 1..=23u8 {
             let step = ChildStep::from_u8(b).unwrap();
             assert_eq!(step as u8, b);
             assert!(!step.name().is_empty());
         }
         assert_eq!(ChildStep::from_u8(0), None);
-        assert_eq!(ChildStep::from_u8(23), None);
+        assert_eq!(ChildStep::from_u8(24), None);
     }
 
     #[test]

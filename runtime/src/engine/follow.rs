@@ -17,6 +17,9 @@ use super::{now, Engine};
 use crate::store::{self, TaskRow};
 use crate::sys;
 use crate::task::reconcile::{reconcile, Action};
+
+/// How long the end of a task whose shim is gone waits for the helper.
+const REAP_PATIENCE: Duration = Duration::from_secs(10);
 use crate::task::{outcome, DecidedBy, Input, Start, StartedBy};
 
 impl Engine {
@@ -73,13 +76,58 @@ impl Engine {
     }
 
     /// Finishes the task from its shim's `result.json`, or as a lost
-    /// monitor when there is none.
+    /// monitor when there is none: then its shim is gone without having
+    /// ended it, and the helper ends what is left of it first.
     pub(super) async fn finish_from_disk(self: &Arc<Self>, task_id: &str) {
         let input = match read_outcome(&self.task_dir(task_id)) {
             Some(o) => Input::Finish(o, DecidedBy::Shim),
-            None => Input::Finish(outcome::lost_monitor(&now()), DecidedBy::Runtime),
+            None => {
+                self.reap(task_id).await;
+                // The shim may have written its result after all.
+                match read_outcome(&self.task_dir(task_id)) {
+                    Some(o) => Input::Finish(o, DecidedBy::Shim),
+                    None => Input::Finish(outcome::lost_monitor(&now()), DecidedBy::Runtime),
+                }
+            }
         };
         self.record(task_id, input).await;
+    }
+
+    /// Asks the helper to kill whatever of a task outlived its shim, before
+    /// the task is reported terminal. Retried while the helper cannot be
+    /// reached, for [`REAP_PATIENCE`]; after that (or a refusal) the task
+    /// is finished anyway, with the reason logged.
+    async fn reap(self: &Arc<Self>, task_id: &str) {
+        use execgo_runtime_protocol::{Request, Response};
+        let deadline = tokio::time::Instant::now() + REAP_PATIENCE;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let answer = self
+                .helper
+                .call(Request::Reap {
+                    task_id: task_id.to_string(),
+                })
+                .await;
+            let failure = match answer {
+                Ok(Response::Reaped) => return,
+                Ok(Response::Error(e)) => {
+                    tracing::warn!(task_id, error = %e, "the helper could not end what the task left");
+                    return;
+                }
+                Ok(other) => format!("an answer out of protocol: {other:?}"),
+                Err(e) => super::error_chain(&e),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                tracing::error!(
+                    task_id,
+                    error = failure,
+                    "the helper was not reached to end what the task left; finishing it anyway"
+                );
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
     }
 
     /// Follows a launched task to its end. Its start is recorded when its

@@ -132,7 +132,11 @@ fn start_from_a_launch_reply_or_a_claim() {
         (Some(10), Some(11), Some(11))
     );
     assert_eq!(c.row.shim_start_ticks, Some(20));
-    assert_eq!(c.row.task_uid, Some(1_879_048_200), "the launch reply's uid");
+    assert_eq!(
+        c.row.task_uid,
+        Some(1_879_048_200),
+        "the launch reply's uid"
+    );
     assert_eq!(c.row.started_at.as_deref(), Some(T1));
     assert_eq!(types(&c), ["started"]);
     assert_eq!(c.events[0].message.as_deref(), Some("task process started"));
