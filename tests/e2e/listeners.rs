@@ -18,9 +18,10 @@ use execgo_runtime_tests::*;
 
 const T: Duration = Duration::from_secs(30);
 
-/// Runs the attempts in `PLAN` (a JSON list) against the runtime and
-/// prints one JSON line per attempt: `{"via", "statuses", "body"}`, or
-/// `{"via", "error"}` when the connection failed. Raw sockets, so an
+/// Prints its own uid (`{"via": "whoami", "uid"}`), then runs the attempts
+/// in `PLAN` (a JSON list) against the runtime and prints one JSON line per
+/// attempt: `{"via", "statuses", "body"}`, or `{"via", "error"}` when the
+/// connection failed. Raw sockets, so an
 /// attempt can bind a device or a source address, pipeline two requests
 /// on one connection, or close right after sending.
 const ATTACKER: &str = r#"
@@ -56,6 +57,7 @@ def attempt(a):
     statuses = [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", data)]
     return {"statuses": statuses, "body": data.rpartition(b"\r\n\r\n")[2].decode()}
 
+print(json.dumps({"via": "whoami", "uid": os.getuid()}), flush=True)
 for a in json.loads(os.environ["PLAN"]):
     try:
         out = attempt(a)
@@ -78,9 +80,9 @@ fn attempt(via: &str, host: &str, port: u16, method: &str, path: &str) -> Value 
     json!({"via": via, "host": host, "port": port, "method": method, "path": path})
 }
 
-/// Runs the attacker as a `process` task of `s` and returns its lines by
-/// `via`, after checking the task itself succeeded.
-fn run_attacker(s: &Server, python: &str, plan: &[Value]) -> Vec<Value> {
+/// Runs the attacker as a `process` task of `s` and returns its lines and
+/// its uid, after checking the task itself succeeded.
+fn run_attacker(s: &Server, python: &str, plan: &[Value]) -> (Vec<Value>, u32) {
     let id = s.submit(&json!({
         "execution": {"kind": "script", "interpreter": [python], "script": ATTACKER,
                       "env": {"PLAN": Value::Array(plan.to_vec()).to_string()}},
@@ -88,12 +90,14 @@ fn run_attacker(s: &Server, python: &str, plan: &[Value]) -> Vec<Value> {
     }));
     let st = s.wait_terminal(&id, T);
     assert_eq!(st["status"], "success", "the attacker task failed: {st}");
-    st["stdout"]
+    let lines: Vec<Value> = st["stdout"]
         .as_str()
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
+        .collect();
+    let uid = line(&lines, "whoami")["uid"].as_u64().expect("uid") as u32;
+    (lines, uid)
 }
 
 /// The line of `via`.
@@ -127,14 +131,6 @@ fn assert_refused_as_task(l: &Value, uid: u32) {
         ),
         "{l}"
     );
-}
-
-fn nobody_uid() -> u32 {
-    nix::unistd::User::from_name("nobody")
-        .unwrap()
-        .expect("a nobody user")
-        .uid
-        .as_raw()
 }
 
 /// The value of a Prometheus sample line `name{labels} value`.
@@ -201,8 +197,7 @@ fn a_task_cannot_use_the_runtimes_api_nor_harm_another_task() {
             "close_at_once": true}),
         );
     }
-    let lines = run_attacker(&s, python, &plan);
-    let uid = nobody_uid();
+    let (lines, uid) = run_attacker(&s, python, &plan);
     for via in [
         "list",
         "status",
@@ -237,11 +232,11 @@ fn a_task_cannot_use_the_runtimes_api_nor_harm_another_task() {
         "execgo_runtime_connections_refused_total{reason=\"unknown_owner\"}",
     );
     assert!(refused >= 28.0, "{refused}: {metrics}");
+    let log = s.stderr();
     assert!(
-        s.stderr()
-            .contains(&format!("connections from task uids {uid} are refused")),
-        "{}",
-        s.stderr()
+        log.contains("\"task_connections\":\"connections from task uids ")
+            && log.contains(" are refused\""),
+        "{log}"
     );
 }
 
@@ -342,8 +337,7 @@ fn every_local_address_and_socket_trick_is_refused() {
         );
         host_vias.push((fam, host));
     }
-    let lines = run_attacker(&s, python, &plan);
-    let uid = nobody_uid();
+    let (lines, uid) = run_attacker(&s, python, &plan);
     for via in [
         "ipv4-loopback",
         "ipv4-loopback-other",
@@ -409,8 +403,7 @@ fn the_opensandbox_listener_refuses_a_task_in_its_own_envelope() {
         json!({"via": "create", "host": "127.0.0.1", "port": osbx_port, "method": "POST",
                "path": "/tasks", "body": create.to_string()}),
     ];
-    let lines = run_attacker(&s, python, &plan);
-    let uid = nobody_uid();
+    let (lines, uid) = run_attacker(&s, python, &plan);
     for via in ["get-tasks", "health", "create"] {
         let l = line(&lines, via);
         assert_eq!(l["statuses"], json!([403]), "{l}");
@@ -491,12 +484,12 @@ fn the_separated_layout_refuses_tasks_too() {
         .arg("--helper-socket")
         .arg(tmp.path().join("helper.sock").to_str().unwrap())
         .start();
-    let lines = run_attacker(
+    let (lines, uid) = run_attacker(
         &s,
         python,
         &[attempt("list", "127.0.0.1", s.port, "GET", "/api/v1/tasks")],
     );
-    assert_refused_as_task(line(&lines, "list"), nobody_uid());
+    assert_refused_as_task(line(&lines, "list"), uid);
     // Root, and the runtime's own uid, are served.
     assert_eq!(s.get("/api/v1/tasks").status, 200);
     let own = Command::new(runtime_bin())
@@ -529,11 +522,12 @@ fn tasks_running_as_the_runtime_cannot_be_told_apart_and_are_served() {
     // runtime's own uid: the gate is off (docs/security.md).
     let tmp = tempdir();
     let s = unprivileged_runtime(&tmp.path().join("data")).start();
-    let lines = run_attacker(
+    let (lines, uid) = run_attacker(
         &s,
         python,
         &[attempt("list", "127.0.0.1", s.port, "GET", "/api/v1/tasks")],
     );
+    assert_eq!(uid, RUNTIME_UID);
     assert_eq!(line(&lines, "list")["statuses"], json!([200]));
     assert!(
         s.stderr().contains("\"task_connections\":\"off:"),
