@@ -25,6 +25,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
 
+use crate::peer_gate::TaskUids;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     #[error("starting the embedded helper {path} failed")]
@@ -210,6 +212,19 @@ impl HelperLink {
     /// succeeded yet: the runtime's one source of truth about the host.
     pub fn latest_probe(&self) -> Option<(HelperCapabilities, String)> {
         self.latest_probe.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// The uids tasks run as, from the newest probe; `None` while no
+    /// connect has succeeded (the probe is the only source).
+    pub fn task_uids(&self, runtime_uid: u32) -> Option<TaskUids> {
+        let latest = self.latest_probe.lock().ok()?;
+        let (probe, _) = latest.as_ref()?;
+        // With a range, `task_uid` is the helper's own uid, no task's.
+        Some(TaskUids::new(
+            probe.task_uid_range.is_none().then_some(probe.task_uid),
+            probe.task_uid_range,
+            runtime_uid,
+        ))
     }
 
     /// Runs `f` on the newest probe, or on [`unreached_probe`] while no

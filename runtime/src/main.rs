@@ -13,6 +13,8 @@ mod model;
 mod notify;
 mod opensandbox;
 mod packaging;
+mod peer_gate;
+mod peer_uid;
 mod plan;
 mod platform;
 mod serve;

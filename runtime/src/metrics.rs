@@ -19,6 +19,7 @@ pub struct Metrics {
     pub helper_reconnects_total: IntCounter,
     pub capacity: IntGaugeVec,
     pub reserved: IntGaugeVec,
+    pub connections_refused_total: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -92,6 +93,18 @@ impl Metrics {
             ),
             &["resource"],
         ));
+        let connections_refused_total = must(IntCounterVec::new(
+            Opts::new(
+                "execgo_runtime_connections_refused_total",
+                "Connections to the runtime's listeners answered 403 because they come from a \
+                 task (task) or from a local peer whose owner could not be established \
+                 (unknown_owner).",
+            ),
+            &["reason"],
+        ));
+        for reason in ["task", "unknown_owner"] {
+            connections_refused_total.with_label_values(&[reason]);
+        }
         for c in [
             Box::new(tasks_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(task_errors_total.clone()),
@@ -103,6 +116,7 @@ impl Metrics {
             Box::new(helper_reconnects_total.clone()),
             Box::new(capacity.clone()),
             Box::new(reserved.clone()),
+            Box::new(connections_refused_total.clone()),
         ] {
             must(registry.register(c));
         }
@@ -126,6 +140,7 @@ impl Metrics {
             helper_reconnects_total,
             capacity,
             reserved,
+            connections_refused_total,
         }
     }
 

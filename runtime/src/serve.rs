@@ -170,7 +170,13 @@ async fn run(cfg: Config, notify: Option<crate::notify::Target>) -> anyhow::Resu
         ),
         None => None,
     };
-    tracing::info!(listen = %listen, runtime_id = %engine.cfg.runtime_id, "execgo-runtime serving");
+    // Both listeners refuse connections from tasks.
+    let gate = Arc::new(crate::peer_gate::PeerGate::new(
+        Arc::clone(&engine.helper),
+        engine.metrics.connections_refused_total.clone(),
+    ));
+    tracing::info!(listen = %listen, runtime_id = %engine.cfg.runtime_id,
+        task_connections = %gate.describe(), "execgo-runtime serving");
     if let Some(target) = notify.clone() {
         tokio::spawn(notify_ready(Arc::clone(&engine), target));
     }
@@ -182,15 +188,17 @@ async fn run(cfg: Config, notify: Option<crate::notify::Target>) -> anyhow::Resu
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let main_api = crate::api::server::run(Arc::clone(&engine), listener, stopped(stop_rx.clone()));
+    let main_api = crate::api::server::run(
+        Arc::clone(&engine),
+        Arc::clone(&gate),
+        listener,
+        stopped(stop_rx.clone()),
+    );
     match osbx_listener {
         Some(l) => {
             tracing::info!(listen = %engine.cfg.args.opensandbox_listen_addr.map(|a| a.to_string()).unwrap_or_default(),
                 tenant = %engine.cfg.args.opensandbox_tenant, "opensandbox task-executor api serving");
-            let osbx_api = warp::serve(crate::opensandbox::routes::routes(osbx))
-                .incoming(l)
-                .graceful(stopped(stop_rx))
-                .run();
+            let osbx_api = crate::opensandbox::routes::serve(osbx, gate, l, stopped(stop_rx));
             tokio::join!(main_api, osbx_api);
         }
         None => main_api.await,

@@ -1,6 +1,8 @@
 //! The runtime's few direct syscalls: a pidfd on a shim (which is not our
-//! child), so its exit arrives as an event on the async reactor, and an
-//! inotify instance registered with that reactor.
+//! child), so its exit arrives as an event on the async reactor, an
+//! inotify instance registered with that reactor, and any other owned
+//! descriptor registered with it (the sock_diag socket of
+//! `crate::peer_uid`).
 #![allow(unsafe_code)]
 
 use nix::sys::inotify::{InitFlags, Inotify};
@@ -28,6 +30,14 @@ pub async fn pidfd_exited(pidfd: OwnedFd) -> io::Result<()> {
     let afd = unsafe { tokio::io::unix::AsyncFd::register(pidfd) }.map_err(io::Error::from)?;
     let _guard = afd.readable().await?;
     Ok(())
+}
+
+/// A non-blocking descriptor, registered with the reactor.
+pub fn async_fd(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the OwnedFd is moved into the AsyncFd, which owns it for its
+    // whole life, so the descriptor stays open and always the same one
+    // while registered.
+    unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)
 }
 
 /// A non-blocking inotify instance, as the reactor needs it.

@@ -98,6 +98,7 @@ pub struct Server {
 
 pub struct ServerBuilder {
     args: Vec<String>,
+    listen_ip: String,
     data_dir: Option<PathBuf>,
     envs: Vec<(String, String)>,
     port: Option<u16>,
@@ -137,6 +138,14 @@ impl ServerBuilder {
         self
     }
 
+    /// The IP of `--listen-addr` (`127.0.0.1` unless set; `[::]` for
+    /// IPv6, brackets included). Clients still use `127.0.0.1` for an
+    /// unspecified address.
+    pub fn listen_ip(mut self, ip: &str) -> Self {
+        self.listen_ip = ip.to_string();
+        self
+    }
+
     /// Changes the runtime's `Command` just before it is spawned (to add
     /// a `pre_exec`, say); hooks run in the order they were added.
     pub fn configure(mut self, f: impl FnOnce(&mut Command) + 'static) -> Self {
@@ -160,7 +169,7 @@ impl ServerBuilder {
         let mut cmd = Command::new(runtime_bin());
         cmd.arg("serve")
             .arg("--listen-addr")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(format!("{}:{port}", self.listen_ip))
             .arg("--data-dir")
             .arg(&data_dir)
             .args(&self.args)
@@ -174,9 +183,13 @@ impl ServerBuilder {
             hook(&mut cmd);
         }
         let child = cmd.spawn().expect("spawn execgo-runtime");
+        let client_ip = match self.listen_ip.as_str() {
+            "0.0.0.0" | "[::]" => "127.0.0.1",
+            ip => ip,
+        };
         let mut s = Server {
             child,
-            base: format!("http://127.0.0.1:{port}"),
+            base: format!("http://{client_ip}:{port}"),
             port,
             data_dir,
             _tmp: tmp,
@@ -272,6 +285,7 @@ impl Server {
     pub fn builder() -> ServerBuilder {
         ServerBuilder {
             args: Vec::new(),
+            listen_ip: "127.0.0.1".to_string(),
             data_dir: None,
             envs: Vec::new(),
             port: None,

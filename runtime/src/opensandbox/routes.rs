@@ -1,13 +1,19 @@
 //! The task-executor's routes, at root paths, on their own listener. Every
 //! failure answers in the peer's envelope, `{"code": "<HTTP status text>",
 //! "message": "..."}`: unknown routes 404, wrong methods 405 (with
-//! `Allow`), oversized bodies 413, bad bodies 400, a duplicate name 409.
+//! `Allow`), oversized bodies 413, bad bodies 400, a duplicate name 409,
+//! and every request of a connection from a task 403 (`Forbidden`, see
+//! `crate::peer_gate`).
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 
+use hyper::body::Incoming;
+use hyper::service::Service;
 use serde::Serialize;
-use warp::http::{header, Method, Response, StatusCode};
-use warp::{Buf, Filter};
+use warp::http::{header, Method, Request, Response, StatusCode};
+use warp::{Buf, Filter, Reply as _};
 
 use super::wire::{self, WireError};
 use super::{OpenSandbox, OsbxError};
@@ -72,6 +78,35 @@ impl From<WireError> for Failure {
     fn from(e: WireError) -> Failure {
         OsbxError::Wire(e).into()
     }
+}
+
+/// Serves this API on `listener` until `stop`, through the runtime's one
+/// server loop (`crate::api::server::serve`), which judges every
+/// connection with `gate`.
+pub async fn serve(
+    osbx: Arc<OpenSandbox>,
+    gate: Arc<crate::peer_gate::PeerGate>,
+    listener: tokio::net::TcpListener,
+    stop: impl Future<Output = ()>,
+) {
+    use crate::peer_gate::Verdict;
+    let routes = hyper_util::service::TowerToHyperService::new(warp::service(routes(osbx)));
+    let make = move |verdict: Verdict| {
+        let routes = routes.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let routes = routes.clone();
+            let verdict = verdict.clone();
+            async move {
+                match verdict {
+                    Verdict::Serve => routes.call(req).await,
+                    Verdict::Refuse(r) => Ok::<_, Infallible>(
+                        failure_reply(&crate::api::server::refused(&r).into()).into_response(),
+                    ),
+                }
+            }
+        })
+    };
+    crate::api::server::serve(listener, gate, make, stop, || {}).await;
 }
 
 pub fn routes(
