@@ -23,6 +23,8 @@ pub struct HostCaps {
     /// Every task gets cgroups of its own (any profile), through which a
     /// kill and the wall time reach all of its processes.
     pub task_cgroups: bool,
+    /// seccomp filters load: `process` tasks get the baseline filter.
+    pub seccomp: bool,
 }
 
 /// A host that runs the process profile with rlimits and task cgroups, for
@@ -37,6 +39,7 @@ pub const PROCESS_HOST: HostCaps = HostCaps {
     oom_detection: false,
     cgroup_cpu: false,
     task_cgroups: true,
+    seccomp: true,
 };
 
 /// [`PROCESS_HOST`] with writable memory, pids and cpu hierarchies and a
@@ -77,6 +80,7 @@ impl HostCaps {
             oom_detection: cgroup && probe.oom_detection,
             cgroup_cpu: cgroup && probe.cpu_quota,
             task_cgroups: cgroup,
+            seccomp: probe.seccomp,
         }
     }
 
@@ -246,6 +250,15 @@ pub fn resolve(
         );
     }
 
+    if !sandboxed && !caps.seccomp {
+        warnings.push(
+            "no seccomp on this host: the process task runs without its seccomp filter, so it \
+             may create user namespaces and use bpf, perf_event_open, the kernel keyring, \
+             userfaultfd and io_uring as far as the kernel lets its user"
+                .to_string(),
+        );
+    }
+
     if !cgroup_enforced {
         warnings.push(
             "no task cgroup on this host: a kill or the wall time reaches the task's process \
@@ -357,6 +370,20 @@ mod tests {
         let p = resolve(&r, CapabilityMode::Adaptive, &sidecar, &[]).unwrap();
         let e = &p.resource_enforcement;
         assert!(e.memory_enforced && !e.pids_enforced && !e.oom_detection);
+    }
+
+    #[test]
+    fn a_process_task_is_told_when_it_runs_without_its_seccomp_filter() {
+        let r = req(serde_json::json!({"execution":{"kind":"command","program":"x"}}));
+        let no_seccomp = HostCaps {
+            seccomp: false,
+            ..PROCESS_HOST
+        };
+        // Not a degradation of what was asked: strict still runs it.
+        let p = resolve(&r, CapabilityMode::Strict, &no_seccomp, &[]).unwrap();
+        assert!(!p.degraded);
+        assert_eq!(p.capability_warnings.len(), 1);
+        assert!(p.capability_warnings[0].contains("without its seccomp filter"));
     }
 
     #[test]

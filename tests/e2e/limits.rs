@@ -1,9 +1,10 @@
 //! A `process` task's limits hold for the whole task, tried the way a
 //! hostile task would: many children sharing one memory limit, a fork
-//! loop against the pids limit. Each test shows the limit held (the OOM
-//! kill, the count of forks), and that the task itself ran. Root and a
-//! writable controller are checked first; a test that cannot run says why
-//! and passes.
+//! loop against the pids limit, user namespaces and the kernel interfaces
+//! the baseline seccomp filter refuses. Each test shows the limit held
+//! (the OOM kill, the count of forks, the errno), and that the task itself
+//! ran. Root, a writable controller or seccomp are checked first; a test
+//! that cannot run says why and passes.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -235,4 +236,144 @@ fn the_plan_says_where_a_process_tasks_limits_are() {
         Some((limit.to_string(), limit.to_string())),
         "{st}"
     );
+}
+
+/// Probes each system call the baseline filter refuses, with arguments
+/// that would fail harmlessly (or create nothing lasting) if it let them
+/// through, and prints `<name> <errno name or ok>` per call.
+fn syscall_probe() -> String {
+    format!(
+        "import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def call(name, nr, *args):
+    ctypes.set_errno(0)
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    if r == 0 and name.startswith(\"clone\"):
+        os._exit(0)
+    if r > 0 and name.startswith(\"clone\"):
+        os.waitpid(r, 0)
+    print(name, \"ok\" if r >= 0 else errno.errorcode.get(ctypes.get_errno()), flush=True)
+call(\"clone-user\", {clone}, {newuser} | {sigchld}, 0, 0, 0, 0)
+args = (ctypes.c_uint64 * 8)({newuser}, 0, 0, 0, {sigchld}, 0, 0, 0)
+call(\"clone3-user\", {clone3}, ctypes.addressof(args), 64)
+call(\"setns\", {setns}, 0, {newuser})
+call(\"keyctl\", {keyctl}, 0, -3, 0)
+call(\"bpf\", {bpf}, 0, 0, 0)
+call(\"perf_event_open\", {perf}, 0, 0, -1, -1, 0)
+call(\"userfaultfd\", {uffd}, 0)
+call(\"io_uring_setup\", {uring}, 1, 0)
+# Last: where it works, the rest would run in the new namespace.
+call(\"unshare-user\", {unshare}, {newuser})
+",
+        unshare = libc::SYS_unshare,
+        clone = libc::SYS_clone,
+        clone3 = libc::SYS_clone3,
+        setns = libc::SYS_setns,
+        keyctl = libc::SYS_keyctl,
+        bpf = libc::SYS_bpf,
+        perf = libc::SYS_perf_event_open,
+        uffd = libc::SYS_userfaultfd,
+        uring = libc::SYS_io_uring_setup,
+        newuser = libc::CLONE_NEWUSER,
+        sigchld = libc::SIGCHLD,
+    )
+}
+
+/// Parses the probe's lines into (call, answer).
+fn answers(out: &str) -> Vec<(String, String)> {
+    out.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+/// `unshare -r`, `unshare -U`, clone and clone3 with `CLONE_NEWUSER`, and
+/// the kernel interfaces of the baseline filter, all fail inside a process
+/// task on a host that allows them outside one; ordinary programs
+/// (sh, coreutils, python threads, fork and exec) still work there.
+#[test]
+fn a_process_task_cannot_make_a_user_namespace_or_reach_the_filtered_calls() {
+    let s = Server::start();
+    let caps = s.get("/api/v1/runtime/capabilities").json();
+    if caps["sandbox"]["seccomp"] != true {
+        return println!("skipped: this host has no seccomp");
+    }
+    // Outside a task, as the test's user: the host lets these through, so
+    // a refusal inside is the filter's.
+    let probe = syscall_probe();
+    let outside = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", &probe])
+        .output()
+        .expect("run the probe outside a task");
+    let outside = answers(&String::from_utf8_lossy(&outside.stdout));
+    let unshared = std::process::Command::new("unshare")
+        .args(["-U", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !unshared
+        || outside
+            .iter()
+            .any(|(c, a)| c.ends_with("-user") && a != "ok")
+    {
+        return println!("skipped: this host refuses user namespaces anyway ({outside:?})");
+    }
+
+    let script = format!(
+        "/bin/true && echo true=0
+         unshare -r true 2>/dev/null; echo unshare-r=$?
+         unshare -U true 2>/dev/null; echo unshare-U=$?
+         /usr/bin/python3 -c '{}'
+         /usr/bin/python3 -c 'import subprocess, threading, os
+t = threading.Thread(target=lambda: None); t.start(); t.join()
+pid = os.fork()
+if pid == 0: os._exit(0)
+os.waitpid(pid, 0)
+subprocess.run([\"/bin/echo\", \"spawned\"], check=True)' | sort | tr a-z A-Z
+         ls / > /dev/null && echo ls=0",
+        syscall_probe().replace('\'', "'\\''")
+    );
+    let id = s.submit(&sh(&script));
+    let st = s.wait_terminal(&id, T);
+    let out = st["stdout"].as_str().unwrap_or_default();
+    println!("outside a task: {outside:?}\ninside: {out}");
+    assert_eq!(st["status"], "success", "{st}");
+    for want in ["true=0\n", "SPAWNED\n", "ls=0\n"] {
+        assert!(out.contains(want), "{want:?} missing: {st}");
+    }
+    for refused in ["unshare-r=", "unshare-U="] {
+        let rc = out
+            .lines()
+            .find_map(|l| l.strip_prefix(refused))
+            .expect(refused);
+        assert_ne!(rc, "0", "{refused} succeeded in a process task: {st}");
+    }
+    let inside = answers(out);
+    let answer = |call: &str| -> &str {
+        inside
+            .iter()
+            .find(|(c, _)| c == call)
+            .map_or("missing", |(_, a)| a.as_str())
+    };
+    for call in [
+        "unshare-user",
+        "clone-user",
+        "setns",
+        "keyctl",
+        "bpf",
+        "perf_event_open",
+        "userfaultfd",
+        "io_uring_setup",
+    ] {
+        assert_eq!(answer(call), "EPERM", "{call}: {st}");
+    }
+    // clone3's flags are out of the filter's reach: libc falls back to
+    // clone, which the filter reads.
+    assert_eq!(answer("clone3-user"), "ENOSYS", "{st}");
+    // The refusal is the filter's where the host answered otherwise.
+    for (call, a) in &outside {
+        if a != "EPERM" {
+            assert_ne!(answer(call), a.as_str(), "{call}: the same as outside");
+        }
+    }
 }

@@ -295,15 +295,20 @@ impl Steps for Host {
         )?;
         plan.identity = self.ctx.task_identity.map(|t| (t.uid, t.gid));
         plan.joined_pid_ns = self.ctx.sidecar.is_some();
-        if let Some(spec) = self.sandbox() {
+        let filters = self.ctx.seccomp.take();
+        let sandbox = self.sandbox();
+        // A process task where the host has no seccomp runs without its
+        // filter (its plan says so); a sandbox never does.
+        plan.seccomp = match (filters, sandbox) {
+            (Some(filters), _) => Some(filters),
+            (None, Some(_)) => Some(crate::seccomp::sandbox_filters().map_err(ShimError::Seccomp)?),
+            (None, None) => None,
+        };
+        if let Some(spec) = sandbox {
             plan.sandbox = Some(SandboxPlan {
                 rootfs: self.ctx.rootfs.as_ref().map(AsRawFd::as_raw_fd),
                 netns: self.ctx.netns.as_ref().map(AsRawFd::as_raw_fd),
                 spec: spec.clone(),
-                seccomp: match self.ctx.seccomp.take() {
-                    Some(filters) => filters,
-                    None => crate::seccomp::task_filters().map_err(ShimError::Seccomp)?,
-                },
             });
         }
         self.plan = Some(plan);
