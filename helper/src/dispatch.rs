@@ -28,10 +28,11 @@ pub struct Context {
     pub rootfs_dirs: Vec<(String, OwnedFd)>,
     /// The `--workdir-root`s, as given and opened at start.
     pub workdir_roots: Vec<(String, OwnedFd)>,
-    /// The sandbox's seccomp filters, compiled once at start (each shim
-    /// inherits them by the fork); `None` when the host has no seccomp or
-    /// they did not compile, and a sandbox shim compiles (and fails) then.
-    pub task_seccomp: Option<[seccompiler::BpfProgram; 2]>,
+    /// Every profile's seccomp filters, compiled once at start (each shim
+    /// inherits them by the fork); `None` when the host has no seccomp (or
+    /// they did not compile, which the probe then says): process tasks run
+    /// unfiltered, and a sandbox shim compiles its own (and fails).
+    pub task_seccomp: Option<crate::seccomp::TaskFilters>,
     /// The spare network namespace sandbox launches take.
     pub net_spare: crate::sys::NetnsSpare,
     /// The shim forked ahead of the next launch.

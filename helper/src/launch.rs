@@ -149,10 +149,10 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, Launc
         None => None,
     };
     let cgroups = ctx.cgroups.clone().filter(|_| launch.task_cgroups);
-    let seccomp = match launch.profile {
-        LaunchProfile::LinuxSandbox(_) => ctx.task_seccomp.clone(),
-        LaunchProfile::Process => None,
-    };
+    let seccomp = ctx
+        .task_seccomp
+        .as_ref()
+        .map(|f| f.for_profile(&launch.profile));
     let netns = match &launch.profile {
         LaunchProfile::LinuxSandbox(spec) if spec.net => ctx.net_spare.take(),
         _ => None,

@@ -265,6 +265,23 @@ fn run(args: cli::Args, activated: Option<i32>) -> Result<(), MainError> {
     capabilities.memory_limit &= placed("memory");
     capabilities.pids_limit &= placed("pids");
     capabilities.cpu_quota &= placed("cpu");
+    // Compiled once, each shim inherits them. Filters that do not compile
+    // mean no seccomp for tasks: the runtime then offers no linux_sandbox
+    // and tells process tasks' plans they run without their filter.
+    let task_seccomp = if capabilities.seccomp {
+        match seccomp::TaskFilters::compile() {
+            Ok(filters) => Some(filters),
+            Err(e) => {
+                capabilities.seccomp = false;
+                capabilities
+                    .warnings
+                    .push(format!("seccomp: {}", logging::chain(&e)));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut rootfs_dirs = Vec::new();
     for dir in &args.rootfs_dir {
         let fd = sys::open(
@@ -362,19 +379,6 @@ fn run(args: cli::Args, activated: Option<i32>) -> Result<(), MainError> {
     for w in &cgroup_warnings {
         tracing::warn!(target: logging::TARGET, reason = w.as_str(), "task cgroups limited");
     }
-    let task_seccomp = if capabilities.seccomp {
-        seccomp::task_filters()
-            .inspect_err(|e| {
-                tracing::warn!(
-                    target: logging::TARGET,
-                    error = %logging::chain(e),
-                    "the sandbox's seccomp filters do not compile"
-                )
-            })
-            .ok()
-    } else {
-        None
-    };
     let net_spare = sys::NetnsSpare::new(capabilities.privileged && capabilities.namespaces.net);
     let prefork = prefork::Prefork::new(
         prefork::Statics {

@@ -31,7 +31,7 @@ use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 
 use execgo_runtime_protocol::taskdir::start_ticks;
-use execgo_runtime_protocol::{LaunchProfile, LaunchSpec, Launched};
+use execgo_runtime_protocol::{LaunchSpec, Launched};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
 use crate::shim::{self, ShimContext};
@@ -46,7 +46,7 @@ pub struct Statics {
     /// The task uid leases (their directory stays open in the spare).
     pub leases: Option<Rc<crate::uid_lease::Leases>>,
     pub cgroups: Option<crate::cgroup::task::Placement>,
-    pub seccomp: Option<[seccompiler::BpfProgram; 2]>,
+    pub seccomp: Option<crate::seccomp::TaskFilters>,
 }
 
 /// What a launch hands over besides its request.
@@ -321,10 +321,7 @@ fn receive(mut link: UnixStream, statics: Statics) -> Result<Option<ShimContext>
     let netns = next_if(HAS_NETNS)?;
     let launch = validate(spec).map_err(drop)?;
     let cgroups = statics.cgroups.filter(|_| launch.task_cgroups);
-    let seccomp = match launch.profile {
-        LaunchProfile::LinuxSandbox(_) => statics.seccomp,
-        LaunchProfile::Process => None,
-    };
+    let seccomp = statics.seccomp.map(|f| f.for_profile(&launch.profile));
     Ok(Some(ShimContext {
         launch,
         task_dir,

@@ -71,8 +71,8 @@ pub struct ResourceLimits {
     pub stdout_max_bytes: u64,
     #[serde(default = "default_output_max_bytes")]
     pub stderr_max_bytes: u64,
-    /// A CPU quota in thousandths of a CPU (added; `linux_sandbox` with a
-    /// cgroup cpu controller).
+    /// A CPU quota in thousandths of a CPU (added; where the task's
+    /// cgroups have the cpu controller).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_millis: Option<u64>,
 }

@@ -14,14 +14,17 @@ pub struct HostCaps {
     pub linux_sandbox: bool,
     pub rlimit_cpu: bool,
     pub rlimit_memory: bool,
+    /// The pids, memory and cpu limits of a task's own cgroups (any
+    /// profile), and the OOM-kill counter of its memory cgroup.
     pub cgroup_pids: bool,
     pub cgroup_memory: bool,
     pub oom_detection: bool,
-    /// A CPU quota in the sandbox's cgroup.
     pub cgroup_cpu: bool,
     /// Every task gets cgroups of its own (any profile), through which a
     /// kill and the wall time reach all of its processes.
     pub task_cgroups: bool,
+    /// seccomp filters load: `process` tasks get the baseline filter.
+    pub seccomp: bool,
 }
 
 /// A host that runs the process profile with rlimits and task cgroups, for
@@ -36,13 +39,25 @@ pub const PROCESS_HOST: HostCaps = HostCaps {
     oom_detection: false,
     cgroup_cpu: false,
     task_cgroups: true,
+    seccomp: true,
+};
+
+/// [`PROCESS_HOST`] with writable memory, pids and cpu hierarchies and a
+/// readable OOM counter, for unit tests.
+#[cfg(test)]
+pub const CGROUP_HOST: HostCaps = HostCaps {
+    cgroup_pids: true,
+    cgroup_memory: true,
+    oom_detection: true,
+    cgroup_cpu: true,
+    ..PROCESS_HOST
 };
 
 impl HostCaps {
     /// What tasks can be given, from the helper's probe and the operator's
     /// overrides. `linux_sandbox` needs every namespace it may be asked for
-    /// and seccomp; its cgroup limits need task cgroups with the
-    /// controller.
+    /// and seccomp; cgroup limits, of any profile, need task cgroups with
+    /// the controller.
     pub fn from_probe(
         probe: &execgo_runtime_protocol::HelperCapabilities,
         args: &crate::config::ServeArgs,
@@ -55,7 +70,7 @@ impl HostCaps {
             && ns.ipc
             && ns.net
             && probe.seccomp;
-        let cgroup = linux_sandbox && !args.disable_cgroup && probe.task_cgroups;
+        let cgroup = !args.disable_cgroup && probe.task_cgroups;
         HostCaps {
             linux_sandbox,
             rlimit_cpu: probe.rlimit_cpu,
@@ -64,7 +79,20 @@ impl HostCaps {
             cgroup_memory: cgroup && probe.memory_limit,
             oom_detection: cgroup && probe.oom_detection,
             cgroup_cpu: cgroup && probe.cpu_quota,
-            task_cgroups: probe.task_cgroups && !args.disable_cgroup,
+            task_cgroups: cgroup,
+            seccomp: probe.seccomp,
+        }
+    }
+
+    /// What a task whose shim leaves the host's mount namespace (a
+    /// sidecar's) can be given: no cgroup of its own, so no cgroup limit.
+    pub fn without_task_cgroups(self) -> HostCaps {
+        HostCaps {
+            cgroup_pids: false,
+            cgroup_memory: false,
+            oom_detection: false,
+            cgroup_cpu: false,
+            ..self
         }
     }
 }
@@ -177,16 +205,19 @@ pub fn resolve(
 
     let l = &req.limits;
     let cpu_time_enforced = l.cpu_time_sec.is_some() && caps.rlimit_cpu;
-    let memory_enforced = l.memory_bytes.is_some()
-        && if sandboxed {
-            caps.cgroup_memory
-        } else {
-            caps.rlimit_memory
-        };
-    let pids_enforced = l.pids_max.is_some() && sandboxed && caps.cgroup_pids;
-    let cpu_quota_enforced = l.cpu_millis.is_some() && sandboxed && caps.cgroup_cpu;
+    // The memory limit is the task cgroup's, for the whole task, wherever
+    // the memory controller is writable; a process task falls back to
+    // RLIMIT_AS per process (see the warning below), a sandbox does not.
+    let memory_in_cgroup = l.memory_bytes.is_some() && caps.cgroup_memory;
+    let memory_as_rlimit =
+        l.memory_bytes.is_some() && !memory_in_cgroup && !sandboxed && caps.rlimit_memory;
+    let memory_enforced = memory_in_cgroup || memory_as_rlimit;
+    let pids_enforced = l.pids_max.is_some() && caps.cgroup_pids;
+    let cpu_quota_enforced = l.cpu_millis.is_some() && caps.cgroup_cpu;
     let cgroup_enforced = caps.task_cgroups;
-    let oom_detection = sandboxed && caps.cgroup_memory && caps.oom_detection;
+    // A sandbox always has its memory cgroup; a process task only for its
+    // memory limit.
+    let oom_detection = caps.cgroup_memory && caps.oom_detection && (sandboxed || memory_in_cgroup);
 
     if l.cpu_time_sec.is_some() && !cpu_time_enforced {
         missing.push("rlimit_cpu");
@@ -196,10 +227,17 @@ pub fn resolve(
         missing.push("memory_limit");
         warnings.push("limits.memory_bytes cannot be enforced on this host".to_string());
     }
+    if memory_as_rlimit {
+        warnings.push(
+            "limits.memory_bytes is enforced as RLIMIT_AS, on each process's address space, \
+             not on the task's memory as a whole: no writable cgroup memory controller"
+                .to_string(),
+        );
+    }
     if l.pids_max.is_some() && !pids_enforced {
         missing.push("pids_limit");
         warnings.push(
-            "limits.pids_max needs a cgroup pids controller under linux_sandbox; it is not enforced"
+            "limits.pids_max needs a writable cgroup pids controller; it is not enforced"
                 .to_string(),
         );
     }
@@ -207,7 +245,16 @@ pub fn resolve(
     if l.cpu_millis.is_some() && !cpu_quota_enforced {
         missing.push("cpu_quota");
         warnings.push(
-            "limits.cpu_millis needs a cgroup cpu controller under linux_sandbox; it is not enforced"
+            "limits.cpu_millis needs a writable cgroup cpu controller; it is not enforced"
+                .to_string(),
+        );
+    }
+
+    if !sandboxed && !caps.seccomp {
+        warnings.push(
+            "no seccomp on this host: the process task runs without its seccomp filter, so it \
+             may create user namespaces and use bpf, perf_event_open, the kernel keyring, \
+             userfaultfd and io_uring as far as the kernel lets its user"
                 .to_string(),
         );
     }
@@ -266,6 +313,77 @@ mod tests {
         assert!(p.resource_enforcement.memory_enforced);
         assert!(p.resource_enforcement.cpu_time_enforced);
         assert!(p.fallback_reasons.is_empty());
+    }
+
+    #[test]
+    fn a_process_tasks_memory_and_pids_are_its_cgroups_where_writable() {
+        let r = req(
+            serde_json::json!({"execution":{"kind":"command","program":"x"},
+            "limits":{"memory_bytes":104857600,"pids_max":50,"cpu_millis":500}}),
+        );
+        let p = resolve(&r, CapabilityMode::Strict, &CGROUP_HOST, &[]).unwrap();
+        let e = &p.resource_enforcement;
+        assert!(e.memory_enforced && e.pids_enforced && e.cpu_quota_enforced);
+        assert!(e.oom_detection && e.cgroup_enforced);
+        assert!(
+            p.capability_warnings.is_empty(),
+            "{:?}",
+            p.capability_warnings
+        );
+        // Without a limit on memory, no memory cgroup watches for OOM kills.
+        let r = req(serde_json::json!({"execution":{"kind":"command","program":"x"}}));
+        let p = resolve(&r, CapabilityMode::Strict, &CGROUP_HOST, &[]).unwrap();
+        assert!(!p.resource_enforcement.oom_detection);
+    }
+
+    #[test]
+    fn without_a_memory_cgroup_a_process_task_gets_rlimit_as_and_is_told() {
+        let r = req(
+            serde_json::json!({"execution":{"kind":"command","program":"x"},
+            "limits":{"memory_bytes":104857600}}),
+        );
+        let p = resolve(&r, CapabilityMode::Strict, &PROCESS_HOST, &[]).unwrap();
+        let e = &p.resource_enforcement;
+        assert!(e.memory_enforced && !e.oom_detection);
+        assert!(!p.degraded);
+        assert_eq!(
+            p.capability_warnings.len(),
+            1,
+            "{:?}",
+            p.capability_warnings
+        );
+        assert!(p.capability_warnings[0].contains("RLIMIT_AS"));
+        // Neither: not enforced, refused in strict mode.
+        let bare = HostCaps {
+            rlimit_memory: false,
+            ..PROCESS_HOST
+        };
+        assert!(resolve(&r, CapabilityMode::Strict, &bare, &[]).is_err());
+        let p = resolve(&r, CapabilityMode::Adaptive, &bare, &[]).unwrap();
+        assert!(!p.resource_enforcement.memory_enforced);
+        // A sidecar's task has no cgroup, so no cgroup limit.
+        let sidecar = CGROUP_HOST.without_task_cgroups();
+        let r = req(
+            serde_json::json!({"execution":{"kind":"command","program":"x"},
+            "limits":{"memory_bytes":104857600,"pids_max":50}}),
+        );
+        let p = resolve(&r, CapabilityMode::Adaptive, &sidecar, &[]).unwrap();
+        let e = &p.resource_enforcement;
+        assert!(e.memory_enforced && !e.pids_enforced && !e.oom_detection);
+    }
+
+    #[test]
+    fn a_process_task_is_told_when_it_runs_without_its_seccomp_filter() {
+        let r = req(serde_json::json!({"execution":{"kind":"command","program":"x"}}));
+        let no_seccomp = HostCaps {
+            seccomp: false,
+            ..PROCESS_HOST
+        };
+        // Not a degradation of what was asked: strict still runs it.
+        let p = resolve(&r, CapabilityMode::Strict, &no_seccomp, &[]).unwrap();
+        assert!(!p.degraded);
+        assert_eq!(p.capability_warnings.len(), 1);
+        assert!(p.capability_warnings[0].contains("without its seccomp filter"));
     }
 
     #[test]

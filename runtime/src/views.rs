@@ -97,6 +97,10 @@ pub fn capabilities(e: &Engine) -> Value {
             "helper: not reached yet; nothing is probed and tasks wait until it answers"
                 .to_string(),
         );
+    } else if !p.seccomp {
+        warnings.push(
+            "seccomp: not available; process tasks run without their seccomp filter".to_string(),
+        );
     }
     let mut overrides = serde_json::Map::new();
     if a.disable_linux_sandbox {

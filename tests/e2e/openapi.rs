@@ -449,8 +449,10 @@ fn every_answer_matches_the_document() {
         (br#"{"execution": {"kind": "command", "program": "x"}, "limits": {"wall_time_ms": 99999999999999999999999}}"#.to_vec(), 400),
         (br#"{"execution": {"kind": "command", "program": "x\u0000"}}"#.to_vec(), 400),
         (br#"{"execution": {"kind": "command", "program": "\ud800"}}"#.to_vec(), 400),
-        // strict, and a limit the process profile cannot enforce
-        (br#"{"execution": {"kind": "command", "program": "x"}, "limits": {"pids_max": 5}, "policy": {"capability_mode": "strict"}}"#.to_vec(), 400),
+        // strict, and a sandbox no host here gives: a rootfs outside every
+        // --rootfs-dir (invalid_input), or no linux_sandbox at all
+        // (unsupported_capability)
+        (br#"{"execution": {"kind": "command", "program": "x"}, "sandbox": {"profile": "linux_sandbox", "rootfs": "/nope", "chroot": true}, "policy": {"capability_mode": "strict"}}"#.to_vec(), 400),
         // more memory than the runtime has
         (br#"{"execution": {"kind": "command", "program": "x"}, "limits": {"memory_bytes": 2147483648}}"#.to_vec(), 400),
         // more than the tenant's quota

@@ -506,6 +506,7 @@ mod tests {
             .create(
                 "t-1",
                 Need::Limits {
+                    memory: true,
                     pids: true,
                     cpu: false,
                 },

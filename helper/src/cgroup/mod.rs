@@ -193,6 +193,13 @@ pub enum CgroupError {
     },
     #[error("the hierarchy at {mount} is not delegated to the helper")]
     NotDelegated { mount: PathBuf },
+    #[error(
+        "the task's {limit} limit needs the {controller} controller, and no task cgroup has it"
+    )]
+    NoController {
+        limit: &'static str,
+        controller: &'static str,
+    },
     #[error("{path} reads back {got:?} after writing {wrote:?}")]
     ReadBack {
         path: PathBuf,

@@ -143,10 +143,10 @@ impl Placement {
     }
 
     /// Creates the task's cgroups (reused if they exist): for
-    /// [`Need::Limits`] in the one that kills, the memory one (for the
-    /// peak) and those of the limits the task has; for
-    /// [`Need::Containment`] only in the one that kills (each hierarchy
-    /// costs a mkdir, a join and an rmdir per task).
+    /// [`Need::Limits`] in the one that kills and in those of the
+    /// controllers it names; for [`Need::Containment`] only in the one
+    /// that kills (each hierarchy costs a mkdir, a join and an rmdir per
+    /// task).
     pub fn create(
         &self,
         task_id: &str,
@@ -161,9 +161,9 @@ impl Placement {
         for (i, r) in self.roots.iter().enumerate() {
             let wanted = match need {
                 Need::Containment => i == killer,
-                Need::Limits { pids, cpu } => {
+                Need::Limits { memory, pids, cpu } => {
                     i == killer
-                        || r.controllers.contains(&"memory")
+                        || (memory && r.controllers.contains(&"memory"))
                         || (pids && r.controllers.contains(&"pids"))
                         || (cpu && r.controllers.contains(&"cpu"))
                 }
@@ -313,14 +313,48 @@ pub struct TaskLimits {
     pub cpu_millis: Option<u64>,
 }
 
+impl TaskLimits {
+    /// For a task without cgroups: fine unless it has a limit only a
+    /// cgroup holds (pids, cpu; memory falls back to `RLIMIT_AS`).
+    pub fn without_cgroups(&self) -> Result<(), CgroupError> {
+        match (self.pids_max, self.cpu_millis) {
+            (Some(_), _) => Err(CgroupError::NoController {
+                limit: "pids",
+                controller: "pids",
+            }),
+            (None, Some(_)) => Err(CgroupError::NoController {
+                limit: "cpu quota",
+                controller: "cpu",
+            }),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
 /// Which of a task's cgroups it needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
     /// One cgroup to find and kill every process of the task.
     Containment,
-    /// The `linux_sandbox` profile's: the memory peak, and the pids and
-    /// cpu hierarchies when the task has that limit.
-    Limits { pids: bool, cpu: bool },
+    /// That one, and those of the controllers named.
+    Limits { memory: bool, pids: bool, cpu: bool },
+}
+
+impl Need {
+    /// What a task needs for its limits: a sandbox always has the memory
+    /// cgroup (its peak is reported), a process task for its memory limit
+    /// only; each has the pids and cpu ones for those limits. A process
+    /// task without limits needs containment alone.
+    pub fn of(sandbox: bool, limits: &TaskLimits) -> Need {
+        let memory = sandbox || limits.memory_bytes.is_some();
+        let pids = limits.pids_max.is_some();
+        let cpu = limits.cpu_millis.is_some();
+        if memory || pids || cpu {
+            Need::Limits { memory, pids, cpu }
+        } else {
+            Need::Containment
+        }
+    }
 }
 
 /// One task's cgroups.
@@ -356,6 +390,13 @@ impl TaskCgroups {
     #[cfg(test)]
     pub fn dirs(&self) -> Vec<&Path> {
         self.entries.iter().map(|e| e.dir.as_path()).collect()
+    }
+
+    /// Whether one of the task's cgroups has `controller`.
+    pub fn has(&self, controller: &str) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.controllers.contains(&controller))
     }
 
     /// The file each cgroup is joined by, opened for writing
@@ -495,13 +536,24 @@ impl TaskCgroups {
     /// Writes the limits into the cgroups that have their controllers:
     /// memory (and, on v1, memory+swap, so the limit is not dodged into
     /// swap; on v2 no swap at all), pids, and the CPU quota (thousandths
-    /// of a CPU, over a [`CPU_PERIOD_US`] period).
+    /// of a CPU, over a [`CPU_PERIOD_US`] period). A limit whose controller
+    /// no cgroup of the task has is an error, before anything is written:
+    /// a task never runs with less than it was given.
     pub fn set_limits(&self, limits: &TaskLimits, fs: &dyn CgroupFs) -> Result<(), CgroupError> {
         let TaskLimits {
             memory_bytes,
             pids_max,
             cpu_millis,
         } = *limits;
+        for (given, limit, controller) in [
+            (memory_bytes.is_some(), "memory", "memory"),
+            (pids_max.is_some(), "pids", "pids"),
+            (cpu_millis.is_some(), "cpu quota", "cpu"),
+        ] {
+            if given && !self.has(controller) {
+                return Err(CgroupError::NoController { limit, controller });
+            }
+        }
         for e in &self.entries {
             if let (Some(millis), true) = (cpu_millis, e.controllers.contains(&"cpu")) {
                 let quota = millis.saturating_mul(CPU_PERIOD_US) / 1000;
@@ -652,6 +704,7 @@ mod tests {
             .create(
                 "t-1",
                 Need::Limits {
+                    memory: true,
                     pids: true,
                     cpu: false,
                 },
@@ -675,6 +728,7 @@ mod tests {
             .create(
                 "t-m",
                 Need::Limits {
+                    memory: true,
                     pids: false,
                     cpu: false,
                 },
@@ -693,6 +747,7 @@ mod tests {
             .create(
                 "t-q",
                 Need::Limits {
+                    memory: true,
                     pids: true,
                     cpu: true,
                 },
@@ -730,6 +785,7 @@ mod tests {
         p.create(
             "t-1",
             Need::Limits {
+                memory: true,
                 pids: true,
                 cpu: false,
             },
@@ -738,6 +794,113 @@ mod tests {
         .unwrap();
         assert!(cg.remove(&f.kernel).is_empty());
         assert!(!f.path("cgroup/memory/execgo-runtime/d-1/t-1").exists());
+    }
+
+    #[test]
+    fn a_process_tasks_limits_are_its_cgroups_and_a_missing_controller_refuses() {
+        let f = Fixture::hybrid();
+        let p = placement(&f, "/sys/fs/cgroup/execgo-runtime").0.unwrap();
+        let limits = TaskLimits {
+            memory_bytes: Some(100 << 20),
+            pids_max: Some(50),
+            cpu_millis: None,
+        };
+        let need = Need::of(false, &limits);
+        assert_eq!(
+            need,
+            Need::Limits {
+                memory: true,
+                pids: true,
+                cpu: false
+            }
+        );
+        let cg = p.create("t-p", need, &f.kernel).unwrap();
+        assert!(cg.has("memory") && cg.has("pids") && cg.has("freezer"));
+        assert!(!cg.has("cpu"));
+        cg.set_limits(&limits, &f.kernel).unwrap();
+        let read = |rel: &str| {
+            std::fs::read_to_string(f.path(&format!("cgroup/{rel}")))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(
+            read("memory/execgo-runtime/d-1/t-p/memory.limit_in_bytes"),
+            (100u64 << 20).to_string()
+        );
+        assert_eq!(read("pids/execgo-runtime/d-1/t-p/pids.max"), "50");
+        // A quota without a cpu cgroup is refused, and nothing is written.
+        let more = TaskLimits {
+            memory_bytes: Some(1 << 20),
+            cpu_millis: Some(500),
+            ..limits
+        };
+        let e = cg.set_limits(&more, &f.kernel).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CgroupError::NoController {
+                    controller: "cpu",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(
+            read("memory/execgo-runtime/d-1/t-p/memory.limit_in_bytes"),
+            (100u64 << 20).to_string()
+        );
+        assert!(cg.remove(&f.kernel).is_empty());
+        // Only a memory limit: no pids cgroup.
+        let memory_only = TaskLimits {
+            memory_bytes: Some(1 << 20),
+            ..TaskLimits::default()
+        };
+        let m = p
+            .create("t-m", Need::of(false, &memory_only), &f.kernel)
+            .unwrap();
+        assert_eq!(
+            m.dirs(),
+            [
+                f.path("cgroup/memory/execgo-runtime/d-1/t-m"),
+                f.path("cgroup/freezer/execgo-runtime/d-1/t-m")
+            ]
+        );
+        assert!(m.remove(&f.kernel).is_empty());
+        // No limit: containment alone, for a process task; a sandbox keeps
+        // its memory cgroup for the peak.
+        assert_eq!(Need::of(false, &TaskLimits::default()), Need::Containment);
+        assert_eq!(
+            Need::of(true, &TaskLimits::default()),
+            Need::Limits {
+                memory: true,
+                pids: false,
+                cpu: false
+            }
+        );
+    }
+
+    #[test]
+    fn without_cgroups_only_a_memory_limit_can_be_held() {
+        let memory = TaskLimits {
+            memory_bytes: Some(1 << 20),
+            ..TaskLimits::default()
+        };
+        assert!(memory.without_cgroups().is_ok());
+        let pids = TaskLimits {
+            pids_max: Some(5),
+            ..memory
+        };
+        let e = pids.without_cgroups().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the task's pids limit needs the pids controller, and no task cgroup has it"
+        );
+        let cpu = TaskLimits {
+            cpu_millis: Some(100),
+            ..TaskLimits::default()
+        };
+        assert!(cpu.without_cgroups().is_err());
     }
 
     #[test]
@@ -761,6 +924,7 @@ mod tests {
             .create(
                 "t",
                 Need::Limits {
+                    memory: true,
                     pids: true,
                     cpu: false,
                 },
@@ -814,6 +978,7 @@ mod tests {
         p.create(
             "gone",
             Need::Limits {
+                memory: true,
                 pids: true,
                 cpu: false,
             },
@@ -823,6 +988,7 @@ mod tests {
         p.create(
             "alive",
             Need::Limits {
+                memory: true,
                 pids: true,
                 cpu: false,
             },
@@ -842,6 +1008,7 @@ mod tests {
             .create(
                 "gone",
                 Need::Limits {
+                    memory: true,
                     pids: true,
                     cpu: false,
                 },
@@ -865,6 +1032,7 @@ mod tests {
         p.create(
             "next",
             Need::Limits {
+                memory: true,
                 pids: true,
                 cpu: false,
             },
@@ -882,6 +1050,7 @@ mod tests {
             .create(
                 "t",
                 Need::Limits {
+                    memory: true,
                     pids: true,
                     cpu: false,
                 },

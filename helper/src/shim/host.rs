@@ -205,32 +205,32 @@ impl Steps for Host {
     }
 
     fn create_cgroups(&mut self) -> Result<(), ShimError> {
-        let Some(placement) = &self.ctx.cgroups else {
-            return Ok(());
-        };
-        // A sandbox's limits live in its cgroups; a process task needs one
-        // to be contained.
+        // Every profile's limits live in its cgroups, for the whole task; a
+        // task without limits gets one cgroup, to be contained.
         let l = &self.ctx.launch.limits;
-        let need = match self.sandbox() {
-            Some(_) => Need::Limits {
-                pids: l.pids_max.is_some(),
-                cpu: l.cpu_millis.is_some(),
-            },
-            None => Need::Containment,
+        let limits = TaskLimits {
+            memory_bytes: l.memory_bytes,
+            pids_max: l.pids_max,
+            cpu_millis: l.cpu_millis,
         };
+        let Some(placement) = &self.ctx.cgroups else {
+            // A memory limit becomes RLIMIT_AS (see resolve_program); the
+            // others have nothing else to hold them, and the runtime sends
+            // them only where the probe found their controller.
+            return limits.without_cgroups().map_err(ShimError::Cgroup);
+        };
+        let need = Need::of(self.sandbox().is_some(), &limits);
         let cg = placement
             .create(&self.ctx.launch.task_id, need, &HostFs)
             .map_err(ShimError::Cgroup)?;
-        if self.sandbox().is_some() {
-            let limits = TaskLimits {
-                memory_bytes: l.memory_bytes,
-                pids_max: l.pids_max,
-                cpu_millis: l.cpu_millis,
-            };
-            if let Err(e) = cg.set_limits(&limits, &HostFs) {
-                cg.remove(&HostFs);
-                return Err(ShimError::Cgroup(e));
-            }
+        // Without a memory hierarchy the memory limit is RLIMIT_AS too.
+        let limits = TaskLimits {
+            memory_bytes: limits.memory_bytes.filter(|_| cg.has("memory")),
+            ..limits
+        };
+        if let Err(e) = cg.set_limits(&limits, &HostFs) {
+            cg.remove(&HostFs);
+            return Err(ShimError::Cgroup(e));
         }
         // Kept before the fds are opened, so a failure still removes them.
         let procs = cg.join_fds();
@@ -289,9 +289,11 @@ impl Steps for Host {
             .find(|(k, _)| k == "PATH")
             .map(|(_, v)| v.as_str());
         let resolved = resolve::resolve(program, path_var)?;
-        let sandbox = self.sandbox();
-        // In a sandbox the memory limit is its cgroup's, not RLIMIT_AS.
-        let address_space = l.limits.memory_bytes.filter(|_| sandbox.is_none());
+        // The memory limit is the task cgroup's where it has the memory
+        // controller (create_cgroups wrote it), else each process's
+        // RLIMIT_AS.
+        let in_cgroup = self.cgroups.as_ref().is_some_and(|c| c.has("memory"));
+        let address_space = l.limits.memory_bytes.filter(|_| !in_cgroup);
         let mut plan = Plan::new(
             &resolved,
             &l.argv,
@@ -301,15 +303,20 @@ impl Steps for Host {
         )?;
         plan.identity = self.ctx.task_identity.map(|t| (t.uid, t.gid));
         plan.joined_pid_ns = self.ctx.sidecar.is_some();
+        let filters = self.ctx.seccomp.take();
+        let sandbox = self.sandbox();
+        // A process task where the host has no seccomp runs without its
+        // filter (its plan says so); a sandbox never does.
+        plan.seccomp = match (filters, sandbox) {
+            (Some(filters), _) => Some(filters),
+            (None, Some(_)) => Some(crate::seccomp::sandbox_filters().map_err(ShimError::Seccomp)?),
+            (None, None) => None,
+        };
         if let Some(spec) = sandbox {
             plan.sandbox = Some(SandboxPlan {
                 rootfs: self.ctx.rootfs.as_ref().map(AsRawFd::as_raw_fd),
                 netns: self.ctx.netns.as_ref().map(AsRawFd::as_raw_fd),
                 spec: spec.clone(),
-                seccomp: match self.ctx.seccomp.take() {
-                    Some(filters) => filters,
-                    None => crate::seccomp::task_filters().map_err(ShimError::Seccomp)?,
-                },
             });
         }
         self.plan = Some(plan);

@@ -50,7 +50,8 @@ pub struct ShimContext {
     pub cgroups: Option<crate::cgroup::task::Placement>,
     /// A sandbox's root, opened by the helper (close-on-exec).
     pub rootfs: Option<OwnedFd>,
-    /// A sandbox's seccomp filters, as the helper compiled them at start.
+    /// The seccomp filters of the task's profile, as the helper compiled
+    /// them at start; `None` where the host has no seccomp.
     pub seccomp: Option<[seccompiler::BpfProgram; 2]>,
     /// Sidecar mode: the main container's process, found by the helper.
     pub sidecar: Option<crate::sidecar::Target>,

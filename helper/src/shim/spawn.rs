@@ -85,7 +85,10 @@ pub struct Plan {
     pub address_space: Option<(u64, u64)>,
     /// (uid, gid) the task runs as; `None`: as the shim.
     pub identity: Option<(u32, u32)>,
-    /// `linux_sandbox`: its namespaces and seccomp filters.
+    /// The seccomp filters of the task's profile, loaded last before exec;
+    /// `None`: none (a process task where the host has no seccomp).
+    pub seccomp: Option<[seccompiler::BpfProgram; 2]>,
+    /// `linux_sandbox`: its namespaces.
     pub sandbox: Option<SandboxPlan>,
     /// The task starts in a pid namespace the shim joined for its children
     /// (sidecar mode), where its parent, outside, shows as pid 0.
@@ -95,7 +98,6 @@ pub struct Plan {
 /// What a `linux_sandbox` task gets beyond a process task's set-up.
 pub struct SandboxPlan {
     pub spec: SandboxSpec,
-    pub seccomp: [seccompiler::BpfProgram; 2],
     /// The rootfs directory the helper opened, when the task has one.
     pub rootfs: Option<RawFd>,
     /// The spare network namespace the helper handed over, if any.
@@ -119,6 +121,7 @@ impl Plan {
                 rlimits::address_space_pair(b, rlimits::current_hard(Resource::RLIMIT_AS))
             }),
             identity: None,
+            seccomp: None,
             sandbox: None,
             joined_pid_ns: false,
         })
@@ -168,7 +171,7 @@ pub fn spawn(
         },
         cgroup_join: &cgroup_join,
         own_group: true,
-        seccomp: plan.sandbox.as_ref().map_or(&[], |s| &s.seccomp[..]),
+        seccomp: plan.seccomp.as_ref().map_or(&[], |s| &s[..]),
         status_fd: status_w.as_raw_fd(),
     };
     // Back here, the child has exec'd or exited.
@@ -287,9 +290,19 @@ mod tests {
         program: &str,
         argv: &[&str],
     ) -> (Result<Started, SpawnError>, tempfile::TempDir) {
+        spawn_filtered(program, argv, None)
+    }
+
+    /// [`spawn_in_tmp`], the task under `seccomp`.
+    fn spawn_filtered(
+        program: &str,
+        argv: &[&str],
+        seccomp: Option<[seccompiler::BpfProgram; 2]>,
+    ) -> (Result<Started, SpawnError>, tempfile::TempDir) {
         let tmp = tempfile::tempdir().unwrap();
         let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
-        let plan = Plan::new(&[PathBuf::from(program)], &argv, &[], None, None).unwrap();
+        let mut plan = Plan::new(&[PathBuf::from(program)], &argv, &[], None, None).unwrap();
+        plan.seccomp = seccomp;
         let null = || open(Path::new("/dev/null"), OFlag::O_RDWR);
         let out = open(&tmp.path().join("out"), OFlag::O_WRONLY | OFlag::O_CREAT);
         let cwd = open(tmp.path(), OFlag::O_RDONLY | OFlag::O_DIRECTORY);
@@ -312,6 +325,7 @@ mod tests {
             .map(|a| a.to_string())
             .collect();
         let mut plan = Plan::new(&[PathBuf::from("/bin/sh")], &argv, &[], None, None).unwrap();
+        plan.seccomp = Some(crate::seccomp::sandbox_filters().unwrap());
         plan.sandbox = Some(SandboxPlan {
             spec: SandboxSpec {
                 mount: false,
@@ -321,7 +335,6 @@ mod tests {
                 net: false,
                 rootfs: None,
             },
-            seccomp: crate::seccomp::task_filters().unwrap(),
             rootfs: None,
             netns: None,
         });
@@ -406,6 +419,25 @@ mod tests {
         let ign = lines.next().unwrap().strip_prefix("SigIgn:\t").unwrap();
         let ign = u64::from_str_radix(ign, 16).unwrap();
         assert_eq!(ign & (1 << (libc::SIGPIPE - 1)), 0, "{ign:x}");
+    }
+
+    #[test]
+    fn a_process_task_runs_under_its_filter() {
+        let (started, tmp) = spawn_filtered(
+            "/bin/sh",
+            &[
+                "sh",
+                "-c",
+                "grep '^Seccomp:' /proc/self/status
+                 unshare -U true 2>/dev/null && echo unshared || echo refused
+                 sh -c 'echo forked' && ls / >/dev/null && echo listed",
+            ],
+            Some(crate::seccomp::process_filters().unwrap()),
+        );
+        let started = started.unwrap();
+        assert_eq!(exit_code(started.pid), 0);
+        let out = std::fs::read_to_string(tmp.path().join("out")).unwrap();
+        assert_eq!(out, "Seccomp:\t2\nrefused\nforked\nlisted\n");
     }
 
     #[test]

@@ -144,10 +144,15 @@ impl Engine {
         extras: SubmitExtras,
     ) -> Result<SubmitTaskResponse, EngineError> {
         let rootfs_dirs = self.helper.with_probe(|p| p.rootfs_dirs.clone());
+        let caps = match extras.launch.sidecar {
+            // No task cgroup (below): no limit of one either.
+            true => self.host_caps().without_task_cgroups(),
+            false => self.host_caps(),
+        };
         let mut plan = plan::resolve(
             &req,
             self.cfg.args.default_capability_mode.into(),
-            &self.host_caps(),
+            &caps,
             &rootfs_dirs,
         )?;
         if extras.launch.sidecar && plan.resource_enforcement.cgroup_enforced {
