@@ -26,6 +26,31 @@ impl Rng {
     }
 }
 
+/// Where tasks get a uid of their own: in the ledger's order (appends),
+/// a uid's runs never overlap: each `start` of a uid follows the `end` of
+/// its previous run. A uid serves many tasks in turn, never two at once.
+fn assert_no_uid_shared_by_two_live_tasks(ledger: &str) {
+    let mut live: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut uids: BTreeSet<&str> = BTreeSet::new();
+    for line in ledger.lines() {
+        let mut f = line.split(' ');
+        let (Some(id), Some(uid), Some(what)) = (f.next(), f.next(), f.next()) else {
+            panic!("a torn ledger line: {line:?}");
+        };
+        uids.insert(uid);
+        match what {
+            "start" => {
+                if let Some(other) = live.insert(uid, id) {
+                    panic!("uid {uid} ran {id} while {other} still ran");
+                }
+            }
+            "end" => assert_eq!(live.remove(uid), Some(id), "{line}"),
+            _ => panic!("{line:?}"),
+        }
+    }
+    println!("chaos: {} distinct task uids", uids.len());
+}
+
 #[test]
 fn chaos_kill_9_runs_every_accepted_task_exactly_once() {
     let seed = std::env::var("EXECGO_CHAOS_SEED")
@@ -47,10 +72,18 @@ fn chaos_kill_9_runs_every_accepted_task_exactly_once() {
     let accepted = Arc::new(Mutex::new(BTreeSet::new()));
     let attempted = Arc::new(Mutex::new(BTreeSet::new()));
 
+    // As root, tasks get a uid each from a range small enough that uids
+    // are given back and leased again all through the run.
+    let uids: Vec<&str> = if is_root() {
+        vec!["--task-uid-range", "1879400000-1879400015"]
+    } else {
+        Vec::new()
+    };
     for cycle in 0..10 {
         let mut s = Server::builder()
             .data_dir(&dir)
             .args(["--max-running-tasks", "4", "--max-queued-tasks", "1000"])
+            .args(uids.iter().copied())
             .start();
         let stop = Arc::new(AtomicBool::new(false));
         let submitter = {
@@ -62,9 +95,14 @@ fn chaos_kill_9_runs_every_accepted_task_exactly_once() {
                 while !stop.load(Ordering::SeqCst) {
                     let id = format!("c{cycle}-{i}");
                     i += 1;
+                    // Each run leaves a start and an end line with its uid,
+                    // and lasts long enough to overlap others.
+                    let l = ledger.display();
                     let body = json!({"task_id": id, "execution": {"kind": "command",
-                        "program": "/bin/sh",
-                        "args": ["-c", format!("echo {id} >> {}", ledger.display())]}});
+                    "program": "/bin/sh",
+                    "args": ["-c", format!(
+                        "echo \"{id} $(id -u) start\" >> {l}; sleep 0.03; echo \"{id} $(id -u) end\" >> {l}"
+                    )]}});
                     attempted.lock().unwrap().insert(id.clone());
                     let bytes = serde_json::to_vec(&body).unwrap();
                     match try_request("POST", &url, Some(&bytes), &[]) {
@@ -94,7 +132,10 @@ fn chaos_kill_9_runs_every_accepted_task_exactly_once() {
     }
 
     // Final run: everything accepted must become terminal, exactly once.
-    let s = Server::builder().data_dir(&dir).start();
+    let s = Server::builder()
+        .data_dir(&dir)
+        .args(uids.iter().copied())
+        .start();
     let accepted = accepted.lock().unwrap().clone();
     assert!(
         accepted.len() >= 10,
@@ -112,9 +153,16 @@ fn chaos_kill_9_runs_every_accepted_task_exactly_once() {
             s.wait_terminal(id, Duration::from_secs(60));
         }
     }
+    let ledger = std::fs::read_to_string(&ledger).unwrap();
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for line in std::fs::read_to_string(&ledger).unwrap().lines() {
-        *counts.entry(line.to_string()).or_default() += 1;
+    for line in ledger.lines() {
+        if let Some(id) = line.strip_suffix(" start") {
+            let id = id.rsplit_once(' ').map_or(id, |(id, _uid)| id);
+            *counts.entry(id.to_string()).or_default() += 1;
+        }
+    }
+    if is_root() {
+        assert_no_uid_shared_by_two_live_tasks(&ledger);
     }
     for id in &accepted {
         assert_eq!(

@@ -24,15 +24,24 @@ fn script_without_interpreter_runs_under_sh() {
     );
 }
 
+/// The interpreter gets the script as its last argument: the task's own
+/// descriptor 3 (`/proc/self/fd/3`), a copy of the task dir's `script`,
+/// so no path into the data dir (which tasks cannot search) is needed.
 #[test]
 fn script_with_interpreter_gets_the_file_as_last_argument() {
     let s = Server::start();
+    let script = "import os, sys\nprint(os.environ['GREETING'], sys.argv[-1], len(open(sys.argv[-1]).read()))";
     let id = s.submit(&json!({"execution": {"kind": "script",
-        "script": "import os, sys\nprint(os.environ['GREETING'], os.path.basename(sys.argv[-1]))",
+        "script": script,
         "interpreter": ["python3", "-u"], "env": {"GREETING": "hello"}}}));
     let st = s.wait_terminal(&id, T);
     assert_eq!(st["status"], "success", "{st}");
-    assert_eq!(st["stdout"], "hello script\n");
+    assert_eq!(
+        st["stdout"],
+        format!("hello /proc/self/fd/3 {}\n", script.len())
+    );
+    let path = st["artifacts"]["script_path"].as_str().unwrap();
+    assert_eq!(std::fs::read_to_string(path).unwrap(), script);
 }
 
 #[test]
@@ -268,7 +277,8 @@ fn running_status_has_live_duration() {
 #[test]
 fn fifo_order_with_one_slot() {
     let s = Server::builder().args(["--max-running-tasks", "1"]).start();
-    let file = s.data_dir.join("order.txt");
+    // Beside the data dir: nothing in it is a task's to reach.
+    let file = s.data_dir.with_file_name("order.txt");
     task_writable_file(&file);
     let mut ids = vec![];
     for i in 0..5 {
