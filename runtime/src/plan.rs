@@ -25,6 +25,9 @@ pub struct HostCaps {
     pub task_cgroups: bool,
     /// seccomp filters load: `process` tasks get the baseline filter.
     pub seccomp: bool,
+    /// A root helper runs every task as this one uid (`--task-user`)
+    /// instead of a uid of its own.
+    pub shared_task_uid: Option<u32>,
 }
 
 /// A host that runs the process profile with rlimits and task cgroups, for
@@ -40,6 +43,7 @@ pub const PROCESS_HOST: HostCaps = HostCaps {
     cgroup_cpu: false,
     task_cgroups: true,
     seccomp: true,
+    shared_task_uid: None,
 };
 
 /// [`PROCESS_HOST`] with writable memory, pids and cpu hierarchies and a
@@ -81,6 +85,8 @@ impl HostCaps {
             cgroup_cpu: cgroup && probe.cpu_quota,
             task_cgroups: cgroup,
             seccomp: probe.seccomp,
+            shared_task_uid: (probe.privileged && probe.task_uid_range.is_none())
+                .then_some(probe.task_uid),
         }
     }
 
@@ -259,6 +265,13 @@ pub fn resolve(
         );
     }
 
+    if let Some(uid) = caps.shared_task_uid {
+        warnings.push(format!(
+            "every task runs as uid {uid} (--task-user), not a uid of its own: a task can \
+             signal, trace and read the processes and workspace of another while both run"
+        ));
+    }
+
     if !cgroup_enforced {
         warnings.push(
             "no task cgroup on this host: a kill or the wall time reaches the task's process \
@@ -370,6 +383,42 @@ mod tests {
         let p = resolve(&r, CapabilityMode::Adaptive, &sidecar, &[]).unwrap();
         let e = &p.resource_enforcement;
         assert!(e.memory_enforced && !e.pids_enforced && !e.oom_detection);
+    }
+
+    #[test]
+    fn tasks_sharing_one_task_user_are_told_so() {
+        let r = req(serde_json::json!({"execution":{"kind":"command","program":"x"}}));
+        let shared = HostCaps {
+            shared_task_uid: Some(65534),
+            ..PROCESS_HOST
+        };
+        let p = resolve(&r, CapabilityMode::Strict, &shared, &[]).unwrap();
+        assert_eq!(p.capability_warnings.len(), 1, "{p:?}");
+        assert!(p.capability_warnings[0].contains("uid 65534 (--task-user)"));
+        assert!(!p.degraded, "a choice of the operator's, not a degradation");
+        let own = resolve(&r, CapabilityMode::Strict, &PROCESS_HOST, &[]).unwrap();
+        assert!(own.capability_warnings.is_empty());
+        // From a probe: only a root helper without a range shares a uid.
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: crate::config::ServeArgs,
+        }
+        let args = <Serve as clap::Parser>::parse_from(["serve"]).args;
+        let mut probe = execgo_runtime_protocol::HelperCapabilities {
+            privileged: true,
+            task_uid: 65534,
+            ..Default::default()
+        };
+        assert_eq!(
+            HostCaps::from_probe(&probe, &args).shared_task_uid,
+            Some(65534)
+        );
+        probe.task_uid_range = Some((100, 200));
+        assert_eq!(HostCaps::from_probe(&probe, &args).shared_task_uid, None);
+        probe.task_uid_range = None;
+        probe.privileged = false;
+        assert_eq!(HostCaps::from_probe(&probe, &args).shared_task_uid, None);
     }
 
     #[test]

@@ -115,6 +115,9 @@ fn with_task_user_every_task_shares_that_user() {
         assert_eq!(st["status"], "success", "{st}");
         assert_unprivileged(st["stdout"].as_str().unwrap(), uid, gid);
         assert_eq!(st["task_uid"], uid, "{st}");
+        // The plan says what sharing costs.
+        let warnings = st["execution_plan"]["capability_warnings"].to_string();
+        assert!(warnings.contains("(--task-user)"), "{st}");
     }
     let caps = s.get("/api/v1/runtime/capabilities").json();
     assert_eq!(caps["sandbox"]["task_uid_range"], serde_json::Value::Null);
