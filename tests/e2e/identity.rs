@@ -4,7 +4,7 @@
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use execgo_runtime_tests::*;
@@ -166,49 +166,13 @@ fn serve_refuses_task_users_that_are_root_or_the_runtime() {
     }
 }
 
-/// The uid the unprivileged runtime runs as in the separated tests (no
-/// passwd entry needed).
-const RUNTIME_UID: u32 = 65533;
+const RUNTIME_UID: u32 = SEPARATED_RUNTIME_UID;
 
-/// A root helper on a socket, allowing [`RUNTIME_UID`], with `extra`.
-fn start_root_helper(dir: &Path, extra: &[&str]) -> Child {
-    let socket = dir.join("helper.sock");
-    let child = Command::new(helper_bin())
-        .arg("--socket")
-        .arg(&socket)
-        .args(["--allowed-uid", &RUNTIME_UID.to_string()])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("helper.log")).unwrap())
-        .spawn()
-        .expect("spawn helper");
-    let start = Instant::now();
-    while !socket.exists() {
-        assert!(
-            start.elapsed() < T,
-            "helper socket never appeared: {}",
-            std::fs::read_to_string(dir.join("helper.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child
-}
-
-/// An unprivileged runtime (uid and gid [`RUNTIME_UID`]) using the helper
-/// in `dir`.
+/// An unprivileged runtime using the root helper in `dir`.
 fn start_unprivileged_runtime(dir: &Path) -> Server {
-    let data = dir.join("data");
-    std::os::unix::fs::chown(&data, Some(RUNTIME_UID), Some(RUNTIME_UID)).unwrap();
-    Server::builder()
-        .data_dir(&data)
+    unprivileged_runtime(&dir.join("data"))
         .arg("--helper-socket")
         .arg(dir.join("helper.sock").to_str().unwrap())
-        .configure(|cmd| {
-            cmd.uid(RUNTIME_UID).gid(RUNTIME_UID);
-        })
         .start()
 }
 

@@ -11,8 +11,8 @@
 use std::net::{IpAddr, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use execgo_runtime_tests::*;
 
@@ -429,42 +429,7 @@ fn the_opensandbox_listener_refuses_a_task_in_its_own_envelope() {
     assert_eq!(osbx("/getTasks").json(), json!([]));
 }
 
-/// The uid of the unprivileged runtime in the tests below (no passwd
-/// entry needed).
-const RUNTIME_UID: u32 = 65533;
-
-/// A root helper on a socket in `dir`, allowing [`RUNTIME_UID`], running
-/// tasks as `nobody`.
-fn start_root_helper(dir: &Path) -> Child {
-    let socket = dir.join("helper.sock");
-    let child = Command::new(helper_bin())
-        .arg("--socket")
-        .arg(&socket)
-        .args(["--allowed-uid", &RUNTIME_UID.to_string()])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(["--task-user", "nobody"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("helper.log")).unwrap())
-        .spawn()
-        .expect("spawn helper");
-    let start = Instant::now();
-    while !socket.exists() {
-        assert!(start.elapsed() < T, "helper socket never appeared");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child
-}
-
-/// A runtime running as [`RUNTIME_UID`] on the data dir `data`.
-fn unprivileged_runtime(data: &Path) -> ServerBuilder {
-    std::fs::create_dir_all(data).unwrap();
-    std::os::unix::fs::chown(data, Some(RUNTIME_UID), Some(RUNTIME_UID)).unwrap();
-    Server::builder().data_dir(data).configure(|cmd| {
-        cmd.uid(RUNTIME_UID).gid(RUNTIME_UID);
-    })
-}
+const RUNTIME_UID: u32 = SEPARATED_RUNTIME_UID;
 
 #[test]
 fn the_separated_layout_refuses_tasks_too() {
@@ -479,7 +444,7 @@ fn the_separated_layout_refuses_tasks_too() {
     let tmp = tempdir();
     let data: PathBuf = tmp.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let mut helper = start_root_helper(tmp.path());
+    let mut helper = start_root_helper(tmp.path(), &["--task-user", "nobody"]);
     let s = unprivileged_runtime(&data)
         .arg("--helper-socket")
         .arg(tmp.path().join("helper.sock").to_str().unwrap())

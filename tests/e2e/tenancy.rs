@@ -86,9 +86,8 @@ fn task_uid(st: &Value) -> u64 {
         .unwrap_or_else(|| panic!("no task_uid: {st}"))
 }
 
-/// One attack on a victim of `profile`, under a root `serve`.
-fn attack(profile: &str) {
-    let s = Server::start();
+/// One attack on a victim of `profile`, through the runtime `s`.
+fn attack(s: &Server, profile: &str) {
     let v = s.submit(&victim(profile));
     wait_for_file(&s.task_dir(&v).join("workspace/ready"));
     let vst = s.wait_status(&v, "running", T);
@@ -124,7 +123,29 @@ fn a_process_task_cannot_read_signal_or_trace_another_nor_read_the_runtimes_stat
         println!("skipped: per-task uids need a root helper");
         return;
     }
-    attack("process");
+    attack(&Server::start(), "process");
+}
+
+/// The same attack in the packaged layout: a root helper on a socket, the
+/// runtime as an unprivileged user owning the data dir.
+#[test]
+fn in_the_separated_layout_a_task_cannot_reach_another_nor_the_runtimes_state() {
+    if !is_root() {
+        println!("skipped: the separated layout needs a root helper");
+        return;
+    }
+    let tmp = tempdir();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut helper = start_root_helper(tmp.path(), &[]);
+    let s = unprivileged_runtime(&data)
+        .arg("--helper-socket")
+        .arg(tmp.path().join("helper.sock").to_str().unwrap())
+        .start();
+    attack(&s, "process");
+    drop(s);
+    let _ = helper.kill();
+    let _ = helper.wait();
 }
 
 #[test]
@@ -133,7 +154,7 @@ fn a_sandboxed_victim_is_out_of_a_process_tasks_reach_by_its_host_pid() {
         println!("skipped: per-task uids and linux_sandbox need root");
         return;
     }
-    attack("linux_sandbox");
+    attack(&Server::start(), "linux_sandbox");
 }
 
 #[test]

@@ -508,3 +508,53 @@ pub fn pids_mentioning(needle: &str) -> Vec<i32> {
     }
     out
 }
+
+/// The uid of the unprivileged runtime of the separated layout in the
+/// tests (no passwd entry needed).
+pub const SEPARATED_RUNTIME_UID: u32 = 65533;
+
+/// The separated layout's helper: root, on a socket `dir/helper.sock`,
+/// allowing [`SEPARATED_RUNTIME_UID`], on the data dir `dir/data`, with
+/// `extra` flags; its log in `dir/helper.log`. Returns once the socket is
+/// there.
+pub fn start_root_helper(dir: &Path, extra: &[&str]) -> Child {
+    let socket = dir.join("helper.sock");
+    let child = Command::new(helper_bin())
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--allowed-uid", &SEPARATED_RUNTIME_UID.to_string()])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("helper.log")).expect("helper log"))
+        .spawn()
+        .expect("spawn helper");
+    let start = Instant::now();
+    while !socket.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "helper socket never appeared: {}",
+            std::fs::read_to_string(dir.join("helper.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+/// The separated layout's runtime: [`SEPARATED_RUNTIME_UID`] (uid and
+/// gid) on the data dir `data`, made its own.
+pub fn unprivileged_runtime(data: &Path) -> ServerBuilder {
+    use std::os::unix::process::CommandExt;
+    std::fs::create_dir_all(data).expect("data dir");
+    std::os::unix::fs::chown(
+        data,
+        Some(SEPARATED_RUNTIME_UID),
+        Some(SEPARATED_RUNTIME_UID),
+    )
+    .expect("chown data dir");
+    Server::builder().data_dir(data).configure(|cmd| {
+        cmd.uid(SEPARATED_RUNTIME_UID).gid(SEPARATED_RUNTIME_UID);
+    })
+}
