@@ -109,6 +109,12 @@ fn chaos_kill_9_runs_every_accepted_task_exactly_once() {
                         Ok(r) if r.status == 200 => {
                             accepted.lock().unwrap().insert(id);
                         }
+                        // The queue is full: a clear refusal, nothing to
+                        // run; the submitter waits for room.
+                        Ok(r) if r.status == 429 => {
+                            attempted.lock().unwrap().remove(&id);
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
                         Ok(r) => panic!("unexpected answer {}: {}", r.status, r.text),
                         Err(_) => return, // the runtime is gone
                     }
