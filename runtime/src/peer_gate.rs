@@ -420,31 +420,4 @@ mod tests {
             assert!(h.is_local(a, lo4).await.unwrap(), "{a}");
         }
     }
-
-    /// `cargo test -p execgo-runtime peer_gate::tests::cost -- --ignored
-    /// --nocapture`: what a remote peer costs on top of the lookup.
-    #[tokio::test]
-    #[ignore]
-    async fn cost() {
-        let doc: IpAddr = "198.51.100.7".parse().unwrap();
-        let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        let n = 2_000;
-        let start = Instant::now();
-        for _ in 0..n {
-            assert!(!HostAddresses::default().is_local(doc, lo).await.unwrap());
-        }
-        println!(
-            "remote peer, getifaddrs on the blocking pool: {:?} each",
-            start.elapsed() / n
-        );
-        let h = HostAddresses::default();
-        let start = Instant::now();
-        for _ in 0..n {
-            assert!(!h.is_local(doc, lo).await.unwrap());
-        }
-        println!(
-            "remote peer, listing reused: {:?} each",
-            start.elapsed() / n
-        );
-    }
 }

@@ -616,24 +616,4 @@ mod tests {
             Owner::Unknown(Unknown::NoSocket)
         );
     }
-
-    /// `cargo test -p execgo-runtime peer_uid::tests::cost -- --ignored
-    /// --nocapture`: the time of one lookup.
-    #[tokio::test]
-    #[ignore]
-    async fn cost() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let _client = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let (server, peer) = listener.accept().await.unwrap();
-        let local = server.local_addr().unwrap();
-        let n = 20_000;
-        let start = std::time::Instant::now();
-        for _ in 0..n {
-            owner(peer, local).await.unwrap();
-        }
-        println!("sock_diag lookup: {:?} each", start.elapsed() / n);
-    }
 }
