@@ -78,6 +78,7 @@ impl Engine {
             .iter()
             .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
             .collect();
+        let logs = Arc::new(log_cache::LogCache::with_cap(cfg.args.max_log_bytes));
         Engine {
             cfg,
             store,
@@ -85,7 +86,7 @@ impl Engine {
             started_at: now(),
             platform: crate::platform::Platform::detect(),
             metrics: crate::metrics::Metrics::new(),
-            logs: Arc::default(),
+            logs,
             arrivals: arrivals::Arrivals::start()
                 .inspect_err(
                     |e| tracing::warn!(error = %e, "no inotify: tasks end when their shims exit"),
