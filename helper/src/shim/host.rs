@@ -183,7 +183,14 @@ impl Steps for Host {
         // Before the directory fsync that makes the claim durable (the next
         // step): that fsync covers this entry too, so at the end the result
         // needs only its own fdatasync.
-        self.result = Some(result::create(self.ctx.task_dir.as_fd())?);
+        // With room for a result that leaves the log heads out, should the
+        // task fill the file system.
+        let template_len =
+            serde_json::to_vec(&self.ctx.launch.result_template).map_or(0, |t| t.len());
+        self.result = Some(result::create(
+            self.ctx.task_dir.as_fd(),
+            result::reserve_for(template_len),
+        )?);
         Ok(())
     }
 
