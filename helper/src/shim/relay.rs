@@ -14,9 +14,13 @@
 //!
 //! A log is written at an explicit offset (splice's `off_out`, pwrite(2)):
 //! splice refuses a file opened `O_APPEND`, and the shim is the log's only
-//! writer. The pipes are asked for 1 MiB of buffer (`F_SETPIPE_SZ`; the
-//! default 64 KiB costs the task a context switch per 64 KiB written);
-//! where the kernel refuses, the default serves.
+//! writer. The pipes are asked for 4 MiB of buffer (`F_SETPIPE_SZ`), else
+//! 1 MiB (the default `pipe-max-size`, all an unprivileged shim may ask
+//! for), else the kernel's 64 KiB serve: with 64 KiB the task and the shim
+//! take turns every 64 KiB; with 4 MiB they overlap on two CPUs, and a
+//! task writing 256 MiB ran as fast as onto the file directly
+//! (`docs/benchmarks.md`). The price is kernel memory while a pipe is
+//! full: up to 8 MiB per task whose shim falls behind.
 //!
 //! The relay ends when every writer has closed its end (end of file on
 //! both pipes): the shim's own copies go right after the spawn, the task's
@@ -34,14 +38,15 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::deadline;
 
-/// Bytes moved per splice or read call.
-const CHUNK: usize = 1 << 20;
+/// Bytes moved per splice or read call (at most what a pipe holds).
+const CHUNK: usize = 4 << 20;
 /// Bytes moved from one pipe before the poll loop looks at its other
 /// descriptors again (signals, the kill FIFO): a task that writes without
 /// pause must not starve them.
 const BUDGET: u64 = 8 << 20;
-/// The pipe buffer asked for.
-const PIPE_BYTES: i32 = 1 << 20;
+/// The pipe buffers asked for, largest first: 4 MiB where the shim may
+/// exceed `/proc/sys/fs/pipe-max-size` (root), else that default limit.
+const PIPE_BYTES: [i32; 2] = [4 << 20, 1 << 20];
 
 /// One output stream: a pipe the task writes, a log the shim writes.
 #[derive(Debug)]
@@ -70,7 +75,11 @@ impl Stream {
         // Only the shim's end: the task's is another open file description
         // and stays blocking, as a task expects its stdout to be.
         fcntl(read.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
-        let _ = fcntl(read.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_BYTES));
+        for size in PIPE_BYTES {
+            if fcntl(read.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(size)).is_ok() {
+                break;
+            }
+        }
         let written = log.metadata().map_err(io_errno)?.len();
         Ok((
             Stream {
