@@ -135,6 +135,7 @@ fn build(u: &mut Unstructured) -> Result<LaunchSpec> {
             } else {
                 None
             },
+            max_log_bytes: limit(u)?,
         },
         termination_grace_ms: u.arbitrary()?,
         result_template: text(u, JSON)?,
@@ -223,6 +224,7 @@ fn limits_ok(l: &LaunchLimits) -> bool {
         && l.memory_bytes != Some(0)
         && l.cpu_millis
             .map_or(true, |m| (CPU_MILLIS_MIN..=CPU_MILLIS_MAX).contains(&m))
+        && l.max_log_bytes > 0
 }
 
 fn container_ok(name: &str) -> bool {
@@ -276,6 +278,7 @@ fn breaks(s: &LaunchSpec, e: &ValidateError) -> bool {
         ValidateError::CpuMillis => l
             .cpu_millis
             .is_some_and(|m| !(CPU_MILLIS_MIN..=CPU_MILLIS_MAX).contains(&m)),
+        ValidateError::MaxLogBytes => l.max_log_bytes == 0,
         ValidateError::SidecarTarget(n) => s.sidecar_target.as_ref() == Some(n) && !container_ok(n),
         ValidateError::Workdir(d) => s.workdir.as_ref() == Some(d) && !absolute_ok(d),
         ValidateError::WorkdirProfile => {

@@ -61,8 +61,9 @@ impl AtError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     Read,
-    /// Append to an existing file.
-    Append,
+    /// Write an existing file at offsets of the caller's choosing (no
+    /// `O_APPEND`, which splice(2) refuses).
+    Write,
     /// Append, creating the file with this mode when missing.
     AppendOrCreate(u32),
     /// Create a new file with this mode; fails with EEXIST if it exists.
@@ -142,7 +143,7 @@ pub fn is_symlink(dir: BorrowedFd<'_>, name: &str) -> bool {
 pub fn open_file(dir: BorrowedFd<'_>, name: &str, access: Access) -> Result<File, AtError> {
     let (flags, mode) = match access {
         Access::Read => (OFlag::O_RDONLY | OFlag::O_NONBLOCK, 0),
-        Access::Append => (OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_NONBLOCK, 0),
+        Access::Write => (OFlag::O_WRONLY | OFlag::O_NONBLOCK, 0),
         Access::AppendOrCreate(m) => (
             OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::O_NONBLOCK,
             m,
@@ -179,18 +180,23 @@ pub fn open_file(dir: BorrowedFd<'_>, name: &str, access: Access) -> Result<File
     if access != Access::Read && st.st_nlink != 1 {
         return Err(AtError::HardLinked { name: name.into() });
     }
-    // O_NONBLOCK only guarded the open; whoever inherits a descriptor we
-    // write (the task's stdout) gets ordinary blocking semantics. F_SETFL
-    // sets the status flags we opened with, O_APPEND, minus O_NONBLOCK. A
+    // O_NONBLOCK only guarded the open; a descriptor we write gets ordinary
+    // blocking semantics. F_SETFL sets the status flags we opened with
+    // (O_APPEND, unless `Write`) minus O_NONBLOCK. A
     // read descriptor stays ours, and O_NONBLOCK means nothing to the reads
     // of a regular file.
     if access != Access::Read {
-        nix::fcntl::fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_APPEND)).map_err(
-            |source| AtError::Stat {
+        let keep = if access == Access::Write {
+            OFlag::empty()
+        } else {
+            OFlag::O_APPEND
+        };
+        nix::fcntl::fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(keep)).map_err(|source| {
+            AtError::Stat {
                 name: name.into(),
                 source,
-            },
-        )?;
+            }
+        })?;
     }
     Ok(File::from(fd))
 }
@@ -246,14 +252,14 @@ mod tests {
 
         let e = open_file(d.as_fd(), "link", Access::Read).unwrap_err();
         assert_eq!(e.open_errno(), Some(Errno::ELOOP));
-        let e = open_file(d.as_fd(), "fifo", Access::Append).unwrap_err();
+        let e = open_file(d.as_fd(), "fifo", Access::Write).unwrap_err();
         assert!(
             matches!(e, AtError::Open { .. } | AtError::NotRegular { .. }),
             "{e}"
         );
         let e = open_file(d.as_fd(), "fifo", Access::Read).unwrap_err();
         assert!(matches!(e, AtError::NotRegular { .. }), "{e}");
-        let e = open_file(d.as_fd(), "hard", Access::Append).unwrap_err();
+        let e = open_file(d.as_fd(), "hard", Access::Write).unwrap_err();
         assert!(matches!(e, AtError::HardLinked { .. }), "{e}");
         // Reading a hard-linked file is harmless.
         assert!(open_file(d.as_fd(), "hard", Access::Read).is_ok());

@@ -358,7 +358,8 @@ mod tests {
                 "pids_max": null,
                 "stdout_max_bytes": 4096,
                 "stderr_max_bytes": 4096,
-                "cpu_millis": null
+                "cpu_millis": null,
+                "max_log_bytes": 1048576
             },
             "termination_grace_ms": 100,
             "result_template": "{}",

@@ -54,6 +54,8 @@ pub enum ValidateError {
     Memory,
     #[error("limits.cpu_millis must be between {CPU_MILLIS_MIN} and {CPU_MILLIS_MAX} when given")]
     CpuMillis,
+    #[error("limits.max_log_bytes must be greater than 0")]
+    MaxLogBytes,
     #[error(
         "sidecar_target {0:?} is invalid: use 1 to 253 ascii letters, digits, '-', '_' or '.'"
     )]
@@ -162,6 +164,9 @@ pub fn validate(spec: LaunchSpec) -> Result<ValidatedLaunch, ValidateError> {
     {
         return Err(ValidateError::CpuMillis);
     }
+    if l.max_log_bytes == 0 {
+        return Err(ValidateError::MaxLogBytes);
+    }
     if let Some(name) = &spec.sidecar_target {
         if !execgo_runtime_protocol::valid_container_name(name) {
             return Err(ValidateError::SidecarTarget(name.clone()));
@@ -221,6 +226,7 @@ mod tests {
                 cpu_millis: None,
                 stdout_max_bytes: 10,
                 stderr_max_bytes: 10,
+                max_log_bytes: 1 << 20,
             },
             termination_grace_ms: 50,
             result_template: r#"{"task_id":"t-1"}"#.into(),
@@ -286,6 +292,7 @@ mod tests {
         );
         assert!(err(|s| s.limits.wall_time_ms = 0).contains("wall_time_ms"));
         assert!(err(|s| s.limits.stdout_max_bytes = 0).contains("stdout_max_bytes"));
+        assert!(err(|s| s.limits.max_log_bytes = 0).contains("max_log_bytes"));
         assert!(err(|s| s.limits.stderr_max_bytes = 0).contains("stderr_max_bytes"));
         assert!(
             err(|s| s.limits.stdout_max_bytes = MAX_OUTPUT_HEAD_BYTES + 1)

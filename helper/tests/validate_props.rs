@@ -83,9 +83,10 @@ fn spec() -> impl Strategy<Value = LaunchSpec> {
             CPU_MILLIS_MIN..=CPU_MILLIS_MAX,
             select(&[0, CPU_MILLIS_MIN - 1, CPU_MILLIS_MAX + 1, u64::MAX][..]),
         )),
+        mostly(1..=u64::MAX, Just(0)),
     )
         .prop_map(
-            |(wall, cpu, memory, pids, stdout, stderr, cpu_millis)| LaunchLimits {
+            |(wall, cpu, memory, pids, stdout, stderr, cpu_millis, max_log)| LaunchLimits {
                 wall_time_ms: wall,
                 cpu_time_sec: cpu,
                 memory_bytes: memory,
@@ -93,6 +94,7 @@ fn spec() -> impl Strategy<Value = LaunchSpec> {
                 stdout_max_bytes: stdout,
                 stderr_max_bytes: stderr,
                 cpu_millis,
+                max_log_bytes: max_log,
             },
         );
     let task_id = mostly("[A-Za-z0-9._-]{1,8}|[a-z]{120,130}", text(ID, 12));
@@ -179,6 +181,7 @@ fn acceptable(s: &LaunchSpec) -> bool {
         && s.limits.cpu_time_sec != Some(0)
         && s.limits.memory_bytes != Some(0)
         && s.limits.cpu_millis.is_none_or(cpu_millis_ok)
+        && s.limits.max_log_bytes > 0
 }
 
 fn cpu_millis_ok(m: u64) -> bool {
@@ -212,6 +215,7 @@ fn breaks(s: &LaunchSpec, e: &ValidateError) -> bool {
         ValidateError::CpuTime => l.cpu_time_sec == Some(0),
         ValidateError::Memory => l.memory_bytes == Some(0),
         ValidateError::CpuMillis => l.cpu_millis.is_some_and(|m| !cpu_millis_ok(m)),
+        ValidateError::MaxLogBytes => l.max_log_bytes == 0,
         // The strategy never sets a target (sidecar_target: None).
         ValidateError::SidecarTarget(_) => false,
         // Nor a workdir (workdir: None).

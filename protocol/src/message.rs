@@ -315,6 +315,11 @@ pub struct LaunchLimits {
     /// A CPU quota in thousandths of a CPU (1000: one CPU), enforced by
     /// the task's cgroup; within [`CPU_MILLIS_MIN`]..=[`CPU_MILLIS_MAX`].
     pub cpu_millis: Option<u64>,
+    // Protocol version 7.
+    /// The most bytes each output log (`stdout.log`, `stderr.log`) holds;
+    /// the shim drops what the task writes past it, still draining the
+    /// task's output so it never blocks. At least 1.
+    pub max_log_bytes: u64,
 }
 
 /// The smallest `cpu_millis`: the kernel's smallest CFS quota (1 ms) in

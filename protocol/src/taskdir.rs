@@ -28,7 +28,8 @@ pub const STARTED: &str = "started";
 pub const WORKSPACE: &str = "workspace";
 pub const SHIM_LOG: &str = "shim.log";
 pub const RESULT: &str = "result.json";
-/// The shim's temp name for [`RESULT`], created empty with the claim.
+/// The shim's temp name for [`RESULT`], created with the claim (empty,
+/// or zeros: room reserved for the result).
 pub const RESULT_TMP: &str = "result.json.tmp";
 /// The runtime's temp name for a [`RESULT`] it writes itself.
 pub const RUNTIME_RESULT_TMP: &str = "result.json.runtime-tmp";

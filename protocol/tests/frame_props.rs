@@ -20,9 +20,19 @@ fn limits() -> impl Strategy<Value = LaunchLimits> {
         any::<u64>(),
         any::<u64>(),
         option::of(any::<u64>()),
+        any::<u64>(),
     )
         .prop_map(
-            |(wall_time_ms, cpu_time_sec, memory_bytes, pids_max, stdout, stderr, cpu_millis)| {
+            |(
+                wall_time_ms,
+                cpu_time_sec,
+                memory_bytes,
+                pids_max,
+                stdout,
+                stderr,
+                cpu_millis,
+                max_log_bytes,
+            )| {
                 LaunchLimits {
                     wall_time_ms,
                     cpu_time_sec,
@@ -31,6 +41,7 @@ fn limits() -> impl Strategy<Value = LaunchLimits> {
                     stdout_max_bytes: stdout,
                     stderr_max_bytes: stderr,
                     cpu_millis,
+                    max_log_bytes,
                 }
             },
         )

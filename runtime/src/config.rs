@@ -29,6 +29,12 @@ pub struct ServeArgs {
     #[arg(long, env = "EXECGO_RUNTIME_MAX_STREAMS", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub max_streams: u64,
+    /// The most bytes each task's stdout.log and stderr.log hold on disk;
+    /// what a task writes past it is dropped (the task is not blocked) and
+    /// its status says `stdout_truncated`/`stderr_truncated`.
+    #[arg(long, env = "EXECGO_RUNTIME_MAX_LOG_BYTES", default_value_t = 67_108_864,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_log_bytes: u64,
     /// Wait between SIGTERM and SIGKILL for kills and timeouts.
     #[arg(long, default_value_t = 5000)]
     pub termination_grace_ms: u64,

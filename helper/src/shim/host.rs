@@ -12,6 +12,7 @@ use nix::unistd::{Gid, Uid};
 
 use super::claim::{self, Claim, ClaimRecord};
 use super::monitor::{self, Monitor};
+use super::relay::Relay;
 use super::script::{Finished, ShimError, Steps};
 use super::spawn::{self, Plan, SandboxPlan, Started};
 use super::stdio::{self, TaskStdio};
@@ -27,6 +28,8 @@ pub struct Host {
     control: Option<File>,
     workspace: Option<OwnedFd>,
     stdio: Option<TaskStdio>,
+    /// The task's output, on its way into the logs.
+    relay: Relay,
     plan: Option<Plan>,
     cgroups: Option<TaskCgroups>,
     /// The join file of each task cgroup, for the task child to join.
@@ -62,6 +65,7 @@ impl Host {
             control: None,
             workspace: None,
             stdio: None,
+            relay: Relay::default(),
             plan: None,
             cgroups: None,
             cgroup_join: Vec::new(),
@@ -94,7 +98,38 @@ impl Host {
             )
         })
     }
+
+    /// Kills and reaps whatever of the task is left; the cgroups' memory
+    /// peak, if measured.
+    fn kill_leftovers(&mut self) -> Option<u64> {
+        let Some(cg) = self.cgroups.as_ref() else {
+            monitor::reap_leftovers();
+            return None;
+        };
+        if self.init.is_some() {
+            // The init killed and reaped everything else of its namespace
+            // before it reported, and nothing leaves a pid namespace.
+            self.emptied = true;
+            return cg.memory_peak(&HostFs);
+        }
+        // Whatever of the task outlived its main process dies now, wherever
+        // it moved its group or session; we reap what comes to us.
+        self.emptied = cg.kill_all(&HostFs, monitor::reap_leftovers);
+        if !self.emptied {
+            tracing::warn!(
+                target: logging::TARGET,
+                pids = ?cg.pids(&HostFs),
+                "processes of the task survived the cgroup kill"
+            );
+        }
+        cg.memory_peak(&HostFs)
+    }
 }
+
+/// How long the relay waits, after the task's clean-up, for output from a
+/// writer still there (one that escaped a task without cgroups), counted
+/// from its last byte.
+const DRAIN_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn missing(step: &'static str) -> ShimError {
     ShimError::Order(step)
@@ -148,7 +183,14 @@ impl Steps for Host {
         // Before the directory fsync that makes the claim durable (the next
         // step): that fsync covers this entry too, so at the end the result
         // needs only its own fdatasync.
-        self.result = Some(result::create(self.ctx.task_dir.as_fd())?);
+        // With room for a result that leaves the log heads out, should the
+        // task fill the file system.
+        let template_len =
+            serde_json::to_vec(&self.ctx.launch.result_template).map_or(0, |t| t.len());
+        self.result = Some(result::create(
+            self.ctx.task_dir.as_fd(),
+            result::reserve_for(template_len),
+        )?);
         Ok(())
     }
 
@@ -197,10 +239,13 @@ impl Steps for Host {
     }
 
     fn open_stdio(&mut self) -> Result<(), ShimError> {
-        self.stdio = Some(stdio::open(
+        let (io, relay) = stdio::open(
             self.ctx.task_dir.as_fd(),
             self.ctx.launch.script_fd,
-        )?);
+            self.ctx.launch.limits.max_log_bytes,
+        )?;
+        self.stdio = Some(io);
+        self.relay = relay;
         Ok(())
     }
 
@@ -425,7 +470,7 @@ impl Steps for Host {
             report: self.report.as_ref(),
             keep_descendants: self.ctx.launch.keep_descendants,
         };
-        match m.run() {
+        match m.run(&mut self.relay) {
             Ok(mut ended) => {
                 self.init = ended.init;
                 // An init reaped before its report was read: the report
@@ -539,7 +584,7 @@ impl Steps for Host {
             sigchld,
             control,
         };
-        if let Err(e) = leftovers.keep(kill_now) {
+        if let Err(e) = leftovers.keep(kill_now, &mut self.relay) {
             // clean_up, next, kills whatever is left.
             tracing::warn!(
                 target: logging::TARGET,
@@ -550,27 +595,15 @@ impl Steps for Host {
     }
 
     fn clean_up(&mut self) -> Option<u64> {
-        let Some(cg) = self.cgroups.as_ref() else {
-            monitor::reap_leftovers();
-            return None;
-        };
-        if self.init.is_some() {
-            // The init killed and reaped everything else of its namespace
-            // before it reported, and nothing leaves a pid namespace.
-            self.emptied = true;
-            return cg.memory_peak(&HostFs);
-        }
-        // Whatever of the task outlived its main process dies now, wherever
-        // it moved its group or session; we reap what comes to us.
-        self.emptied = cg.kill_all(&HostFs, monitor::reap_leftovers);
-        if !self.emptied {
-            tracing::warn!(
-                target: logging::TARGET,
-                pids = ?cg.pids(&HostFs),
-                "processes of the task survived the cgroup kill"
-            );
-        }
-        cg.memory_peak(&HostFs)
+        // Our own copies of the task's pipes (a launch that failed still
+        // holds them), so that the relay sees their end.
+        self.stdio = None;
+        let peak = self.kill_leftovers();
+        // Every writer is dead now (but one that escaped a task without
+        // cgroups): what they wrote goes into the logs before the result
+        // reads their heads.
+        self.relay.drain(DRAIN_PATIENCE);
+        peak
     }
 
     fn remove_cgroups(&mut self) {
@@ -593,8 +626,14 @@ impl Steps for Host {
     fn write_result(&mut self, outcome: &Outcome) -> Result<(), ShimError> {
         let dir = self.ctx.task_dir.as_fd();
         let limits = &self.ctx.launch.limits;
-        let (stdout, stderr) =
+        // A task that keeps its descendants is recorded while they may
+        // still write: what is in the pipes now goes in first.
+        self.relay.pump_all();
+        let (mut stdout, mut stderr) =
             result::read_logs(dir, limits.stdout_max_bytes, limits.stderr_max_bytes);
+        // Output dropped at the cap makes a log truncated too.
+        stdout.truncated |= self.relay.capped(0);
+        stderr.truncated |= self.relay.capped(1);
         let body = result::merge(&self.ctx.launch.result_template, outcome, stdout, stderr)?;
         let file = self.result.take().ok_or(missing("result file"))?;
         result::write(dir, file, &body)?;

@@ -16,6 +16,7 @@ pub mod control;
 pub mod host;
 pub mod isolate;
 pub mod monitor;
+pub mod relay;
 pub mod resolve;
 pub mod result;
 pub mod script;

@@ -11,6 +11,8 @@
 //! * Grace deadline: SIGKILL to the group and the cgroups.
 //! * SIGCHLD: reap everything reapable (we are the subreaper, so orphaned
 //!   grandchildren land here too) until the main process is among them.
+//! * The task's output pipes: relayed into the logs ([`Relay`]), so the
+//!   task never blocks on them.
 //! * The report of a pid namespace's init (a `linux_sandbox` task with a
 //!   pid namespace): the task and everything else of the namespace are
 //!   dead and reaped, so the loop ends on it, with the task's status and
@@ -39,6 +41,7 @@ use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::control::{self, ControlError};
+use super::relay::Relay;
 use crate::cgroup::task::TaskCgroups;
 use crate::cgroup::HostFs;
 use crate::sys::{self, Rusage};
@@ -104,7 +107,8 @@ struct State {
 }
 
 impl Monitor<'_> {
-    pub fn run(&self) -> Result<Ended, MonitorError> {
+    /// Follows the task to its end, relaying its output meanwhile.
+    pub fn run(&self, relay: &mut Relay) -> Result<Ended, MonitorError> {
         let wall_deadline = deadline::after(self.started, self.wall_time);
         let mut st = State::default();
         let mut report = self.report;
@@ -129,12 +133,21 @@ impl Monitor<'_> {
                 wall_deadline
             };
             let timeout = deadline::poll_timeout_ms(Instant::now(), next);
-            let (chld, ctl, rep) = {
+            let (chld, ctl, rep, output) = {
                 let mut fds = vec![
                     PollFd::new(self.sigchld.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.control.as_fd(), PollFlags::POLLIN),
                 ];
+                let has_report = report.is_some();
                 fds.extend(report.map(|r| PollFd::new(r.as_fd(), PollFlags::POLLIN)));
+                let first_output = fds.len();
+                let streams: Vec<usize> = relay
+                    .open_fds()
+                    .map(|(i, fd)| {
+                        fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                        i
+                    })
+                    .collect();
                 match poll(
                     &mut fds,
                     PollTimeout::try_from(timeout).unwrap_or(PollTimeout::NONE),
@@ -144,12 +157,22 @@ impl Monitor<'_> {
                     Err(e) => return Err(MonitorError::Poll(e)),
                 }
                 let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+                let output: Vec<usize> = streams
+                    .iter()
+                    .zip(&fds[first_output..])
+                    .filter(|(_, f)| ready(f))
+                    .map(|(i, _)| *i)
+                    .collect();
                 (
                     ready(&fds[0]),
                     ready(&fds[1]),
-                    fds.get(2).is_some_and(ready),
+                    has_report && ready(&fds[2]),
+                    output,
                 )
             };
+            for i in output {
+                relay.pump(i);
+            }
             if rep {
                 match report.and_then(read_report) {
                     Some(r) => {
@@ -322,7 +345,7 @@ impl Leftovers<'_> {
     /// then stops what is left like a task (SIGTERM and SIGCONT, the grace,
     /// SIGKILL) until nothing is. `kill_now`: the task was killed or timed
     /// out already, so its leftovers are killed at once.
-    pub fn keep(&self, kill_now: bool) -> Result<(), MonitorError> {
+    pub fn keep(&self, kill_now: bool, relay: &mut Relay) -> Result<(), MonitorError> {
         let mut grace_deadline: Option<Instant> = None;
         let mut killing = kill_now;
         if kill_now {
@@ -359,11 +382,18 @@ impl Leftovers<'_> {
                 grace_deadline
             };
             let timeout = deadline::poll_timeout_ms(now, next);
-            let (chld, ctl) = {
-                let mut fds = [
+            let (chld, ctl, output) = {
+                let mut fds = vec![
                     PollFd::new(self.sigchld.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.control.as_fd(), PollFlags::POLLIN),
                 ];
+                let streams: Vec<usize> = relay
+                    .open_fds()
+                    .map(|(i, fd)| {
+                        fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                        i
+                    })
+                    .collect();
                 match poll(
                     &mut fds,
                     PollTimeout::try_from(timeout).unwrap_or(PollTimeout::NONE),
@@ -373,8 +403,18 @@ impl Leftovers<'_> {
                     Err(e) => return Err(MonitorError::Poll(e)),
                 }
                 let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
-                (ready(&fds[0]), ready(&fds[1]))
+                let output: Vec<usize> = streams
+                    .iter()
+                    .zip(&fds[2..])
+                    .filter(|(_, f)| ready(f))
+                    .map(|(i, _)| *i)
+                    .collect();
+                (ready(&fds[0]), ready(&fds[1]), output)
             };
+            // What the task left running writes on: relayed as before.
+            for i in output {
+                relay.pump(i);
+            }
             if ctl && control::take_kill(self.control)? && !killing && grace_deadline.is_none() {
                 self.log("kill requested; terminating what the task left running");
                 self.signal(Signal::SIGTERM);

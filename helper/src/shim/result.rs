@@ -20,9 +20,12 @@
 //! the durable, whole body is then still under `result.json.tmp`, so a
 //! reader that misses `result.json` takes a *complete* `result.json.tmp`
 //! instead (the runtime's `TaskDir::read_result`). Complete means it parses
-//! as JSON: an untouched temp file is empty, and a body cut short by a
+//! as JSON: an untouched temp file is empty or zeros (the room reserved
+//! for the result), and a body cut short by a
 //! `kill -9` during the write is a proper prefix of a JSON object, which
-//! never parses. A `kill -9` between the write and the `fdatasync` leaves a
+//! never parses; nor does a whole body still followed by the
+//! reservation's zeros (a `kill -9` before they are cut off): that result
+//! is lost, as after a kill before the write. A `kill -9` between the write and the `fdatasync` leaves a
 //! whole body that may not be durable yet, so that reader fdatasyncs the
 //! temp file, renames it and fsyncs the directory itself before relying on
 //! it. Compared with temp file, fsync, rename, directory fsync, this saves
@@ -35,7 +38,6 @@
 //! clients read it at `artifacts.result_path`.
 
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use execgo_runtime_protocol::{
@@ -248,7 +250,13 @@ pub struct ResultFile(File);
 
 /// Step 1: creates `result.json.tmp`, a fresh inode. The caller fsyncs the
 /// directory afterwards.
-pub fn create(dir: BorrowedFd<'_>) -> Result<ResultFile, ResultError> {
+///
+/// `reserve` bytes are allocated to it at once (fallocate(2); zeros, which
+/// never parse as a result), so that a task that fills the file system
+/// can still be recorded: [`write`] falls back to a body without the log
+/// heads, which fits in them. Where the file system cannot preallocate,
+/// nothing is reserved.
+pub fn create(dir: BorrowedFd<'_>, reserve: u64) -> Result<ResultFile, ResultError> {
     let create = || fs_at::open_file(dir, RESULT_TMP, Access::CreateNew(0o644));
     let file = match create() {
         Ok(f) => f,
@@ -264,7 +272,66 @@ pub fn create(dir: BorrowedFd<'_>) -> Result<ResultFile, ResultError> {
         }
         Err(e) => return Err(ResultError::Create(e)),
     };
+    if let Ok(len @ 1..) = libc::off_t::try_from(reserve) {
+        if let Err(e) = nix::fcntl::fallocate(
+            file.as_raw_fd(),
+            nix::fcntl::FallocateFlags::empty(),
+            0,
+            len,
+        ) {
+            tracing::debug!(
+                target: crate::logging::TARGET,
+                error = %e,
+                "reserving space for the result failed"
+            );
+        }
+    }
     Ok(ResultFile(file))
+}
+
+/// The bytes reserved for a result whose template encodes to
+/// `template_len` bytes: the template, the outcome and a warning, without
+/// the log heads.
+pub fn reserve_for(template_len: usize) -> u64 {
+    (template_len as u64).saturating_add(16 << 10).max(64 << 10)
+}
+
+/// What `result.json` says instead of the log heads when the file system
+/// had no room for them.
+pub const NO_ROOM_FOR_HEADS: &str =
+    "the data dir is full: the output is not in result.json (see stdout.log and stderr.log)";
+
+/// `body` without the log heads (marked truncated, with a warning): what
+/// is written when the whole body does not fit.
+fn without_heads(body: &Map<String, Value>) -> Map<String, Value> {
+    let mut small = body.clone();
+    for (text, truncated) in [
+        ("stdout", "stdout_truncated"),
+        ("stderr", "stderr_truncated"),
+    ] {
+        let had = small
+            .get(text)
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty());
+        small.insert(text.into(), Value::String(String::new()));
+        if had {
+            small.insert(truncated.into(), Value::Bool(true));
+        }
+    }
+    let mut warnings = match small.remove("warnings") {
+        Some(Value::Array(w)) => w,
+        _ => Vec::new(),
+    };
+    warnings.push(Value::String(NO_ROOM_FOR_HEADS.into()));
+    small.insert("warnings".into(), Value::Array(warnings));
+    small
+}
+
+fn no_room(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG)
+    )
 }
 
 /// Step 2: writes the body into the file from [`create`], fdatasyncs it and
@@ -275,9 +342,22 @@ pub fn write(
     file: ResultFile,
     body: &Map<String, Value>,
 ) -> Result<(), ResultError> {
+    use std::os::unix::fs::FileExt;
     let bytes = serde_json::to_vec(body).map_err(ResultError::Encode)?;
-    let mut f = file.0;
-    f.write_all(&bytes).map_err(ResultError::Write)?;
+    let f = file.0;
+    let len = match f.write_all_at(&bytes, 0) {
+        Ok(()) => bytes.len(),
+        // A full file system: the body without the log heads fits in the
+        // space reserved at the claim.
+        Err(e) if no_room(&e) => {
+            let small = serde_json::to_vec(&without_heads(body)).map_err(ResultError::Encode)?;
+            f.write_all_at(&small, 0).map_err(ResultError::Write)?;
+            small.len()
+        }
+        Err(e) => return Err(ResultError::Write(e)),
+    };
+    // Drops what the reservation left past the body.
+    f.set_len(len as u64).map_err(ResultError::Write)?;
     f.sync_data().map_err(ResultError::Write)?;
     drop(f);
     let raw = Some(dir.as_raw_fd());
@@ -447,7 +527,7 @@ mod tests {
         assert!(err.warning.unwrap().contains("stderr.log"));
         std::fs::remove_file(tmp.path().join("stdout.log")).unwrap();
         std::fs::remove_dir(tmp.path().join("stderr.log")).unwrap();
-        let file = create(d.as_fd()).unwrap();
+        let file = create(d.as_fd(), 0).unwrap();
         // Until the end: an empty temp file, no result.json.
         assert_eq!(std::fs::read(tmp.path().join(RESULT_TMP)).unwrap(), b"");
         assert!(!tmp.path().join(RESULT).exists());
@@ -462,11 +542,59 @@ mod tests {
         assert_eq!(std::fs::read(tmp.path().join("other")).unwrap(), b"keep");
         // A result the runtime wrote meanwhile is replaced whole.
         std::fs::write(tmp.path().join(RESULT), br#"{"decided":"by the runtime"}"#).unwrap();
-        let file = create(d.as_fd()).unwrap();
+        let file = create(d.as_fd(), 0).unwrap();
         write(d.as_fd(), file, &body).unwrap();
         assert_eq!(
             std::fs::read_to_string(tmp.path().join(RESULT)).unwrap(),
             r#"{"a":1}"#
         );
+    }
+
+    #[test]
+    fn a_reserved_result_reads_as_none_until_written_exactly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = crate::sys::open(
+            tmp.path(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        let file = create(d.as_fd(), reserve_for(10)).unwrap();
+        let held = std::fs::read(tmp.path().join(RESULT_TMP)).unwrap();
+        // tmpfs and the usual disk file systems preallocate; zeros never
+        // parse as a result.
+        assert!(held.iter().all(|b| *b == 0));
+        assert!(serde_json::from_slice::<Value>(&held).is_err());
+        let mut body = Map::new();
+        body.insert("a".into(), Value::from(1));
+        write(d.as_fd(), file, &body).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join(RESULT)).unwrap(),
+            r#"{"a":1}"#,
+            "the reservation's tail is gone"
+        );
+    }
+
+    #[test]
+    fn without_room_the_heads_give_way() {
+        let body = merge(
+            &Map::new(),
+            &not_started(1, TaskErrorCode::Internal, "m".into(), "f".into()),
+            LogHead {
+                text: "lots".into(),
+                truncated: false,
+                warning: None,
+            },
+            LogHead::default(),
+        )
+        .unwrap();
+        let small = without_heads(&body);
+        assert_eq!(small["stdout"], "");
+        assert_eq!(small["stdout_truncated"], true, "output was cut");
+        assert_eq!(small["stderr_truncated"], false, "nothing to cut");
+        assert_eq!(small["warnings"], serde_json::json!([NO_ROOM_FOR_HEADS]));
+        assert_eq!(small["status"], body["status"]);
+        assert!(reserve_for(0) >= 64 << 10);
+        assert!(reserve_for(1 << 20) > 1 << 20);
     }
 }

@@ -1,6 +1,7 @@
-//! The task's descriptors: stdin on /dev/null, stdout and stderr appended
-//! to the `stdout.log` and `stderr.log` the runtime created at submit
-//! (they must already exist and be plain, singly-linked files, see
+//! The task's descriptors: stdin on /dev/null, stdout and stderr pipes
+//! the shim relays into the `stdout.log` and `stderr.log` the runtime
+//! created at submit, up to `max_log_bytes` each (see [`super::relay`];
+//! the logs must already exist and be plain, singly-linked files, see
 //! [`crate::fs_at`]), and for a script task a private copy of its
 //! `script`, which it gets as descriptor 3: the interpreter opens it as
 //! `/proc/self/fd/3`, needing no path into the data dir, which tasks
@@ -14,6 +15,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
+use super::relay::{Relay, Stream};
 use crate::fs_at::{self, Access, AtError};
 use crate::sys;
 
@@ -25,6 +27,8 @@ pub enum StdioError {
     DevNull(#[source] Errno),
     #[error("opening the output log failed")]
     Log(#[source] AtError),
+    #[error("creating the output pipe failed")]
+    Pipe(#[source] Errno),
     #[error("opening the task's script failed")]
     Script(#[source] AtError),
     #[error("copying the task's script for the task failed")]
@@ -40,26 +44,38 @@ pub struct TaskStdio {
     pub script: Option<OwnedFd>,
 }
 
-pub fn open(task_dir: BorrowedFd<'_>, script: bool) -> Result<TaskStdio, StdioError> {
+/// The task's descriptors, and the relay of its output into the logs,
+/// each capped at `max_log_bytes`.
+pub fn open(
+    task_dir: BorrowedFd<'_>,
+    script: bool,
+    max_log_bytes: u64,
+) -> Result<(TaskStdio, Relay), StdioError> {
     let stdin = sys::open(
         Path::new("/dev/null"),
         OFlag::O_RDONLY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
     .map_err(StdioError::DevNull)?;
-    let stdout = fs_at::open_file(task_dir, STDOUT_LOG, Access::Append).map_err(StdioError::Log)?;
-    let stderr = fs_at::open_file(task_dir, STDERR_LOG, Access::Append).map_err(StdioError::Log)?;
+    let log = |name| fs_at::open_file(task_dir, name, Access::Write).map_err(StdioError::Log);
+    let (out, stdout) = Stream::new(log(STDOUT_LOG)?, max_log_bytes).map_err(StdioError::Pipe)?;
+    let (err, stderr) = Stream::new(log(STDERR_LOG)?, max_log_bytes).map_err(StdioError::Pipe)?;
     let script = if script {
         Some(copy_script(task_dir)?)
     } else {
         None
     };
-    Ok(TaskStdio {
-        stdin,
-        stdout: stdout.into(),
-        stderr: stderr.into(),
-        script,
-    })
+    Ok((
+        TaskStdio {
+            stdin,
+            stdout,
+            stderr,
+            script,
+        },
+        Relay {
+            streams: vec![out, err],
+        },
+    ))
 }
 
 /// The task directory's `script`, copied into a close-on-exec memfd and

@@ -253,6 +253,7 @@ pub fn spec(id: &str, argv: &[&str]) -> LaunchSpec {
             cpu_millis: None,
             stdout_max_bytes: 4096,
             stderr_max_bytes: 4096,
+            max_log_bytes: 64 << 20,
         },
         termination_grace_ms: 500,
         result_template: serde_json::json!({"task_id": id, "status": "accepted", "handle_id": id})

@@ -152,6 +152,15 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         use ApiErrorCode as C;
         let msg = e.to_string();
+        if let Some(step) = e.storage_full() {
+            // The contract has no code of its own for it: 503 as for any
+            // storage failure, saying what an operator has to do.
+            tracing::error!(error = %error_chain(&e), "storage full");
+            return ApiError::verbatim(
+                C::StorageUnavailable,
+                format!("storage full: no space left on device ({step})"),
+            );
+        }
         match e {
             EngineError::NotFound(_) => ApiError::verbatim(C::NotFound, msg),
             EngineError::Conflict(_) => ApiError::verbatim(C::Conflict, msg),
@@ -250,6 +259,27 @@ mod tests {
                 "storage_unavailable",
                 503,
                 "storage unavailable: writing result.json: disk full",
+            ),
+            (
+                EngineError::storage(
+                    "writing the task directory",
+                    std::io::Error::from_raw_os_error(libc::ENOSPC),
+                ),
+                "storage_unavailable",
+                503,
+                "storage full: no space left on device (writing the task directory)",
+            ),
+            (
+                EngineError::Store(StoreError::Sqlite(
+                    "inserting a task",
+                    rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                        None,
+                    ),
+                )),
+                "storage_unavailable",
+                503,
+                "storage full: no space left on device (writing the database)",
             ),
         ];
         for (e, code, status, message) in cases {

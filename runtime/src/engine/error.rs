@@ -47,6 +47,30 @@ impl EngineError {
     pub fn storage(what: &'static str, source: std::io::Error) -> EngineError {
         EngineError::StorageUnavailable { what, source }
     }
+
+    /// The data dir refused a write (full, read-only, failing): a retry
+    /// may succeed once an operator acted.
+    pub fn is_storage_unavailable(&self) -> bool {
+        match self {
+            EngineError::StorageUnavailable { .. } => true,
+            EngineError::Store(s) => s.is_storage_unavailable(),
+            _ => false,
+        }
+    }
+
+    /// The data dir's file system is full (or the runtime's quota on it
+    /// used up): the step that found no room, for the message.
+    pub fn storage_full(&self) -> Option<&str> {
+        match self {
+            EngineError::StorageUnavailable { what, source }
+                if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+            {
+                Some(what)
+            }
+            EngineError::Store(s) if s.is_storage_full() => Some("writing the database"),
+            _ => None,
+        }
+    }
 }
 
 /// `a: b: c` from an error and its sources.

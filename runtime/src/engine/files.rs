@@ -113,7 +113,7 @@ impl TaskDir {
     /// the temp name; and a `kill -9` of the shim between its write and its
     /// fdatasync leaves a whole body that is not durable yet. A temp body
     /// that parses is whole (a cut-short JSON object never parses, an
-    /// untouched one is empty): it is fdatasynced, renamed to `result.json`
+    /// untouched one is empty, or zeros where its shim reserved room): it is fdatasynced, renamed to `result.json`
     /// and the directory fsynced here, before anyone relies on it. Anything
     /// else under the temp name is no result.
     pub fn read_result(&self) -> io::Result<Option<Vec<u8>>> {

@@ -20,14 +20,38 @@ use crate::task::reconcile::{reconcile, Action};
 
 /// How long the end of a task whose shim is gone waits for the helper.
 const REAP_PATIENCE: Duration = Duration::from_secs(10);
+/// The first and the longest wait between tries to record a change the
+/// data dir refused.
+const RECORD_RETRY_MIN: Duration = Duration::from_millis(100);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
 use crate::task::{outcome, DecidedBy, Input, Start, StartedBy};
 
 impl Engine {
     /// Applies `input`, logging a store failure (the callers have no one
-    /// to answer).
+    /// to answer). A data dir that refuses the write (full, say: a task
+    /// filled it) is retried until it takes it, so that a task's end is
+    /// recorded once space is freed, not only at the next start.
     pub(super) async fn record(self: &Arc<Self>, task_id: &str, input: Input) {
-        if let Err(e) = self.transition(task_id, input).await {
-            tracing::error!(task_id, error = %super::error_chain(&e), "recording a task's change failed");
+        let mut backoff = RECORD_RETRY_MIN;
+        loop {
+            match self.transition(task_id, input.clone()).await {
+                Ok(_) => return,
+                Err(e) if e.is_storage_unavailable() => {
+                    if backoff == RECORD_RETRY_MIN {
+                        tracing::error!(
+                            task_id,
+                            error = %super::error_chain(&e),
+                            "recording a task's change failed; retrying until storage takes it"
+                        );
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RECORD_RETRY_MAX);
+                }
+                Err(e) => {
+                    tracing::error!(task_id, error = %super::error_chain(&e), "recording a task's change failed");
+                    return;
+                }
+            }
         }
     }
 

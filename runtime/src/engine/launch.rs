@@ -102,6 +102,7 @@ impl Engine {
                 stdout_max_bytes: l.stdout_max_bytes,
                 stderr_max_bytes: l.stderr_max_bytes,
                 cpu_millis: l.cpu_millis.filter(|_| enforced.cpu_quota_enforced),
+                max_log_bytes: self.cfg.args.max_log_bytes,
             },
             termination_grace_ms: self.cfg.args.termination_grace_ms,
             result_template,

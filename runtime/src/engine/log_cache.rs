@@ -36,14 +36,31 @@ struct Inner {
     bytes: usize,
 }
 
-#[derive(Default)]
 pub struct LogCache {
     inner: Mutex<Inner>,
+    /// `--max-log-bytes`: a log this long was capped by its shim, which
+    /// dropped what the task wrote past it.
+    cap: u64,
+}
+
+impl Default for LogCache {
+    fn default() -> Self {
+        LogCache::with_cap(u64::MAX)
+    }
 }
 
 impl LogCache {
+    /// A cache for logs capped at `cap` bytes on disk (`--max-log-bytes`).
+    pub fn with_cap(cap: u64) -> Self {
+        LogCache {
+            inner: Mutex::default(),
+            cap,
+        }
+    }
+
     /// The head of the log at `path`: at most `max` bytes as lossy UTF-8, and
-    /// whether the log is longer. A missing log is empty.
+    /// whether it is truncated: the log is longer than `max`, or it reached
+    /// the on-disk cap (output past it was dropped). A missing log is empty.
     pub fn read(&self, path: &Path, max: u64) -> io::Result<(Arc<str>, bool)> {
         use std::io::Read;
         let f = match super::files::open_regular(path) {
@@ -67,7 +84,7 @@ impl LogCache {
         let mut buf = Vec::with_capacity(key.len.min(max) as usize);
         f.take(max).read_to_end(&mut buf)?;
         let head: Arc<str> = Arc::from(String::from_utf8_lossy(&buf).as_ref());
-        let truncated = key.len > max;
+        let truncated = key.len > max || key.len >= self.cap;
         if let Ok(mut inner) = self.inner.lock() {
             inner.insert(
                 path.as_os_str().to_owned(),
@@ -144,6 +161,18 @@ mod tests {
         c.forget_dir(dir.path());
         assert!(c.inner.lock().unwrap().map.is_empty());
         assert_eq!(&*c.read(&dir.path().join("none"), 5).unwrap().0, "");
+    }
+
+    #[test]
+    fn a_log_at_the_cap_is_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("stdout.log");
+        std::fs::write(&p, "hello").unwrap();
+        let c = LogCache::with_cap(5);
+        assert!(c.read(&p, 100).unwrap().1, "at the cap");
+        std::fs::write(&p, "hell").unwrap();
+        assert!(!c.read(&p, 100).unwrap().1, "below it");
+        assert!(!LogCache::default().read(&p, 100).unwrap().1);
     }
 
     #[test]

@@ -78,6 +78,7 @@ impl Engine {
             .iter()
             .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
             .collect();
+        let logs = Arc::new(log_cache::LogCache::with_cap(cfg.args.max_log_bytes));
         Engine {
             cfg,
             store,
@@ -85,7 +86,7 @@ impl Engine {
             started_at: now(),
             platform: crate::platform::Platform::detect(),
             metrics: crate::metrics::Metrics::new(),
-            logs: Arc::default(),
+            logs,
             arrivals: arrivals::Arrivals::start()
                 .inspect_err(
                     |e| tracing::warn!(error = %e, "no inotify: tasks end when their shims exit"),
@@ -339,7 +340,27 @@ impl Engine {
                 return Err(EngineError::NotOwner(required.clone()));
             }
         }
-        match self.transition(task_id, Input::Kill).await? {
+        let recorded = match self.transition(task_id, Input::Kill).await {
+            // A full data dir cannot record the kill first; a running
+            // task's shim still takes it, and its result says so
+            // (`kill_requested`). Only a restart before the shim read the
+            // byte would lose it.
+            Err(e) if e.is_storage_unavailable() && row.status == TaskStatus::Running => {
+                match self.task_dir(task_id).send_kill() {
+                    Ok(true) => {
+                        tracing::warn!(
+                            task_id,
+                            error = %error_chain(&e),
+                            "the kill could not be recorded; sent to the shim all the same"
+                        );
+                        return self.status(task_id).await;
+                    }
+                    _ => return Err(e),
+                }
+            }
+            r => r?,
+        };
+        match recorded {
             Ok(change) => tracing::info!(task_id, cancelled = change.finished, "kill recorded"),
             // A repeat for a running task: the shim may have missed the
             // first (a repeat is harmless).

@@ -38,6 +38,17 @@ pub enum StoreError {
 impl StoreError {
     /// Whether the failure is the environment's (disk full, read-only,
     /// I/O error) rather than a bug: it is then reported as 503.
+    /// Whether the database found no room for a write (`SQLITE_FULL`).
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            StoreError::Sqlite(_, rusqlite::Error::SqliteFailure(e, _))
+            | StoreError::GroupCommit(_, rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DiskFull
+            }
+            _ => false,
+        }
+    }
+
     pub fn is_storage_unavailable(&self) -> bool {
         use rusqlite::ErrorCode as C;
         match self {
