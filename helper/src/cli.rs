@@ -6,6 +6,9 @@ use std::path::{Component, Path, PathBuf};
 
 use clap::{ArgGroup, Parser};
 
+/// The default `--max-log-bytes`: 64 MiB, the runtime's default too.
+pub const DEFAULT_MAX_LOG_BYTES: u64 = 64 << 20;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "execgo-runtime-helper",
@@ -92,6 +95,17 @@ pub struct Args {
     /// helper runs tasks as itself and accepts only its own uid here.
     #[arg(long, value_name = "USER", conflicts_with = "task_uid_range")]
     pub task_user: Option<String>,
+
+    /// The most bytes a task's `stdout.log` or `stderr.log` may hold on
+    /// disk; past it the task's output is dropped. A launch asking for
+    /// more gets this (the runtime's own `--max-log-bytes` asks).
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = DEFAULT_MAX_LOG_BYTES,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_log_bytes: u64,
 
     /// Root only: the uids tasks are given, one of its own per task (its
     /// gid the same number), leased in <data-dir>/task-uids/ and given

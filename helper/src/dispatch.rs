@@ -33,6 +33,8 @@ pub struct Context {
     /// they did not compile, which the probe then says): process tasks run
     /// unfiltered, and a sandbox shim compiles its own (and fails).
     pub task_seccomp: Option<crate::seccomp::TaskFilters>,
+    /// `--max-log-bytes`: the most a launch may ask for.
+    pub max_log_bytes: u64,
     /// The spare network namespace sandbox launches take.
     pub net_spare: crate::sys::NetnsSpare,
     /// The shim forked ahead of the next launch.
@@ -180,6 +182,7 @@ pub fn test_dispatcher() -> (tempfile::TempDir, Dispatcher) {
         rootfs_dirs: Vec::new(),
         workdir_roots: Vec::new(),
         task_seccomp: None,
+        max_log_bytes: crate::cli::DEFAULT_MAX_LOG_BYTES,
         net_spare: crate::sys::NetnsSpare::disabled(),
         prefork: crate::prefork::Prefork::disabled(),
     };

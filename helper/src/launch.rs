@@ -138,7 +138,9 @@ fn start(ctx: &Context, peer: &Peer, spec: LaunchSpec) -> Result<Launched, Launc
     // A spare shim validates the request again, as the runtime sent it.
     let for_spare = ctx.prefork.enabled().then(|| spec.clone());
     // Validation first: a refused request has no side effect at all.
-    let launch = validate(spec)?;
+    let mut launch = validate(spec)?;
+    // The operator's cap holds whatever the runtime asks.
+    launch.limits.max_log_bytes = launch.limits.max_log_bytes.min(ctx.max_log_bytes);
     let rootfs = open_rootfs(ctx, &launch.profile)?;
     let workdir = open_workdir(ctx, launch.workdir.as_deref())?;
     let task_dir = open_task_dir(ctx, &launch.task_id)?;
@@ -340,6 +342,7 @@ mod tests {
             rootfs_dirs: Vec::new(),
             workdir_roots: vec![(root.display().to_string(), open(root))],
             task_seccomp: None,
+            max_log_bytes: crate::cli::DEFAULT_MAX_LOG_BYTES,
             net_spare: sys::NetnsSpare::disabled(),
             prefork: crate::prefork::Prefork::disabled(),
         };

@@ -387,6 +387,7 @@ fn run(args: cli::Args, activated: Option<i32>) -> Result<(), MainError> {
             leases: leases.clone(),
             cgroups: cgroups.clone(),
             seccomp: task_seccomp.clone(),
+            max_log_bytes: args.max_log_bytes,
         },
         true,
     );
@@ -401,6 +402,7 @@ fn run(args: cli::Args, activated: Option<i32>) -> Result<(), MainError> {
         rootfs_dirs,
         workdir_roots,
         task_seccomp,
+        max_log_bytes: args.max_log_bytes,
     });
     dispatcher.sweep_cgroups();
     // Embedded, the one connection is the runtime that started us, and its

@@ -47,6 +47,8 @@ pub struct Statics {
     pub leases: Option<Rc<crate::uid_lease::Leases>>,
     pub cgroups: Option<crate::cgroup::task::Placement>,
     pub seccomp: Option<crate::seccomp::TaskFilters>,
+    /// `--max-log-bytes`: the most a launch may ask for.
+    pub max_log_bytes: u64,
 }
 
 /// What a launch hands over besides its request.
@@ -120,6 +122,7 @@ impl Prefork {
                 leases: None,
                 cgroups: None,
                 seccomp: None,
+                max_log_bytes: crate::cli::DEFAULT_MAX_LOG_BYTES,
             },
             false,
         )
@@ -319,7 +322,8 @@ fn receive(mut link: UnixStream, statics: Statics) -> Result<Option<ShimContext>
     let rootfs = next_if(HAS_ROOTFS)?;
     let workdir = next_if(HAS_WORKDIR)?;
     let netns = next_if(HAS_NETNS)?;
-    let launch = validate(spec).map_err(drop)?;
+    let mut launch = validate(spec).map_err(drop)?;
+    launch.limits.max_log_bytes = launch.limits.max_log_bytes.min(statics.max_log_bytes);
     let cgroups = statics.cgroups.filter(|_| launch.task_cgroups);
     let seccomp = statics.seccomp.map(|f| f.for_profile(&launch.profile));
     Ok(Some(ShimContext {
@@ -379,6 +383,7 @@ mod tests {
             leases: None,
             cgroups: None,
             seccomp: None,
+            max_log_bytes: crate::cli::DEFAULT_MAX_LOG_BYTES,
         }
     }
 
@@ -409,8 +414,14 @@ mod tests {
             },
         )
         .unwrap();
-        let ctx = receive(theirs, statics()).unwrap().expect("a context");
+        // The operator's --max-log-bytes holds over the runtime's ask.
+        let capped = Statics {
+            max_log_bytes: 4096,
+            ..statics()
+        };
+        let ctx = receive(theirs, capped).unwrap().expect("a context");
         assert_eq!(ctx.launch.task_id, "t-1");
+        assert_eq!(ctx.launch.limits.max_log_bytes, 4096, "clamped");
         assert_eq!((ctx.peer_uid, ctx.peer_gid), (1234, 5678));
         assert_eq!(ino(ctx.task_dir.as_fd()), ino(task_dir.as_fd()));
         let w = ctx.workdir.as_ref().expect("the workdir descriptor");

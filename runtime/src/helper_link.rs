@@ -73,6 +73,8 @@ pub struct EmbeddedHelper {
     pub task_user: Option<String>,
     /// `--task-uid-range` for the helper, if any.
     pub task_uid_range: Option<String>,
+    /// `--max-log-bytes` for the helper: the runtime's own.
+    pub max_log_bytes: u64,
     pub allow_root_tasks: bool,
     /// `--rootfs-dir`s for the helper.
     pub rootfs_dirs: Vec<PathBuf>,
@@ -505,6 +507,7 @@ fn spawn_embedded(h: &EmbeddedHelper) -> Result<(UnixStream, Child), LinkError> 
     if let Some(range) = &h.task_uid_range {
         cmd.arg("--task-uid-range").arg(range);
     }
+    cmd.arg("--max-log-bytes").arg(h.max_log_bytes.to_string());
     if h.allow_root_tasks {
         cmd.arg("--allow-root-tasks");
     }

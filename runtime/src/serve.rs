@@ -120,6 +120,7 @@ async fn run(cfg: Config, notify: Option<crate::notify::Target>) -> anyhow::Resu
             log_format: LogFormat::resolve(cfg.args.log_format).as_str(),
             task_user: cfg.args.task_user.clone(),
             task_uid_range: cfg.args.task_uid_range.clone(),
+            max_log_bytes: cfg.args.max_log_bytes,
             allow_root_tasks: cfg.args.allow_root_tasks,
             rootfs_dirs: cfg.args.rootfs_dir.clone(),
             workdir_roots: cfg.args.opensandbox_workdir_root.clone(),
