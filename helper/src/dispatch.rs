@@ -96,7 +96,7 @@ impl Dispatcher {
         let Some(placement) = &self.ctx.cgroups else {
             return;
         };
-        let swept = placement.sweep(|id| self.shim_running(id), &crate::cgroup::HostFs);
+        let swept = placement.sweep(|id| shim_running(&self.ctx, id), &crate::cgroup::HostFs);
         if !swept.is_empty() {
             tracing::info!(
                 target: crate::logging::TARGET,
@@ -112,11 +112,6 @@ impl Dispatcher {
         if let Some(placement) = &self.ctx.cgroups {
             placement.remove_empty_roots(&crate::cgroup::HostFs);
         }
-    }
-
-    /// Whether the shim that claimed `task_id` is alive.
-    fn shim_running(&self, task_id: &str) -> bool {
-        shim_running(&self.ctx, task_id)
     }
 
     /// Serves one request to completion.

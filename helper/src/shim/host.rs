@@ -91,12 +91,12 @@ impl Host {
     /// The runtime's uid/gid when files we create must be handed to it:
     /// we are root and it is not.
     fn hand_over_to(&self) -> Option<(Uid, Gid)> {
-        (self.ctx.privileged && self.ctx.peer_uid != 0).then(|| {
-            (
-                Uid::from_raw(self.ctx.peer_uid),
-                Gid::from_raw(self.ctx.peer_gid),
-            )
-        })
+        (self.ctx.privileged && self.ctx.peer_uid != 0).then(|| self.runtime_owner())
+    }
+
+    /// Who gets what the task leaves: see [`super::runtime_owner`].
+    fn runtime_owner(&self) -> (Uid, Gid) {
+        super::runtime_owner(self.ctx.privileged, self.ctx.peer_uid, self.ctx.peer_gid)
     }
 
     /// Kills and reaps whatever of the task is left; the cgroups' memory
@@ -503,7 +503,7 @@ impl Steps for Host {
         let (Some(leases), Some(id)) = (self.ctx.lease.take(), self.ctx.task_identity) else {
             return;
         };
-        let owner = super::runtime_owner(self.ctx.privileged, self.ctx.peer_uid, self.ctx.peer_gid);
+        let owner = self.runtime_owner();
         let warn = |e: &dyn std::error::Error, what: &str| {
             tracing::error!(
                 target: logging::TARGET,
